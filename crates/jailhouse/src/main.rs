@@ -1,0 +1,166 @@
+//! `oxemu-jailhouse`: check and dump Jailhouse binary configs.
+//!
+//! Exit codes: 0 clean, 1 findings, 2 unusable input.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use oxemu_jailhouse::{
+    check, detect_kind, dump, parse_cell, parse_system, ConfigKind, ConfigSet, Finding, ParseError, ParseOptions, Severity,
+};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "oxemu-jailhouse", version, about = "Jailhouse configuration tools")]
+struct Cli {
+    #[command(subcommand)]
+    command: Top,
+}
+
+#[derive(Subcommand)]
+enum Top {
+    /// Work with binary cell/system configs.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Check a system config and the non-root cells that will run together.
+    Check {
+        /// System config (with the root cell).
+        system: String,
+        /// Non-root cell configs.
+        cells: Vec<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "human")]
+        format: Format,
+        /// Report a file size that disagrees with the header counts as a warning instead of an error.
+        #[arg(long)]
+        lenient: bool,
+    },
+    /// Print a system or cell config in readable form.
+    Dump {
+        /// Config file.
+        file: String,
+        /// Accept trailing data.
+        #[arg(long)]
+        lenient: bool,
+    },
+}
+
+fn read(path: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{path}: cannot read: {e}"))
+}
+
+fn warning_finding(w: &ParseError, cell: String) -> Finding {
+    Finding {
+        rule: "trailing-data",
+        severity: Severity::Warning,
+        cell,
+        file: w.file.clone(),
+        array: None,
+        index: None,
+        address: Some(w.offset),
+        message: format!("{}: config size disagrees with its header counts", w.file),
+        details: vec![w.to_string()],
+    }
+}
+
+fn load(system: &str, cells: &[String], opts: ParseOptions) -> Result<(ConfigSet, Vec<Finding>), String> {
+    let parsed = parse_system(&read(system)?, system, opts).map_err(|e| e.to_string())?;
+    let mut extra: Vec<Finding> =
+        parsed.warnings.iter().map(|w| warning_finding(w, parsed.config.root_cell.name())).collect();
+    let mut set = ConfigSet::new(parsed.config, Vec::new());
+    set.system_file = system.to_string();
+    for path in cells {
+        let p = parse_cell(&read(path)?, path, opts).map_err(|e| e.to_string())?;
+        extra.extend(p.warnings.iter().map(|w| warning_finding(w, p.config.name())));
+        set.cells.push(p.config);
+        set.cell_files.push(path.clone());
+    }
+    Ok((set, extra))
+}
+
+fn run_check(system: &str, cells: &[String], format: Format, lenient: bool) -> Result<bool, String> {
+    let (set, mut findings) = load(system, cells, ParseOptions { lenient })?;
+    findings.extend(check(&set));
+    let errors = findings.iter().filter(|f| f.severity == Severity::Error).count();
+    let warnings = findings.len() - errors;
+    match format {
+        Format::Json => {
+            let doc = serde_json::json!({
+                "system": system,
+                "architecture": set.system.arch(),
+                "root_cell": set.system.root_cell.name(),
+                "cells": set.cells.iter().zip(&set.cell_files)
+                    .map(|(c, f)| serde_json::json!({"name": c.name(), "file": f}))
+                    .collect::<Vec<_>>(),
+                "findings": findings,
+                "errors": errors,
+                "warnings": warnings,
+            });
+            println!("{}", serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?);
+        }
+        Format::Human => {
+            println!("Reading configuration set:");
+            println!("  Architecture:  {}", set.system.arch().name());
+            println!("  Root cell:     {} ({system})", set.system.root_cell.name());
+            for (c, f) in set.cells.iter().zip(&set.cell_files) {
+                println!("  Non-root cell: {} ({f})", c.name());
+            }
+            for f in &findings {
+                println!("{}", f.to_human());
+            }
+            if findings.is_empty() {
+                println!("No findings.");
+            } else {
+                println!("{} findings ({errors} errors, {warnings} warnings)", findings.len());
+            }
+        }
+    }
+    Ok(findings.is_empty())
+}
+
+fn run_dump(file: &str, lenient: bool) -> Result<(), String> {
+    let data = read(file)?;
+    let opts = ParseOptions { lenient };
+    let (text, warnings) = match detect_kind(&data) {
+        Some(ConfigKind::Cell) => {
+            let p = parse_cell(&data, file, opts).map_err(|e| e.to_string())?;
+            (dump::dump_cell(&p.config), p.warnings)
+        }
+        // Anything else goes through the system parser, whose errors name
+        // revision-13 files, wrong magic and truncation precisely.
+        _ => {
+            let p = parse_system(&data, file, opts).map_err(|e| e.to_string())?;
+            (dump::dump_system(&p.config), p.warnings)
+        }
+    };
+    for w in warnings {
+        eprintln!("Warning: {w}");
+    }
+    print!("{text}");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Top::Config(cmd) = cli.command;
+    let result = match cmd {
+        ConfigCmd::Check { system, cells, format, lenient } => run_check(&system, &cells, format, lenient),
+        ConfigCmd::Dump { file, lenient } => run_dump(&file, lenient).map(|()| true),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("oxemu-jailhouse: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

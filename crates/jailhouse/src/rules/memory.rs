@@ -1,0 +1,205 @@
+//! Memory-region rules.
+
+use super::{finding, overlaps, physical_regions, region_line, shmem_owner, At, CellView, ConfigSet};
+use crate::finding::Finding;
+use crate::model::*;
+
+pub(super) fn check(set: &ConfigSet, out: &mut Vec<Finding>) {
+    let views = set.views();
+    for v in &views {
+        in_cell(*v, out);
+    }
+    let reserved = reserved_ranges(set);
+    for v in &views {
+        for (i, m) in physical_regions(v.cell) {
+            for r in &reserved {
+                if overlaps(m.phys_range(), (r.start as u128, r.start as u128 + r.size as u128)) {
+                    let at = At { view: *v, array: Some("memory_regions"), index: Some(i as u64), address: Some(m.phys_start) };
+                    let msg = format!("memory region {i} of {} overlaps {}", v.cell.name(), r.name);
+                    let d = vec![region_line(i, m), format!("{}: {:#x}-{:#x}", r.name, r.start, (r.start as u128 + r.size as u128).saturating_sub(1))];
+                    out.push(finding(r.rule, at, msg, d));
+                }
+            }
+        }
+    }
+    between_cells(&views, out);
+    loadable(&views, out);
+    msix(&views, out);
+}
+
+/// Overlaps inside one cell, physical and virtual.
+fn in_cell(v: CellView, out: &mut Vec<Finding>) {
+    let regions = &v.cell.memory_regions;
+    for (i, a) in regions.iter().enumerate() {
+        for (j, b) in regions.iter().enumerate().skip(i + 1) {
+            let phys = !a.has(mem::COMM_REGION) && !b.has(mem::COMM_REGION) && overlaps(a.phys_range(), b.phys_range());
+            if phys {
+                let at = At { view: v, array: Some("memory_regions"), index: Some(j as u64), address: Some(b.phys_start) };
+                let msg = format!("memory regions {i} and {j} of {} overlap physically", v.cell.name());
+                out.push(finding("mem-phys-overlap-in-cell", at, msg, vec![region_line(i, a), region_line(j, b)]));
+            }
+            if overlaps(a.virt_range(), b.virt_range()) {
+                let at = At { view: v, array: Some("memory_regions"), index: Some(j as u64), address: Some(b.virt_start) };
+                let msg = format!("memory regions {i} and {j} of {} overlap in the cell's address space", v.cell.name());
+                out.push(finding("mem-virt-overlap-in-cell", at, msg, vec![region_line(i, a), region_line(j, b)]));
+            }
+        }
+    }
+}
+
+struct Reserved {
+    rule: &'static str,
+    name: String,
+    start: u64,
+    size: u64,
+}
+
+/// Physical ranges that no cell may map: hypervisor memory, MMCONFIG,
+/// IOMMU units, and the interrupt controllers the hypervisor emulates.
+fn reserved_ranges(set: &ConfigSet) -> Vec<Reserved> {
+    let sys = &set.system;
+    let mut v = Vec::new();
+    let mut push = |rule, name: String, start, size| {
+        if size > 0 {
+            v.push(Reserved { rule, name, start, size });
+        }
+    };
+    let hv = &sys.hypervisor_memory;
+    push("mem-overlap-hypervisor", "hypervisor memory".into(), hv.phys_start, hv.size);
+    let p = &sys.platform;
+    if p.pci_mmconfig_base != 0 {
+        push("mem-overlap-mmconfig", "PCI MMCONFIG window".into(), p.pci_mmconfig_base, p.mmconfig_size());
+    }
+    for (i, u) in sys.used_iommus() {
+        push("mem-overlap-iommu", format!("IOMMU unit {i} ({})", u.kind_name()), u.base, u.size as u64);
+    }
+    match &p.arch {
+        ArchPlatform::Arm(a) if a.gic_version == 2 => {
+            push("mem-overlap-gic", "GICD".into(), a.gicd_base, 0x1000);
+            push("mem-overlap-gic", "GICC".into(), a.gicc_base, 0x2000);
+            push("mem-overlap-gic", "GICH".into(), a.gich_base, 0x2000);
+            push("mem-overlap-gic", "GICV".into(), a.gicv_base, 0x2000);
+        }
+        ArchPlatform::Arm(a) if a.gic_version == 3 => {
+            push("mem-overlap-gic", "GICD".into(), a.gicd_base, 0x10000);
+            // One 128 KiB redistributor frame pair per CPU, contiguous from gicr_base.
+            let cpus = sys.root_cell.cpus().last().map_or(1, |&c| c as u64 + 1);
+            push("mem-overlap-gic", format!("GICR frames of {cpus} CPUs"), a.gicr_base, cpus * 0x20000);
+        }
+        ArchPlatform::Arm(_) => {}
+        ArchPlatform::X86(_) => {
+            push("mem-overlap-xapic", "xAPIC".into(), 0xfee0_0000, 0x1000);
+            let mut seen = Vec::new();
+            for c in std::iter::once(&sys.root_cell).chain(&set.cells) {
+                for chip in &c.irqchips {
+                    if chip.address != 0 && !seen.contains(&chip.address) {
+                        seen.push(chip.address);
+                        push("mem-overlap-ioapic", format!("IOAPIC {:#x}", chip.id), chip.address, 0x1000);
+                    }
+                }
+            }
+        }
+    }
+    v
+}
+
+/// True when region `ia` of `a` and region `ib` of `b` may legally share memory.
+fn declared_shared(a: &Cell, ia: usize, b: &Cell, ib: usize) -> bool {
+    let (ma, mb) = (&a.memory_regions[ia], &b.memory_regions[ib]);
+    if ma.has(mem::ROOTSHARED) && mb.has(mem::ROOTSHARED) {
+        return true;
+    }
+    matches!((shmem_owner(a, ia), shmem_owner(b, ib)), (Some(x), Some(y)) if x == y)
+}
+
+/// Non-root cells must not share memory unless declared shared. Overlap
+/// with root-cell memory is the normal hand-over at cell creation.
+fn between_cells(views: &[CellView], out: &mut Vec<Finding>) {
+    for (ai, a) in views.iter().enumerate().skip(1) {
+        for b in views.iter().skip(ai + 1) {
+            for (ib, mb) in physical_regions(b.cell) {
+                for (ia, ma) in physical_regions(a.cell) {
+                    if overlaps(ma.phys_range(), mb.phys_range()) && !declared_shared(a.cell, ia, b.cell, ib) {
+                        let at = At { view: *b, array: Some("memory_regions"), index: Some(ib as u64), address: Some(mb.phys_start) };
+                        let msg = format!(
+                            "memory region {ib} of {} overlaps memory region {ia} of {} without being shared",
+                            b.cell.name(),
+                            a.cell.name()
+                        );
+                        let d = vec![
+                            format!("{}: {}", b.cell.name(), region_line(ib, mb)),
+                            format!("{}: {}", a.cell.name(), region_line(ia, ma)),
+                            "declare shared memory with ROOTSHARED in both cells or as regions of one ivshmem device".into(),
+                        ];
+                        out.push(finding("mem-overlap-between-cells", at, msg, d));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The root cell loads images into LOADABLE regions, so it must map all of them.
+fn loadable(views: &[CellView], out: &mut Vec<Finding>) {
+    let root = views[0].cell;
+    let mut covered: Vec<(u128, u128)> = physical_regions(root).map(|(_, m)| m.phys_range()).collect();
+    covered.sort_unstable();
+    for v in views.iter().skip(1) {
+        for (i, m) in physical_regions(v.cell).filter(|(_, m)| m.has(mem::LOADABLE)) {
+            if let Some(gap) = first_gap(&covered, m.phys_range()) {
+                let at = At { view: *v, array: Some("memory_regions"), index: Some(i as u64), address: Some(m.phys_start) };
+                let msg = format!("loadable memory region {i} of {} is not reachable by the root cell", v.cell.name());
+                let d = vec![region_line(i, m), format!("first address not mapped in root cell {}: {gap:#x}", root.name())];
+                out.push(finding("loadable-unreachable", at, msg, d));
+            }
+        }
+    }
+}
+
+/// First address of `range` not covered by the sorted `covered` ranges.
+fn first_gap(covered: &[(u128, u128)], range: (u128, u128)) -> Option<u128> {
+    let mut pos = range.0;
+    for &(s, e) in covered {
+        if s > pos {
+            break;
+        }
+        if e > pos {
+            pos = e;
+        }
+        if pos >= range.1 {
+            return None;
+        }
+    }
+    (pos < range.1).then_some(pos)
+}
+
+/// MSI-X tables must stay intercepted: no cell may map their pages.
+fn msix(views: &[CellView], out: &mut Vec<Finding>) {
+    let mut tables: Vec<(u16, u16, u64, u64)> = Vec::new();
+    for v in views {
+        for d in v.cell.pci_devices.iter().filter(|d| !d.is_ivshmem() && d.msix_region_size > 0) {
+            let start = d.msix_address & !0xfff;
+            let end = (d.msix_address as u128 + d.msix_region_size as u128 + 0xfff) & !0xfff;
+            let entry = (d.domain, d.bdf, start, (end - start as u128) as u64);
+            if !tables.contains(&entry) {
+                tables.push(entry);
+            }
+        }
+    }
+    for v in views {
+        for (i, m) in physical_regions(v.cell) {
+            for &(domain, bdf, start, size) in &tables {
+                if overlaps(m.phys_range(), (start as u128, start as u128 + size as u128)) {
+                    let name = bdf_name(domain, bdf);
+                    let at = At { view: *v, array: Some("memory_regions"), index: Some(i as u64), address: Some(start) };
+                    let msg = format!("MSI-X region of PCI device {name} directly mapped into {}", v.cell.name());
+                    let d = vec![
+                        region_line(i, m),
+                        format!("MSI-X table pages of {name}: {start:#x}-{:#x}", start as u128 + size as u128 - 1),
+                    ];
+                    out.push(finding("msix-mapped", at, msg, d));
+                }
+            }
+        }
+    }
+}
