@@ -64,7 +64,12 @@ impl CellBuilder {
 
     /// Appends a memory region.
     pub fn mem(mut self, phys_start: u64, virt_start: u64, size: u64, flags: u64) -> Self {
-        self.cell.memory_regions.push(MemRegion { phys_start, virt_start, size, flags });
+        self.cell.memory_regions.push(MemRegion {
+            phys_start,
+            virt_start,
+            size,
+            flags,
+        });
         self
     }
 
@@ -96,13 +101,24 @@ impl CellBuilder {
 
     /// Appends a cache partition.
     pub fn cache(mut self, start: u32, size: u32, kind: u8, flags: u16) -> Self {
-        self.cell.cache_regions.push(CacheRegion { start, size, kind, padding: 0, flags });
+        self.cell.cache_regions.push(CacheRegion {
+            start,
+            size,
+            kind,
+            padding: 0,
+            flags,
+        });
         self
     }
 
     /// Appends an irqchip entry.
     pub fn irqchip(mut self, address: u64, id: u32, pin_base: u32, pin_bitmap: [u32; 4]) -> Self {
-        self.cell.irqchips.push(Irqchip { address, id, pin_base, pin_bitmap });
+        self.cell.irqchips.push(Irqchip {
+            address,
+            id,
+            pin_base,
+            pin_bitmap,
+        });
         self
     }
 
@@ -120,7 +136,12 @@ impl CellBuilder {
 
     /// Appends a PCI capability.
     pub fn cap(mut self, id: u16, start: u16, len: u16, flags: u16) -> Self {
-        self.cell.pci_caps.push(PciCapability { id, start, len, flags });
+        self.cell.pci_caps.push(PciCapability {
+            id,
+            start,
+            len,
+            flags,
+        });
         self
     }
 
@@ -145,16 +166,33 @@ impl CellBuilder {
 impl PciDevice {
     /// A physical endpoint at `domain`/`bdf` with no BARs, caps or MSI.
     pub fn physical(domain: u16, bdf: u16) -> PciDevice {
-        PciDevice { kind: pci_type::DEVICE, domain, bdf, ..PciDevice::default() }
+        PciDevice {
+            kind: pci_type::DEVICE,
+            domain,
+            bdf,
+            ..PciDevice::default()
+        }
     }
 
     /// A physical bridge.
     pub fn bridge(domain: u16, bdf: u16) -> PciDevice {
-        PciDevice { kind: pci_type::BRIDGE, domain, bdf, ..PciDevice::default() }
+        PciDevice {
+            kind: pci_type::BRIDGE,
+            domain,
+            bdf,
+            ..PciDevice::default()
+        }
     }
 
     /// An ivshmem device using memory regions from `regions_start`.
-    pub fn ivshmem(domain: u16, bdf: u16, regions_start: u32, dev_id: u8, peers: u8, protocol: u16) -> PciDevice {
+    pub fn ivshmem(
+        domain: u16,
+        bdf: u16,
+        regions_start: u32,
+        dev_id: u8,
+        peers: u8,
+        protocol: u16,
+    ) -> PciDevice {
         PciDevice {
             kind: pci_type::IVSHMEM,
             domain,
@@ -214,7 +252,12 @@ impl SystemBuilder {
         SystemBuilder {
             sys: SystemConfig {
                 flags: 0,
-                hypervisor_memory: MemRegion { phys_start: hv_phys, virt_start: 0, size: hv_size, flags: 0 },
+                hypervisor_memory: MemRegion {
+                    phys_start: hv_phys,
+                    virt_start: 0,
+                    size: hv_size,
+                    flags: 0,
+                },
                 debug_console: Console::default(),
                 platform: PlatformInfo {
                     pci_mmconfig_base: 0,
@@ -230,7 +273,13 @@ impl SystemBuilder {
     }
 
     /// An x86 system with hypervisor memory at `hv_phys` and the given root cell.
-    pub fn x86(root: Cell, hv_phys: u64, hv_size: u64, pm_timer_address: u16, vtd_interrupt_limit: u32) -> SystemBuilder {
+    pub fn x86(
+        root: Cell,
+        hv_phys: u64,
+        hv_size: u64,
+        pm_timer_address: u16,
+        vtd_interrupt_limit: u32,
+    ) -> SystemBuilder {
         let x86 = X86Platform {
             pm_timer_address,
             apic_mode: 0,
@@ -244,13 +293,32 @@ impl SystemBuilder {
     }
 
     /// An arm/arm64 system with a GICv3 (distributor and first redistributor).
-    pub fn gicv3(root: Cell, hv_phys: u64, hv_size: u64, gicd_base: u64, gicr_base: u64, maintenance_irq: u8) -> SystemBuilder {
-        let arm = ArmPlatform { maintenance_irq, gic_version: 3, gicd_base, gicr_base, ..ArmPlatform::default() };
+    pub fn gicv3(
+        root: Cell,
+        hv_phys: u64,
+        hv_size: u64,
+        gicd_base: u64,
+        gicr_base: u64,
+        maintenance_irq: u8,
+    ) -> SystemBuilder {
+        let arm = ArmPlatform {
+            maintenance_irq,
+            gic_version: 3,
+            gicd_base,
+            gicr_base,
+            ..ArmPlatform::default()
+        };
         SystemBuilder::new(root, ArchPlatform::Arm(arm), hv_phys, hv_size)
     }
 
     /// An arm/arm64 system with a GICv2 (`[gicd, gicc, gich, gicv]`).
-    pub fn gicv2(root: Cell, hv_phys: u64, hv_size: u64, gic: [u64; 4], maintenance_irq: u8) -> SystemBuilder {
+    pub fn gicv2(
+        root: Cell,
+        hv_phys: u64,
+        hv_size: u64,
+        gic: [u64; 4],
+        maintenance_irq: u8,
+    ) -> SystemBuilder {
         let arm = ArmPlatform {
             maintenance_irq,
             gic_version: 2,
@@ -287,7 +355,12 @@ impl SystemBuilder {
 
     /// Puts an IOMMU unit into the first free slot (ignored when all 8 are used).
     pub fn iommu(mut self, kind: u32, base: u64, size: u32) -> Self {
-        self.push_iommu(IommuUnit { kind, base, size, extra: [0; 12] });
+        self.push_iommu(IommuUnit {
+            kind,
+            base,
+            size,
+            extra: [0; 12],
+        });
         self
     }
 
@@ -296,12 +369,23 @@ impl SystemBuilder {
         let mut extra = [0u8; 12];
         extra[..8].copy_from_slice(&tlb_base.to_le_bytes());
         extra[8..].copy_from_slice(&tlb_size.to_le_bytes());
-        self.push_iommu(IommuUnit { kind: iommu_type::PVU, base, size, extra });
+        self.push_iommu(IommuUnit {
+            kind: iommu_type::PVU,
+            base,
+            size,
+            extra,
+        });
         self
     }
 
     fn push_iommu(&mut self, unit: IommuUnit) {
-        if let Some(slot) = self.sys.platform.iommu_units.iter_mut().find(|u| !u.is_used()) {
+        if let Some(slot) = self
+            .sys
+            .platform
+            .iommu_units
+            .iter_mut()
+            .find(|u| !u.is_used())
+        {
             *slot = unit;
         }
     }
@@ -316,11 +400,21 @@ impl SystemBuilder {
 impl Console {
     /// An 8250 UART on port `port` (`JAILHOUSE_CON_ACCESS_PIO`).
     pub fn uart8250_pio(port: u16) -> Console {
-        Console { address: port as u64, kind: 0x0002, ..Console::default() }
+        Console {
+            address: port as u64,
+            kind: 0x0002,
+            ..Console::default()
+        }
     }
 
     /// An MMIO UART of `kind` at `address` with 4-byte register distance.
     pub fn uart_mmio(kind: u16, address: u64, size: u32, extra_flags: u16) -> Console {
-        Console { address, size, kind, flags: 0x0001 | 0x0002 | extra_flags, ..Console::default() }
+        Console {
+            address,
+            size,
+            kind,
+            flags: 0x0001 | 0x0002 | extra_flags,
+            ..Console::default()
+        }
     }
 }

@@ -15,10 +15,18 @@ fn console(out: &mut String, label: &str, c: &Console) {
 /// Formats a system config and its root cell.
 pub fn dump_system(sys: &SystemConfig) -> String {
     let mut o = String::new();
-    let _ = writeln!(o, "System config (revision {CONFIG_REVISION}, {})", sys.arch().name());
+    let _ = writeln!(
+        o,
+        "System config (revision {CONFIG_REVISION}, {})",
+        sys.arch().name()
+    );
     let _ = writeln!(o, "flags: {:#x}", sys.flags);
     let h = &sys.hypervisor_memory;
-    let _ = writeln!(o, "hypervisor memory: phys {:#x}, size {:#x}", h.phys_start, h.size);
+    let _ = writeln!(
+        o,
+        "hypervisor memory: phys {:#x}, size {:#x}",
+        h.phys_start, h.size
+    );
     console(&mut o, "debug console", &sys.debug_console);
     let p = &sys.platform;
     let _ = writeln!(
@@ -27,7 +35,13 @@ pub fn dump_system(sys: &SystemConfig) -> String {
         p.pci_mmconfig_base, p.pci_mmconfig_end_bus, p.pci_is_virtual, p.pci_domain
     );
     for (i, u) in sys.used_iommus() {
-        let _ = write!(o, "iommu[{i}]: {} base {:#x} size {:#x}", u.kind_name(), u.base, u.size);
+        let _ = write!(
+            o,
+            "iommu[{i}]: {} base {:#x} size {:#x}",
+            u.kind_name(),
+            u.base,
+            u.size
+        );
         match u.kind {
             iommu_type::AMD => {
                 let (bdf, base_cap, msi_cap, features) = u.amd();
@@ -64,7 +78,11 @@ pub fn dump_system(sys: &SystemConfig) -> String {
 
 /// Formats a non-root cell config.
 pub fn dump_cell(cell: &Cell) -> String {
-    format!("Cell config (revision {CONFIG_REVISION}, {})\n{}", cell.arch.name(), dump_cell_body(cell))
+    format!(
+        "Cell config (revision {CONFIG_REVISION}, {})\n{}",
+        cell.arch.name(),
+        dump_cell_body(cell)
+    )
 }
 
 fn dump_cell_body(c: &Cell) -> String {
@@ -72,16 +90,36 @@ fn dump_cell_body(c: &Cell) -> String {
     let cpus: Vec<String> = c.cpus().iter().map(u32::to_string).collect();
     let _ = writeln!(o, "name: {}", c.name());
     let _ = writeln!(o, "flags: {:#x}", c.flags);
-    let _ = writeln!(o, "cpus: {} ({} byte set)", cpus.join(", "), c.cpu_set.len());
-    let _ = writeln!(o, "vpci_irq_base: {}, cpu_reset_address: {:#x}, msg_reply_timeout: {}", c.vpci_irq_base, c.cpu_reset_address, c.msg_reply_timeout);
+    let _ = writeln!(
+        o,
+        "cpus: {} ({} byte set)",
+        cpus.join(", "),
+        c.cpu_set.len()
+    );
+    let _ = writeln!(
+        o,
+        "vpci_irq_base: {}, cpu_reset_address: {:#x}, msg_reply_timeout: {}",
+        c.vpci_irq_base, c.cpu_reset_address, c.msg_reply_timeout
+    );
     console(&mut o, "console", &c.console);
     let _ = writeln!(o, "memory regions ({}):", c.memory_regions.len());
     for (i, m) in c.memory_regions.iter().enumerate() {
-        let _ = writeln!(o, "  [{i}] phys {:#x} virt {:#x} size {:#x} flags {}", m.phys_start, m.virt_start, m.size, mem_flags(m.flags));
+        let _ = writeln!(
+            o,
+            "  [{i}] phys {:#x} virt {:#x} size {:#x} flags {}",
+            m.phys_start,
+            m.virt_start,
+            m.size,
+            mem_flags(m.flags)
+        );
     }
     let _ = writeln!(o, "cache regions ({}):", c.cache_regions.len());
     for (i, r) in c.cache_regions.iter().enumerate() {
-        let _ = writeln!(o, "  [{i}] start {} size {} type {:#x} flags {:#x}", r.start, r.size, r.kind, r.flags);
+        let _ = writeln!(
+            o,
+            "  [{i}] start {} size {} type {:#x} flags {:#x}",
+            r.start, r.size, r.kind, r.flags
+        );
     }
     let _ = writeln!(o, "irqchips ({}):", c.irqchips.len());
     for (i, q) in c.irqchips.iter().enumerate() {
@@ -133,7 +171,11 @@ fn dump_cell_body(c: &Cell) -> String {
     }
     let _ = writeln!(o, "pci caps ({}):", c.pci_caps.len());
     for (i, p) in c.pci_caps.iter().enumerate() {
-        let _ = writeln!(o, "  [{i}] id {:#x} start {:#x} len {} flags {:#x}", p.id, p.start, p.len, p.flags);
+        let _ = writeln!(
+            o,
+            "  [{i}] id {:#x} start {:#x} len {} flags {:#x}",
+            p.id, p.start, p.len, p.flags
+        );
     }
     let _ = writeln!(o, "stream ids ({}):", c.stream_ids.len());
     for (i, s) in c.stream_ids.iter().enumerate() {

@@ -21,6 +21,9 @@ pub mod rules;
 pub mod write;
 
 pub use finding::{Finding, Severity};
-pub use parse::{detect_kind, parse_cell, parse_system, ConfigKind, ParseError, ParseErrorKind, ParseOptions, Parsed};
+pub use parse::{
+    detect_kind, parse_cell, parse_system, ConfigKind, ParseError, ParseErrorKind, ParseOptions,
+    Parsed,
+};
 pub use rules::{check, mem_flags, ConfigSet, RuleInfo, RULES};
 pub use write::{write_cell, write_system};

@@ -4,12 +4,17 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use oxemu_jailhouse::{
-    check, detect_kind, dump, parse_cell, parse_system, ConfigKind, ConfigSet, Finding, ParseError, ParseOptions, Severity,
+    check, detect_kind, dump, parse_cell, parse_system, ConfigKind, ConfigSet, Finding, ParseError,
+    ParseOptions, Severity,
 };
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "oxemu-jailhouse", version, about = "Jailhouse configuration tools")]
+#[command(
+    name = "oxemu-jailhouse",
+    version,
+    about = "Jailhouse configuration tools"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Top,
@@ -71,25 +76,44 @@ fn warning_finding(w: &ParseError, cell: String) -> Finding {
     }
 }
 
-fn load(system: &str, cells: &[String], opts: ParseOptions) -> Result<(ConfigSet, Vec<Finding>), String> {
+fn load(
+    system: &str,
+    cells: &[String],
+    opts: ParseOptions,
+) -> Result<(ConfigSet, Vec<Finding>), String> {
     let parsed = parse_system(&read(system)?, system, opts).map_err(|e| e.to_string())?;
-    let mut extra: Vec<Finding> =
-        parsed.warnings.iter().map(|w| warning_finding(w, parsed.config.root_cell.name())).collect();
+    let mut extra: Vec<Finding> = parsed
+        .warnings
+        .iter()
+        .map(|w| warning_finding(w, parsed.config.root_cell.name()))
+        .collect();
     let mut set = ConfigSet::new(parsed.config, Vec::new());
     set.system_file = system.to_string();
     for path in cells {
         let p = parse_cell(&read(path)?, path, opts).map_err(|e| e.to_string())?;
-        extra.extend(p.warnings.iter().map(|w| warning_finding(w, p.config.name())));
+        extra.extend(
+            p.warnings
+                .iter()
+                .map(|w| warning_finding(w, p.config.name())),
+        );
         set.cells.push(p.config);
         set.cell_files.push(path.clone());
     }
     Ok((set, extra))
 }
 
-fn run_check(system: &str, cells: &[String], format: Format, lenient: bool) -> Result<bool, String> {
+fn run_check(
+    system: &str,
+    cells: &[String],
+    format: Format,
+    lenient: bool,
+) -> Result<bool, String> {
     let (set, mut findings) = load(system, cells, ParseOptions { lenient })?;
     findings.extend(check(&set));
-    let errors = findings.iter().filter(|f| f.severity == Severity::Error).count();
+    let errors = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .count();
     let warnings = findings.len() - errors;
     match format {
         Format::Json => {
@@ -104,12 +128,18 @@ fn run_check(system: &str, cells: &[String], format: Format, lenient: bool) -> R
                 "errors": errors,
                 "warnings": warnings,
             });
-            println!("{}", serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?
+            );
         }
         Format::Human => {
             println!("Reading configuration set:");
             println!("  Architecture:  {}", set.system.arch().name());
-            println!("  Root cell:     {} ({system})", set.system.root_cell.name());
+            println!(
+                "  Root cell:     {} ({system})",
+                set.system.root_cell.name()
+            );
             for (c, f) in set.cells.iter().zip(&set.cell_files) {
                 println!("  Non-root cell: {} ({f})", c.name());
             }
@@ -119,7 +149,10 @@ fn run_check(system: &str, cells: &[String], format: Format, lenient: bool) -> R
             if findings.is_empty() {
                 println!("No findings.");
             } else {
-                println!("{} findings ({errors} errors, {warnings} warnings)", findings.len());
+                println!(
+                    "{} findings ({errors} errors, {warnings} warnings)",
+                    findings.len()
+                );
             }
         }
     }
@@ -152,7 +185,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let Top::Config(cmd) = cli.command;
     let result = match cmd {
-        ConfigCmd::Check { system, cells, format, lenient } => run_check(&system, &cells, format, lenient),
+        ConfigCmd::Check {
+            system,
+            cells,
+            format,
+            lenient,
+        } => run_check(&system, &cells, format, lenient),
         ConfigCmd::Dump { file, lenient } => run_dump(&file, lenient).map(|()| true),
     };
     match result {

@@ -185,12 +185,18 @@ impl MemRegion {
 
     /// Physical range `[start, end)` as u128 so that it never overflows.
     pub fn phys_range(&self) -> (u128, u128) {
-        (self.phys_start as u128, self.phys_start as u128 + self.size as u128)
+        (
+            self.phys_start as u128,
+            self.phys_start as u128 + self.size as u128,
+        )
     }
 
     /// Guest range `[start, end)` as u128 so that it never overflows.
     pub fn virt_range(&self) -> (u128, u128) {
-        (self.virt_start as u128, self.virt_start as u128 + self.size as u128)
+        (
+            self.virt_start as u128,
+            self.virt_start as u128 + self.size as u128,
+        )
     }
 }
 
@@ -592,7 +598,11 @@ impl SystemConfig {
 
     /// IOMMU units in use, with their slot index.
     pub fn used_iommus(&self) -> impl Iterator<Item = (usize, &IommuUnit)> {
-        self.platform.iommu_units.iter().enumerate().filter(|(_, u)| u.is_used())
+        self.platform
+            .iommu_units
+            .iter()
+            .enumerate()
+            .filter(|(_, u)| u.is_used())
     }
 }
 

@@ -157,7 +157,10 @@ const SECTIONS: [(&str, u64); 8] = [
 
 impl Counts {
     fn read(data: &[u8], desc: usize) -> Counts {
-        let mut r = Reader { data, pos: desc + 48 };
+        let mut r = Reader {
+            data,
+            pos: desc + 48,
+        };
         let cpu_set_size = r.u32();
         let mut num = [0u32; 7];
         for n in &mut num {
@@ -181,7 +184,11 @@ impl Counts {
             let n = self.count(i);
             let end = off + n * size; // < 2^32 * 56 + 2^32, no overflow in u64
             if end > len {
-                let index = if *size == 1 { None } else { Some((len.saturating_sub(off)) / size) };
+                let index = if *size == 1 {
+                    None
+                } else {
+                    Some((len.saturating_sub(off)) / size)
+                };
                 let offset = index.map_or(off, |i| off + i * size);
                 let mut needed = end;
                 for (j, (_, s)) in SECTIONS.iter().enumerate().skip(i + 1) {
@@ -192,7 +199,10 @@ impl Counts {
                     structure: name,
                     index,
                     offset,
-                    kind: ParseErrorKind::Truncated { needed, file_size: len },
+                    kind: ParseErrorKind::Truncated {
+                        needed,
+                        file_size: len,
+                    },
                 });
             }
             off = end;
@@ -202,19 +212,46 @@ impl Counts {
 }
 
 fn escape(bytes: &[u8]) -> String {
-    bytes.iter().flat_map(|b| std::ascii::escape_default(*b)).map(char::from).collect()
+    bytes
+        .iter()
+        .flat_map(|b| std::ascii::escape_default(*b))
+        .map(char::from)
+        .collect()
 }
 
 /// Checks signature, architecture and revision of a header at offset 0.
 fn check_ident(file: &str, data: &[u8], want_system: bool) -> Result<Arch, ParseError> {
-    let structure = if want_system { "jailhouse_system" } else { "jailhouse_cell_desc" };
-    let err = |offset: u64, kind| ParseError { file: file.to_string(), structure, index: None, offset, kind };
-    let header_len = if want_system { SYSTEM_SIZE } else { CELL_DESC_SIZE };
+    let structure = if want_system {
+        "jailhouse_system"
+    } else {
+        "jailhouse_cell_desc"
+    };
+    let err = |offset: u64, kind| ParseError {
+        file: file.to_string(),
+        structure,
+        index: None,
+        offset,
+        kind,
+    };
+    let header_len = if want_system {
+        SYSTEM_SIZE
+    } else {
+        CELL_DESC_SIZE
+    };
     let sig = data.get(..5).unwrap_or(data);
-    for (old, name) in [(SYSTEM_SIGNATURE_REV13, "JHSYST"), (CELL_SIGNATURE_REV13, "JHCELL")] {
+    for (old, name) in [
+        (SYSTEM_SIGNATURE_REV13, "JHSYST"),
+        (CELL_SIGNATURE_REV13, "JHCELL"),
+    ] {
         if data.len() >= 8 && &data[..6] == old {
             let revision = u16::from_le_bytes([data[6], data[7]]);
-            return Err(err(0, ParseErrorKind::OldRevision { signature: name, revision }));
+            return Err(err(
+                0,
+                ParseErrorKind::OldRevision {
+                    signature: name,
+                    revision,
+                },
+            ));
         }
     }
     let (expected, other, other_name) = if want_system {
@@ -234,22 +271,51 @@ fn check_ident(file: &str, data: &[u8], want_system: bool) -> Result<Arch, Parse
     }
     if sig != expected.as_bytes() {
         if data.len() < 5 && expected.as_bytes().starts_with(sig) {
-            return Err(err(0, ParseErrorKind::Truncated { needed: header_len as u64, file_size: data.len() as u64 }));
+            return Err(err(
+                0,
+                ParseErrorKind::Truncated {
+                    needed: header_len as u64,
+                    file_size: data.len() as u64,
+                },
+            ));
         }
-        return Err(err(0, ParseErrorKind::BadSignature { expected, found: escape(sig) }));
+        return Err(err(
+            0,
+            ParseErrorKind::BadSignature {
+                expected,
+                found: escape(sig),
+            },
+        ));
     }
     if data.len() < header_len {
-        return Err(err(0, ParseErrorKind::Truncated { needed: header_len as u64, file_size: data.len() as u64 }));
+        return Err(err(
+            0,
+            ParseErrorKind::Truncated {
+                needed: header_len as u64,
+                file_size: data.len() as u64,
+            },
+        ));
     }
     let revision = u16::from_le_bytes([data[6], data[7]]);
     if revision != CONFIG_REVISION {
-        return Err(err(6, ParseErrorKind::Revision { found: revision, expected: CONFIG_REVISION }));
+        return Err(err(
+            6,
+            ParseErrorKind::Revision {
+                found: revision,
+                expected: CONFIG_REVISION,
+            },
+        ));
     }
     Arch::from_byte(data[5]).ok_or_else(|| err(5, ParseErrorKind::UnknownArch(data[5])))
 }
 
 /// Handles the size comparison after the arrays.
-fn check_trailing(file: &str, end: u64, len: u64, opts: ParseOptions) -> Result<Vec<ParseError>, ParseError> {
+fn check_trailing(
+    file: &str,
+    end: u64,
+    len: u64,
+    opts: ParseOptions,
+) -> Result<Vec<ParseError>, ParseError> {
     if end == len {
         return Ok(Vec::new());
     }
@@ -258,7 +324,11 @@ fn check_trailing(file: &str, end: u64, len: u64, opts: ParseOptions) -> Result<
         structure: "end of config",
         index: None,
         offset: end,
-        kind: ParseErrorKind::TrailingData { extra: len - end, expected: end, file_size: len },
+        kind: ParseErrorKind::TrailingData {
+            extra: len - end,
+            expected: end,
+            file_size: len,
+        },
     };
     if opts.lenient {
         Ok(vec![e])
@@ -272,7 +342,11 @@ fn check_trailing(file: &str, end: u64, len: u64, opts: ParseOptions) -> Result<
 /// Guarantees: on success every array has exactly the length its header
 /// count gives, and (without `lenient`) the file has no other bytes, so
 /// [`crate::write_system`] reproduces the input exactly.
-pub fn parse_system(data: &[u8], file: &str, opts: ParseOptions) -> Result<Parsed<SystemConfig>, ParseError> {
+pub fn parse_system(
+    data: &[u8],
+    file: &str,
+    opts: ParseOptions,
+) -> Result<Parsed<SystemConfig>, ParseError> {
     let arch = check_ident(file, data, true)?;
     let desc = SYSTEM_SIZE - CELL_DESC_SIZE;
     let counts = Counts::read(data, desc);
@@ -289,7 +363,12 @@ pub fn parse_system(data: &[u8], file: &str, opts: ParseOptions) -> Result<Parse
     let pci_domain = r.u16();
     let mut iommu_units = [IommuUnit::default(); MAX_IOMMU_UNITS];
     for u in &mut iommu_units {
-        *u = IommuUnit { kind: r.u32(), base: r.u64(), size: r.u32(), extra: r.bytes() };
+        *u = IommuUnit {
+            kind: r.u32(),
+            base: r.u64(),
+            size: r.u32(),
+            extra: r.bytes(),
+        };
     }
     let arch_platform = if arch.is_arm() {
         ArchPlatform::Arm(ArmPlatform {
@@ -342,7 +421,10 @@ pub fn parse_cell(data: &[u8], file: &str, opts: ParseOptions) -> Result<Parsed<
     let counts = Counts::read(data, 0);
     let end = counts.check(file, CELL_DESC_SIZE as u64, data.len() as u64)?;
     let warnings = check_trailing(file, end, data.len() as u64, opts)?;
-    Ok(Parsed { config: read_cell(data, 0, arch, &counts), warnings })
+    Ok(Parsed {
+        config: read_cell(data, 0, arch, &counts),
+        warnings,
+    })
 }
 
 /// Which kind of config a file claims to be, from its signature alone.
@@ -357,14 +439,21 @@ pub enum ConfigKind {
 /// Detects the kind of config from the signature; `None` for anything else.
 pub fn detect_kind(data: &[u8]) -> Option<ConfigKind> {
     match data.get(..5) {
-        Some(s) if s == SYSTEM_SIGNATURE && data.get(5..6) != Some(b"T") => Some(ConfigKind::System),
+        Some(s) if s == SYSTEM_SIGNATURE && data.get(5..6) != Some(b"T") => {
+            Some(ConfigKind::System)
+        }
         Some(s) if s == CELL_SIGNATURE => Some(ConfigKind::Cell),
         _ => None,
     }
 }
 
 fn read_mem(r: &mut Reader) -> MemRegion {
-    MemRegion { phys_start: r.u64(), virt_start: r.u64(), size: r.u64(), flags: r.u64() }
+    MemRegion {
+        phys_start: r.u64(),
+        virt_start: r.u64(),
+        size: r.u64(),
+        flags: r.u64(),
+    }
 }
 
 fn read_console(r: &mut Reader) -> Console {
@@ -381,7 +470,10 @@ fn read_console(r: &mut Reader) -> Console {
 
 /// Reads a descriptor at `desc` whose arrays `Counts::check` validated.
 fn read_cell(data: &[u8], desc: usize, arch: Arch, counts: &Counts) -> Cell {
-    let mut r = Reader { data, pos: desc + 8 };
+    let mut r = Reader {
+        data,
+        pos: desc + 8,
+    };
     let name_raw = r.bytes::<32>();
     let id = r.u32();
     let flags = r.u32();
@@ -395,7 +487,13 @@ fn read_cell(data: &[u8], desc: usize, arch: Arch, counts: &Counts) -> Cell {
     let n = |i: usize| counts.num[i] as usize;
     let memory_regions = (0..n(0)).map(|_| read_mem(&mut r)).collect();
     let cache_regions = (0..n(1))
-        .map(|_| CacheRegion { start: r.u32(), size: r.u32(), kind: r.u8(), padding: r.u8(), flags: r.u16() })
+        .map(|_| CacheRegion {
+            start: r.u32(),
+            size: r.u32(),
+            kind: r.u8(),
+            padding: r.u8(),
+            flags: r.u16(),
+        })
         .collect();
     let irqchips = (0..n(2))
         .map(|_| Irqchip {
@@ -405,7 +503,12 @@ fn read_cell(data: &[u8], desc: usize, arch: Arch, counts: &Counts) -> Cell {
             pin_bitmap: [r.u32(), r.u32(), r.u32(), r.u32()],
         })
         .collect();
-    let pio_regions = (0..n(3)).map(|_| PioRegion { base: r.u16(), length: r.u16() }).collect();
+    let pio_regions = (0..n(3))
+        .map(|_| PioRegion {
+            base: r.u16(),
+            length: r.u16(),
+        })
+        .collect();
     let pci_devices = (0..n(4))
         .map(|_| PciDevice {
             kind: r.u8(),
@@ -427,7 +530,12 @@ fn read_cell(data: &[u8], desc: usize, arch: Arch, counts: &Counts) -> Cell {
         })
         .collect();
     let pci_caps = (0..n(5))
-        .map(|_| PciCapability { id: r.u16(), start: r.u16(), len: r.u16(), flags: r.u16() })
+        .map(|_| PciCapability {
+            id: r.u16(),
+            start: r.u16(),
+            len: r.u16(),
+            flags: r.u16(),
+        })
         .collect();
     let stream_ids = (0..n(6)).map(|_| r.u32()).collect();
     Cell {

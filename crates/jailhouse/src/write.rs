@@ -43,7 +43,9 @@ impl Writer {
 /// cell's architecture byte and revision 14, and the header counts equal the
 /// array lengths; `parse_system(write_system(c))` yields `c`.
 pub fn write_system(sys: &SystemConfig) -> Vec<u8> {
-    let mut w = Writer(Vec::with_capacity(SYSTEM_SIZE - CELL_DESC_SIZE + sys.root_cell.encoded_size()));
+    let mut w = Writer(Vec::with_capacity(
+        SYSTEM_SIZE - CELL_DESC_SIZE + sys.root_cell.encoded_size(),
+    ));
     w.bytes(SYSTEM_SIGNATURE);
     w.u8(sys.arch().to_byte());
     w.u16(CONFIG_REVISION);
@@ -75,7 +77,13 @@ pub fn write_system(sys: &SystemConfig) -> Vec<u8> {
             w.u8(a.maintenance_irq);
             w.u8(a.gic_version);
             w.bytes(&a.padding);
-            for v in [a.gicd_base, a.gicc_base, a.gich_base, a.gicv_base, a.gicr_base] {
+            for v in [
+                a.gicd_base,
+                a.gicc_base,
+                a.gich_base,
+                a.gicv_base,
+                a.gicr_base,
+            ] {
                 w.u64(v);
             }
         }

@@ -3,7 +3,9 @@
 
 mod support;
 
-use oxemu_jailhouse::{parse_cell, parse_system, write_cell, write_system, ParseErrorKind, ParseOptions};
+use oxemu_jailhouse::{
+    parse_cell, parse_system, write_cell, write_system, ParseErrorKind, ParseOptions,
+};
 
 const STRICT: ParseOptions = ParseOptions { lenient: false };
 const LENIENT: ParseOptions = ParseOptions { lenient: true };
@@ -19,7 +21,10 @@ fn every_truncation_of_every_config_is_an_error() {
                 parse_cell(cut, file, STRICT).err()
             };
             let err = err.unwrap_or_else(|| panic!("{file} cut to {len} bytes parsed"));
-            assert!(matches!(err.kind, ParseErrorKind::Truncated { .. }), "{file} at {len}: {err}");
+            assert!(
+                matches!(err.kind, ParseErrorKind::Truncated { .. }),
+                "{file} at {len}: {err}"
+            );
             assert!(err.to_string().starts_with(file));
         }
     }
@@ -53,7 +58,9 @@ fn huge_counts_are_refused_before_allocating() {
     // The 88 bytes of arrays that follow hold two whole 32-byte entries.
     assert_eq!(err.index, Some(2));
     assert_eq!(err.offset, 132 + 8 + 2 * 32);
-    assert!(matches!(err.kind, ParseErrorKind::Truncated { needed, .. } if needed > u32::MAX as u64));
+    assert!(
+        matches!(err.kind, ParseErrorKind::Truncated { needed, .. } if needed > u32::MAX as u64)
+    );
 
     let mut bytes = write_system(&support::qemu_x86());
     for field in 0..8 {
@@ -68,7 +75,10 @@ fn wrong_magic_is_refused() {
     let mut bytes = write_cell(&support::apic_demo());
     bytes[..5].copy_from_slice(b"ELF\x7f\x00");
     let err = parse_cell(&bytes, "x.cell", STRICT).unwrap_err();
-    assert!(matches!(err.kind, ParseErrorKind::BadSignature { .. }), "{err}");
+    assert!(
+        matches!(err.kind, ParseErrorKind::BadSignature { .. }),
+        "{err}"
+    );
     assert_eq!(err.offset, 0);
     assert!(err.to_string().contains("not a Jailhouse config"), "{err}");
 }
@@ -84,9 +94,15 @@ fn revision_13_signatures_are_refused_naming_the_revision() {
         } else {
             parse_cell(&bytes, "old.cell", STRICT).unwrap_err()
         };
-        assert!(matches!(err.kind, ParseErrorKind::OldRevision { revision: 13, .. }), "{err}");
+        assert!(
+            matches!(err.kind, ParseErrorKind::OldRevision { revision: 13, .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("config revision 13"), "{err}");
-        assert!(err.to_string().contains("JAILHOUSE_CONFIG_REVISION 14"), "{err}");
+        assert!(
+            err.to_string().contains("JAILHOUSE_CONFIG_REVISION 14"),
+            "{err}"
+        );
     }
 }
 
@@ -95,7 +111,13 @@ fn other_revision_numbers_are_refused() {
     let mut bytes = write_system(&support::qemu_x86());
     bytes[6..8].copy_from_slice(&15u16.to_le_bytes());
     let err = parse_system(&bytes, "sys.cell", STRICT).unwrap_err();
-    assert_eq!(err.kind, ParseErrorKind::Revision { found: 15, expected: 14 });
+    assert_eq!(
+        err.kind,
+        ParseErrorKind::Revision {
+            found: 15,
+            expected: 14
+        }
+    );
     assert_eq!(err.offset, 6);
 }
 
@@ -112,10 +134,30 @@ fn unknown_architecture_byte_is_refused() {
 fn cell_config_given_as_system_config_is_the_wrong_kind() {
     let cell = write_cell(&support::apic_demo());
     let err = parse_system(&cell, "apic.cell", STRICT).unwrap_err();
-    assert!(matches!(err.kind, ParseErrorKind::WrongKind { expected: "system", found: "cell", .. }), "{err}");
+    assert!(
+        matches!(
+            err.kind,
+            ParseErrorKind::WrongKind {
+                expected: "system",
+                found: "cell",
+                ..
+            }
+        ),
+        "{err}"
+    );
     let sys = write_system(&support::qemu_x86());
     let err = parse_cell(&sys, "qemu.cell", STRICT).unwrap_err();
-    assert!(matches!(err.kind, ParseErrorKind::WrongKind { expected: "cell", found: "system", .. }), "{err}");
+    assert!(
+        matches!(
+            err.kind,
+            ParseErrorKind::WrongKind {
+                expected: "cell",
+                found: "system",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -125,7 +167,10 @@ fn trailing_data_is_an_error_or_a_lenient_warning() {
     bytes.extend_from_slice(&[0xaa; 10]);
     let err = parse_cell(&bytes, "tiny.cell", STRICT).unwrap_err();
     assert_eq!(err.offset, end);
-    assert!(matches!(err.kind, ParseErrorKind::TrailingData { extra: 10, .. }), "{err}");
+    assert!(
+        matches!(err.kind, ParseErrorKind::TrailingData { extra: 10, .. }),
+        "{err}"
+    );
     let parsed = parse_cell(&bytes, "tiny.cell", LENIENT).unwrap();
     assert_eq!(parsed.config, support::tiny_demo());
     assert_eq!(parsed.warnings.len(), 1);

@@ -1,6 +1,8 @@
 //! Memory-region rules.
 
-use super::{finding, overlaps, physical_regions, region_line, shmem_owner, At, CellView, ConfigSet};
+use super::{
+    finding, overlaps, physical_regions, region_line, shmem_owner, At, CellView, ConfigSet,
+};
 use crate::finding::Finding;
 use crate::model::*;
 
@@ -13,10 +15,26 @@ pub(super) fn check(set: &ConfigSet, out: &mut Vec<Finding>) {
     for v in &views {
         for (i, m) in physical_regions(v.cell) {
             for r in &reserved {
-                if overlaps(m.phys_range(), (r.start as u128, r.start as u128 + r.size as u128)) {
-                    let at = At { view: *v, array: Some("memory_regions"), index: Some(i as u64), address: Some(m.phys_start) };
+                if overlaps(
+                    m.phys_range(),
+                    (r.start as u128, r.start as u128 + r.size as u128),
+                ) {
+                    let at = At {
+                        view: *v,
+                        array: Some("memory_regions"),
+                        index: Some(i as u64),
+                        address: Some(m.phys_start),
+                    };
                     let msg = format!("memory region {i} of {} overlaps {}", v.cell.name(), r.name);
-                    let d = vec![region_line(i, m), format!("{}: {:#x}-{:#x}", r.name, r.start, (r.start as u128 + r.size as u128).saturating_sub(1))];
+                    let d = vec![
+                        region_line(i, m),
+                        format!(
+                            "{}: {:#x}-{:#x}",
+                            r.name,
+                            r.start,
+                            (r.start as u128 + r.size as u128).saturating_sub(1)
+                        ),
+                    ];
                     out.push(finding(r.rule, at, msg, d));
                 }
             }
@@ -32,16 +50,44 @@ fn in_cell(v: CellView, out: &mut Vec<Finding>) {
     let regions = &v.cell.memory_regions;
     for (i, a) in regions.iter().enumerate() {
         for (j, b) in regions.iter().enumerate().skip(i + 1) {
-            let phys = !a.has(mem::COMM_REGION) && !b.has(mem::COMM_REGION) && overlaps(a.phys_range(), b.phys_range());
+            let phys = !a.has(mem::COMM_REGION)
+                && !b.has(mem::COMM_REGION)
+                && overlaps(a.phys_range(), b.phys_range());
             if phys {
-                let at = At { view: v, array: Some("memory_regions"), index: Some(j as u64), address: Some(b.phys_start) };
-                let msg = format!("memory regions {i} and {j} of {} overlap physically", v.cell.name());
-                out.push(finding("mem-phys-overlap-in-cell", at, msg, vec![region_line(i, a), region_line(j, b)]));
+                let at = At {
+                    view: v,
+                    array: Some("memory_regions"),
+                    index: Some(j as u64),
+                    address: Some(b.phys_start),
+                };
+                let msg = format!(
+                    "memory regions {i} and {j} of {} overlap physically",
+                    v.cell.name()
+                );
+                out.push(finding(
+                    "mem-phys-overlap-in-cell",
+                    at,
+                    msg,
+                    vec![region_line(i, a), region_line(j, b)],
+                ));
             }
             if overlaps(a.virt_range(), b.virt_range()) {
-                let at = At { view: v, array: Some("memory_regions"), index: Some(j as u64), address: Some(b.virt_start) };
-                let msg = format!("memory regions {i} and {j} of {} overlap in the cell's address space", v.cell.name());
-                out.push(finding("mem-virt-overlap-in-cell", at, msg, vec![region_line(i, a), region_line(j, b)]));
+                let at = At {
+                    view: v,
+                    array: Some("memory_regions"),
+                    index: Some(j as u64),
+                    address: Some(b.virt_start),
+                };
+                let msg = format!(
+                    "memory regions {i} and {j} of {} overlap in the cell's address space",
+                    v.cell.name()
+                );
+                out.push(finding(
+                    "mem-virt-overlap-in-cell",
+                    at,
+                    msg,
+                    vec![region_line(i, a), region_line(j, b)],
+                ));
             }
         }
     }
@@ -61,17 +107,37 @@ fn reserved_ranges(set: &ConfigSet) -> Vec<Reserved> {
     let mut v = Vec::new();
     let mut push = |rule, name: String, start, size| {
         if size > 0 {
-            v.push(Reserved { rule, name, start, size });
+            v.push(Reserved {
+                rule,
+                name,
+                start,
+                size,
+            });
         }
     };
     let hv = &sys.hypervisor_memory;
-    push("mem-overlap-hypervisor", "hypervisor memory".into(), hv.phys_start, hv.size);
+    push(
+        "mem-overlap-hypervisor",
+        "hypervisor memory".into(),
+        hv.phys_start,
+        hv.size,
+    );
     let p = &sys.platform;
     if p.pci_mmconfig_base != 0 {
-        push("mem-overlap-mmconfig", "PCI MMCONFIG window".into(), p.pci_mmconfig_base, p.mmconfig_size());
+        push(
+            "mem-overlap-mmconfig",
+            "PCI MMCONFIG window".into(),
+            p.pci_mmconfig_base,
+            p.mmconfig_size(),
+        );
     }
     for (i, u) in sys.used_iommus() {
-        push("mem-overlap-iommu", format!("IOMMU unit {i} ({})", u.kind_name()), u.base, u.size as u64);
+        push(
+            "mem-overlap-iommu",
+            format!("IOMMU unit {i} ({})", u.kind_name()),
+            u.base,
+            u.size as u64,
+        );
     }
     match &p.arch {
         ArchPlatform::Arm(a) if a.gic_version == 2 => {
@@ -84,7 +150,12 @@ fn reserved_ranges(set: &ConfigSet) -> Vec<Reserved> {
             push("mem-overlap-gic", "GICD".into(), a.gicd_base, 0x10000);
             // One 128 KiB redistributor frame pair per CPU, contiguous from gicr_base.
             let cpus = sys.root_cell.cpus().last().map_or(1, |&c| c as u64 + 1);
-            push("mem-overlap-gic", format!("GICR frames of {cpus} CPUs"), a.gicr_base, cpus * 0x20000);
+            push(
+                "mem-overlap-gic",
+                format!("GICR frames of {cpus} CPUs"),
+                a.gicr_base,
+                cpus * 0x20000,
+            );
         }
         ArchPlatform::Arm(_) => {}
         ArchPlatform::X86(_) => {
@@ -94,7 +165,12 @@ fn reserved_ranges(set: &ConfigSet) -> Vec<Reserved> {
                 for chip in &c.irqchips {
                     if chip.address != 0 && !seen.contains(&chip.address) {
                         seen.push(chip.address);
-                        push("mem-overlap-ioapic", format!("IOAPIC {:#x}", chip.id), chip.address, 0x1000);
+                        push(
+                            "mem-overlap-ioapic",
+                            format!("IOAPIC {:#x}", chip.id),
+                            chip.address,
+                            0x1000,
+                        );
                     }
                 }
             }
@@ -119,8 +195,15 @@ fn between_cells(views: &[CellView], out: &mut Vec<Finding>) {
         for b in views.iter().skip(ai + 1) {
             for (ib, mb) in physical_regions(b.cell) {
                 for (ia, ma) in physical_regions(a.cell) {
-                    if overlaps(ma.phys_range(), mb.phys_range()) && !declared_shared(a.cell, ia, b.cell, ib) {
-                        let at = At { view: *b, array: Some("memory_regions"), index: Some(ib as u64), address: Some(mb.phys_start) };
+                    if overlaps(ma.phys_range(), mb.phys_range())
+                        && !declared_shared(a.cell, ia, b.cell, ib)
+                    {
+                        let at = At {
+                            view: *b,
+                            array: Some("memory_regions"),
+                            index: Some(ib as u64),
+                            address: Some(mb.phys_start),
+                        };
                         let msg = format!(
                             "memory region {ib} of {} overlaps memory region {ia} of {} without being shared",
                             b.cell.name(),
@@ -142,14 +225,30 @@ fn between_cells(views: &[CellView], out: &mut Vec<Finding>) {
 /// The root cell loads images into LOADABLE regions, so it must map all of them.
 fn loadable(views: &[CellView], out: &mut Vec<Finding>) {
     let root = views[0].cell;
-    let mut covered: Vec<(u128, u128)> = physical_regions(root).map(|(_, m)| m.phys_range()).collect();
+    let mut covered: Vec<(u128, u128)> = physical_regions(root)
+        .map(|(_, m)| m.phys_range())
+        .collect();
     covered.sort_unstable();
     for v in views.iter().skip(1) {
         for (i, m) in physical_regions(v.cell).filter(|(_, m)| m.has(mem::LOADABLE)) {
             if let Some(gap) = first_gap(&covered, m.phys_range()) {
-                let at = At { view: *v, array: Some("memory_regions"), index: Some(i as u64), address: Some(m.phys_start) };
-                let msg = format!("loadable memory region {i} of {} is not reachable by the root cell", v.cell.name());
-                let d = vec![region_line(i, m), format!("first address not mapped in root cell {}: {gap:#x}", root.name())];
+                let at = At {
+                    view: *v,
+                    array: Some("memory_regions"),
+                    index: Some(i as u64),
+                    address: Some(m.phys_start),
+                };
+                let msg = format!(
+                    "loadable memory region {i} of {} is not reachable by the root cell",
+                    v.cell.name()
+                );
+                let d = vec![
+                    region_line(i, m),
+                    format!(
+                        "first address not mapped in root cell {}: {gap:#x}",
+                        root.name()
+                    ),
+                ];
                 out.push(finding("loadable-unreachable", at, msg, d));
             }
         }
@@ -177,7 +276,12 @@ fn first_gap(covered: &[(u128, u128)], range: (u128, u128)) -> Option<u128> {
 fn msix(views: &[CellView], out: &mut Vec<Finding>) {
     let mut tables: Vec<(u16, u16, u64, u64)> = Vec::new();
     for v in views {
-        for d in v.cell.pci_devices.iter().filter(|d| !d.is_ivshmem() && d.msix_region_size > 0) {
+        for d in v
+            .cell
+            .pci_devices
+            .iter()
+            .filter(|d| !d.is_ivshmem() && d.msix_region_size > 0)
+        {
             let start = d.msix_address & !0xfff;
             let end = (d.msix_address as u128 + d.msix_region_size as u128 + 0xfff) & !0xfff;
             let entry = (d.domain, d.bdf, start, (end - start as u128) as u64);
@@ -189,13 +293,27 @@ fn msix(views: &[CellView], out: &mut Vec<Finding>) {
     for v in views {
         for (i, m) in physical_regions(v.cell) {
             for &(domain, bdf, start, size) in &tables {
-                if overlaps(m.phys_range(), (start as u128, start as u128 + size as u128)) {
+                if overlaps(
+                    m.phys_range(),
+                    (start as u128, start as u128 + size as u128),
+                ) {
                     let name = bdf_name(domain, bdf);
-                    let at = At { view: *v, array: Some("memory_regions"), index: Some(i as u64), address: Some(start) };
-                    let msg = format!("MSI-X region of PCI device {name} directly mapped into {}", v.cell.name());
+                    let at = At {
+                        view: *v,
+                        array: Some("memory_regions"),
+                        index: Some(i as u64),
+                        address: Some(start),
+                    };
+                    let msg = format!(
+                        "MSI-X region of PCI device {name} directly mapped into {}",
+                        v.cell.name()
+                    );
                     let d = vec![
                         region_line(i, m),
-                        format!("MSI-X table pages of {name}: {start:#x}-{:#x}", start as u128 + size as u128 - 1),
+                        format!(
+                            "MSI-X table pages of {name}: {start:#x}-{:#x}",
+                            start as u128 + size as u128 - 1
+                        ),
                     ];
                     out.push(finding("msix-mapped", at, msg, d));
                 }

@@ -30,15 +30,28 @@ pub struct ConfigSet {
 impl ConfigSet {
     /// A set without file names.
     pub fn new(system: SystemConfig, cells: Vec<Cell>) -> ConfigSet {
-        ConfigSet { system, system_file: String::new(), cells, cell_files: Vec::new() }
+        ConfigSet {
+            system,
+            system_file: String::new(),
+            cells,
+            cell_files: Vec::new(),
+        }
     }
 
     /// Root cell first, then the non-root cells in order.
     pub(crate) fn views(&self) -> Vec<CellView<'_>> {
-        let mut v = vec![CellView { cell: &self.system.root_cell, file: &self.system_file, root: true }];
+        let mut v = vec![CellView {
+            cell: &self.system.root_cell,
+            file: &self.system_file,
+            root: true,
+        }];
         for (i, c) in self.cells.iter().enumerate() {
             let file = self.cell_files.get(i).map(String::as_str).unwrap_or("");
-            v.push(CellView { cell: c, file, root: false });
+            v.push(CellView {
+                cell: c,
+                file,
+                root: false,
+            });
         }
         v
     }
@@ -65,8 +78,18 @@ pub struct RuleInfo {
     pub in_jailhouse: bool,
 }
 
-const fn rule(id: &'static str, severity: Severity, summary: &'static str, in_jailhouse: bool) -> RuleInfo {
-    RuleInfo { id, severity, summary, in_jailhouse }
+const fn rule(
+    id: &'static str,
+    severity: Severity,
+    summary: &'static str,
+    in_jailhouse: bool,
+) -> RuleInfo {
+    RuleInfo {
+        id,
+        severity,
+        summary,
+        in_jailhouse,
+    }
 }
 
 use Severity::{Error as E, Warning as W};
@@ -107,7 +130,10 @@ pub const RULES: &[RuleInfo] = &[
 
 /// Severity of a rule id; `Error` for unknown ids.
 pub fn severity_of(id: &str) -> Severity {
-    RULES.iter().find(|r| r.id == id).map_or(Severity::Error, |r| r.severity)
+    RULES
+        .iter()
+        .find(|r| r.id == id)
+        .map_or(Severity::Error, |r| r.severity)
 }
 
 /// Builds a finding at a cell.
@@ -118,7 +144,12 @@ pub(crate) struct At<'a> {
     pub address: Option<u64>,
 }
 
-pub(crate) fn finding(rule: &'static str, at: At, message: String, details: Vec<String>) -> Finding {
+pub(crate) fn finding(
+    rule: &'static str,
+    at: At,
+    message: String,
+    details: Vec<String>,
+) -> Finding {
     Finding {
         rule,
         severity: severity_of(rule),
@@ -164,7 +195,11 @@ pub fn mem_flags(flags: u64) -> String {
         (mem::NO_HUGEPAGES, "NO_HUGEPAGES"),
         (mem::IO_UNALIGNED, "IO_UNALIGNED"),
     ];
-    let mut parts: Vec<String> = NAMES.iter().filter(|(f, _)| flags & f != 0).map(|(_, n)| n.to_string()).collect();
+    let mut parts: Vec<String> = NAMES
+        .iter()
+        .filter(|(f, _)| flags & f != 0)
+        .map(|(_, n)| n.to_string())
+        .collect();
     let rest = flags & !NAMES.iter().fold(0, |a, (f, _)| a | f);
     if rest != 0 {
         parts.push(format!("{rest:#x}"));
@@ -192,7 +227,10 @@ pub(crate) fn region_line(index: usize, m: &MemRegion) -> String {
 /// region is virtual only (its phys_start is meaningless) and empty regions
 /// map nothing.
 pub(crate) fn physical_regions(cell: &Cell) -> impl Iterator<Item = (usize, &MemRegion)> {
-    cell.memory_regions.iter().enumerate().filter(|(_, m)| m.size != 0 && !m.has(mem::COMM_REGION))
+    cell.memory_regions
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.size != 0 && !m.has(mem::COMM_REGION))
 }
 
 /// The ivshmem device (domain, bdf) whose shared-memory region set contains

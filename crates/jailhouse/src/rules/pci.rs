@@ -15,7 +15,12 @@ pub(super) fn check(set: &ConfigSet, out: &mut Vec<Finding>) {
 }
 
 fn dev_at<'a>(v: CellView<'a>, i: usize) -> At<'a> {
-    At { view: v, array: Some("pci_devices"), index: Some(i as u64), address: None }
+    At {
+        view: v,
+        array: Some("pci_devices"),
+        index: Some(i as u64),
+        address: None,
+    }
 }
 
 fn indices(set: &ConfigSet, v: CellView, out: &mut Vec<Finding>) {
@@ -24,7 +29,10 @@ fn indices(set: &ConfigSet, v: CellView, out: &mut Vec<Finding>) {
     for (i, d) in cell.pci_devices.iter().enumerate() {
         let name = d.bdf_name();
         if d.num_caps > 0 && d.caps_start as usize + d.num_caps as usize > cell.pci_caps.len() {
-            let msg = format!("capabilities of PCI device {name} in {} are out of range", cell.name());
+            let msg = format!(
+                "capabilities of PCI device {name} in {} are out of range",
+                cell.name()
+            );
             let det = vec![format!(
                 "caps_start {} + num_caps {} > {} entries in pci_caps",
                 d.caps_start,
@@ -33,18 +41,33 @@ fn indices(set: &ConfigSet, v: CellView, out: &mut Vec<Finding>) {
             )];
             out.push(finding("pci-caps-out-of-range", dev_at(v, i), msg, det));
         }
-        if d.is_ivshmem() && d.shmem_regions_start as u64 + d.shmem_region_count() > cell.memory_regions.len() as u64 {
-            let msg = format!("shared-memory regions of ivshmem device {name} in {} are out of range", cell.name());
+        if d.is_ivshmem()
+            && d.shmem_regions_start as u64 + d.shmem_region_count()
+                > cell.memory_regions.len() as u64
+        {
+            let msg = format!(
+                "shared-memory regions of ivshmem device {name} in {} are out of range",
+                cell.name()
+            );
             let det = vec![format!(
                 "shmem_regions_start {} + 2 + shmem_peers {} > {} memory regions",
                 d.shmem_regions_start,
                 d.shmem_peers,
                 cell.memory_regions.len()
             )];
-            out.push(finding("shmem-regions-out-of-range", dev_at(v, i), msg, det));
+            out.push(finding(
+                "shmem-regions-out-of-range",
+                dev_at(v, i),
+                msg,
+                det,
+            ));
         }
         if !d.is_ivshmem() && !configured.is_empty() && !configured.contains(&(d.iommu as usize)) {
-            let msg = format!("PCI device {name} in {} names IOMMU unit {} which is not configured", cell.name(), d.iommu);
+            let msg = format!(
+                "PCI device {name} in {} names IOMMU unit {} which is not configured",
+                cell.name(),
+                d.iommu
+            );
             let det = vec![format!("configured IOMMU units: {configured:?}")];
             out.push(finding("iommu-index-out-of-range", dev_at(v, i), msg, det));
         }
@@ -54,9 +77,22 @@ fn indices(set: &ConfigSet, v: CellView, out: &mut Vec<Finding>) {
 fn zero_entries(v: CellView, out: &mut Vec<Finding>) {
     let c = v.cell;
     let mut report = |array: &'static str, i: usize| {
-        let at = At { view: v, array: Some(array), index: Some(i as u64), address: None };
+        let at = At {
+            view: v,
+            array: Some(array),
+            index: Some(i as u64),
+            address: None,
+        };
         let msg = format!("{array}[{i}] of {} is all zero", c.name());
-        out.push(finding("zero-entry", at, msg, vec!["an all-zero entry usually means an element is missing or the array is oversized".into()]));
+        out.push(finding(
+            "zero-entry",
+            at,
+            msg,
+            vec![
+                "an all-zero entry usually means an element is missing or the array is oversized"
+                    .into(),
+            ],
+        ));
     };
     for (i, m) in c.memory_regions.iter().enumerate() {
         if m.is_zero() && shmem_owner(c, i).is_none() {
@@ -95,11 +131,28 @@ fn zero_entries(v: CellView, out: &mut Vec<Finding>) {
 fn two_cells(views: &[CellView], out: &mut Vec<Finding>) {
     for (ai, a) in views.iter().enumerate().skip(1) {
         for b in views.iter().skip(ai + 1) {
-            for (ib, db) in b.cell.pci_devices.iter().enumerate().filter(|(_, d)| !d.is_ivshmem() && !d.is_zero()) {
-                let same = |d: &&PciDevice| !d.is_ivshmem() && d.domain == db.domain && d.bdf == db.bdf;
+            for (ib, db) in b
+                .cell
+                .pci_devices
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| !d.is_ivshmem() && !d.is_zero())
+            {
+                let same =
+                    |d: &&PciDevice| !d.is_ivshmem() && d.domain == db.domain && d.bdf == db.bdf;
                 if a.cell.pci_devices.iter().any(|d| same(&d)) {
-                    let msg = format!("PCI device {} assigned to both {} and {}", db.bdf_name(), a.cell.name(), b.cell.name());
-                    out.push(finding("pci-device-in-two-cells", dev_at(*b, ib), msg, vec![]));
+                    let msg = format!(
+                        "PCI device {} assigned to both {} and {}",
+                        db.bdf_name(),
+                        a.cell.name(),
+                        b.cell.name()
+                    );
+                    out.push(finding(
+                        "pci-device-in-two-cells",
+                        dev_at(*b, ib),
+                        msg,
+                        vec![],
+                    ));
                 }
             }
         }
@@ -124,9 +177,22 @@ struct Peer<'a> {
 fn ivshmem(views: &[CellView], out: &mut Vec<Finding>) {
     let mut groups: Vec<Vec<Peer>> = Vec::new();
     for v in views {
-        for (i, d) in v.cell.pci_devices.iter().enumerate().filter(|(_, d)| d.is_ivshmem()) {
-            let peer = Peer { view: *v, index: i, dev: d };
-            match groups.iter_mut().find(|g| g[0].dev.domain == d.domain && g[0].dev.bdf == d.bdf) {
+        for (i, d) in v
+            .cell
+            .pci_devices
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.is_ivshmem())
+        {
+            let peer = Peer {
+                view: *v,
+                index: i,
+                dev: d,
+            };
+            match groups
+                .iter_mut()
+                .find(|g| g[0].dev.domain == d.domain && g[0].dev.bdf == d.bdf)
+            {
                 Some(g) => g.push(peer),
                 None => groups.push(vec![peer]),
             }
@@ -141,7 +207,8 @@ fn ivshmem(views: &[CellView], out: &mut Vec<Finding>) {
 }
 
 fn regions_in_range(p: &Peer) -> bool {
-    p.dev.shmem_regions_start as u64 + p.dev.shmem_region_count() <= p.view.cell.memory_regions.len() as u64
+    p.dev.shmem_regions_start as u64 + p.dev.shmem_region_count()
+        <= p.view.cell.memory_regions.len() as u64
 }
 
 fn peers(g: &[Peer], out: &mut Vec<Finding>) {
@@ -152,10 +219,18 @@ fn peers(g: &[Peer], out: &mut Vec<Finding>) {
         let cell = p.view.cell.name();
         let mut problems = Vec::new();
         if d.shmem_dev_id >= d.shmem_peers {
-            problems.push(format!("shmem_dev_id {} is not below shmem_peers {}", d.shmem_dev_id, d.shmem_peers));
+            problems.push(format!(
+                "shmem_dev_id {} is not below shmem_peers {}",
+                d.shmem_dev_id, d.shmem_peers
+            ));
         }
         if n > 0 && d.shmem_peers != first.dev.shmem_peers {
-            problems.push(format!("shmem_peers {} but {} says {}", d.shmem_peers, first.view.cell.name(), first.dev.shmem_peers));
+            problems.push(format!(
+                "shmem_peers {} but {} says {}",
+                d.shmem_peers,
+                first.view.cell.name(),
+                first.dev.shmem_peers
+            ));
         }
         if n > 0 && protocol_class(d.shmem_protocol) != protocol_class(first.dev.shmem_protocol) {
             problems.push(format!(
@@ -166,11 +241,20 @@ fn peers(g: &[Peer], out: &mut Vec<Finding>) {
             ));
         }
         if let Some(o) = g[..n].iter().find(|o| o.dev.shmem_dev_id == d.shmem_dev_id) {
-            problems.push(format!("peer id {} is also used by {}", d.shmem_dev_id, o.view.cell.name()));
+            problems.push(format!(
+                "peer id {} is also used by {}",
+                d.shmem_dev_id,
+                o.view.cell.name()
+            ));
         }
         if !problems.is_empty() {
             let msg = format!("ivshmem device {name} in {cell} is inconsistent with its peers");
-            out.push(finding("ivshmem-peer-mismatch", dev_at(p.view, p.index), msg, problems));
+            out.push(finding(
+                "ivshmem-peer-mismatch",
+                dev_at(p.view, p.index),
+                msg,
+                problems,
+            ));
             continue;
         }
         if n > 0 && regions_in_range(p) && regions_in_range(first) {
@@ -183,9 +267,17 @@ fn region_mismatch(first: &Peer, p: &Peer, out: &mut Vec<Finding>) {
     for k in 0..p.dev.shmem_region_count() as usize {
         let ia = first.dev.shmem_regions_start as usize + k;
         let ib = p.dev.shmem_regions_start as usize + k;
-        let (ma, mb) = (&first.view.cell.memory_regions[ia], &p.view.cell.memory_regions[ib]);
+        let (ma, mb) = (
+            &first.view.cell.memory_regions[ia],
+            &p.view.cell.memory_regions[ib],
+        );
         if ma.phys_start != mb.phys_start || ma.size != mb.size {
-            let at = At { view: p.view, array: Some("memory_regions"), index: Some(ib as u64), address: Some(mb.phys_start) };
+            let at = At {
+                view: p.view,
+                array: Some("memory_regions"),
+                index: Some(ib as u64),
+                address: Some(mb.phys_start),
+            };
             let section = match k {
                 0 => "state table".to_string(),
                 1 => "read/write section".to_string(),
@@ -217,15 +309,29 @@ fn write_access(p: &Peer, out: &mut Vec<Finding>) {
         let m = &p.view.cell.memory_regions[i];
         let foreign_output = k >= 2 && k - 2 != p.dev.shmem_dev_id as usize;
         if m.size != 0 && m.has(mem::WRITE) && (k == 0 || foreign_output) {
-            let what = if k == 0 { "the state table".to_string() } else { format!("the output section of peer {}", k - 2) };
-            let at = At { view: p.view, array: Some("memory_regions"), index: Some(i as u64), address: Some(m.phys_start) };
+            let what = if k == 0 {
+                "the state table".to_string()
+            } else {
+                format!("the output section of peer {}", k - 2)
+            };
+            let at = At {
+                view: p.view,
+                array: Some("memory_regions"),
+                index: Some(i as u64),
+                address: Some(m.phys_start),
+            };
             let msg = format!(
                 "peer {} of ivshmem device {} in {} can write {what}",
                 p.dev.shmem_dev_id,
                 p.dev.bdf_name(),
                 p.view.cell.name()
             );
-            out.push(finding("ivshmem-write-access", at, msg, vec![region_line(i, m)]));
+            out.push(finding(
+                "ivshmem-write-access",
+                at,
+                msg,
+                vec![region_line(i, m)],
+            ));
         }
     }
 }

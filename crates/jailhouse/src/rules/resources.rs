@@ -8,16 +8,41 @@ pub(super) fn check_arch(set: &ConfigSet, out: &mut Vec<Finding>) {
     let arch = set.system.arch();
     for v in set.views().iter().skip(1) {
         if v.cell.arch != arch {
-            let at = At { view: *v, array: None, index: None, address: None };
-            let msg = format!("cell {} is built for {}, the system for {}", v.cell.name(), v.cell.arch.name(), arch.name());
-            out.push(finding("arch-mismatch", at, msg, vec!["architecture byte at offset 5 of the cell config".into()]));
+            let at = At {
+                view: *v,
+                array: None,
+                index: None,
+                address: None,
+            };
+            let msg = format!(
+                "cell {} is built for {}, the system for {}",
+                v.cell.name(),
+                v.cell.arch.name(),
+                arch.name()
+            );
+            out.push(finding(
+                "arch-mismatch",
+                at,
+                msg,
+                vec!["architecture byte at offset 5 of the cell config".into()],
+            ));
         }
     }
     if let ArchPlatform::Arm(a) = &set.system.platform.arch {
         if a.gic_version != 2 && a.gic_version != 3 {
-            let at = At { view: set.views()[0], array: None, index: None, address: None };
+            let at = At {
+                view: set.views()[0],
+                array: None,
+                index: None,
+                address: None,
+            };
             let msg = format!("unknown GIC version {} in the system config", a.gic_version);
-            out.push(finding("gic-version-invalid", at, msg, vec!["platform_info.arm.gic_version must be 2 or 3".into()]));
+            out.push(finding(
+                "gic-version-invalid",
+                at,
+                msg,
+                vec!["platform_info.arm.gic_version must be 2 or 3".into()],
+            ));
         }
     }
 }
@@ -32,7 +57,10 @@ pub(super) fn check(set: &ConfigSet, out: &mut Vec<Finding>) {
 }
 
 fn cpu_list(cpus: &[u32]) -> String {
-    cpus.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+    cpus.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn cpus(views: &[CellView], out: &mut Vec<Finding>) {
@@ -41,27 +69,67 @@ fn cpus(views: &[CellView], out: &mut Vec<Finding>) {
     let mut taken: Vec<u32> = Vec::new();
     for (ai, a) in views.iter().enumerate().skip(1) {
         let a_cpus = a.cell.cpus();
-        let foreign: Vec<u32> = a_cpus.iter().copied().filter(|c| !root_cpus.contains(c)).collect();
+        let foreign: Vec<u32> = a_cpus
+            .iter()
+            .copied()
+            .filter(|c| !root_cpus.contains(c))
+            .collect();
         if let Some(&first) = foreign.first() {
-            let at = At { view: *a, array: Some("cpu_set"), index: Some(first as u64), address: None };
-            let msg = format!("cell {} claims CPU {} which the root cell does not have", a.cell.name(), cpu_list(&foreign));
-            let d = vec![format!("root cell {} CPUs: {}", root.cell.name(), cpu_list(&root_cpus))];
+            let at = At {
+                view: *a,
+                array: Some("cpu_set"),
+                index: Some(first as u64),
+                address: None,
+            };
+            let msg = format!(
+                "cell {} claims CPU {} which the root cell does not have",
+                a.cell.name(),
+                cpu_list(&foreign)
+            );
+            let d = vec![format!(
+                "root cell {} CPUs: {}",
+                root.cell.name(),
+                cpu_list(&root_cpus)
+            )];
             out.push(finding("cpu-not-in-root", at, msg, d));
         }
         for b in views.iter().skip(ai + 1) {
-            let common: Vec<u32> = b.cell.cpus().into_iter().filter(|c| a_cpus.contains(c)).collect();
+            let common: Vec<u32> = b
+                .cell
+                .cpus()
+                .into_iter()
+                .filter(|c| a_cpus.contains(c))
+                .collect();
             if let Some(&first) = common.first() {
-                let at = At { view: *b, array: Some("cpu_set"), index: Some(first as u64), address: None };
-                let msg = format!("cells {} and {} both claim CPU {}", a.cell.name(), b.cell.name(), cpu_list(&common));
+                let at = At {
+                    view: *b,
+                    array: Some("cpu_set"),
+                    index: Some(first as u64),
+                    address: None,
+                };
+                let msg = format!(
+                    "cells {} and {} both claim CPU {}",
+                    a.cell.name(),
+                    b.cell.name(),
+                    cpu_list(&common)
+                );
                 out.push(finding("cpu-overlap-between-cells", at, msg, vec![]));
             }
         }
         taken.extend(a_cpus);
     }
     if views.len() > 1 && root_cpus.iter().all(|c| taken.contains(c)) {
-        let at = At { view: root, array: Some("cpu_set"), index: None, address: None };
+        let at = At {
+            view: root,
+            array: Some("cpu_set"),
+            index: None,
+            address: None,
+        };
         let msg = format!("root cell {} is left without a CPU", root.cell.name());
-        let d = vec![format!("root cell CPUs: {}, all taken by non-root cells", cpu_list(&root_cpus))];
+        let d = vec![format!(
+            "root cell CPUs: {}, all taken by non-root cells",
+            cpu_list(&root_cpus)
+        )];
         out.push(finding("root-cpu-starvation", at, msg, d));
     }
 }
@@ -86,7 +154,12 @@ fn pio(views: &[CellView], out: &mut Vec<Finding>) {
             let (s, e) = p.range();
             let mut hit = |rule, (cs, ce, name): (u32, u32, &str)| {
                 if s < ce && cs < e {
-                    let at = At { view: *v, array: Some("pio_regions"), index: Some(i as u64), address: Some(p.base as u64) };
+                    let at = At {
+                        view: *v,
+                        array: Some("pio_regions"),
+                        index: Some(i as u64),
+                        address: Some(p.base as u64),
+                    };
                     let msg = format!("{name} passed through to {}", v.cell.name());
                     let d = vec![format!("pio_regions[{i}]: ports {:#x}-{:#x}", s, e - 1)];
                     out.push(finding(rule, at, msg, d));
@@ -104,7 +177,11 @@ fn pio(views: &[CellView], out: &mut Vec<Finding>) {
 
 /// Absolute pins of every irqchip entry, keyed by chip address.
 fn pins(cell: &Cell) -> Vec<(usize, u64, u64)> {
-    cell.irqchips.iter().enumerate().flat_map(|(i, c)| c.pins().map(move |p| (i, c.address, p))).collect()
+    cell.irqchips
+        .iter()
+        .enumerate()
+        .flat_map(|(i, c)| c.pins().map(move |p| (i, c.address, p)))
+        .collect()
 }
 
 fn irq_pins(views: &[CellView], out: &mut Vec<Finding>) {
@@ -113,20 +190,34 @@ fn irq_pins(views: &[CellView], out: &mut Vec<Finding>) {
         for b in views.iter().skip(ai + 1) {
             let mut reported = Vec::new();
             for (ib, addr, pin) in pins(b.cell) {
-                if a_pins.iter().any(|&(_, aa, ap)| aa == addr && ap == pin) && !reported.contains(&ib) {
+                if a_pins.iter().any(|&(_, aa, ap)| aa == addr && ap == pin)
+                    && !reported.contains(&ib)
+                {
                     reported.push(ib);
                     let all: Vec<String> = pins(b.cell)
                         .into_iter()
-                        .filter(|&(i, ad, p)| i == ib && a_pins.iter().any(|&(_, aa, ap)| aa == ad && ap == p))
+                        .filter(|&(i, ad, p)| {
+                            i == ib && a_pins.iter().any(|&(_, aa, ap)| aa == ad && ap == p)
+                        })
                         .map(|(_, _, p)| p.to_string())
                         .collect();
-                    let at = At { view: *b, array: Some("irqchips"), index: Some(ib as u64), address: Some(addr) };
+                    let at = At {
+                        view: *b,
+                        array: Some("irqchips"),
+                        index: Some(ib as u64),
+                        address: Some(addr),
+                    };
                     let msg = format!(
                         "interrupt pin {pin} of irqchip {addr:#x} claimed by {} and {}",
                         a.cell.name(),
                         b.cell.name()
                     );
-                    out.push(finding("irqchip-pin-overlap-between-cells", at, msg, vec![format!("shared pins: {}", all.join(", "))]));
+                    out.push(finding(
+                        "irqchip-pin-overlap-between-cells",
+                        at,
+                        msg,
+                        vec![format!("shared pins: {}", all.join(", "))],
+                    ));
                 }
             }
         }
@@ -141,11 +232,32 @@ fn caches(views: &[CellView], out: &mut Vec<Finding>) {
                     let (a0, a1) = (ca.start as u64, ca.start as u64 + ca.size as u64);
                     let (b0, b1) = (cb.start as u64, cb.start as u64 + cb.size as u64);
                     if ca.kind & cb.kind != 0 && a0 < b1 && b0 < a1 {
-                        let at = At { view: *b, array: Some("cache_regions"), index: Some(ib as u64), address: Some(cb.start as u64) };
-                        let msg = format!("cache partition {ib} of {} overlaps cache partition {ia} of {}", b.cell.name(), a.cell.name());
+                        let at = At {
+                            view: *b,
+                            array: Some("cache_regions"),
+                            index: Some(ib as u64),
+                            address: Some(cb.start as u64),
+                        };
+                        let msg = format!(
+                            "cache partition {ib} of {} overlaps cache partition {ia} of {}",
+                            b.cell.name(),
+                            a.cell.name()
+                        );
                         let d = vec![
-                            format!("{}: bits {}-{} type {:#x}", b.cell.name(), b0, b1 - 1, cb.kind),
-                            format!("{}: bits {}-{} type {:#x}", a.cell.name(), a0, a1 - 1, ca.kind),
+                            format!(
+                                "{}: bits {}-{} type {:#x}",
+                                b.cell.name(),
+                                b0,
+                                b1 - 1,
+                                cb.kind
+                            ),
+                            format!(
+                                "{}: bits {}-{} type {:#x}",
+                                a.cell.name(),
+                                a0,
+                                a1 - 1,
+                                ca.kind
+                            ),
                         ];
                         out.push(finding("cache-overlap-between-cells", at, msg, d));
                     }
@@ -167,14 +279,36 @@ fn sids_collide(a: u32, b: u32, mmu500: bool) -> bool {
 }
 
 fn stream_ids(set: &ConfigSet, views: &[CellView], out: &mut Vec<Finding>) {
-    let mmu500 = set.system.used_iommus().any(|(_, u)| u.kind == iommu_type::ARM_MMU500);
+    let mmu500 = set
+        .system
+        .used_iommus()
+        .any(|(_, u)| u.kind == iommu_type::ARM_MMU500);
     for (ai, a) in views.iter().enumerate().skip(1) {
         for b in views.iter().skip(ai + 1) {
             for (ib, &sb) in b.cell.stream_ids.iter().enumerate() {
-                if let Some((ia, &sa)) = a.cell.stream_ids.iter().enumerate().find(|(_, &sa)| sids_collide(sa, sb, mmu500)) {
-                    let at = At { view: *b, array: Some("stream_ids"), index: Some(ib as u64), address: Some(sb as u64) };
-                    let msg = format!("stream id {sb:#x} of {} is also claimed by {}", b.cell.name(), a.cell.name());
-                    let d = vec![format!("{}: stream_ids[{ia}] = {sa:#x}{}", a.cell.name(), if mmu500 { " (MMU-500 id/mask)" } else { "" })];
+                if let Some((ia, &sa)) = a
+                    .cell
+                    .stream_ids
+                    .iter()
+                    .enumerate()
+                    .find(|(_, &sa)| sids_collide(sa, sb, mmu500))
+                {
+                    let at = At {
+                        view: *b,
+                        array: Some("stream_ids"),
+                        index: Some(ib as u64),
+                        address: Some(sb as u64),
+                    };
+                    let msg = format!(
+                        "stream id {sb:#x} of {} is also claimed by {}",
+                        b.cell.name(),
+                        a.cell.name()
+                    );
+                    let d = vec![format!(
+                        "{}: stream_ids[{ia}] = {sa:#x}{}",
+                        a.cell.name(),
+                        if mmu500 { " (MMU-500 id/mask)" } else { "" }
+                    )];
                     out.push(finding("stream-id-conflict", at, msg, d));
                 }
             }

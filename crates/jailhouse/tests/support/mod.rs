@@ -8,7 +8,9 @@
 #![allow(dead_code)]
 
 use oxemu_jailhouse::builder::{CellBuilder, SystemBuilder};
-use oxemu_jailhouse::model::{cell_flags as cf, iommu_type, mem, Arch, Cell, Console, PciDevice, SystemConfig, CACHE_L3};
+use oxemu_jailhouse::model::{
+    cell_flags as cf, iommu_type, mem, Arch, Cell, Console, PciDevice, SystemConfig, CACHE_L3,
+};
 use oxemu_jailhouse::ConfigSet;
 
 pub const R: u64 = mem::READ;
@@ -95,10 +97,23 @@ pub fn qemu_x86() -> SystemConfig {
                 .with_msi(1, true, false)
                 .with_msix(5, 0xfea9_0000, 0x1000),
         )
-        .pci(PciDevice::bridge(0, 0x0018).with_bars([0xffffff00, 0, 0, 0, 0, 0]).with_caps(11, 5).with_msi(1, true, true))
-        .pci(PciDevice::physical(0, 0x00d8).with_caps(0, 2).with_msi(1, true, false))
+        .pci(
+            PciDevice::bridge(0, 0x0018)
+                .with_bars([0xffffff00, 0, 0, 0, 0, 0])
+                .with_caps(11, 5)
+                .with_msi(1, true, true),
+        )
+        .pci(
+            PciDevice::physical(0, 0x00d8)
+                .with_caps(0, 2)
+                .with_msi(1, true, false),
+        )
         .pci(PciDevice::physical(0, 0x00f8))
-        .pci(PciDevice::physical(0, 0x00fa).with_caps(2, 2).with_msi(1, true, false))
+        .pci(
+            PciDevice::physical(0, 0x00fa)
+                .with_caps(2, 2)
+                .with_msi(1, true, false),
+        )
         .pci(PciDevice::physical(0, 0x00fb))
         .pci(
             PciDevice::physical(0, 0x00ff)
@@ -106,10 +121,22 @@ pub fn qemu_x86() -> SystemConfig {
                 .with_caps(4, 1)
                 .with_msix(2, 0xfea9_b000, 0x1000),
         )
-        .pci(PciDevice { num_msix_vectors: 2, ..PciDevice::ivshmem(0, ivshmem_bdf(0x0c), 0, 0, 2, VIRTIO_BACK + VIRTIO_BLOCK) })
-        .pci(PciDevice { num_msix_vectors: 3, ..PciDevice::ivshmem(0, ivshmem_bdf(0x0d), 4, 0, 2, VIRTIO_BACK + VIRTIO_CONSOLE) })
-        .pci(PciDevice { num_msix_vectors: 16, ..PciDevice::ivshmem(0, ivshmem_bdf(0x0e), 8, 0, 3, 0) })
-        .pci(PciDevice { num_msix_vectors: 2, ..PciDevice::ivshmem(0, ivshmem_bdf(0x0f), 13, 0, 2, PROTO_VETH) })
+        .pci(PciDevice {
+            num_msix_vectors: 2,
+            ..PciDevice::ivshmem(0, ivshmem_bdf(0x0c), 0, 0, 2, VIRTIO_BACK + VIRTIO_BLOCK)
+        })
+        .pci(PciDevice {
+            num_msix_vectors: 3,
+            ..PciDevice::ivshmem(0, ivshmem_bdf(0x0d), 4, 0, 2, VIRTIO_BACK + VIRTIO_CONSOLE)
+        })
+        .pci(PciDevice {
+            num_msix_vectors: 16,
+            ..PciDevice::ivshmem(0, ivshmem_bdf(0x0e), 8, 0, 3, 0)
+        })
+        .pci(PciDevice {
+            num_msix_vectors: 2,
+            ..PciDevice::ivshmem(0, ivshmem_bdf(0x0f), 13, 0, 2, PROTO_VETH)
+        })
         .cap(CAP_MSI, 0x60, 14, CAPS_WRITE)
         .cap(0, 0x40, 0x10, CAPS_WRITE)
         .cap(CAP_SATA, 0xa8, 2, 0)
@@ -185,7 +212,11 @@ pub fn pci_demo() -> Cell {
         .pio(0x2f8, 8)
         .pio(0x3f8, 8)
         .pio(0xe010, 8)
-        .pci(PciDevice::physical(0, 0x00d8).with_caps(0, 1).with_msi(1, true, false))
+        .pci(
+            PciDevice::physical(0, 0x00d8)
+                .with_caps(0, 1)
+                .with_msi(1, true, false),
+        )
         .cap(CAP_MSI, 0x60, 14, CAPS_WRITE)
         .build()
 }
@@ -198,7 +229,11 @@ pub fn e1000_demo() -> Cell {
         .pio(0x3f8, 8)
         .pio(0xc000, 0x3f)
         .pio(0xe000, 8)
-        .pci(PciDevice::physical(0, 0x00c8).with_caps(0, 1).with_msi(1, true, false))
+        .pci(
+            PciDevice::physical(0, 0x00c8)
+                .with_caps(0, 1)
+                .with_msi(1, true, false),
+        )
         .cap(CAP_MSI, 0xd0, 14, CAPS_WRITE)
         .build();
     c.memory_regions[0].flags |= DMA;
@@ -207,7 +242,11 @@ pub fn e1000_demo() -> Cell {
 
 /// configs/x86/smp-demo.c
 pub fn smp_demo() -> Cell {
-    demo_base("smp-demo", 0xe, 0x3ee0_0000).pio(0x2f8, 8).pio(0x3f8, 8).pio(0xe010, 8).build()
+    demo_base("smp-demo", 0xe, 0x3ee0_0000)
+        .pio(0x2f8, 8)
+        .pio(0x3f8, 8)
+        .pio(0xe010, 8)
+        .build()
 }
 
 /// configs/x86/ivshmem-demo.c
@@ -225,7 +264,10 @@ pub fn ivshmem_demo() -> Cell {
         .comm_region(0x10_0000)
         .pio(0x2f8, 8)
         .pio(0x3f8, 8)
-        .pci(PciDevice { num_msix_vectors: 16, ..PciDevice::ivshmem(0, ivshmem_bdf(0x0e), 0, 1, 3, 0) })
+        .pci(PciDevice {
+            num_msix_vectors: 16,
+            ..PciDevice::ivshmem(0, ivshmem_bdf(0x0e), 0, 1, 3, 0)
+        })
         .build()
 }
 
@@ -256,10 +298,22 @@ pub fn linux_x86_demo() -> Cell {
         .pio(0x2f8, 8)
         .pio(0x3f8, 8)
         .pio(0xe010, 8)
-        .pci(PciDevice { num_msix_vectors: 2, ..PciDevice::ivshmem(0, ivshmem_bdf(0x0c), 0, 1, 2, VIRTIO_FRONT + VIRTIO_BLOCK) })
-        .pci(PciDevice { num_msix_vectors: 3, ..PciDevice::ivshmem(0, ivshmem_bdf(0x0d), 4, 1, 2, VIRTIO_FRONT + VIRTIO_CONSOLE) })
-        .pci(PciDevice { num_msix_vectors: 16, ..PciDevice::ivshmem(0, ivshmem_bdf(0x0e), 8, 2, 3, 0) })
-        .pci(PciDevice { num_msix_vectors: 2, ..PciDevice::ivshmem(0, ivshmem_bdf(0x0f), 13, 1, 2, PROTO_VETH) })
+        .pci(PciDevice {
+            num_msix_vectors: 2,
+            ..PciDevice::ivshmem(0, ivshmem_bdf(0x0c), 0, 1, 2, VIRTIO_FRONT + VIRTIO_BLOCK)
+        })
+        .pci(PciDevice {
+            num_msix_vectors: 3,
+            ..PciDevice::ivshmem(0, ivshmem_bdf(0x0d), 4, 1, 2, VIRTIO_FRONT + VIRTIO_CONSOLE)
+        })
+        .pci(PciDevice {
+            num_msix_vectors: 16,
+            ..PciDevice::ivshmem(0, ivshmem_bdf(0x0e), 8, 2, 3, 0)
+        })
+        .pci(PciDevice {
+            num_msix_vectors: 2,
+            ..PciDevice::ivshmem(0, ivshmem_bdf(0x0f), 13, 1, 2, PROTO_VETH)
+        })
         .cap(CAP_PM, 0xc8, 8, CAPS_WRITE)
         .cap(CAP_MSI, 0xd0, 14, CAPS_WRITE)
         .cap(CAP_EXP, 0xe0, 20, CAPS_WRITE)
@@ -274,7 +328,10 @@ const MDR_QUIRK: u16 = 0x2000;
 const INTX_64K: [u32; 6] = [0xffff0000, 0, 0, 0, 0, 0];
 
 fn j721e_ivshmem(bdf: u16, start: u32, dev_id: u8, protocol: u16) -> PciDevice {
-    PciDevice { bar_mask: INTX_64K, ..PciDevice::ivshmem(4, bdf, start, dev_id, 2, protocol) }
+    PciDevice {
+        bar_mask: INTX_64K,
+        ..PciDevice::ivshmem(4, bdf, start, dev_id, 2, protocol)
+    }
 }
 
 /// configs/arm64/k3-j721e-evm.c, with "Most peripherals" and "MAIN NAVSS"
@@ -340,15 +397,27 @@ pub fn j721e() -> SystemConfig {
             root = root.stream_id(base + i);
         }
     }
-    SystemBuilder::gicv3(root.build(), 0x8_9fa0_0000, 0x40_0000, 0x0180_0000, 0x0190_0000, 25)
-        .flags(1)
-        .debug_console(Console::uart_mmio(J721E_CON, 0x0280_0000, 0x1000, MDR_QUIRK))
-        .pci(0x7600_0000, 0, true, 4)
-        .iommu(iommu_type::SMMUV3, 0x3660_0000, 0x10_0000)
-        .pvu(0x30f8_0000, 0x1000, 0x3600_0000, 0x40000)
-        .pvu(0x30f8_1000, 0x1000, 0x3604_0000, 0x40000)
-        .pvu(0x30f8_3000, 0x1000, 0x360c_0000, 0x40000)
-        .build()
+    SystemBuilder::gicv3(
+        root.build(),
+        0x8_9fa0_0000,
+        0x40_0000,
+        0x0180_0000,
+        0x0190_0000,
+        25,
+    )
+    .flags(1)
+    .debug_console(Console::uart_mmio(
+        J721E_CON,
+        0x0280_0000,
+        0x1000,
+        MDR_QUIRK,
+    ))
+    .pci(0x7600_0000, 0, true, 4)
+    .iommu(iommu_type::SMMUV3, 0x3660_0000, 0x10_0000)
+    .pvu(0x30f8_0000, 0x1000, 0x3600_0000, 0x40000)
+    .pvu(0x30f8_1000, 0x1000, 0x3604_0000, 0x40000)
+    .pvu(0x30f8_3000, 0x1000, 0x360c_0000, 0x40000)
+    .build()
 }
 
 fn j721e_demo_shmem(b: CellBuilder) -> CellBuilder {
@@ -363,7 +432,10 @@ pub fn j721e_inmate() -> Cell {
     let b = CellBuilder::new("inmate-demo", Arch::Arm64)
         .flags(cf::PASSIVE_COMMREG)
         .vpci_irq_base(195 - 32)
-        .console(Console { divider: 0x1b, ..Console::uart_mmio(J721E_CON, 0x0281_0000, 0, MDR_QUIRK) })
+        .console(Console {
+            divider: 0x1b,
+            ..Console::uart_mmio(J721E_CON, 0x0281_0000, 0, MDR_QUIRK)
+        })
         .cpus(0x2);
     j721e_demo_shmem(b)
         .mem_1to1(0x0281_0000, 0x10000, R | W | IO)
@@ -380,7 +452,10 @@ pub fn j721e_linux() -> Cell {
     let b = CellBuilder::new("k3-j721e-evm-linux-demo", Arch::Arm64)
         .flags(cf::PASSIVE_COMMREG)
         .vpci_irq_base(195 - 32)
-        .console(Console { divider: 0x1b, ..Console::uart_mmio(J721E_CON, 0x0281_0000, 0, 0) })
+        .console(Console {
+            divider: 0x1b,
+            ..Console::uart_mmio(J721E_CON, 0x0281_0000, 0, 0)
+        })
         .cpus(0x2);
     j721e_demo_shmem(b)
         .shmem_net_regions(0x8_9fe4_0000, 1)
@@ -414,22 +489,46 @@ pub fn clean_sets() -> Vec<(&'static str, ConfigSet)> {
     let x = qemu_x86;
     vec![
         ("qemu-x86 alone", ConfigSet::new(x(), vec![])),
-        ("qemu-x86 + apic + tiny", ConfigSet::new(x(), vec![apic_demo(), tiny_demo()])),
-        ("qemu-x86 + apic + ioapic", ConfigSet::new(x(), vec![apic_demo(), ioapic_demo()])),
-        ("qemu-x86 + apic + pci", ConfigSet::new(x(), vec![apic_demo(), pci_demo()])),
-        ("qemu-x86 + apic + e1000", ConfigSet::new(x(), vec![apic_demo(), e1000_demo()])),
+        (
+            "qemu-x86 + apic + tiny",
+            ConfigSet::new(x(), vec![apic_demo(), tiny_demo()]),
+        ),
+        (
+            "qemu-x86 + apic + ioapic",
+            ConfigSet::new(x(), vec![apic_demo(), ioapic_demo()]),
+        ),
+        (
+            "qemu-x86 + apic + pci",
+            ConfigSet::new(x(), vec![apic_demo(), pci_demo()]),
+        ),
+        (
+            "qemu-x86 + apic + e1000",
+            ConfigSet::new(x(), vec![apic_demo(), e1000_demo()]),
+        ),
         ("qemu-x86 + smp", ConfigSet::new(x(), vec![smp_demo()])),
-        ("qemu-x86 + ivshmem + linux", ConfigSet::new(x(), vec![ivshmem_demo(), linux_x86_demo()])),
+        (
+            "qemu-x86 + ivshmem + linux",
+            ConfigSet::new(x(), vec![ivshmem_demo(), linux_x86_demo()]),
+        ),
         ("j721e alone", ConfigSet::new(j721e(), vec![])),
-        ("j721e + inmate", ConfigSet::new(j721e(), vec![j721e_inmate()])),
-        ("j721e + linux", ConfigSet::new(j721e(), vec![j721e_linux()])),
+        (
+            "j721e + inmate",
+            ConfigSet::new(j721e(), vec![j721e_inmate()]),
+        ),
+        (
+            "j721e + linux",
+            ConfigSet::new(j721e(), vec![j721e_linux()]),
+        ),
     ]
 }
 
 /// Every config the support module builds: (file name, is_system, bytes).
 pub fn all_configs() -> Vec<(&'static str, bool, Vec<u8>)> {
     use oxemu_jailhouse::{write_cell, write_system};
-    let mut v = vec![("qemu-x86.cell", true, write_system(&qemu_x86())), ("k3-j721e-evm.cell", true, write_system(&j721e()))];
+    let mut v = vec![
+        ("qemu-x86.cell", true, write_system(&qemu_x86())),
+        ("k3-j721e-evm.cell", true, write_system(&j721e())),
+    ];
     for (n, c) in [
         ("apic-demo.cell", apic_demo()),
         ("tiny-demo.cell", tiny_demo()),
