@@ -6,17 +6,24 @@
 use libfuzzer_sys::fuzz_target;
 use oxemu_jailhouse::builder::{CellBuilder, SystemBuilder};
 use oxemu_jailhouse::model::{mem, Arch};
-use oxemu_jailhouse::{check, parse_cell, parse_system, write_cell, write_system, ConfigSet, ParseOptions};
+use oxemu_jailhouse::{
+    check, parse_cell, parse_system, write_cell, write_system, ConfigSet, ParseOptions,
+};
 
 const STRICT: ParseOptions = ParseOptions { lenient: false };
 const LENIENT: ParseOptions = ParseOptions { lenient: true };
 
 fn host_system(arch: Arch) -> oxemu_jailhouse::model::SystemConfig {
-    let root = CellBuilder::new("root", arch).cpus(0xff).mem_1to1(0, 0x8000_0000, mem::READ | mem::WRITE).build();
+    let root = CellBuilder::new("root", arch)
+        .cpus(0xff)
+        .mem_1to1(0, 0x8000_0000, mem::READ | mem::WRITE)
+        .build();
     if arch.is_arm() {
         SystemBuilder::gicv3(root, 0x7fc0_0000, 0x40_0000, 0x0800_0000, 0x080a_0000, 25).build()
     } else {
-        SystemBuilder::x86(root, 0x3a00_0000, 0x60_0000, 0x608, 256).pci(0xb000_0000, 0xff, false, 0).build()
+        SystemBuilder::x86(root, 0x3a00_0000, 0x60_0000, 0x608, 256)
+            .pci(0xb000_0000, 0xff, false, 0)
+            .build()
     }
 }
 

@@ -95,9 +95,17 @@ fn j721e_inmate_and_linux_together_conflict_on_cpu_and_memory() {
 #[test]
 #[ignore = "writes files into fuzz/corpus; run by hand to regenerate the seeds"]
 fn write_fuzz_seed_corpus() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/jailhouse_config");
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/jailhouse_config");
     std::fs::create_dir_all(&dir).unwrap();
-    let keep = ["qemu-x86.cell", "apic-demo.cell", "ivshmem-demo.cell", "linux-x86-demo.cell", "k3-j721e-evm.cell", "k3-j721e-evm-inmate-demo.cell"];
+    let keep = [
+        "qemu-x86.cell",
+        "apic-demo.cell",
+        "ivshmem-demo.cell",
+        "linux-x86-demo.cell",
+        "k3-j721e-evm.cell",
+        "k3-j721e-evm-inmate-demo.cell",
+    ];
     for (file, _, bytes) in support::all_configs() {
         if keep.contains(&file) {
             std::fs::write(dir.join(file), bytes).unwrap();

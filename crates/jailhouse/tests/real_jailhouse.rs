@@ -5,10 +5,14 @@
 
 mod support;
 
-use oxemu_jailhouse::{check, parse_cell, parse_system, write_cell, write_system, ConfigSet, ParseOptions};
+use oxemu_jailhouse::{
+    check, parse_cell, parse_system, write_cell, write_system, ConfigSet, ParseOptions,
+};
 
 fn dir() -> std::path::PathBuf {
-    std::env::var_os("OXEMU_JAILHOUSE_REAL_CONFIGS").expect("set OXEMU_JAILHOUSE_REAL_CONFIGS to the directory of compiled .cell files").into()
+    std::env::var_os("OXEMU_JAILHOUSE_REAL_CONFIGS")
+        .expect("set OXEMU_JAILHOUSE_REAL_CONFIGS to the directory of compiled .cell files")
+        .into()
 }
 
 #[test]
@@ -17,8 +21,19 @@ fn builder_mirrors_are_byte_identical_to_compiled_x86_configs() {
     let d = dir();
     let opts = ParseOptions::default();
     let real_sys = std::fs::read(d.join("qemu-x86.cell")).unwrap();
-    assert_eq!(write_system(&parse_system(&real_sys, "qemu-x86.cell", opts).unwrap().config), real_sys);
-    assert_eq!(write_system(&support::qemu_x86()), real_sys, "qemu-x86 mirror differs");
+    assert_eq!(
+        write_system(
+            &parse_system(&real_sys, "qemu-x86.cell", opts)
+                .unwrap()
+                .config
+        ),
+        real_sys
+    );
+    assert_eq!(
+        write_system(&support::qemu_x86()),
+        real_sys,
+        "qemu-x86 mirror differs"
+    );
     let cells = [
         ("apic-demo", support::apic_demo()),
         ("tiny-demo", support::tiny_demo()),
@@ -38,7 +53,9 @@ fn builder_mirrors_are_byte_identical_to_compiled_x86_configs() {
         assert_eq!(write_cell(&built), real, "{name} mirror differs");
         parsed.push(cell);
     }
-    let sys = parse_system(&real_sys, "qemu-x86.cell", opts).unwrap().config;
+    let sys = parse_system(&real_sys, "qemu-x86.cell", opts)
+        .unwrap()
+        .config;
     let set = ConfigSet::new(sys, vec![parsed[6].clone(), parsed[7].clone()]);
     assert_eq!(check(&set), vec![]);
 }
