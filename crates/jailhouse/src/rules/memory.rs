@@ -321,3 +321,23 @@ fn msix(views: &[CellView], out: &mut Vec<Finding>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::first_gap;
+
+    #[test]
+    fn first_gap_walks_adjacent_and_overlapping_ranges() {
+        let covered = [
+            (0x0, 0x1000),
+            (0x1000, 0x3000),
+            (0x2000, 0x4000),
+            (0x5000, 0x6000),
+        ];
+        assert_eq!(first_gap(&covered, (0x0, 0x4000)), None);
+        assert_eq!(first_gap(&covered, (0x800, 0x4800)), Some(0x4000));
+        assert_eq!(first_gap(&covered, (0x4800, 0x5800)), Some(0x4800));
+        assert_eq!(first_gap(&covered, (0x5000, 0x6000)), None);
+        assert_eq!(first_gap(&[], (0x10, 0x20)), Some(0x10));
+    }
+}

@@ -315,3 +315,20 @@ fn stream_ids(set: &ConfigSet, views: &[CellView], out: &mut Vec<Finding>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::sids_collide;
+
+    #[test]
+    fn mmu500_masks_widen_the_match_and_other_iommus_compare_exactly() {
+        assert!(sids_collide(0x870, 0x870, false));
+        assert!(!sids_collide(0x870, 0x871, false));
+        assert!(!sids_collide(0x870, 0x871, true));
+        assert!(sids_collide(0x870, 0x871 | 1 << 16, true));
+        assert!(sids_collide(0x870 | 0xf << 16, 0x87f, true));
+        assert!(!sids_collide(0x870 | 0xf << 16, 0x880, true));
+        // Bit 15 is outside the 15-bit id field.
+        assert!(sids_collide(0x8870, 0x0870, true));
+    }
+}
