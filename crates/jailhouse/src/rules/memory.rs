@@ -1,10 +1,17 @@
 //! Memory-region rules.
 
-use super::{
-    finding, overlaps, physical_regions, region_line, shmem_owner, At, CellView, ConfigSet,
-};
+use super::intervals::{first_gap, merge, overlapping_pairs, Tagged};
+use super::{finding, physical_regions, region_line, shmem_members, At, CellView, ConfigSet};
 use crate::finding::Finding;
 use crate::model::*;
+use std::collections::BTreeSet;
+
+/// Physical intervals of the regions that take part in physical checks.
+fn phys_intervals(cell: &Cell) -> Vec<Tagged> {
+    physical_regions(cell)
+        .map(|(i, m)| (m.phys_range().0, m.phys_range().1, i))
+        .collect()
+}
 
 pub(super) fn check(set: &ConfigSet, out: &mut Vec<Finding>) {
     let views = set.views();
@@ -12,32 +19,27 @@ pub(super) fn check(set: &ConfigSet, out: &mut Vec<Finding>) {
         in_cell(*v, out);
     }
     let reserved = reserved_ranges(set);
+    let reserved_iv: Vec<Tagged> = reserved
+        .iter()
+        .enumerate()
+        .map(|(k, r)| (r.start as u128, r.start as u128 + r.size as u128, k))
+        .collect();
     for v in &views {
-        for (i, m) in physical_regions(v.cell) {
-            for r in &reserved {
-                if overlaps(
-                    m.phys_range(),
-                    (r.start as u128, r.start as u128 + r.size as u128),
-                ) {
-                    let at = At {
-                        view: *v,
-                        array: Some("memory_regions"),
-                        index: Some(i as u64),
-                        address: Some(m.phys_start),
-                    };
-                    let msg = format!("memory region {i} of {} overlaps {}", v.cell.name(), r.name);
-                    let d = vec![
-                        region_line(i, m),
-                        format!(
-                            "{}: {:#x}-{:#x}",
-                            r.name,
-                            r.start,
-                            (r.start as u128 + r.size as u128).saturating_sub(1)
-                        ),
-                    ];
-                    out.push(finding(r.rule, at, msg, d));
-                }
-            }
+        for (i, k) in overlapping_pairs(&phys_intervals(v.cell), Some(&reserved_iv)) {
+            let (m, r) = (&v.cell.memory_regions[i], &reserved[k]);
+            let at = At {
+                view: *v,
+                array: Some("memory_regions"),
+                index: Some(i as u64),
+                address: Some(m.phys_start),
+            };
+            let msg = format!("memory region {i} of {} overlaps {}", v.cell.name(), r.name);
+            let end = (r.start as u128 + r.size as u128).saturating_sub(1);
+            let d = vec![
+                region_line(i, m),
+                format!("{}: {:#x}-{:#x}", r.name, r.start, end),
+            ];
+            out.push(finding(r.rule, at, msg, d));
         }
     }
     between_cells(&views, out);
@@ -48,48 +50,48 @@ pub(super) fn check(set: &ConfigSet, out: &mut Vec<Finding>) {
 /// Overlaps inside one cell, physical and virtual.
 fn in_cell(v: CellView, out: &mut Vec<Finding>) {
     let regions = &v.cell.memory_regions;
-    for (i, a) in regions.iter().enumerate() {
-        for (j, b) in regions.iter().enumerate().skip(i + 1) {
-            let phys = !a.has(mem::COMM_REGION)
-                && !b.has(mem::COMM_REGION)
-                && overlaps(a.phys_range(), b.phys_range());
-            if phys {
-                let at = At {
-                    view: v,
-                    array: Some("memory_regions"),
-                    index: Some(j as u64),
-                    address: Some(b.phys_start),
-                };
-                let msg = format!(
-                    "memory regions {i} and {j} of {} overlap physically",
-                    v.cell.name()
-                );
-                out.push(finding(
-                    "mem-phys-overlap-in-cell",
-                    at,
-                    msg,
-                    vec![region_line(i, a), region_line(j, b)],
-                ));
-            }
-            if overlaps(a.virt_range(), b.virt_range()) {
-                let at = At {
-                    view: v,
-                    array: Some("memory_regions"),
-                    index: Some(j as u64),
-                    address: Some(b.virt_start),
-                };
-                let msg = format!(
-                    "memory regions {i} and {j} of {} overlap in the cell's address space",
-                    v.cell.name()
-                );
-                out.push(finding(
-                    "mem-virt-overlap-in-cell",
-                    at,
-                    msg,
-                    vec![region_line(i, a), region_line(j, b)],
-                ));
-            }
-        }
+    for (i, j) in overlapping_pairs(&phys_intervals(v.cell), None) {
+        let (a, b) = (&regions[i], &regions[j]);
+        let at = At {
+            view: v,
+            array: Some("memory_regions"),
+            index: Some(j as u64),
+            address: Some(b.phys_start),
+        };
+        let msg = format!(
+            "memory regions {i} and {j} of {} overlap physically",
+            v.cell.name()
+        );
+        out.push(finding(
+            "mem-phys-overlap-in-cell",
+            at,
+            msg,
+            vec![region_line(i, a), region_line(j, b)],
+        ));
+    }
+    let virt: Vec<Tagged> = regions
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.virt_range().0, m.virt_range().1, i))
+        .collect();
+    for (i, j) in overlapping_pairs(&virt, None) {
+        let (a, b) = (&regions[i], &regions[j]);
+        let at = At {
+            view: v,
+            array: Some("memory_regions"),
+            index: Some(j as u64),
+            address: Some(b.virt_start),
+        };
+        let msg = format!(
+            "memory regions {i} and {j} of {} overlap in the cell's address space",
+            v.cell.name()
+        );
+        out.push(finding(
+            "mem-virt-overlap-in-cell",
+            at,
+            msg,
+            vec![region_line(i, a), region_line(j, b)],
+        ));
     }
 }
 
@@ -160,11 +162,10 @@ fn reserved_ranges(set: &ConfigSet) -> Vec<Reserved> {
         ArchPlatform::Arm(_) => {}
         ArchPlatform::X86(_) => {
             push("mem-overlap-xapic", "xAPIC".into(), 0xfee0_0000, 0x1000);
-            let mut seen = Vec::new();
+            let mut seen = BTreeSet::new();
             for c in std::iter::once(&sys.root_cell).chain(&set.cells) {
                 for chip in &c.irqchips {
-                    if chip.address != 0 && !seen.contains(&chip.address) {
-                        seen.push(chip.address);
+                    if chip.address != 0 && seen.insert(chip.address) {
                         push(
                             "mem-overlap-ioapic",
                             format!("IOAPIC {:#x}", chip.id),
@@ -179,44 +180,58 @@ fn reserved_ranges(set: &ConfigSet) -> Vec<Reserved> {
     v
 }
 
-/// True when region `ia` of `a` and region `ib` of `b` may legally share memory.
-fn declared_shared(a: &Cell, ia: usize, b: &Cell, ib: usize) -> bool {
+/// True when region `ia` of `a` and region `ib` of `b` may legally share
+/// memory; `sa`/`sb` are the cells' ivshmem memberships ([`shmem_members`]).
+fn declared_shared(
+    a: &Cell,
+    ia: usize,
+    sa: &[Option<(u16, u16)>],
+    b: &Cell,
+    ib: usize,
+    sb: &[Option<(u16, u16)>],
+) -> bool {
     let (ma, mb) = (&a.memory_regions[ia], &b.memory_regions[ib]);
     if ma.has(mem::ROOTSHARED) && mb.has(mem::ROOTSHARED) {
         return true;
     }
-    matches!((shmem_owner(a, ia), shmem_owner(b, ib)), (Some(x), Some(y)) if x == y)
+    matches!((sa[ia], sb[ib]), (Some(x), Some(y)) if x == y)
 }
 
 /// Non-root cells must not share memory unless declared shared. Overlap
 /// with root-cell memory is the normal hand-over at cell creation.
 fn between_cells(views: &[CellView], out: &mut Vec<Finding>) {
+    let members: Vec<Vec<Option<(u16, u16)>>> =
+        views.iter().map(|v| shmem_members(v.cell)).collect();
+    let intervals: Vec<Vec<Tagged>> = views.iter().map(|v| phys_intervals(v.cell)).collect();
     for (ai, a) in views.iter().enumerate().skip(1) {
-        for b in views.iter().skip(ai + 1) {
-            for (ib, mb) in physical_regions(b.cell) {
-                for (ia, ma) in physical_regions(a.cell) {
-                    if overlaps(ma.phys_range(), mb.phys_range())
-                        && !declared_shared(a.cell, ia, b.cell, ib)
-                    {
-                        let at = At {
-                            view: *b,
-                            array: Some("memory_regions"),
-                            index: Some(ib as u64),
-                            address: Some(mb.phys_start),
-                        };
-                        let msg = format!(
-                            "memory region {ib} of {} overlaps memory region {ia} of {} without being shared",
-                            b.cell.name(),
-                            a.cell.name()
-                        );
-                        let d = vec![
-                            format!("{}: {}", b.cell.name(), region_line(ib, mb)),
-                            format!("{}: {}", a.cell.name(), region_line(ia, ma)),
-                            "declare shared memory with ROOTSHARED in both cells or as regions of one ivshmem device".into(),
-                        ];
-                        out.push(finding("mem-overlap-between-cells", at, msg, d));
-                    }
-                }
+        for (bi, b) in views.iter().enumerate().skip(ai + 1) {
+            let mut pairs: Vec<(usize, usize)> =
+                overlapping_pairs(&intervals[bi], Some(&intervals[ai]))
+                    .into_iter()
+                    .filter(|&(ib, ia)| {
+                        !declared_shared(a.cell, ia, &members[ai], b.cell, ib, &members[bi])
+                    })
+                    .collect();
+            pairs.sort_unstable();
+            for (ib, ia) in pairs {
+                let (ma, mb) = (&a.cell.memory_regions[ia], &b.cell.memory_regions[ib]);
+                let at = At {
+                    view: *b,
+                    array: Some("memory_regions"),
+                    index: Some(ib as u64),
+                    address: Some(mb.phys_start),
+                };
+                let msg = format!(
+                    "memory region {ib} of {} overlaps memory region {ia} of {} without being shared",
+                    b.cell.name(),
+                    a.cell.name()
+                );
+                let d = vec![
+                    format!("{}: {}", b.cell.name(), region_line(ib, mb)),
+                    format!("{}: {}", a.cell.name(), region_line(ia, ma)),
+                    "declare shared memory with ROOTSHARED in both cells or as regions of one ivshmem device".into(),
+                ];
+                out.push(finding("mem-overlap-between-cells", at, msg, d));
             }
         }
     }
@@ -225,10 +240,11 @@ fn between_cells(views: &[CellView], out: &mut Vec<Finding>) {
 /// The root cell loads images into LOADABLE regions, so it must map all of them.
 fn loadable(views: &[CellView], out: &mut Vec<Finding>) {
     let root = views[0].cell;
-    let mut covered: Vec<(u128, u128)> = physical_regions(root)
-        .map(|(_, m)| m.phys_range())
-        .collect();
-    covered.sort_unstable();
+    let covered = merge(
+        physical_regions(root)
+            .map(|(_, m)| m.phys_range())
+            .collect(),
+    );
     for v in views.iter().skip(1) {
         for (i, m) in physical_regions(v.cell).filter(|(_, m)| m.has(mem::LOADABLE)) {
             if let Some(gap) = first_gap(&covered, m.phys_range()) {
@@ -255,26 +271,9 @@ fn loadable(views: &[CellView], out: &mut Vec<Finding>) {
     }
 }
 
-/// First address of `range` not covered by the sorted `covered` ranges.
-fn first_gap(covered: &[(u128, u128)], range: (u128, u128)) -> Option<u128> {
-    let mut pos = range.0;
-    for &(s, e) in covered {
-        if s > pos {
-            break;
-        }
-        if e > pos {
-            pos = e;
-        }
-        if pos >= range.1 {
-            return None;
-        }
-    }
-    (pos < range.1).then_some(pos)
-}
-
 /// MSI-X tables must stay intercepted: no cell may map their pages.
 fn msix(views: &[CellView], out: &mut Vec<Finding>) {
-    let mut tables: Vec<(u16, u16, u64, u64)> = Vec::new();
+    let mut tables: BTreeSet<(u128, u128, u16, u16)> = BTreeSet::new();
     for v in views {
         for d in v
             .cell
@@ -282,62 +281,36 @@ fn msix(views: &[CellView], out: &mut Vec<Finding>) {
             .iter()
             .filter(|d| !d.is_ivshmem() && d.msix_region_size > 0)
         {
-            let start = d.msix_address & !0xfff;
+            let start = (d.msix_address & !0xfff) as u128;
             let end = (d.msix_address as u128 + d.msix_region_size as u128 + 0xfff) & !0xfff;
-            let entry = (d.domain, d.bdf, start, (end - start as u128) as u64);
-            if !tables.contains(&entry) {
-                tables.push(entry);
-            }
+            tables.insert((start, end, d.domain, d.bdf));
         }
     }
+    let tables: Vec<(u128, u128, u16, u16)> = tables.into_iter().collect();
+    let table_iv: Vec<Tagged> = tables
+        .iter()
+        .enumerate()
+        .map(|(k, t)| (t.0, t.1, k))
+        .collect();
     for v in views {
-        for (i, m) in physical_regions(v.cell) {
-            for &(domain, bdf, start, size) in &tables {
-                if overlaps(
-                    m.phys_range(),
-                    (start as u128, start as u128 + size as u128),
-                ) {
-                    let name = bdf_name(domain, bdf);
-                    let at = At {
-                        view: *v,
-                        array: Some("memory_regions"),
-                        index: Some(i as u64),
-                        address: Some(start),
-                    };
-                    let msg = format!(
-                        "MSI-X region of PCI device {name} directly mapped into {}",
-                        v.cell.name()
-                    );
-                    let d = vec![
-                        region_line(i, m),
-                        format!(
-                            "MSI-X table pages of {name}: {start:#x}-{:#x}",
-                            start as u128 + size as u128 - 1
-                        ),
-                    ];
-                    out.push(finding("msix-mapped", at, msg, d));
-                }
-            }
+        for (i, k) in overlapping_pairs(&phys_intervals(v.cell), Some(&table_iv)) {
+            let (m, (start, end, domain, bdf)) = (&v.cell.memory_regions[i], tables[k]);
+            let name = bdf_name(domain, bdf);
+            let at = At {
+                view: *v,
+                array: Some("memory_regions"),
+                index: Some(i as u64),
+                address: Some(start as u64),
+            };
+            let msg = format!(
+                "MSI-X region of PCI device {name} directly mapped into {}",
+                v.cell.name()
+            );
+            let d = vec![
+                region_line(i, m),
+                format!("MSI-X table pages of {name}: {start:#x}-{:#x}", end - 1),
+            ];
+            out.push(finding("msix-mapped", at, msg, d));
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::first_gap;
-
-    #[test]
-    fn first_gap_walks_adjacent_and_overlapping_ranges() {
-        let covered = [
-            (0x0, 0x1000),
-            (0x1000, 0x3000),
-            (0x2000, 0x4000),
-            (0x5000, 0x6000),
-        ];
-        assert_eq!(first_gap(&covered, (0x0, 0x4000)), None);
-        assert_eq!(first_gap(&covered, (0x800, 0x4800)), Some(0x4000));
-        assert_eq!(first_gap(&covered, (0x4800, 0x5800)), Some(0x4800));
-        assert_eq!(first_gap(&covered, (0x5000, 0x6000)), None);
-        assert_eq!(first_gap(&[], (0x10, 0x20)), Some(0x10));
     }
 }

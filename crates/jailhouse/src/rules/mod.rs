@@ -7,6 +7,7 @@
 //! while two non-root cells claiming the same resource is a conflict unless
 //! the resource is declared shared.
 
+mod intervals;
 mod memory;
 mod pci;
 mod resources;
@@ -176,11 +177,6 @@ pub fn check(set: &ConfigSet) -> Vec<Finding> {
     out
 }
 
-/// True when `[a0, a1)` and `[b0, b1)` intersect (empty ranges never do).
-pub(crate) fn overlaps(a: (u128, u128), b: (u128, u128)) -> bool {
-    a.0 < a.1 && b.0 < b.1 && a.0 < b.1 && b.0 < a.1
-}
-
 /// Names of the set flags of a memory region, e.g. `READ | WRITE`.
 pub fn mem_flags(flags: u64) -> String {
     const NAMES: [(u64, &str); 10] = [
@@ -233,15 +229,16 @@ pub(crate) fn physical_regions(cell: &Cell) -> impl Iterator<Item = (usize, &Mem
         .filter(|(_, m)| m.size != 0 && !m.has(mem::COMM_REGION))
 }
 
-/// The ivshmem device (domain, bdf) whose shared-memory region set contains
-/// memory region `index` of `cell`, if any.
-pub(crate) fn shmem_owner(cell: &Cell, index: usize) -> Option<(u16, u16)> {
-    cell.pci_devices
-        .iter()
-        .filter(|d| d.is_ivshmem())
-        .find(|d| {
-            let start = d.shmem_regions_start as u64;
-            (start..start + d.shmem_region_count()).contains(&(index as u64))
-        })
-        .map(|d| (d.domain, d.bdf))
+/// For every memory region of `cell`, the ivshmem device (domain, bdf) whose
+/// shared-memory region set contains it, if any. Linear in the array sizes
+/// (each device covers at most 2 + 255 regions).
+pub(crate) fn shmem_members(cell: &Cell) -> Vec<Option<(u16, u16)>> {
+    let mut out = vec![None; cell.memory_regions.len()];
+    for d in cell.pci_devices.iter().filter(|d| d.is_ivshmem()) {
+        let start = d.shmem_regions_start as u64;
+        for i in start..(start + d.shmem_region_count()).min(out.len() as u64) {
+            out[i as usize].get_or_insert((d.domain, d.bdf));
+        }
+    }
+    out
 }

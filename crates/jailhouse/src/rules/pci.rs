@@ -1,8 +1,9 @@
 //! PCI, ivshmem, index-range and zero-entry rules.
 
-use super::{finding, region_line, shmem_owner, At, CellView, ConfigSet};
+use super::{finding, region_line, shmem_members, At, CellView, ConfigSet};
 use crate::finding::Finding;
 use crate::model::*;
+use std::collections::{HashMap, HashSet};
 
 pub(super) fn check(set: &ConfigSet, out: &mut Vec<Finding>) {
     let views = set.views();
@@ -94,8 +95,9 @@ fn zero_entries(v: CellView, out: &mut Vec<Finding>) {
             ],
         ));
     };
+    let members = shmem_members(c);
     for (i, m) in c.memory_regions.iter().enumerate() {
-        if m.is_zero() && shmem_owner(c, i).is_none() {
+        if m.is_zero() && members[i].is_none() {
             report("memory_regions", i);
         }
     }
@@ -129,6 +131,14 @@ fn zero_entries(v: CellView, out: &mut Vec<Finding>) {
 /// A physical device can be owned by the root cell and handed to one
 /// non-root cell, but never by two non-root cells.
 fn two_cells(views: &[CellView], out: &mut Vec<Finding>) {
+    let physical = |c: &Cell| -> HashSet<(u16, u16)> {
+        c.pci_devices
+            .iter()
+            .filter(|d| !d.is_ivshmem() && !d.is_zero())
+            .map(|d| (d.domain, d.bdf))
+            .collect()
+    };
+    let owned: Vec<HashSet<(u16, u16)>> = views.iter().map(|v| physical(v.cell)).collect();
     for (ai, a) in views.iter().enumerate().skip(1) {
         for b in views.iter().skip(ai + 1) {
             for (ib, db) in b
@@ -138,9 +148,7 @@ fn two_cells(views: &[CellView], out: &mut Vec<Finding>) {
                 .enumerate()
                 .filter(|(_, d)| !d.is_ivshmem() && !d.is_zero())
             {
-                let same =
-                    |d: &&PciDevice| !d.is_ivshmem() && d.domain == db.domain && d.bdf == db.bdf;
-                if a.cell.pci_devices.iter().any(|d| same(&d)) {
+                if owned[ai].contains(&(db.domain, db.bdf)) {
                     let msg = format!(
                         "PCI device {} assigned to both {} and {}",
                         db.bdf_name(),
@@ -213,6 +221,7 @@ fn regions_in_range(p: &Peer) -> bool {
 
 fn peers(g: &[Peer], out: &mut Vec<Finding>) {
     let first = &g[0];
+    let mut ids: HashMap<u8, String> = HashMap::new();
     for (n, p) in g.iter().enumerate() {
         let d = p.dev;
         let name = d.bdf_name();
@@ -240,12 +249,13 @@ fn peers(g: &[Peer], out: &mut Vec<Finding>) {
                 first.dev.shmem_protocol
             ));
         }
-        if let Some(o) = g[..n].iter().find(|o| o.dev.shmem_dev_id == d.shmem_dev_id) {
+        if let Some(other) = ids.get(&d.shmem_dev_id) {
             problems.push(format!(
-                "peer id {} is also used by {}",
-                d.shmem_dev_id,
-                o.view.cell.name()
+                "peer id {} is also used by {other}",
+                d.shmem_dev_id
             ));
+        } else {
+            ids.insert(d.shmem_dev_id, cell.clone());
         }
         if !problems.is_empty() {
             let msg = format!("ivshmem device {name} in {cell} is inconsistent with its peers");

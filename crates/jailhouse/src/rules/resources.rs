@@ -1,8 +1,10 @@
 //! CPU, port, interrupt, cache and stream-id rules.
 
+use super::intervals::{overlapping_pairs, Tagged};
 use super::{finding, At, CellView, ConfigSet};
 use crate::finding::Finding;
 use crate::model::*;
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 pub(super) fn check_arch(set: &ConfigSet, out: &mut Vec<Finding>) {
     let arch = set.system.arch();
@@ -56,24 +58,47 @@ pub(super) fn check(set: &ConfigSet, out: &mut Vec<Finding>) {
     stream_ids(set, &views, out);
 }
 
+/// At most this many CPU numbers are listed in one message.
+const MAX_LISTED_CPUS: usize = 16;
+
 fn cpu_list(cpus: &[u32]) -> String {
-    cpus.iter()
+    let mut s = cpus
+        .iter()
+        .take(MAX_LISTED_CPUS)
         .map(u32::to_string)
         .collect::<Vec<_>>()
-        .join(", ")
+        .join(", ");
+    if cpus.len() > MAX_LISTED_CPUS {
+        s += &format!(" and {} more", cpus.len() - MAX_LISTED_CPUS);
+    }
+    s
+}
+
+/// CPU numbers set in `a` and (with `mask`) filtered bytewise, linear in the set size.
+fn cpus_where(a: &[u8], mut keep: impl FnMut(usize, u8) -> u8) -> Vec<u32> {
+    let mut out = Vec::new();
+    for (i, &byte) in a.iter().enumerate() {
+        let bits = keep(i, byte);
+        for bit in 0..8 {
+            if bits & (1 << bit) != 0 {
+                out.push(i as u32 * 8 + bit);
+            }
+        }
+    }
+    out
+}
+
+fn byte(set: &[u8], i: usize) -> u8 {
+    set.get(i).copied().unwrap_or(0)
 }
 
 fn cpus(views: &[CellView], out: &mut Vec<Finding>) {
     let root = views[0];
-    let root_cpus = root.cell.cpus();
-    let mut taken: Vec<u32> = Vec::new();
+    let root_set = &root.cell.cpu_set;
+    let mut taken: Vec<u8> = vec![0; root_set.len()];
     for (ai, a) in views.iter().enumerate().skip(1) {
-        let a_cpus = a.cell.cpus();
-        let foreign: Vec<u32> = a_cpus
-            .iter()
-            .copied()
-            .filter(|c| !root_cpus.contains(c))
-            .collect();
+        let a_set = &a.cell.cpu_set;
+        let foreign = cpus_where(a_set, |i, b| b & !byte(root_set, i));
         if let Some(&first) = foreign.first() {
             let at = At {
                 view: *a,
@@ -86,6 +111,7 @@ fn cpus(views: &[CellView], out: &mut Vec<Finding>) {
                 a.cell.name(),
                 cpu_list(&foreign)
             );
+            let root_cpus = cpus_where(root_set, |_, b| b);
             let d = vec![format!(
                 "root cell {} CPUs: {}",
                 root.cell.name(),
@@ -94,12 +120,7 @@ fn cpus(views: &[CellView], out: &mut Vec<Finding>) {
             out.push(finding("cpu-not-in-root", at, msg, d));
         }
         for b in views.iter().skip(ai + 1) {
-            let common: Vec<u32> = b
-                .cell
-                .cpus()
-                .into_iter()
-                .filter(|c| a_cpus.contains(c))
-                .collect();
+            let common = cpus_where(&b.cell.cpu_set, |i, x| x & byte(a_set, i));
             if let Some(&first) = common.first() {
                 let at = At {
                     view: *b,
@@ -116,9 +137,12 @@ fn cpus(views: &[CellView], out: &mut Vec<Finding>) {
                 out.push(finding("cpu-overlap-between-cells", at, msg, vec![]));
             }
         }
-        taken.extend(a_cpus);
+        for (i, t) in taken.iter_mut().enumerate() {
+            *t |= byte(a_set, i);
+        }
     }
-    if views.len() > 1 && root_cpus.iter().all(|c| taken.contains(c)) {
+    let left = cpus_where(root_set, |i, b| b & !taken[i]);
+    if views.len() > 1 && left.is_empty() {
         let at = At {
             view: root,
             array: Some("cpu_set"),
@@ -126,6 +150,7 @@ fn cpus(views: &[CellView], out: &mut Vec<Finding>) {
             address: None,
         };
         let msg = format!("root cell {} is left without a CPU", root.cell.name());
+        let root_cpus = cpus_where(root_set, |_, b| b);
         let d = vec![format!(
             "root cell CPUs: {}, all taken by non-root cells",
             cpu_list(&root_cpus)
@@ -175,40 +200,61 @@ fn pio(views: &[CellView], out: &mut Vec<Finding>) {
     }
 }
 
-/// Absolute pins of every irqchip entry, keyed by chip address.
-fn pins(cell: &Cell) -> Vec<(usize, u64, u64)> {
-    cell.irqchips
+/// Pins of an irqchip entry as (chip address, 32-pin block number, bits),
+/// at most eight words per entry whatever its `pin_base` alignment.
+fn pin_words(chip: &Irqchip) -> impl Iterator<Item = ((u64, u64), u32)> + '_ {
+    chip.pin_bitmap
         .iter()
         .enumerate()
-        .flat_map(|(i, c)| c.pins().map(move |p| (i, c.address, p)))
-        .collect()
+        .filter(|(_, w)| **w != 0)
+        .flat_map(move |(k, &w)| {
+            let first = chip.pin_base as u64 + 32 * k as u64;
+            let (block, shift) = (first / 32, (first % 32) as u32);
+            let low = w << shift;
+            let high = if shift == 0 { 0 } else { w >> (32 - shift) };
+            [
+                ((chip.address, block), low),
+                ((chip.address, block + 1), high),
+            ]
+            .into_iter()
+            .filter(|(_, bits)| *bits != 0)
+        })
 }
 
 fn irq_pins(views: &[CellView], out: &mut Vec<Finding>) {
+    let claimed: Vec<HashMap<(u64, u64), u32>> = views
+        .iter()
+        .map(|v| {
+            let mut m: HashMap<(u64, u64), u32> = HashMap::new();
+            for (key, bits) in v.cell.irqchips.iter().flat_map(pin_words) {
+                *m.entry(key).or_default() |= bits;
+            }
+            m
+        })
+        .collect();
     for (ai, a) in views.iter().enumerate().skip(1) {
-        let a_pins = pins(a.cell);
         for b in views.iter().skip(ai + 1) {
-            let mut reported = Vec::new();
-            for (ib, addr, pin) in pins(b.cell) {
-                if a_pins.iter().any(|&(_, aa, ap)| aa == addr && ap == pin)
-                    && !reported.contains(&ib)
-                {
-                    reported.push(ib);
-                    let all: Vec<String> = pins(b.cell)
-                        .into_iter()
-                        .filter(|&(i, ad, p)| {
-                            i == ib && a_pins.iter().any(|&(_, aa, ap)| aa == ad && ap == p)
-                        })
-                        .map(|(_, _, p)| p.to_string())
-                        .collect();
+            for (ib, chip) in b.cell.irqchips.iter().enumerate() {
+                let mut shared: Vec<u64> = Vec::new();
+                for ((addr, block), bits) in pin_words(chip) {
+                    let common = bits & claimed[ai].get(&(addr, block)).copied().unwrap_or(0);
+                    shared.extend(
+                        (0..32)
+                            .filter(|i| common & (1 << i) != 0)
+                            .map(|i| block * 32 + i),
+                    );
+                }
+                if let Some(&pin) = shared.first() {
+                    let list: Vec<String> = shared.iter().map(u64::to_string).collect();
                     let at = At {
                         view: *b,
                         array: Some("irqchips"),
                         index: Some(ib as u64),
-                        address: Some(addr),
+                        address: Some(chip.address),
                     };
                     let msg = format!(
-                        "interrupt pin {pin} of irqchip {addr:#x} claimed by {} and {}",
+                        "interrupt pin {pin} of irqchip {:#x} claimed by {} and {}",
+                        chip.address,
                         a.cell.name(),
                         b.cell.name()
                     );
@@ -216,7 +262,7 @@ fn irq_pins(views: &[CellView], out: &mut Vec<Finding>) {
                         "irqchip-pin-overlap-between-cells",
                         at,
                         msg,
-                        vec![format!("shared pins: {}", all.join(", "))],
+                        vec![format!("shared pins: {}", list.join(", "))],
                     ));
                 }
             }
@@ -225,43 +271,56 @@ fn irq_pins(views: &[CellView], out: &mut Vec<Finding>) {
 }
 
 fn caches(views: &[CellView], out: &mut Vec<Finding>) {
+    // Cache partitions as capacity-bit intervals, one list per type bit.
+    let per_bit = |c: &Cell, bit: u8| -> Vec<Tagged> {
+        c.cache_regions
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.kind & bit != 0)
+            .map(|(i, r)| (r.start as u128, r.start as u128 + r.size as u128, i))
+            .collect()
+    };
     for (ai, a) in views.iter().enumerate().skip(1) {
         for b in views.iter().skip(ai + 1) {
-            for (ib, cb) in b.cell.cache_regions.iter().enumerate() {
-                for (ia, ca) in a.cell.cache_regions.iter().enumerate() {
-                    let (a0, a1) = (ca.start as u64, ca.start as u64 + ca.size as u64);
-                    let (b0, b1) = (cb.start as u64, cb.start as u64 + cb.size as u64);
-                    if ca.kind & cb.kind != 0 && a0 < b1 && b0 < a1 {
-                        let at = At {
-                            view: *b,
-                            array: Some("cache_regions"),
-                            index: Some(ib as u64),
-                            address: Some(cb.start as u64),
-                        };
-                        let msg = format!(
-                            "cache partition {ib} of {} overlaps cache partition {ia} of {}",
-                            b.cell.name(),
-                            a.cell.name()
-                        );
-                        let d = vec![
-                            format!(
-                                "{}: bits {}-{} type {:#x}",
-                                b.cell.name(),
-                                b0,
-                                b1 - 1,
-                                cb.kind
-                            ),
-                            format!(
-                                "{}: bits {}-{} type {:#x}",
-                                a.cell.name(),
-                                a0,
-                                a1 - 1,
-                                ca.kind
-                            ),
-                        ];
-                        out.push(finding("cache-overlap-between-cells", at, msg, d));
-                    }
-                }
+            let mut pairs = BTreeSet::new();
+            for bit in [CACHE_L3_CODE, CACHE_L3_DATA] {
+                pairs.extend(overlapping_pairs(
+                    &per_bit(b.cell, bit),
+                    Some(&per_bit(a.cell, bit)),
+                ));
+            }
+            for (ib, ia) in pairs {
+                let (ca, cb) = (&a.cell.cache_regions[ia], &b.cell.cache_regions[ib]);
+                let (a0, a1) = (ca.start as u64, ca.start as u64 + ca.size as u64);
+                let (b0, b1) = (cb.start as u64, cb.start as u64 + cb.size as u64);
+                let at = At {
+                    view: *b,
+                    array: Some("cache_regions"),
+                    index: Some(ib as u64),
+                    address: Some(cb.start as u64),
+                };
+                let msg = format!(
+                    "cache partition {ib} of {} overlaps cache partition {ia} of {}",
+                    b.cell.name(),
+                    a.cell.name()
+                );
+                let d = vec![
+                    format!(
+                        "{}: bits {}-{} type {:#x}",
+                        b.cell.name(),
+                        b0,
+                        b1 - 1,
+                        cb.kind
+                    ),
+                    format!(
+                        "{}: bits {}-{} type {:#x}",
+                        a.cell.name(),
+                        a0,
+                        a1 - 1,
+                        ca.kind
+                    ),
+                ];
+                out.push(finding("cache-overlap-between-cells", at, msg, d));
             }
         }
     }
@@ -269,6 +328,8 @@ fn caches(views: &[CellView], out: &mut Vec<Finding>) {
 
 /// Whether two stream ids select a common device. MMU-500 entries are
 /// `id | mask_out << 16` with 15-bit fields; other IOMMUs compare exactly.
+/// The pairwise reference for [`Claimed`].
+#[cfg(test)]
 fn sids_collide(a: u32, b: u32, mmu500: bool) -> bool {
     if mmu500 {
         let mask = ((a >> 16) | (b >> 16)) & 0x7fff;
@@ -278,21 +339,90 @@ fn sids_collide(a: u32, b: u32, mmu500: bool) -> bool {
     }
 }
 
+/// Number of distinct 15-bit MMU-500 stream ids.
+const MMU500_IDS: usize = 1 << 15;
+
+/// An MMU-500 entry with the masked-out id bits cleared, so equal keys match equal ids.
+fn mmu500_key(entry: u32) -> u32 {
+    let mask = (entry >> 16) & 0x7fff;
+    mask << 16 | (entry & 0x7fff & !mask)
+}
+
+/// Every MMU-500 stream id an entry (`id | mask_out << 16`) matches.
+fn mmu500_matches(entry: u32) -> impl Iterator<Item = usize> {
+    let mask = ((entry >> 16) & 0x7fff) as usize;
+    let base = (entry & 0x7fff) as usize & !mask;
+    // Enumerate the submasks of `mask`: at most 2^15 per distinct entry.
+    let mut sub = Some(mask);
+    std::iter::from_fn(move || {
+        let s = sub?;
+        sub = if s == 0 { None } else { Some((s - 1) & mask) };
+        Some(base | s)
+    })
+}
+
+/// For one cell: which stream ids it claims, in a form that answers
+/// "does this entry collide?" in time independent of the cell's size.
+enum Claimed {
+    Exact(HashMap<u32, usize>),
+    Mmu500(Vec<Option<usize>>),
+}
+
+impl Claimed {
+    fn new(ids: &[u32], mmu500: bool) -> Claimed {
+        if !mmu500 {
+            let mut m = HashMap::new();
+            for (i, &s) in ids.iter().enumerate() {
+                m.entry(s).or_insert(i);
+            }
+            return Claimed::Exact(m);
+        }
+        // Entries with the same mask and the same id outside the mask match
+        // the same ids; after this dedup each mask has at most
+        // 2^(15 - popcount) bases, so enumeration costs at most 2^15 per mask.
+        let mut distinct: HashMap<u32, usize> = HashMap::new();
+        for (i, &s) in ids.iter().enumerate() {
+            distinct.entry(mmu500_key(s)).or_insert(i);
+        }
+        let mut covered = vec![None; MMU500_IDS];
+        for (&key, &i) in &distinct {
+            for id in mmu500_matches(key) {
+                // Keep the lowest entry index, independent of hash order.
+                if covered[id].map_or(true, |j| j > i) {
+                    covered[id] = Some(i);
+                }
+            }
+        }
+        Claimed::Mmu500(covered)
+    }
+
+    /// Index of an entry of this cell that collides with `entry`.
+    fn collides(&self, entry: u32) -> Option<usize> {
+        match self {
+            Claimed::Exact(m) => m.get(&entry).copied(),
+            Claimed::Mmu500(covered) => mmu500_matches(entry).find_map(|id| covered[id]),
+        }
+    }
+}
+
 fn stream_ids(set: &ConfigSet, views: &[CellView], out: &mut Vec<Finding>) {
     let mmu500 = set
         .system
         .used_iommus()
         .any(|(_, u)| u.kind == iommu_type::ARM_MMU500);
     for (ai, a) in views.iter().enumerate().skip(1) {
+        if a.cell.stream_ids.is_empty() {
+            continue;
+        }
+        let claimed = Claimed::new(&a.cell.stream_ids, mmu500);
         for b in views.iter().skip(ai + 1) {
+            let mut seen = HashSet::new();
             for (ib, &sb) in b.cell.stream_ids.iter().enumerate() {
-                if let Some((ia, &sa)) = a
-                    .cell
-                    .stream_ids
-                    .iter()
-                    .enumerate()
-                    .find(|(_, &sa)| sids_collide(sa, sb, mmu500))
-                {
+                if !seen.insert(if mmu500 { mmu500_key(sb) } else { sb }) {
+                    continue;
+                }
+                if let Some(ia) = claimed.collides(sb) {
+                    let sa = a.cell.stream_ids[ia];
                     let at = At {
                         view: *b,
                         array: Some("stream_ids"),
@@ -304,10 +434,10 @@ fn stream_ids(set: &ConfigSet, views: &[CellView], out: &mut Vec<Finding>) {
                         b.cell.name(),
                         a.cell.name()
                     );
+                    let kind = if mmu500 { " (MMU-500 id/mask)" } else { "" };
                     let d = vec![format!(
-                        "{}: stream_ids[{ia}] = {sa:#x}{}",
-                        a.cell.name(),
-                        if mmu500 { " (MMU-500 id/mask)" } else { "" }
+                        "{}: stream_ids[{ia}] = {sa:#x}{kind}",
+                        a.cell.name()
                     )];
                     out.push(finding("stream-id-conflict", at, msg, d));
                 }
@@ -318,7 +448,60 @@ fn stream_ids(set: &ConfigSet, views: &[CellView], out: &mut Vec<Finding>) {
 
 #[cfg(test)]
 mod tests {
-    use super::sids_collide;
+    use super::{sids_collide, Claimed};
+
+    #[test]
+    fn claimed_sets_agree_with_pairwise_comparison() {
+        // Deterministic pseudo-random entries with small ids and masks so
+        // that collisions happen often.
+        let mut x: u32 = 0x1234_5678;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        for round in 0..200 {
+            let mmu500 = round % 2 == 0;
+            let a: Vec<u32> = (0..8)
+                .map(|_| (next() & 0x3f) | (next() & 0x7) << 16)
+                .collect();
+            let b: Vec<u32> = (0..8)
+                .map(|_| (next() & 0x3f) | (next() & 0x7) << 16)
+                .collect();
+            let claimed = Claimed::new(&a, mmu500);
+            for &sb in &b {
+                let want = a.iter().position(|&sa| sids_collide(sa, sb, mmu500));
+                assert_eq!(
+                    claimed.collides(sb).is_some(),
+                    want.is_some(),
+                    "{a:x?} vs {sb:#x}"
+                );
+                if let Some(i) = claimed.collides(sb) {
+                    assert!(sids_collide(a[i], sb, mmu500));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn pin_words_split_unaligned_pin_bases() {
+        use crate::model::Irqchip;
+        let chip = Irqchip {
+            address: 1,
+            id: 0,
+            pin_base: 40,
+            pin_bitmap: [0x8000_0001, 0, 0, 1],
+        };
+        let words: Vec<_> = super::pin_words(&chip).collect();
+        // Pin 40 and pin 71 (block 1 and 2), pin 136 (block 4).
+        assert_eq!(
+            words,
+            vec![((1, 1), 1 << 8), ((1, 2), 1 << 7), ((1, 4), 1 << 8)]
+        );
+        let pins: Vec<u64> = chip.pins().collect();
+        assert_eq!(pins, vec![40, 71, 136]);
+    }
 
     #[test]
     fn mmu500_masks_widen_the_match_and_other_iommus_compare_exactly() {
