@@ -190,7 +190,12 @@ fn main() -> ExitCode {
             cells,
             format,
             lenient,
-        } => run_check(&system, &cells, format, lenient),
+        } => run_check(&system, &cells, format, lenient).inspect_err(|e| {
+            if let Format::Json = format {
+                // Machine readers get the reason on stdout, too.
+                println!("{}", serde_json::json!({ "error": e }));
+            }
+        }),
         ConfigCmd::Dump { file, lenient } => run_dump(&file, lenient).map(|()| true),
     };
     match result {

@@ -186,6 +186,16 @@ fn wrong_kind_and_wrong_magic_exit_2() {
     );
     let out = run(&[&d.path().join("missing.cell")], &[]);
     assert_eq!(out.status.code(), Some(2));
+    let out = run(&[&junk], &["--format", "json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("junk.cell: jailhouse_system at byte offset 0"),
+        "{v}"
+    );
 }
 
 #[test]

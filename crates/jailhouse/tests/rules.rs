@@ -734,3 +734,11 @@ fn every_rule_id_is_unique_and_kebab_case() {
         );
     }
 }
+
+#[test]
+fn duplicate_cell_name_is_reported() {
+    let f = only_finding(x86(vec![apic_demo(), tiny_demo()]), |s| {
+        s.cells[1].name_raw = name_field("apic-demo")
+    });
+    assert_at(&f, "cell-name-duplicate", "apic-demo", None, None, None);
+}

@@ -143,10 +143,17 @@ fn reserved_ranges(set: &ConfigSet) -> Vec<Reserved> {
     }
     match &p.arch {
         ArchPlatform::Arm(a) if a.gic_version == 2 => {
-            push("mem-overlap-gic", "GICD".into(), a.gicd_base, 0x1000);
-            push("mem-overlap-gic", "GICC".into(), a.gicc_base, 0x2000);
-            push("mem-overlap-gic", "GICH".into(), a.gich_base, 0x2000);
-            push("mem-overlap-gic", "GICV".into(), a.gicv_base, 0x2000);
+            // A base of 0 means "not configured" (no GIC lives at address 0).
+            for (name, base, size) in [
+                ("GICD", a.gicd_base, 0x1000),
+                ("GICC", a.gicc_base, 0x2000),
+                ("GICH", a.gich_base, 0x2000),
+                ("GICV", a.gicv_base, 0x2000),
+            ] {
+                if base != 0 {
+                    push("mem-overlap-gic", name.into(), base, size);
+                }
+            }
         }
         ArchPlatform::Arm(a) if a.gic_version == 3 => {
             push("mem-overlap-gic", "GICD".into(), a.gicd_base, 0x10000);

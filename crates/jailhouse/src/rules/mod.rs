@@ -98,6 +98,7 @@ use Severity::{Error as E, Warning as W};
 /// Every rule the checker runs.
 pub const RULES: &[RuleInfo] = &[
     rule("arch-mismatch", E, "a cell config's architecture differs from the system config's", true),
+    rule("cell-name-duplicate", E, "two cells of the set have the same name (the driver refuses the second)", false),
     rule("mem-phys-overlap-in-cell", E, "two memory regions of one cell overlap physically", true),
     rule("mem-virt-overlap-in-cell", E, "two memory regions of one cell overlap in the cell's address space", true),
     rule("mem-overlap-hypervisor", E, "a memory region overlaps the hypervisor's memory", true),

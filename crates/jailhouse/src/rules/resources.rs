@@ -30,6 +30,35 @@ pub(super) fn check_arch(set: &ConfigSet, out: &mut Vec<Finding>) {
             ));
         }
     }
+    let views = set.views();
+    let mut names: HashMap<String, usize> = HashMap::new();
+    for (i, v) in views.iter().enumerate() {
+        match names.get(&v.cell.name()) {
+            Some(&first) => {
+                let at = At {
+                    view: *v,
+                    array: None,
+                    index: None,
+                    address: None,
+                };
+                let other = if views[first].file.is_empty() {
+                    format!("cell {first} of the set")
+                } else {
+                    views[first].file.to_string()
+                };
+                let msg = format!("cell name {} is used twice", v.cell.name());
+                out.push(finding(
+                    "cell-name-duplicate",
+                    at,
+                    msg,
+                    vec![format!("first used by {other}")],
+                ));
+            }
+            None => {
+                names.insert(v.cell.name(), i);
+            }
+        }
+    }
     if let ArchPlatform::Arm(a) = &set.system.platform.arch {
         if a.gic_version != 2 && a.gic_version != 3 {
             let at = At {
