@@ -2,7 +2,7 @@
 //!
 //! - [`driver`]: the [`BlockDriver`] trait, one node of the block graph, that formats
 //!   (`raw`, `qcow2`) and exports (vhost-user-blk, NBD) build on.
-//! - [`file`]: the `file` protocol driver for regular files and block devices.
+//! - [`mod@file`]: the `file` protocol driver for regular files and block devices.
 //! - [`engine`]: the AIO engines behind `aio=threads|native|io_uring`.
 //! - [`aio`]: the per-thread event loop (QEMU's AioContext) built on one io_uring ring
 //!   that watches disk I/O, sockets, eventfds and timers together, and [`IoThread`]s.

@@ -1,7 +1,7 @@
 //! The per-thread event loop (QEMU's AioContext) and IoThreads.
 //!
 //! An [`EventLoop`] couples a single-threaded executor with an io_uring
-//! [reactor](reactor). Everything a thread waits for goes through its ring: disk I/O of
+//! reactor. Everything a thread waits for goes through its ring: disk I/O of
 //! the `io_uring` engine, readiness of sockets and eventfds ([`poll_fd`]), timers
 //! ([`sleep`]) and wake-ups from other threads (an eventfd watched by the same ring).
 //! One `io_uring_enter` per loop turn submits the batch of requests that the turn's

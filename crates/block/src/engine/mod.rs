@@ -1,7 +1,7 @@
 //! AIO engines: how a file's requests reach the kernel, selected per node with
 //! `aio=threads|native|io_uring` as in QEMU.
 //!
-//! An engine executes one system-call-sized [`Req`] and resolves to the raw result
+//! An engine executes one system-call-sized request and resolves to the raw result
 //! (bytes transferred, or a negative errno). Retrying short transfers, EINTR and
 //! EAGAIN, and zero-filling past end-of-file happen one level up, in the `file` driver,
 //! so that every engine behaves the same.
