@@ -360,3 +360,79 @@ fn second_writer_is_refused_by_image_lock() {
     })
     .unwrap();
 }
+
+/// Reads and writes through io_uring with each optional ring feature enabled.
+fn uring_round_trip(cfg: EventLoopConfig, fixed_buffers: bool) {
+    let dir = work_dir();
+    let (path, mut reference) = image(&dir, 256 * 1024, 13);
+    let lp = EventLoop::new(cfg).unwrap();
+    let drv = Rc::new(open(&path, Aio::IoUring, true, false));
+    let mut bufs: Vec<AlignedBuf> = (0..8).map(|_| AlignedBuf::new(4096)).collect();
+    if fixed_buffers {
+        let iov: Vec<libc::iovec> = bufs
+            .iter_mut()
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: b.len(),
+            })
+            .collect();
+        // SAFETY: the buffers outlive the loop's use of them (dropped after block_on).
+        unsafe { lp.register_buffers(&iov).unwrap() };
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(14);
+    lp.block_on(async {
+        for round in 0..50 {
+            let i = round % bufs.len();
+            let blk = rng.gen_range(0..64u64);
+            if rng.gen_bool(0.5) {
+                drv.read_at(blk * 4096, &mut bufs[i]).await.unwrap();
+                assert_eq!(&bufs[i][..], &reference[(blk * 4096) as usize..][..4096]);
+            } else {
+                bufs[i].fill(round as u8);
+                drv.write_at(blk * 4096, &bufs[i]).await.unwrap();
+                reference[(blk * 4096) as usize..][..4096].fill(round as u8);
+            }
+        }
+        drv.flush().await.unwrap();
+    });
+    drop(lp);
+    assert_eq!(std::fs::read(&path).unwrap(), reference);
+}
+
+#[test]
+fn io_uring_with_registered_buffers_is_correct() {
+    uring_round_trip(EventLoopConfig::default(), true);
+}
+
+#[test]
+fn io_uring_with_sqpoll_is_correct() {
+    uring_round_trip(
+        EventLoopConfig {
+            sqpoll_idle_ms: Some(10),
+            ..Default::default()
+        },
+        false,
+    );
+}
+
+#[test]
+fn io_uring_with_completion_polling_is_correct() {
+    uring_round_trip(
+        EventLoopConfig {
+            poll_max_ns: 50_000,
+            ..Default::default()
+        },
+        true,
+    );
+}
+
+#[test]
+fn io_uring_without_registered_files_is_correct() {
+    uring_round_trip(
+        EventLoopConfig {
+            register_files: false,
+            ..Default::default()
+        },
+        false,
+    );
+}
