@@ -1,0 +1,620 @@
+//! The `file` protocol driver (QEMU's `file` and `host_device`): regular files and
+//! block devices, buffered or O_DIRECT, over any AIO engine.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+
+use crate::buffer::AlignedBuf;
+use crate::driver::{
+    errno, BlockDriver, BlockResult, BlockStatus, NodeInfo, WriteFlags, ZeroFlags,
+};
+use crate::engine::{self, Aio, Req, Target};
+use crate::iovec::{IoVec, IoVecMut};
+use crate::lock;
+
+/// What to do with discard requests (QEMU's `discard=ignore|unmap`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Discard {
+    /// Discards succeed without doing anything (QEMU's default for `--blockdev`).
+    Ignore,
+    /// Discards punch holes into the file.
+    #[default]
+    Unmap,
+}
+
+/// Image locking (QEMU's `locking=auto|on|off`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Locking {
+    /// Lock if the kernel supports OFD locks.
+    #[default]
+    Auto,
+    /// Always lock; fail if locks are unsupported.
+    On,
+    /// Never lock.
+    Off,
+}
+
+/// Options of a `file` node.
+#[derive(Clone, Debug, Default)]
+pub struct FileOptions {
+    /// Path of the file or block device.
+    pub filename: PathBuf,
+    /// Open read-only.
+    pub read_only: bool,
+    /// `cache.direct=on`: bypass the page cache with O_DIRECT.
+    pub direct: bool,
+    /// `cache.no-flush=on`: ignore flush requests.
+    pub no_flush: bool,
+    /// The AIO engine.
+    pub aio: Aio,
+    /// Discard handling.
+    pub discard: Discard,
+    /// Image locking.
+    pub locking: Locking,
+    /// Share the write permission with other processes when locking (`-U`,
+    /// `force-share=on`): read-only opens then do not block writers.
+    pub force_share: bool,
+}
+
+impl FileOptions {
+    /// Options for `path` with QEMU's defaults (buffered, threads, read-write).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        FileOptions {
+            filename: path.into(),
+            ..Default::default()
+        }
+    }
+}
+
+static NEXT_FILE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// An open `file` node.
+pub struct FileDriver {
+    file: File,
+    /// A second open file description that carries the OFD image locks. The I/O
+    /// descriptor may be registered with io_uring rings, which release it
+    /// asynchronously; locks on a separate description go away at once on close.
+    _lock_file: Option<File>,
+    id: u64,
+    opts: FileOptions,
+    block_device: bool,
+    size: AtomicU64,
+    request_align: u32,
+    mem_align: usize,
+}
+
+impl std::fmt::Debug for FileDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileDriver")
+            .field("filename", &self.opts.filename)
+            .field("aio", &self.opts.aio)
+            .field("direct", &self.opts.direct)
+            .finish()
+    }
+}
+
+fn with_path(path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(
+        e.kind(),
+        format!("Could not open '{}': {}", path.display(), e),
+    )
+}
+
+impl FileDriver {
+    /// Opens a file or block device.
+    pub fn open(opts: &FileOptions) -> io::Result<FileDriver> {
+        let path = &opts.filename;
+        if opts.aio == Aio::Native && !opts.direct {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "aio=native was specified, but it requires cache.direct=on, which was not specified.",
+            ));
+        }
+        let mut oo = OpenOptions::new();
+        oo.read(true).write(!opts.read_only);
+        let mut flags = libc::O_CLOEXEC;
+        if opts.direct {
+            flags |= libc::O_DIRECT;
+        }
+        oo.custom_flags(flags);
+        let file = oo.open(path).map_err(|e| with_path(path, e))?;
+        let meta = file.metadata().map_err(|e| with_path(path, e))?;
+        let block_device = meta.file_type().is_block_device();
+        if !block_device && !meta.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("'{}' is not a regular file or block device", path.display()),
+            ));
+        }
+        let fd = file.as_raw_fd();
+        let size = if block_device {
+            blkdev_size(fd)?
+        } else {
+            meta.len()
+        };
+        let (request_align, mem_align) = if opts.direct {
+            probe_alignment(fd, block_device)
+        } else {
+            (1, 1)
+        };
+        let use_lock = match opts.locking {
+            Locking::Off => false,
+            Locking::On => true,
+            Locking::Auto => lock::ofd_supported(fd),
+        };
+        let lock_file = if use_lock {
+            let lf = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(path)
+                .map_err(|e| with_path(path, e))?;
+            let (held, mut shared) = if opts.read_only {
+                (
+                    lock::perm::CONSISTENT_READ,
+                    lock::perm::ALL & !lock::perm::WRITE & !lock::perm::RESIZE,
+                )
+            } else {
+                (
+                    lock::perm::CONSISTENT_READ | lock::perm::WRITE | lock::perm::RESIZE,
+                    lock::perm::CONSISTENT_READ | lock::perm::WRITE_UNCHANGED,
+                )
+            };
+            if opts.force_share {
+                shared = lock::perm::ALL;
+            }
+            lock::lock_image(lf.as_raw_fd(), &path.display().to_string(), held, shared)?;
+            Some(lf)
+        } else {
+            None
+        };
+        Ok(FileDriver {
+            file,
+            _lock_file: lock_file,
+            id: NEXT_FILE_ID.fetch_add(1, Ordering::Relaxed),
+            opts: opts.clone(),
+            block_device,
+            size: AtomicU64::new(size),
+            request_align,
+            mem_align,
+        })
+    }
+
+    /// Creates (or truncates) a regular file of `size` bytes, as `qemu-img create -f raw`.
+    /// With `preallocate`, blocks are allocated with `posix_fallocate`.
+    pub fn create(path: &Path, size: u64, preallocate: bool) -> io::Result<()> {
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("Could not create '{}': {}", path.display(), e),
+                )
+            })?;
+        f.set_len(size).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("Could not resize '{}': {}", path.display(), e),
+            )
+        })?;
+        if preallocate && size > 0 {
+            // SAFETY: plain syscall on an owned descriptor.
+            let r = unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, size as libc::off_t) };
+            if r != 0 {
+                return Err(io::Error::from_raw_os_error(r));
+            }
+        }
+        Ok(())
+    }
+
+    /// The options the node was opened with.
+    pub fn options(&self) -> &FileOptions {
+        &self.opts
+    }
+
+    /// The underlying descriptor.
+    pub fn raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    fn target(&self) -> Target {
+        Target {
+            fd: self.file.as_raw_fd(),
+            id: self.id,
+        }
+    }
+
+    async fn exec(&self, req: Req<'_>) -> i64 {
+        engine::execute(self.opts.aio, self.target(), req).await
+    }
+
+    fn check_writable(&self) -> BlockResult<()> {
+        if self.opts.read_only {
+            return Err(errno(libc::EPERM));
+        }
+        Ok(())
+    }
+
+    fn is_aligned(&self, offset: u64, len: usize) -> bool {
+        let a = self.request_align as u64;
+        offset % a == 0 && (len as u64) % a == 0
+    }
+
+    /// Reads with retries for short transfers, EINTR and EAGAIN; zero-fills past EOF.
+    async fn read_loop(&self, offset: u64, iov: &mut IoVecMut<'_>) -> BlockResult<()> {
+        let total = iov.len();
+        let mut done = 0usize;
+        while done < total {
+            let part = iov.slice(done, total - done);
+            let r = self
+                .exec(Req::Read {
+                    off: offset + done as u64,
+                    iov: part.as_raw(),
+                })
+                .await;
+            match r {
+                r if r == -(libc::EINTR as i64) || r == -(libc::EAGAIN as i64) => continue,
+                r if r < 0 => return Err(errno(-r as i32)),
+                0 => break,
+                r => done += r as usize,
+            }
+            if self.opts.direct && !self.is_aligned(offset + done as u64, 0) {
+                break; // a partial block at EOF: the rest cannot be read with O_DIRECT
+            }
+        }
+        if done < total {
+            iov.zero_range(done, total - done);
+        }
+        Ok(())
+    }
+
+    /// Writes with retries; a write that makes no progress fails with ENOSPC.
+    async fn write_loop(&self, offset: u64, iov: &IoVec<'_>) -> BlockResult<()> {
+        let total = iov.len();
+        let mut done = 0usize;
+        while done < total {
+            let part = iov.slice(done, total - done);
+            let r = self
+                .exec(Req::Write {
+                    off: offset + done as u64,
+                    iov: part.as_raw(),
+                })
+                .await;
+            match r {
+                r if r == -(libc::EINTR as i64) || r == -(libc::EAGAIN as i64) => continue,
+                r if r < 0 => return Err(errno(-r as i32)),
+                0 => return Err(errno(libc::ENOSPC)),
+                r => done += r as usize,
+            }
+        }
+        self.size
+            .fetch_max(offset + total as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// O_DIRECT read of an unaligned request through an aligned bounce buffer.
+    async fn read_bounced(&self, offset: u64, iov: &mut IoVecMut<'_>) -> BlockResult<()> {
+        let a = self.request_align as u64;
+        let start = offset / a * a;
+        let end = (offset + iov.len() as u64).div_ceil(a) * a;
+        let mut buf = AlignedBuf::with_alignment((end - start) as usize, self.mem_align.max(512));
+        self.read_loop(start, &mut IoVecMut::from_slice(&mut buf))
+            .await?;
+        let skip = (offset - start) as usize;
+        iov.copy_from_slice(&buf[skip..skip + iov.len()]);
+        Ok(())
+    }
+
+    /// O_DIRECT write of an unaligned request: read-modify-write of the edge blocks.
+    async fn write_bounced(&self, offset: u64, iov: &IoVec<'_>) -> BlockResult<()> {
+        let a = self.request_align as u64;
+        let start = offset / a * a;
+        let end = (offset + iov.len() as u64).div_ceil(a) * a;
+        let mut buf = AlignedBuf::with_alignment((end - start) as usize, self.mem_align.max(512));
+        let skip = (offset - start) as usize;
+        if skip != 0 || end != offset + iov.len() as u64 {
+            self.read_loop(start, &mut IoVecMut::from_slice(&mut buf))
+                .await?;
+        }
+        iov.copy_to_slice(&mut buf[skip..skip + iov.len()]);
+        let real_end = offset + iov.len() as u64;
+        self.write_loop(start, &IoVec::from_slice(&buf)).await?;
+        // Do not let the padding grow the visible size beyond what was written.
+        if !self.block_device {
+            let _ = self.size.fetch_max(real_end, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    async fn fallocate(&self, mode: i32, off: u64, len: u64) -> i64 {
+        loop {
+            let r = self.exec(Req::Fallocate { mode, off, len }).await;
+            if r != -(libc::EINTR as i64) {
+                return r;
+            }
+        }
+    }
+
+    fn refresh_size(&self) -> u64 {
+        let fd = self.file.as_raw_fd();
+        let s = if self.block_device {
+            blkdev_size(fd).ok()
+        } else {
+            self.file.metadata().ok().map(|m| m.len())
+        };
+        if let Some(s) = s {
+            self.size.store(s, Ordering::Relaxed);
+        }
+        self.size.load(Ordering::Relaxed)
+    }
+}
+
+#[async_trait(?Send)]
+impl BlockDriver for FileDriver {
+    fn info(&self) -> NodeInfo {
+        NodeInfo {
+            driver: if self.block_device {
+                "host_device"
+            } else {
+                "file"
+            }
+            .into(),
+            filename: self.opts.filename.display().to_string(),
+            read_only: self.opts.read_only,
+            direct: self.opts.direct,
+            no_flush: self.opts.no_flush,
+        }
+    }
+
+    fn size(&self) -> u64 {
+        self.size.load(Ordering::Relaxed)
+    }
+
+    fn request_alignment(&self) -> u32 {
+        self.request_align
+    }
+
+    fn memory_alignment(&self) -> usize {
+        self.mem_align
+    }
+
+    async fn readv(&self, offset: u64, iov: &mut IoVecMut<'_>) -> BlockResult<()> {
+        if iov.is_empty() {
+            return Ok(());
+        }
+        if self.opts.direct
+            && !(self.is_aligned(offset, iov.len()) && iov.is_aligned(self.mem_align))
+        {
+            return self.read_bounced(offset, iov).await;
+        }
+        self.read_loop(offset, iov).await
+    }
+
+    async fn writev(&self, offset: u64, iov: &IoVec<'_>, flags: WriteFlags) -> BlockResult<()> {
+        self.check_writable()?;
+        if !iov.is_empty() {
+            if self.opts.direct
+                && !(self.is_aligned(offset, iov.len()) && iov.is_aligned(self.mem_align))
+            {
+                self.write_bounced(offset, iov).await?;
+            } else {
+                self.write_loop(offset, iov).await?;
+            }
+        }
+        if flags.fua {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&self) -> BlockResult<()> {
+        if self.opts.no_flush || self.opts.read_only {
+            return Ok(());
+        }
+        let mut r = self.exec(Req::Fdatasync).await;
+        if r == -(libc::EINVAL as i64) && self.opts.aio == Aio::Native {
+            // Many file systems lack IOCB_CMD_FDSYNC: do it on the pool, as QEMU does.
+            r = engine::execute(Aio::Threads, self.target(), Req::Fdatasync).await;
+        }
+        if r < 0 {
+            return Err(errno(-r as i32));
+        }
+        Ok(())
+    }
+
+    async fn discard(&self, offset: u64, len: u64) -> BlockResult<()> {
+        self.check_writable()?;
+        if self.opts.discard == Discard::Ignore || len == 0 {
+            return Ok(());
+        }
+        let r = self
+            .fallocate(
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset,
+                len,
+            )
+            .await;
+        match r {
+            r if r >= 0 => Ok(()),
+            // Discard is advisory: an unsupported file system is not an error.
+            r if r == -(libc::EOPNOTSUPP as i64) || r == -(libc::ENOTSUP as i64) => Ok(()),
+            r => Err(errno(-r as i32)),
+        }
+    }
+
+    async fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> BlockResult<()> {
+        self.check_writable()?;
+        if len == 0 {
+            return Ok(());
+        }
+        let end = offset + len;
+        let size = self.size();
+        // Punching a hole only zeroes inside the file; beyond EOF use ZERO_RANGE.
+        let mut r = -(libc::EOPNOTSUPP as i64);
+        if flags.may_unmap && self.opts.discard == Discard::Unmap && end <= size {
+            r = self
+                .fallocate(
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    offset,
+                    len,
+                )
+                .await;
+        }
+        if r < 0 {
+            r = self
+                .fallocate(libc::FALLOC_FL_ZERO_RANGE, offset, len)
+                .await;
+        }
+        if r >= 0 {
+            if !self.block_device {
+                self.size.fetch_max(end, Ordering::Relaxed);
+            }
+        } else if (r == -(libc::EOPNOTSUPP as i64)
+            || r == -(libc::ENOTSUP as i64)
+            || r == -(libc::EINVAL as i64))
+            && !flags.no_fallback
+        {
+            write_zero_buffers(self, offset, len).await?;
+        } else if r < 0 {
+            let e = if r == -(libc::EOPNOTSUPP as i64) {
+                libc::ENOTSUP
+            } else {
+                -r as i32
+            };
+            return Err(errno(e));
+        }
+        if flags.fua {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn block_status(&self, offset: u64, len: u64) -> BlockResult<BlockStatus> {
+        let size = self.size();
+        if offset >= size {
+            return Ok(BlockStatus {
+                len: len.max(1),
+                data: false,
+                zero: true,
+                depth: 1,
+                offset: Some(offset),
+            });
+        }
+        let len = len.min(size - offset).max(1);
+        let fd = self.file.as_raw_fd();
+        let (data, until) = if self.block_device {
+            (true, offset + len)
+        } else {
+            seek_extent(fd, offset, size)
+        };
+        Ok(BlockStatus {
+            len: until.min(offset + len) - offset,
+            data,
+            zero: !data,
+            depth: 1,
+            offset: Some(offset),
+        })
+    }
+
+    async fn truncate(&self, size: u64) -> BlockResult<()> {
+        self.check_writable()?;
+        if self.block_device {
+            return if size <= self.refresh_size() {
+                Ok(())
+            } else {
+                Err(errno(libc::ENOTSUP))
+            };
+        }
+        self.file.set_len(size)?;
+        self.size.store(size, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn allocated_size(&self) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        self.file.metadata().ok().map(|m| m.blocks() * 512)
+    }
+}
+
+impl Drop for FileDriver {
+    fn drop(&mut self) {
+        engine::uring::file_closed(self.id);
+    }
+}
+
+/// Writes zero buffers over `offset..offset+len` in chunks (write-zeroes fallback).
+async fn write_zero_buffers(f: &FileDriver, offset: u64, len: u64) -> BlockResult<()> {
+    const CHUNK: u64 = 1 << 20;
+    let buf = AlignedBuf::new(CHUNK.min(len) as usize);
+    let mut pos = offset;
+    while pos < offset + len {
+        let n = CHUNK.min(offset + len - pos) as usize;
+        f.writev(pos, &IoVec::from_slice(&buf[..n]), WriteFlags::default())
+            .await?;
+        pos += n as u64;
+    }
+    Ok(())
+}
+
+/// Data/hole status at `offset` through SEEK_DATA/SEEK_HOLE: (is data, extent end).
+fn seek_extent(fd: RawFd, offset: u64, size: u64) -> (bool, u64) {
+    // SAFETY: lseek on an owned descriptor.
+    let data = unsafe { libc::lseek(fd, offset as libc::off_t, libc::SEEK_DATA) };
+    if data < 0 {
+        let e = io::Error::last_os_error().raw_os_error();
+        return if e == Some(libc::ENXIO) {
+            (false, size)
+        } else {
+            (true, size)
+        };
+    }
+    if data as u64 > offset {
+        return (false, data as u64);
+    }
+    // SAFETY: as above.
+    let hole = unsafe { libc::lseek(fd, offset as libc::off_t, libc::SEEK_HOLE) };
+    if hole < 0 {
+        return (true, size);
+    }
+    (true, (hole as u64).max(offset + 1))
+}
+
+fn blkdev_size(fd: RawFd) -> io::Result<u64> {
+    const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+    let mut size: u64 = 0;
+    // SAFETY: BLKGETSIZE64 writes one u64.
+    if unsafe { libc::ioctl(fd, BLKGETSIZE64, &mut size) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(size)
+}
+
+/// Finds the O_DIRECT request and memory alignment: the logical block size for block
+/// devices, else the smallest of 512..4096 that a test read accepts.
+fn probe_alignment(fd: RawFd, block_device: bool) -> (u32, usize) {
+    const BLKSSZGET: libc::c_ulong = 0x1268;
+    if block_device {
+        let mut sz: libc::c_int = 0;
+        // SAFETY: BLKSSZGET writes one int.
+        if unsafe { libc::ioctl(fd, BLKSSZGET, &mut sz) } == 0 && sz > 0 {
+            return (sz as u32, sz as usize);
+        }
+    }
+    let buf = AlignedBuf::new(4096);
+    for align in [512usize, 1024, 2048, 4096] {
+        // SAFETY: reads at most `align` bytes into a 4096-byte buffer.
+        let r = unsafe { libc::pread(fd, buf.as_ptr() as *mut libc::c_void, align, 0) };
+        if r >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
+            return (align as u32, align);
+        }
+    }
+    (4096, 4096)
+}

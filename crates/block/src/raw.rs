@@ -1,0 +1,115 @@
+//! The `raw` format driver: the guest sees its child node's bytes, optionally a window
+//! `offset..offset+size` of them (QEMU's `raw` options `offset` and `size`).
+
+use std::io;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::driver::{
+    errno, BlockDriver, BlockResult, BlockStatus, NodeInfo, WriteFlags, ZeroFlags,
+};
+use crate::iovec::{IoVec, IoVecMut};
+
+/// A `raw` node over a protocol node.
+pub struct RawFormat {
+    file: Arc<dyn BlockDriver>,
+    offset: u64,
+    size: Option<u64>,
+}
+
+impl RawFormat {
+    /// Wraps `file`, exposing all of it.
+    pub fn new(file: Arc<dyn BlockDriver>) -> Self {
+        RawFormat {
+            file,
+            offset: 0,
+            size: None,
+        }
+    }
+
+    /// Wraps `file`, exposing `size` bytes from `offset` (QEMU's raw `offset`/`size`).
+    pub fn with_window(
+        file: Arc<dyn BlockDriver>,
+        offset: u64,
+        size: Option<u64>,
+    ) -> io::Result<Self> {
+        let fsize = file.size();
+        if offset > fsize || size.is_some_and(|s| offset.checked_add(s).is_none_or(|e| e > fsize)) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("The sum of offset ({offset}) and size ({}) has to be smaller or equal to the actual size of the containing file ({fsize})", size.unwrap_or(0)),
+            ));
+        }
+        Ok(RawFormat { file, offset, size })
+    }
+
+    /// The protocol node below.
+    pub fn file(&self) -> &Arc<dyn BlockDriver> {
+        &self.file
+    }
+
+    fn check(&self, offset: u64, len: u64) -> BlockResult<u64> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.size() => Ok(self.offset + offset),
+            _ => Err(errno(libc::EINVAL)),
+        }
+    }
+}
+
+#[async_trait(?Send)]
+impl BlockDriver for RawFormat {
+    fn info(&self) -> NodeInfo {
+        NodeInfo {
+            driver: "raw".into(),
+            ..self.file.info()
+        }
+    }
+    fn size(&self) -> u64 {
+        self.size
+            .unwrap_or_else(|| self.file.size().saturating_sub(self.offset))
+    }
+    fn request_alignment(&self) -> u32 {
+        self.file.request_alignment()
+    }
+    fn memory_alignment(&self) -> usize {
+        self.file.memory_alignment()
+    }
+    async fn readv(&self, offset: u64, iov: &mut IoVecMut<'_>) -> BlockResult<()> {
+        let o = self.check(offset, iov.len() as u64)?;
+        self.file.readv(o, iov).await
+    }
+    async fn writev(&self, offset: u64, iov: &IoVec<'_>, flags: WriteFlags) -> BlockResult<()> {
+        let o = self.check(offset, iov.len() as u64)?;
+        self.file.writev(o, iov, flags).await
+    }
+    async fn flush(&self) -> BlockResult<()> {
+        self.file.flush().await
+    }
+    async fn discard(&self, offset: u64, len: u64) -> BlockResult<()> {
+        let o = self.check(offset, len)?;
+        self.file.discard(o, len).await
+    }
+    async fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> BlockResult<()> {
+        let o = self.check(offset, len)?;
+        self.file.write_zeroes(o, len, flags).await
+    }
+    async fn block_status(&self, offset: u64, len: u64) -> BlockResult<BlockStatus> {
+        let o = self.check(offset, 0)?;
+        self.file
+            .block_status(o, len.min(self.size().saturating_sub(offset)))
+            .await
+    }
+    async fn truncate(&self, size: u64) -> BlockResult<()> {
+        if self.offset != 0 || self.size.is_some() {
+            return Err(errno(libc::ENOTSUP));
+        }
+        self.file.truncate(size).await
+    }
+    fn allocated_size(&self) -> Option<u64> {
+        self.file.allocated_size()
+    }
+    async fn close(&self) -> BlockResult<()> {
+        self.file.close().await
+    }
+}
