@@ -58,8 +58,24 @@ enum ConfigCmd {
     },
 }
 
+/// Largest config file accepted. Real configs are a few KiB; the cap keeps
+/// `/dev/zero` or a disk image passed by mistake from exhausting memory.
+const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
 fn read(path: &str) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("{path}: cannot read: {e}"))
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("{path}: cannot open: {e}"))?;
+    let mut data = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| format!("{path}: cannot read: {e}"))?;
+    if data.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(format!(
+            "{path}: larger than {} MiB, not a Jailhouse config",
+            MAX_CONFIG_BYTES >> 20
+        ));
+    }
+    Ok(data)
 }
 
 fn warning_finding(w: &ParseError, cell: String) -> Finding {

@@ -186,6 +186,13 @@ fn wrong_kind_and_wrong_magic_exit_2() {
     );
     let out = run(&[&d.path().join("missing.cell")], &[]);
     assert_eq!(out.status.code(), Some(2));
+    let out = run(&[Path::new("/dev/zero")], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("/dev/zero: larger than 16 MiB"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = run(&[&junk], &["--format", "json"]);
     assert_eq!(out.status.code(), Some(2));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
