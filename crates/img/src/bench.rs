@@ -34,6 +34,7 @@ const SPEC: &[Opt] = &[
     opt(None, Some("pattern"), true),
     opt(None, Some("flush-interval"), true),
     opt(None, Some("no-drain"), false),
+    opt(None, Some("random"), false),
 ];
 
 /// Everything a run needs, after validation.
@@ -48,6 +49,9 @@ struct Params {
     pattern: u8,
     flush_interval: u64,
     drain: bool,
+    /// oxemu extension: uniformly random offsets (multiples of the step) instead of
+    /// qemu-img's sequential walk.
+    random: bool,
 }
 
 fn number(p: &Parsed, key: &str, what: &str, default: u64) -> Result<u64, Error> {
@@ -98,6 +102,10 @@ fn params(p: &Parsed) -> Result<Params, Error> {
     if !drain && flush_interval == 0 {
         return Err(Error::Msg("--no-drain requires --flush-interval".into()));
     }
+    let random = p.has("random");
+    if random && step == 0 {
+        return Err(Error::Msg("--random needs a non-zero step size".into()));
+    }
     Ok(Params {
         count,
         depth: depth as usize,
@@ -108,6 +116,7 @@ fn params(p: &Parsed) -> Result<Params, Error> {
         pattern,
         flush_interval,
         drain,
+        random,
     })
 }
 
@@ -156,7 +165,12 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
         }
     }
     if !p.has("q") {
-        let rw = if prm.write { "write" } else { "read" };
+        let rw = match (prm.write, prm.random) {
+            (false, false) => "read",
+            (true, false) => "write",
+            (false, true) => "random read",
+            (true, true) => "random write",
+        };
         println!(
             "Sending {} {rw} requests, {} bytes each, {} in parallel (starting at offset {}, step size {})",
             prm.count, prm.bufsize, prm.depth, prm.offset, prm.step
@@ -230,6 +244,15 @@ impl Run {
 }
 
 fn offset_of(prm: &Params, idx: u64, size: u64) -> u64 {
+    if prm.random {
+        // splitmix64 of the request index: reproducible, no shared RNG state.
+        let mut z = idx.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let slots = (size.saturating_sub(prm.offset + prm.bufsize as u64) / prm.step) + 1;
+        return prm.offset + (z % slots) * prm.step;
+    }
     if idx == 0 {
         return prm.offset;
     }

@@ -43,7 +43,8 @@ usage: oxemu-img [standard options] command [command options]
 Command syntax:
   bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] [-i aio]
         [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q] [-s buffer_size]
-        [-S step_size] [-t cache] [-w] [-U] filename
+        [-S step_size] [-t cache] [-w] [-U] [--random] filename
+        (--random is an oxemu extension: uniformly random offsets, multiples of the step)
   create [-q] [-f fmt] [-o options] filename [size]
   info [-f fmt] [--output=ofmt] [-U] filename
 
