@@ -196,7 +196,7 @@ impl ExportDirectory for ServerShared {
 pub struct NbdServer {
     shared: Arc<ServerShared>,
     io: IoThreadHandle,
-    listener_fd: OwnedFd,
+    addr: BoundAddr,
     unix_path: Option<PathBuf>,
     tcp_port: Option<u16>,
 }
@@ -208,6 +208,12 @@ impl std::fmt::Debug for NbdServer {
             .field("tcp_port", &self.tcp_port)
             .finish()
     }
+}
+
+#[derive(Debug)]
+enum BoundAddr {
+    Unix(PathBuf),
+    Tcp(std::net::SocketAddr),
 }
 
 fn dup(fd: impl AsFd) -> io::Result<OwnedFd> {
@@ -235,11 +241,11 @@ impl NbdServer {
             },
             source,
         };
-        let (listener_fd, unix_path, tcp_port);
+        let (bound, unix_path, tcp_port);
         match &opts.addr {
             NbdAddr::Unix(path) => {
                 let l = UnixListener::bind(path).map_err(listen_err)?;
-                listener_fd = dup(&l).map_err(listen_err)?;
+                bound = BoundAddr::Unix(path.clone());
                 unix_path = Some(path.clone());
                 tcp_port = None;
                 let sh = shared.clone();
@@ -252,9 +258,10 @@ impl NbdServer {
                     .next()
                     .ok_or_else(|| listen_err(io::ErrorKind::AddrNotAvailable.into()))?;
                 let l = TcpListener::bind(addr).map_err(listen_err)?;
-                listener_fd = dup(&l).map_err(listen_err)?;
+                let local = l.local_addr().map_err(listen_err)?;
+                bound = BoundAddr::Tcp(local);
                 unix_path = None;
-                tcp_port = Some(l.local_addr().map_err(listen_err)?.port());
+                tcp_port = Some(local.port());
                 let sh = shared.clone();
                 io.spawn(move || accept_loop_tcp(l, sh));
             }
@@ -262,7 +269,7 @@ impl NbdServer {
         Ok(NbdServer {
             shared,
             io,
-            listener_fd,
+            addr: bound,
             unix_path,
             tcp_port,
         })
@@ -337,8 +344,20 @@ impl NbdServer {
     /// object; the daemon drops them afterwards.
     pub fn stop(&self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
-        // SAFETY: shutdown(2) on our duplicate of the listening socket wakes accept.
-        unsafe { libc::shutdown(self.listener_fd.as_raw_fd(), libc::SHUT_RDWR) };
+        // Wake the accept loop with a connection of our own; it sees `stopping`.
+        match &self.addr {
+            BoundAddr::Unix(p) => drop(std::os::unix::net::UnixStream::connect(p)),
+            BoundAddr::Tcp(a) => {
+                let mut a = *a;
+                if a.ip().is_unspecified() {
+                    a.set_ip(match a {
+                        std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                        std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                    });
+                }
+                drop(std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1)));
+            }
+        }
         self.shared.shutdown_conns(None, libc::SHUT_RDWR);
         self.shared
             .wait_until(|t| t.conns.is_empty() && !t.accepting);
