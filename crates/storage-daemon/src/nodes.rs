@@ -98,6 +98,21 @@ impl Graph {
             .get("node-name")
             .and_then(Value::as_str)
             .map(str::to_string);
+        // Options are checked before the node name, as QEMU does.
+        enum Parsed {
+            File(Box<FileBlockdev>),
+            Raw(Box<RawBlockdev>),
+        }
+        let parsed = match driver.as_str() {
+            "file" | "host_device" => Parsed::File(from_value(opts)?),
+            "raw" => Parsed::Raw(from_value(opts)?),
+            "qcow2" => {
+                return Err(QmpError::generic(
+                    "Unknown driver 'qcow2': the qcow2 format driver is not built into this oxemu-storage-daemon",
+                ))
+            }
+            other => return Err(QmpError::generic(format!("Invalid parameter '{other}'"))),
+        };
         let name = match given {
             Some(n) => {
                 self.check_name(&n)?;
@@ -109,19 +124,13 @@ impl Graph {
             }
             None => {
                 return Err(QmpError::generic(
-                    "A top-level node must have a node-name (node-name is missing)",
+                    "'node-name' must be specified for the root node",
                 ))
             }
         };
-        let node = match driver.as_str() {
-            "file" | "host_device" => self.open_file(from_value(opts)?, &name, implicit)?,
-            "raw" => self.open_raw(from_value(opts)?, &name, implicit)?,
-            "qcow2" => {
-                return Err(QmpError::generic(
-                    "Unknown driver 'qcow2': the qcow2 format driver is not built into this oxemu-storage-daemon",
-                ))
-            }
-            other => return Err(QmpError::generic(format!("Invalid parameter '{other}'"))),
+        let node = match parsed {
+            Parsed::File(o) => self.open_file(*o, &name, implicit)?,
+            Parsed::Raw(o) => self.open_raw(*o, &name, implicit)?,
         };
         self.nodes.insert(name.clone(), node);
         Ok(name)
