@@ -12,6 +12,7 @@ use oxemu_block::{BlockDriver, EventLoopConfig, IoThread, IoThreadHandle};
 use oxemu_nbd::server::{NbdAddr, NbdExportOptions, NbdServer, NbdServerOptions as NbdOpts};
 use oxemu_nbd::tls::X509Creds;
 use oxemu_qmp::args::{flex_opt_bool, from_value};
+use oxemu_vhost_user_blk::{VhostUserBlkExport, VhostUserBlkOptions};
 use oxemu_qmp::{CommandInfo, Dispatcher, EventBus, QmpError};
 
 use crate::nodes::Graph;
@@ -169,9 +170,22 @@ impl Daemon {
                 server.add_export(eo, driver).map_err(|e| QmpError::generic(e.to_string()))?
             }
             "vhost-user-blk" => {
-                return Err(QmpError::generic(
-                    "Export type 'vhost-user-blk' is not available in this build of oxemu-storage-daemon",
-                ))
+                let addr = o.addr.as_ref().ok_or_else(|| QmpError::generic("Parameter 'addr' is missing"))?;
+                let socket = match SocketAddress::from_value(addr).map_err(QmpError::generic)? {
+                    SocketAddress::Unix(p) => p,
+                    SocketAddress::Inet { .. } => {
+                        return Err(QmpError::generic("vhost-user-blk exports need a unix socket address"))
+                    }
+                };
+                let mut vo = VhostUserBlkOptions::new(&o.id, &o.node_name, socket);
+                vo.writable = writable;
+                if let Some(n) = o.logical_block_size {
+                    vo.logical_block_size = u32::try_from(n).unwrap_or(u32::MAX);
+                }
+                if let Some(n) = o.num_queues {
+                    vo.num_queues = u16::try_from(n).unwrap_or(u16::MAX);
+                }
+                VhostUserBlkExport::start(vo, driver).map_err(QmpError::from)?
             }
             other => {
                 return Err(QmpError::generic(format!("Parameter 'type' does not accept value '{other}'")))

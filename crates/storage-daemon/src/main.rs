@@ -48,6 +48,12 @@ oxemu storage daemon: block nodes and exports, managed over QMP
            [,writable=on|off][,description=<text>][,allocation-depth=on|off]
                             export the specified block node over NBD
                             (requires --nbd-server)
+  --export [type=]vhost-user-blk,id=<id>,node-name=<node-name>,addr.type=unix,
+           addr.path=<socket-path>[,writable=on|off][,logical-block-size=<size>]
+           [,num-queues=<num-queues>]
+                            export the specified block node as a vhost-user-blk
+                            device over a UNIX domain socket (each queue is served
+                            by its own thread)
 
   --monitor [chardev=]name[,mode=control]
                             configure a QMP monitor
