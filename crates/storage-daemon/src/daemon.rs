@@ -12,8 +12,8 @@ use oxemu_block::{BlockDriver, EventLoopConfig, IoThread, IoThreadHandle};
 use oxemu_nbd::server::{NbdAddr, NbdExportOptions, NbdServer, NbdServerOptions as NbdOpts};
 use oxemu_nbd::tls::X509Creds;
 use oxemu_qmp::args::{flex_opt_bool, from_value};
-use oxemu_vhost_user_blk::{VhostUserBlkExport, VhostUserBlkOptions};
 use oxemu_qmp::{CommandInfo, Dispatcher, EventBus, QmpError};
+use oxemu_vhost_user_blk::{VhostUserBlkExport, VhostUserBlkOptions};
 
 use crate::nodes::Graph;
 use crate::qapi::{BlockExportOptions, NbdServerOptions, ObjectOptions, SocketAddress};
@@ -157,7 +157,9 @@ impl Daemon {
                     return Err(QmpError::generic("NBD server not running"));
                 };
                 if o.bitmaps.as_ref().is_some_and(|b| !b.is_empty()) {
-                    return Err(QmpError::generic("Dirty bitmaps are not supported by oxemu's NBD export"));
+                    return Err(QmpError::generic(
+                        "Dirty bitmaps are not supported by oxemu's NBD export",
+                    ));
                 }
                 let eo = NbdExportOptions {
                     id: o.id.clone(),
@@ -167,14 +169,21 @@ impl Daemon {
                     writable,
                     allocation_depth: o.allocation_depth.unwrap_or(false),
                 };
-                server.add_export(eo, driver).map_err(|e| QmpError::generic(e.to_string()))?
+                server
+                    .add_export(eo, driver)
+                    .map_err(|e| QmpError::generic(e.to_string()))?
             }
             "vhost-user-blk" => {
-                let addr = o.addr.as_ref().ok_or_else(|| QmpError::generic("Parameter 'addr' is missing"))?;
+                let addr = o
+                    .addr
+                    .as_ref()
+                    .ok_or_else(|| QmpError::generic("Parameter 'addr' is missing"))?;
                 let socket = match SocketAddress::from_value(addr).map_err(QmpError::generic)? {
                     SocketAddress::Unix(p) => p,
                     SocketAddress::Inet { .. } => {
-                        return Err(QmpError::generic("vhost-user-blk exports need a unix socket address"))
+                        return Err(QmpError::generic(
+                            "vhost-user-blk exports need a unix socket address",
+                        ))
                     }
                 };
                 let mut vo = VhostUserBlkOptions::new(&o.id, &o.node_name, socket);
@@ -188,7 +197,9 @@ impl Daemon {
                 VhostUserBlkExport::start(vo, driver).map_err(QmpError::from)?
             }
             other => {
-                return Err(QmpError::generic(format!("Parameter 'type' does not accept value '{other}'")))
+                return Err(QmpError::generic(format!(
+                    "Parameter 'type' does not accept value '{other}'"
+                )))
             }
         };
         if let Some(io) = &o.iothread {

@@ -316,6 +316,13 @@ fn daemon_ready(fd: i32) {
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
+    // OXEMU_LOG=debug (or any tracing filter) logs to stderr.
+    if let Ok(filter) = std::env::var("OXEMU_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     if argv.iter().any(|a| a == "-h" || a == "--help") {
         print!("{HELP}");
         return ExitCode::SUCCESS;

@@ -14,14 +14,23 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use oxemu_block::{BlockDriver, EventLoop, EventLoopConfig, IoVec, IoVecMut, WriteFlags, ZeroFlags};
+use oxemu_block::{
+    BlockDriver, EventLoop, EventLoopConfig, IoVec, IoVecMut, WriteFlags, ZeroFlags,
+};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringRwLock, VringT};
 use virtio_queue::QueueOwnedT;
-use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{
+    Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap,
+};
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
 
-use crate::request::{features as f, parse_request, status, BlkConfig, BlkRequest, Desc, Limits, Op, ID_BYTES};
+use crate::request::{
+    features as f, parse_request, status, BlkConfig, BlkRequest, Desc, Limits, Op, ID_BYTES,
+};
 
 /// Largest queue the frontend may configure.
 pub const MAX_QUEUE_SIZE: usize = 1024;
@@ -58,7 +67,12 @@ impl Inner {
 
 impl BlkBackend {
     /// A backend for `node`.
-    pub fn new(node: Arc<dyn BlockDriver>, config: BlkConfig, writable: bool, serial: &str) -> Self {
+    pub fn new(
+        node: Arc<dyn BlockDriver>,
+        config: BlkConfig,
+        writable: bool,
+        serial: &str,
+    ) -> Self {
         let mut id = [0u8; ID_BYTES];
         let n = serial.len().min(ID_BYTES);
         id[..n].copy_from_slice(&serial.as_bytes()[..n]);
@@ -79,7 +93,9 @@ impl BlkBackend {
             writethrough: AtomicBool::new(false),
             mem: Mutex::new(None),
             handlers: Mutex::new(Vec::new()),
-            in_flight: (0..config.num_queues).map(|_| AtomicUsize::new(0)).collect(),
+            in_flight: (0..config.num_queues)
+                .map(|_| AtomicUsize::new(0))
+                .collect(),
         }))
     }
 
@@ -90,7 +106,11 @@ impl BlkBackend {
 
     /// Requests in flight on all queues.
     pub fn in_flight(&self) -> usize {
-        self.0.in_flight.iter().map(|a| a.load(Ordering::Acquire)).sum()
+        self.0
+            .in_flight
+            .iter()
+            .map(|a| a.load(Ordering::Acquire))
+            .sum()
     }
 
     fn notify_event(&self, thread: usize) -> u16 {
@@ -105,7 +125,9 @@ impl BlkBackend {
                 let lp = EventLoop::new(EventLoopConfig::default())?;
                 let fd = lp.notify_fd()?;
                 let handlers = self.0.handlers.lock().unwrap_or_else(|p| p.into_inner());
-                let h = handlers.get(thread).ok_or_else(|| io::Error::other("no epoll handler for this thread"))?;
+                let h = handlers
+                    .get(thread)
+                    .ok_or_else(|| io::Error::other("no epoll handler for this thread"))?;
                 h.register_listener(fd, EventSet::IN, self.notify_event(thread) as u64)?;
                 *l = Some(lp);
             }
@@ -116,6 +138,7 @@ impl BlkBackend {
     /// Pops every available chain of `vring` and starts its request.
     fn process_queue(&self, q: usize, vring: &VringRwLock, lp: &EventLoop) -> io::Result<()> {
         let Some(atomic) = self.0.mem.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+            tracing::warn!("vhost-user-blk: kick on queue {q} before the memory table");
             return Ok(());
         };
         let mem = atomic.memory().into_inner();
@@ -127,6 +150,7 @@ impl BlkBackend {
                 .map_err(|e| io::Error::other(format!("virtqueue {q}: {e}")))?;
             it.collect()
         };
+        tracing::trace!("vhost-user-blk: queue {q}: {} chains", chains.len());
         let max_descs = self.0.limits.seg_max as usize + 3;
         for chain in chains {
             let head = chain.head_index();
@@ -137,7 +161,11 @@ impl BlkBackend {
                     too_long = true;
                     break;
                 }
-                descs.push(Desc { addr: d.addr().0, len: d.len(), write: d.is_write_only() });
+                descs.push(Desc {
+                    addr: d.addr().0,
+                    len: d.len(),
+                    write: d.is_write_only(),
+                });
             }
             let parsed = if too_long {
                 Err(crate::request::ParseError {
@@ -148,6 +176,7 @@ impl BlkBackend {
             } else {
                 parse_request(&descs, &mem, &self.0.limits)
             };
+            tracing::trace!("vhost-user-blk: queue {q} head {head}: descriptors {descs:?}");
             match parsed {
                 Ok(req) => {
                     self.0.in_flight[q].fetch_add(1, Ordering::AcqRel);
@@ -156,13 +185,14 @@ impl BlkBackend {
                     let mem = mem.clone();
                     lp.spawn(async move {
                         let (st, written) = me.execute(&req, &mem).await;
+                        tracing::trace!("vhost-user-blk: queue {q} head {head}: {:?} data {:?} -> status {st}, {written} bytes", req.op, req.data);
                         let _ = mem.write_obj(st, GuestAddress(req.status_addr));
                         me.complete(&vring, head, written + 1);
                         me.0.in_flight[q].fetch_sub(1, Ordering::AcqRel);
                     });
                 }
                 Err(e) => {
-                    tracing::debug!("vhost-user-blk: bad request on queue {q}: {e}");
+                    tracing::debug!("vhost-user-blk: bad request on queue {q} {descs:?}: {e}");
                     let used = match e.status_addr {
                         Some(a) => u32::from(mem.write_obj(e.status, GuestAddress(a)).is_ok()),
                         None => 0,
@@ -225,7 +255,20 @@ impl BlkBackend {
             Op::Discard { offset, len } => (ok(node.discard(offset, len).await), 0),
             Op::WriteZeroes { offset, len, unmap } => {
                 let fua = self.0.writethrough.load(Ordering::Relaxed);
-                (ok(node.write_zeroes(offset, len, ZeroFlags { may_unmap: unmap, fua, ..Default::default() }).await), 0)
+                (
+                    ok(node
+                        .write_zeroes(
+                            offset,
+                            len,
+                            ZeroFlags {
+                                may_unmap: unmap,
+                                fua,
+                                ..Default::default()
+                            },
+                        )
+                        .await),
+                    0,
+                )
             }
             Op::GetId => {
                 let mut written = 0u32;
@@ -277,7 +320,9 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK
+        VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
     }
 
     fn set_event_idx(&self, enabled: bool) {
@@ -285,7 +330,12 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        let cfg = self.0.config.lock().unwrap_or_else(|p| p.into_inner()).to_bytes();
+        let cfg = self
+            .0
+            .config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .to_bytes();
         let start = (offset as usize).min(cfg.len());
         let end = start.saturating_add(size as usize).min(cfg.len());
         let mut v = cfg[start..end].to_vec();
@@ -297,7 +347,11 @@ impl VhostUserBackend for BlkBackend {
         // Only `writeback` (offset 32) is writable, with CONFIG_WCE.
         if offset == 32 && buf.len() == 1 {
             let wb = buf[0] != 0;
-            self.0.config.lock().unwrap_or_else(|p| p.into_inner()).writeback = wb;
+            self.0
+                .config
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .writeback = wb;
             self.0.writethrough.store(!wb, Ordering::Relaxed);
             return Ok(());
         }
@@ -309,6 +363,11 @@ impl VhostUserBackend for BlkBackend {
         Ok(())
     }
 
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        // Lets the handler stop its worker threads when a connection ends.
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
+    }
+
     fn queues_per_thread(&self) -> Vec<u64> {
         (0..self.num_queues()).map(|q| 1u64 << q).collect()
     }
@@ -316,15 +375,24 @@ impl VhostUserBackend for BlkBackend {
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
         // Requests already accepted finish before the frontend takes the ring back.
         let deadline = Instant::now() + Duration::from_secs(30);
-        let Some(c) = self.0.in_flight.get(queue_index as usize) else { return Ok(()) };
+        let Some(c) = self.0.in_flight.get(queue_index as usize) else {
+            return Ok(());
+        };
         while c.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
         Ok(())
     }
 
-    fn handle_event(&self, device_event: u16, _evset: EventSet, vrings: &[VringRwLock], thread_id: usize) -> io::Result<()> {
+    fn handle_event(
+        &self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[VringRwLock],
+        thread_id: usize,
+    ) -> io::Result<()> {
         let q = device_event as usize;
+        tracing::trace!("vhost-user-blk: event {device_event} on thread {thread_id}");
         if q >= vrings.len() {
             // The notify eventfd of this thread's loop.
             return self.with_loop(thread_id, |lp| lp.run_nonblocking());
@@ -333,9 +401,14 @@ impl VhostUserBackend for BlkBackend {
         self.with_loop(thread_id, |lp| -> io::Result<()> {
             if self.0.event_idx.load(Ordering::Relaxed) {
                 loop {
-                    vring.disable_notification().map_err(|e| io::Error::other(e.to_string()))?;
+                    vring
+                        .disable_notification()
+                        .map_err(|e| io::Error::other(e.to_string()))?;
                     self.process_queue(q, vring, lp)?;
-                    if !vring.enable_notification().map_err(|e| io::Error::other(e.to_string()))? {
+                    if !vring
+                        .enable_notification()
+                        .map_err(|e| io::Error::other(e.to_string()))?
+                    {
                         break;
                     }
                 }

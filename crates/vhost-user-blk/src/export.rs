@@ -62,7 +62,9 @@ pub struct VhostUserBlkExport {
 
 impl std::fmt::Debug for VhostUserBlkExport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VhostUserBlkExport").field("opts", &self.opts).finish()
+        f.debug_struct("VhostUserBlkExport")
+            .field("opts", &self.opts)
+            .finish()
     }
 }
 
@@ -80,7 +82,10 @@ impl VhostUserBlkExport {
             )));
         }
         if opts.num_queues == 0 || opts.num_queues > 64 {
-            return Err(invalid(format!("Invalid parameter 'num-queues': {} (1 to 64)", opts.num_queues)));
+            return Err(invalid(format!(
+                "Invalid parameter 'num-queues': {} (1 to 64)",
+                opts.num_queues
+            )));
         }
         if opts.writable && node.info().read_only {
             return Err(invalid("Cannot export read-only node as writable".into()));
@@ -90,47 +95,59 @@ impl VhostUserBlkExport {
             capacity: size,
             block_size: lbs,
             seg_max: 126, // queue size 128 minus header and status, as QEMU
-            size_max: 1 << 30,
+            // seg_max * size_max must fit SeaBIOS's 16-bit block count (8 MiB here).
+            size_max: 65536,
             num_queues: opts.num_queues,
             writeback: true,
             max_discard_sectors: (1u32 << 30) / 512,
         };
         let backend = BlkBackend::new(node, cfg, opts.writable, &opts.serial);
-        let mut listener = Listener::new(&opts.socket, true)
-            .map_err(|e| io::Error::other(format!("Failed to bind socket to {}: {e}", opts.socket.display())))?;
+        let mut listener = Listener::new(&opts.socket, true).map_err(|e| {
+            io::Error::other(format!(
+                "Failed to bind socket to {}: {e}",
+                opts.socket.display()
+            ))
+        })?;
         let stopping = Arc::new(AtomicBool::new(false));
         let connected = Arc::new(AtomicBool::new(false));
         let conn = Arc::new(Mutex::new(None));
-        let (b, s, c, h) = (backend.clone(), stopping.clone(), connected.clone(), conn.clone());
+        let (b, s, c, h) = (
+            backend.clone(),
+            stopping.clone(),
+            connected.clone(),
+            conn.clone(),
+        );
         let name = format!("vhost-user-blk-{}", opts.id);
-        let thread = std::thread::Builder::new().name(name.clone()).spawn(move || {
-            while !s.load(Ordering::SeqCst) {
-                let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-                let mut daemon = match VhostUserDaemon::new(name.clone(), b.clone(), mem) {
-                    Ok(d) => d,
-                    Err(e) => {
-                        tracing::error!("{name}: {e}");
-                        return;
+        let thread = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || {
+                while !s.load(Ordering::SeqCst) {
+                    let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+                    let mut daemon = match VhostUserDaemon::new(name.clone(), b.clone(), mem) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            tracing::error!("{name}: {e}");
+                            return;
+                        }
+                    };
+                    b.set_handlers(daemon.get_epoll_handlers());
+                    if let Err(e) = daemon.start(&mut listener) {
+                        tracing::warn!("{name}: accepting a frontend failed: {e}");
+                        continue;
                     }
-                };
-                b.set_handlers(daemon.get_epoll_handlers());
-                if let Err(e) = daemon.start(&mut listener) {
-                    tracing::warn!("{name}: accepting a frontend failed: {e}");
-                    continue;
+                    *h.lock().unwrap_or_else(|p| p.into_inner()) = daemon.shutdown_handle();
+                    c.store(true, Ordering::SeqCst);
+                    if let Err(e) = daemon.wait() {
+                        tracing::info!("{name}: frontend connection ended: {e}");
+                    }
+                    c.store(false, Ordering::SeqCst);
+                    *h.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    for eh in daemon.get_epoll_handlers() {
+                        eh.send_exit_event();
+                    }
+                    b.set_handlers(Vec::new());
                 }
-                *h.lock().unwrap_or_else(|p| p.into_inner()) = daemon.shutdown_handle();
-                c.store(true, Ordering::SeqCst);
-                if let Err(e) = daemon.wait() {
-                    tracing::info!("{name}: frontend connection ended: {e}");
-                }
-                c.store(false, Ordering::SeqCst);
-                *h.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                for eh in daemon.get_epoll_handlers() {
-                    eh.send_exit_event();
-                }
-                b.set_handlers(Vec::new());
-            }
-        })?;
+            })?;
         Ok(Arc::new(VhostUserBlkExport {
             opts,
             backend,
@@ -185,7 +202,10 @@ impl BlockExport for VhostUserBlkExport {
         if let Ok(lp) = EventLoop::with_defaults() {
             let node = self.backend.0.node().clone();
             if let Err(e) = lp.block_on(async move { node.flush().await }) {
-                tracing::warn!("vhost-user-blk {}: flush at shutdown failed: {e}", self.opts.id);
+                tracing::warn!(
+                    "vhost-user-blk {}: flush at shutdown failed: {e}",
+                    self.opts.id
+                );
             }
         }
         let _ = std::fs::remove_file(&self.opts.socket);

@@ -160,7 +160,11 @@ pub struct ParseError {
 }
 
 fn fail(status_addr: Option<u64>, status: u8, reason: impl Into<String>) -> ParseError {
-    ParseError { status_addr, status, reason: reason.into() }
+    ParseError {
+        status_addr,
+        status,
+        reason: reason.into(),
+    }
 }
 
 /// Takes `n` bytes from the front of a list of guest ranges.
@@ -184,7 +188,10 @@ fn take(ranges: &mut Vec<(u64, u32)>, n: u32) -> Option<Vec<(u64, u32)>> {
 fn read_bytes(mem: &GuestMemoryMmap, ranges: &[(u64, u32)], out: &mut [u8]) -> bool {
     let mut pos = 0;
     for &(a, l) in ranges {
-        if mem.read_slice(&mut out[pos..pos + l as usize], GuestAddress(a)).is_err() {
+        if mem
+            .read_slice(&mut out[pos..pos + l as usize], GuestAddress(a))
+            .is_err()
+        {
             return false;
         }
         pos += l as usize;
@@ -194,11 +201,17 @@ fn read_bytes(mem: &GuestMemoryMmap, ranges: &[(u64, u32)], out: &mut [u8]) -> b
 
 /// Checks that a guest range is backed by memory (and does not wrap).
 fn mapped(mem: &GuestMemoryMmap, addr: u64, len: u32) -> bool {
-    len == 0 || (addr.checked_add(len as u64).is_some() && mem.get_slice(GuestAddress(addr), len as usize).is_ok())
+    len == 0
+        || (addr.checked_add(len as u64).is_some()
+            && mem.get_slice(GuestAddress(addr), len as usize).is_ok())
 }
 
 /// Parses and checks one descriptor chain against `limits`.
-pub fn parse_request(descs: &[Desc], mem: &GuestMemoryMmap, limits: &Limits) -> Result<BlkRequest, ParseError> {
+pub fn parse_request(
+    descs: &[Desc],
+    mem: &GuestMemoryMmap,
+    limits: &Limits,
+) -> Result<BlkRequest, ParseError> {
     // Readable descriptors first, then writable ones.
     let mut readable = Vec::new();
     let mut writable = Vec::new();
@@ -206,15 +219,27 @@ pub fn parse_request(descs: &[Desc], mem: &GuestMemoryMmap, limits: &Limits) -> 
         if d.write {
             writable.push((d.addr, d.len));
         } else if !writable.is_empty() {
-            return Err(fail(None, status::IOERR, "device-readable descriptor after a writable one"));
+            return Err(fail(
+                None,
+                status::IOERR,
+                "device-readable descriptor after a writable one",
+            ));
         } else {
             readable.push((d.addr, d.len));
         }
     }
     readable.retain(|r| r.1 > 0);
     writable.retain(|r| r.1 > 0);
-    if let Some(&(a, l)) = readable.iter().chain(writable.iter()).find(|(a, l)| !mapped(mem, *a, *l)) {
-        return Err(fail(None, status::IOERR, format!("descriptor {a:#x}+{l} is outside guest memory")));
+    if let Some(&(a, l)) = readable
+        .iter()
+        .chain(writable.iter())
+        .find(|(a, l)| !mapped(mem, *a, *l))
+    {
+        return Err(fail(
+            None,
+            status::IOERR,
+            format!("descriptor {a:#x}+{l} is outside guest memory"),
+        ));
     }
     // The status byte: last writable byte.
     let Some(last) = writable.last_mut() else {
@@ -227,7 +252,11 @@ pub fn parse_request(descs: &[Desc], mem: &GuestMemoryMmap, limits: &Limits) -> 
     }
     let st = Some(status_addr);
     let Some(hdr_ranges) = take(&mut readable, 16) else {
-        return Err(fail(st, status::IOERR, "request header shorter than 16 bytes"));
+        return Err(fail(
+            st,
+            status::IOERR,
+            "request header shorter than 16 bytes",
+        ));
     };
     let mut hdr = [0u8; 16];
     if !read_bytes(mem, &hdr_ranges, &mut hdr) {
@@ -237,10 +266,22 @@ pub fn parse_request(descs: &[Desc], mem: &GuestMemoryMmap, limits: &Limits) -> 
     let sector = u64::from_le_bytes(hdr[8..16].try_into().expect("8 bytes"));
     let check_data = |ranges: &[(u64, u32)]| -> Result<u64, ParseError> {
         if ranges.len() > limits.seg_max as usize {
-            return Err(fail(st, status::IOERR, format!("{} data segments exceed seg_max {}", ranges.len(), limits.seg_max)));
+            return Err(fail(
+                st,
+                status::IOERR,
+                format!(
+                    "{} data segments exceed seg_max {}",
+                    ranges.len(),
+                    limits.seg_max
+                ),
+            ));
         }
         if let Some(r) = ranges.iter().find(|r| r.1 > limits.size_max) {
-            return Err(fail(st, status::IOERR, format!("segment of {} bytes exceeds size_max", r.1)));
+            return Err(fail(
+                st,
+                status::IOERR,
+                format!("segment of {} bytes exceeds size_max", r.1),
+            ));
         }
         let total: u64 = ranges.iter().map(|r| r.1 as u64).sum();
         Ok(total)
@@ -248,11 +289,19 @@ pub fn parse_request(descs: &[Desc], mem: &GuestMemoryMmap, limits: &Limits) -> 
     let range_ok = |offset: u64, len: u64| -> Result<(), ParseError> {
         let bs = limits.block_size as u64;
         if offset % bs != 0 || len % bs != 0 {
-            return Err(fail(st, status::IOERR, format!("request {offset}+{len} not aligned to {bs}")));
+            return Err(fail(
+                st,
+                status::IOERR,
+                format!("request {offset}+{len} not aligned to {bs}"),
+            ));
         }
         match offset.checked_add(len) {
             Some(end) if end <= limits.capacity => Ok(()),
-            _ => Err(fail(st, status::IOERR, format!("request {offset}+{len} beyond capacity {}", limits.capacity))),
+            _ => Err(fail(
+                st,
+                status::IOERR,
+                format!("request {offset}+{len} beyond capacity {}", limits.capacity),
+            )),
         }
     };
     let offset = sector.checked_mul(SECTOR);
@@ -265,21 +314,41 @@ pub fn parse_request(descs: &[Desc], mem: &GuestMemoryMmap, limits: &Limits) -> 
                 return Err(fail(st, status::IOERR, "write to a read-only export"));
             }
             range_ok(offset, len)?;
-            let op = if ty == types::IN { Op::Read { offset } } else { Op::Write { offset } };
-            return Ok(BlkRequest { op, data, status_addr });
+            let op = if ty == types::IN {
+                Op::Read { offset }
+            } else {
+                Op::Write { offset }
+            };
+            return Ok(BlkRequest {
+                op,
+                data,
+                status_addr,
+            });
         }
         types::FLUSH => Op::Flush,
         types::GET_ID => {
-            return Ok(BlkRequest { op: Op::GetId, data: writable, status_addr });
+            return Ok(BlkRequest {
+                op: Op::GetId,
+                data: writable,
+                status_addr,
+            });
         }
         types::DISCARD | types::WRITE_ZEROES => {
             if !limits.writable {
-                return Err(fail(st, status::IOERR, "discard or write-zeroes on a read-only export"));
+                return Err(fail(
+                    st,
+                    status::IOERR,
+                    "discard or write-zeroes on a read-only export",
+                ));
             }
             // One 16-byte segment {sector, num_sectors, flags}, as max_*_seg says.
             let total: u32 = readable.iter().map(|r| r.1).sum();
             if total != 16 {
-                return Err(fail(st, status::UNSUPP, format!("{total} bytes of discard segments (only one supported)")));
+                return Err(fail(
+                    st,
+                    status::UNSUPP,
+                    format!("{total} bytes of discard segments (only one supported)"),
+                ));
             }
             let mut seg = [0u8; 16];
             if !read_bytes(mem, &readable, &mut seg) {
@@ -289,9 +358,15 @@ pub fn parse_request(descs: &[Desc], mem: &GuestMemoryMmap, limits: &Limits) -> 
             let n = u32::from_le_bytes(seg[8..12].try_into().expect("4 bytes"));
             let flags = u32::from_le_bytes(seg[12..16].try_into().expect("4 bytes"));
             if n > limits.max_discard_sectors {
-                return Err(fail(st, status::IOERR, format!("{n} sectors exceed the discard limit")));
+                return Err(fail(
+                    st,
+                    status::IOERR,
+                    format!("{n} sectors exceed the discard limit"),
+                ));
             }
-            let off = s.checked_mul(SECTOR).ok_or_else(|| fail(st, status::IOERR, "sector overflows"))?;
+            let off = s
+                .checked_mul(SECTOR)
+                .ok_or_else(|| fail(st, status::IOERR, "sector overflows"))?;
             let len = n as u64 * SECTOR;
             range_ok(off, len)?;
             if ty == types::DISCARD {
@@ -303,12 +378,26 @@ pub fn parse_request(descs: &[Desc], mem: &GuestMemoryMmap, limits: &Limits) -> 
                 if flags & !1 != 0 {
                     return Err(fail(st, status::UNSUPP, "unknown write-zeroes flags"));
                 }
-                Op::WriteZeroes { offset: off, len, unmap: flags & 1 != 0 }
+                Op::WriteZeroes {
+                    offset: off,
+                    len,
+                    unmap: flags & 1 != 0,
+                }
             }
         }
-        other => return Err(fail(st, status::UNSUPP, format!("request type {other} unsupported"))),
+        other => {
+            return Err(fail(
+                st,
+                status::UNSUPP,
+                format!("request type {other} unsupported"),
+            ))
+        }
     };
-    Ok(BlkRequest { op, data: Vec::new(), status_addr })
+    Ok(BlkRequest {
+        op,
+        data: Vec::new(),
+        status_addr,
+    })
 }
 
 /// Values of the virtio-blk config space.

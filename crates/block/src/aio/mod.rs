@@ -84,7 +84,7 @@ pub(crate) fn current() -> Rc<LoopInner> {
 }
 
 pub(crate) fn try_current() -> Option<Rc<LoopInner>> {
-    CURRENT.with(|c| c.borrow().clone())
+    CURRENT.try_with(|c| c.borrow().clone()).ok().flatten()
 }
 
 /// True when the calling thread is inside an event loop.
@@ -104,7 +104,8 @@ struct Enter {
 impl Drop for Enter {
     fn drop(&mut self) {
         let prev = self.prev.take();
-        CURRENT.with(|c| *c.borrow_mut() = prev);
+        // try_with: this also runs while thread-locals are being destroyed.
+        let _ = CURRENT.try_with(|c| *c.borrow_mut() = prev);
     }
 }
 
@@ -142,7 +143,10 @@ impl EventLoop {
     }
 
     fn enter(&self) -> Enter {
-        let prev = CURRENT.with(|c| c.borrow_mut().replace(self.inner.clone()));
+        let prev = CURRENT
+            .try_with(|c| c.borrow_mut().replace(self.inner.clone()))
+            .ok()
+            .flatten();
         Enter { prev }
     }
 
