@@ -355,7 +355,10 @@ impl NbdServer {
                         std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
                     });
                 }
-                drop(std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1)));
+                drop(std::net::TcpStream::connect_timeout(
+                    &a,
+                    Duration::from_secs(1),
+                ));
             }
         }
         self.shared.shutdown_conns(None, libc::SHUT_RDWR);

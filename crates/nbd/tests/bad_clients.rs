@@ -3,7 +3,9 @@
 
 mod common;
 use common::*;
-use oxemu_nbd::proto::{self, be16, be32, be64, cflag, chunk, cmd, err, opt, rep, OptionHeader, Request};
+use oxemu_nbd::proto::{
+    self, be16, be32, be64, cflag, chunk, cmd, err, opt, rep, OptionHeader, Request,
+};
 use std::os::unix::net::UnixStream;
 
 /// Reads the greeting and sends the client flags (fixed newstyle, no zeroes).
@@ -15,7 +17,14 @@ fn greet(s: &mut UnixStream) {
 }
 
 fn send_opt(s: &mut UnixStream, option: u32, data: &[u8]) {
-    send(s, &OptionHeader { option, len: data.len() as u32 }.encode());
+    send(
+        s,
+        &OptionHeader {
+            option,
+            len: data.len() as u32,
+        }
+        .encode(),
+    );
     send(s, data);
 }
 
@@ -54,7 +63,17 @@ fn connect(srv: &Server, extra: &[u32]) -> UnixStream {
 }
 
 fn request(s: &mut UnixStream, ty: u16, flags: u16, cookie: u64, offset: u64, len: u64, ext: bool) {
-    send(s, &Request { flags, ty, cookie, offset, len }.encode(ext));
+    send(
+        s,
+        &Request {
+            flags,
+            ty,
+            cookie,
+            offset,
+            len,
+        }
+        .encode(ext),
+    );
 }
 
 /// Reads a simple reply: (error, cookie).
@@ -214,7 +233,17 @@ fn truncated_requests_and_mid_request_disconnects_leave_the_server_serving() {
     let d = tempfile::tempdir().unwrap();
     let srv = server(d.path(), &[]);
     let mut s = connect(&srv, &[]);
-    send(&mut s, &Request { flags: 0, ty: cmd::READ, cookie: 1, offset: 0, len: 512 }.encode(false)[..10]);
+    send(
+        &mut s,
+        &Request {
+            flags: 0,
+            ty: cmd::READ,
+            cookie: 1,
+            offset: 0,
+            len: 512,
+        }
+        .encode(false)[..10],
+    );
     drop(s);
     let mut s = connect(&srv, &[]);
     request(&mut s, cmd::WRITE, 0, 2, 0, 1 << 20, false);
@@ -299,7 +328,10 @@ fn extended_headers_carry_64_bit_requests_and_replies() {
     send(&mut s, &[0x42; 512]);
     let h = read_n(&mut s, 32);
     assert_eq!(be32(&h), proto::EXT_REPLY_MAGIC);
-    assert_eq!((be16(&h[4..]), be16(&h[6..]), be64(&h[8..])), (chunk::FLAG_DONE, chunk::NONE, 1));
+    assert_eq!(
+        (be16(&h[4..]), be16(&h[6..]), be64(&h[8..])),
+        (chunk::FLAG_DONE, chunk::NONE, 1)
+    );
     // Block status over the whole disk: one 64-bit extent list.
     request(&mut s, cmd::BLOCK_STATUS, 0, 2, 0, 4 << 20, true);
     let h = read_n(&mut s, 32);

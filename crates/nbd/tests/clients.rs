@@ -17,11 +17,36 @@ fn qemu_img_info_compare_convert_over_unix_and_tcp() {
         let srv = start(d.path(), tcp, &["-t", "-e", "0"], &img);
         let uri = srv.uri("");
         let info = run_ok("qemu-img", &["info", &uri]);
-        assert!(info.contains("virtual size: 4 MiB (4194304 bytes)"), "{info}");
-        let cmp = run_ok("qemu-img", &["compare", "-f", "raw", "-F", "raw", img.to_str().unwrap(), &uri]);
+        assert!(
+            info.contains("virtual size: 4 MiB (4194304 bytes)"),
+            "{info}"
+        );
+        let cmp = run_ok(
+            "qemu-img",
+            &[
+                "compare",
+                "-f",
+                "raw",
+                "-F",
+                "raw",
+                img.to_str().unwrap(),
+                &uri,
+            ],
+        );
         assert!(cmp.contains("Images are identical"), "{cmp}");
         let out = d.path().join("copy.raw");
-        run_ok("qemu-img", &["convert", "-f", "raw", "-O", "raw", &uri, out.to_str().unwrap()]);
+        run_ok(
+            "qemu-img",
+            &[
+                "convert",
+                "-f",
+                "raw",
+                "-O",
+                "raw",
+                &uri,
+                out.to_str().unwrap(),
+            ],
+        );
         assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&img).unwrap());
     });
 }
@@ -35,13 +60,34 @@ fn qemu_io_writes_reach_the_image_and_read_back() {
         let uri = srv.uri("");
         run_ok(
             "qemu-io",
-            &["-f", "raw", "-c", "write -P 0xa5 2M 128k", "-c", "write -P 0x5a -f 3M 4k", &uri],
+            &[
+                "-f",
+                "raw",
+                "-c",
+                "write -P 0xa5 2M 128k",
+                "-c",
+                "write -P 0x5a -f 3M 4k",
+                &uri,
+            ],
         );
-        let o = run_ok("qemu-io", &["-f", "raw", "-c", "read -P 0xa5 2M 128k", "-c", "read -P 0x5a 3M 4k", &uri]);
+        let o = run_ok(
+            "qemu-io",
+            &[
+                "-f",
+                "raw",
+                "-c",
+                "read -P 0xa5 2M 128k",
+                "-c",
+                "read -P 0x5a 3M 4k",
+                &uri,
+            ],
+        );
         assert!(!o.contains("Pattern verification failed"), "{o}");
         drop(srv);
         let data = std::fs::read(&img).unwrap();
-        assert!(data[2 << 20..(2 << 20) + (128 << 10)].iter().all(|&b| b == 0xa5));
+        assert!(data[2 << 20..(2 << 20) + (128 << 10)]
+            .iter()
+            .all(|&b| b == 0xa5));
         assert!(data[3 << 20..(3 << 20) + 4096].iter().all(|&b| b == 0x5a));
     });
 }
@@ -51,11 +97,19 @@ fn qemu_io_write_to_read_only_export_fails() {
     let d = tempfile::tempdir().unwrap();
     let img = make_image(d.path());
     let srv = start(d.path(), false, &["-t", "-r"], &img);
-    let o = run("qemu-io", &["-f", "raw", "-c", "write -P 1 0 4k", &srv.uri("")]);
+    let o = run(
+        "qemu-io",
+        &["-f", "raw", "-c", "write -P 1 0 4k", &srv.uri("")],
+    );
     let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() || text.contains("write failed"), "{text}");
     assert!(
-        text.contains("read-only") || text.contains("Permission denied") || text.contains("Operation not permitted"),
+        !o.status.success() || text.contains("write failed"),
+        "{text}"
+    );
+    assert!(
+        text.contains("read-only")
+            || text.contains("Permission denied")
+            || text.contains("Operation not permitted"),
         "{text}"
     );
 }
@@ -65,7 +119,12 @@ fn nbdinfo_list_shows_export_name_and_description() {
     both_transports(|tcp| {
         let d = tempfile::tempdir().unwrap();
         let img = make_image(d.path());
-        let srv = start(d.path(), tcp, &["-t", "-e", "0", "-x", "disk0", "-D", "test disk"], &img);
+        let srv = start(
+            d.path(),
+            tcp,
+            &["-t", "-e", "0", "-x", "disk0", "-D", "test disk"],
+            &img,
+        );
         let o = run_ok("nbdinfo", &["--list", &srv.uri("")]);
         assert!(o.contains("export=\"disk0\""), "{o}");
         assert!(o.contains("description: test disk"), "{o}");
@@ -81,7 +140,10 @@ fn nbdinfo_map_reports_data_holes_and_allocation_depth() {
         let srv = start(d.path(), tcp, &["-t", "-e", "0", "-A"], &img);
         let uri = srv.uri("");
         let map = run_ok("nbdinfo", &["--map", &uri]);
-        let lines: Vec<Vec<&str>> = map.lines().map(|l| l.split_whitespace().collect()).collect();
+        let lines: Vec<Vec<&str>> = map
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
         assert_eq!(lines[0][..4], ["0", "1048576", "0", "data"], "{map}");
         assert_eq!(lines.last().unwrap()[2..], ["3", "hole,zero"], "{map}");
         let total: u64 = lines.iter().map(|l| l[1].parse::<u64>().unwrap()).sum();
@@ -93,7 +155,10 @@ fn nbdinfo_map_reports_data_holes_and_allocation_depth() {
             .sum();
         assert_eq!(total, 4 << 20, "{depth}");
         let ctx = run_ok("nbdinfo", &["--list", &uri]);
-        assert!(ctx.contains("qemu:allocation-depth") && ctx.contains("base:allocation"), "{ctx}");
+        assert!(
+            ctx.contains("qemu:allocation-depth") && ctx.contains("base:allocation"),
+            "{ctx}"
+        );
     });
 }
 
@@ -122,7 +187,9 @@ fn server_exits_after_the_last_client_without_persistent() {
     let img = make_image(d.path());
     let mut srv = start(d.path(), false, &[], &img);
     run_ok("qemu-img", &["info", &srv.uri("")]);
-    let st = srv.wait_exit().expect("oxemu-nbd did not exit after its client left");
+    let st = srv
+        .wait_exit()
+        .expect("oxemu-nbd did not exit after its client left");
     assert!(st.success());
     assert!(!srv.sock.as_ref().unwrap().exists(), "socket not removed");
 }
@@ -131,11 +198,29 @@ fn server_exits_after_the_last_client_without_persistent() {
 fn qcow2_image_is_refused_with_a_clear_error_or_exported_identically() {
     let d = tempfile::tempdir().unwrap();
     let q = d.path().join("disk.qcow2");
-    run_ok("qemu-img", &["create", "-f", "qcow2", q.to_str().unwrap(), "4M"]);
-    run_ok("qemu-io", &["-f", "qcow2", "-c", "write -P 0x3c 512k 1M", q.to_str().unwrap()]);
+    run_ok(
+        "qemu-img",
+        &["create", "-f", "qcow2", q.to_str().unwrap(), "4M"],
+    );
+    run_ok(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x3c 512k 1M",
+            q.to_str().unwrap(),
+        ],
+    );
     let sock = d.path().join("q.sock");
     let mut child = std::process::Command::new(BIN)
-        .args(["-t", "-r", "-k", sock.to_str().unwrap(), q.to_str().unwrap()])
+        .args([
+            "-t",
+            "-r",
+            "-k",
+            sock.to_str().unwrap(),
+            q.to_str().unwrap(),
+        ])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -152,9 +237,31 @@ fn qcow2_image_is_refused_with_a_clear_error_or_exported_identically() {
     }
     let uri = format!("nbd+unix:///?socket={}", sock.display());
     let out = d.path().join("back.raw");
-    run_ok("qemu-img", &["convert", "-f", "raw", "-O", "raw", &uri, out.to_str().unwrap()]);
+    run_ok(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            &uri,
+            out.to_str().unwrap(),
+        ],
+    );
     let exp = d.path().join("exp.raw");
-    run_ok("qemu-img", &["convert", "-f", "qcow2", "-O", "raw", q.to_str().unwrap(), exp.to_str().unwrap()]);
+    run_ok(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "qcow2",
+            "-O",
+            "raw",
+            q.to_str().unwrap(),
+            exp.to_str().unwrap(),
+        ],
+    );
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&exp).unwrap());

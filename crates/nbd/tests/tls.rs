@@ -15,7 +15,11 @@ fn make_certs(dir: &Path) {
     let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
     std::fs::create_dir_all(dir.join("srv")).unwrap();
     std::fs::create_dir_all(dir.join("cli")).unwrap();
-    std::fs::write(dir.join("ca.info"), "cn = oxemu test CA\nca\ncert_signing_key\nexpiration_days = 2\n").unwrap();
+    std::fs::write(
+        dir.join("ca.info"),
+        "cn = oxemu test CA\nca\ncert_signing_key\nexpiration_days = 2\n",
+    )
+    .unwrap();
     std::fs::write(
         dir.join("server.info"),
         "organization = oxemu\ncn = localhost\ndns_name = localhost\nip_address = 127.0.0.1\ntls_www_server\nencryption_key\nsigning_key\nexpiration_days = 2\n",
@@ -26,19 +30,38 @@ fn make_certs(dir: &Path) {
         "organization = oxemu\ncn = client\ntls_www_client\nencryption_key\nsigning_key\nexpiration_days = 2\n",
     )
     .unwrap();
-    certtool(&["--generate-privkey", "--bits", "2048", "--outfile", &p("ca-key.pem")]);
     certtool(&[
-        "--generate-self-signed", "--load-privkey", &p("ca-key.pem"), "--template", &p("ca.info"),
-        "--outfile", &p("srv/ca-cert.pem"),
+        "--generate-privkey",
+        "--bits",
+        "2048",
+        "--outfile",
+        &p("ca-key.pem"),
+    ]);
+    certtool(&[
+        "--generate-self-signed",
+        "--load-privkey",
+        &p("ca-key.pem"),
+        "--template",
+        &p("ca.info"),
+        "--outfile",
+        &p("srv/ca-cert.pem"),
     ]);
     std::fs::copy(dir.join("srv/ca-cert.pem"), dir.join("cli/ca-cert.pem")).unwrap();
     for (who, sub) in [("server", "srv"), ("client", "cli")] {
         let key = p(&format!("{sub}/{who}-key.pem"));
         certtool(&["--generate-privkey", "--bits", "2048", "--outfile", &key]);
         certtool(&[
-            "--generate-certificate", "--load-privkey", &key,
-            "--load-ca-certificate", &p("srv/ca-cert.pem"), "--load-ca-privkey", &p("ca-key.pem"),
-            "--template", &p(&format!("{who}.info")), "--outfile", &p(&format!("{sub}/{who}-cert.pem")),
+            "--generate-certificate",
+            "--load-privkey",
+            &key,
+            "--load-ca-certificate",
+            &p("srv/ca-cert.pem"),
+            "--load-ca-privkey",
+            &p("ca-key.pem"),
+            "--template",
+            &p(&format!("{who}.info")),
+            "--outfile",
+            &p(&format!("{sub}/{who}-cert.pem")),
         ]);
     }
 }
@@ -49,13 +72,19 @@ fn tls_args(dir: &Path, verify: &str) -> Vec<String> {
         "-e".into(),
         "0".into(),
         "--object".into(),
-        format!("tls-creds-x509,id=tls0,dir={},endpoint=server,verify-peer={verify}", dir.join("srv").display()),
+        format!(
+            "tls-creds-x509,id=tls0,dir={},endpoint=server,verify-peer={verify}",
+            dir.join("srv").display()
+        ),
         "--tls-creds=tls0".into(),
     ]
 }
 
 fn client_object(dir: &Path, sub: &str) -> String {
-    format!("tls-creds-x509,id=tls0,dir={},endpoint=client", dir.join(sub).display())
+    format!(
+        "tls-creds-x509,id=tls0,dir={},endpoint=client",
+        dir.join(sub).display()
+    )
 }
 
 #[test]
@@ -68,17 +97,34 @@ fn qemu_img_reads_over_tls_and_plain_clients_are_refused() {
     for tcp in [false, true] {
         let srv = start(d.path(), tcp, &args, &img);
         let opts = match (&srv.sock, srv.port) {
-            (Some(s), _) => format!("driver=nbd,server.type=unix,server.path={},tls-creds=tls0,tls-hostname=localhost", s.display()),
-            (None, Some(p)) => format!("driver=nbd,server.type=inet,server.host=127.0.0.1,server.port={p},tls-creds=tls0"),
+            (Some(s), _) => format!(
+                "driver=nbd,server.type=unix,server.path={},tls-creds=tls0,tls-hostname=localhost",
+                s.display()
+            ),
+            (None, Some(p)) => format!(
+                "driver=nbd,server.type=inet,server.host=127.0.0.1,server.port={p},tls-creds=tls0"
+            ),
             _ => unreachable!(),
         };
         let obj = client_object(d.path(), "cli");
-        let info = run_ok("qemu-img", &["info", "--object", &obj, "--image-opts", &opts]);
+        let info = run_ok(
+            "qemu-img",
+            &["info", "--object", &obj, "--image-opts", &opts],
+        );
         assert!(info.contains("virtual size: 4 MiB"), "{info}");
         let out = d.path().join("tls-copy.raw");
         run_ok(
             "qemu-img",
-            &["convert", "--object", &obj, "--image-opts", &opts, "-O", "raw", out.to_str().unwrap()],
+            &[
+                "convert",
+                "--object",
+                &obj,
+                "--image-opts",
+                &opts,
+                "-O",
+                "raw",
+                out.to_str().unwrap(),
+            ],
         );
         assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&img).unwrap());
 
@@ -97,7 +143,11 @@ fn client_without_certificate_is_refused_unless_verify_peer_is_off() {
     make_certs(d.path());
     // A client credentials directory with only the CA: no client certificate.
     std::fs::create_dir_all(d.path().join("anon")).unwrap();
-    std::fs::copy(d.path().join("srv/ca-cert.pem"), d.path().join("anon/ca-cert.pem")).unwrap();
+    std::fs::copy(
+        d.path().join("srv/ca-cert.pem"),
+        d.path().join("anon/ca-cert.pem"),
+    )
+    .unwrap();
     let img = make_image(d.path());
     for (verify, ok) in [("on", false), ("off", true)] {
         let args = tls_args(d.path(), verify);
@@ -108,8 +158,16 @@ fn client_without_certificate_is_refused_unless_verify_peer_is_off() {
             srv.sock.as_ref().unwrap().display()
         );
         let obj = client_object(d.path(), "anon");
-        let o = run("qemu-img", &["info", "--object", &obj, "--image-opts", &opts]);
-        assert_eq!(o.status.success(), ok, "verify-peer={verify}: {}", String::from_utf8_lossy(&o.stderr));
+        let o = run(
+            "qemu-img",
+            &["info", "--object", &obj, "--image-opts", &opts],
+        );
+        assert_eq!(
+            o.status.success(),
+            ok,
+            "verify-peer={verify}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
 }
 
@@ -120,9 +178,16 @@ fn server_credentials_errors_name_the_missing_file() {
     let o = run(
         BIN,
         &[
-            "-k", d.path().join("x.sock").to_str().unwrap(),
-            "--object", &format!("tls-creds-x509,id=tls0,dir={},endpoint=server", d.path().display()),
-            "--tls-creds", "tls0", img.to_str().unwrap(),
+            "-k",
+            d.path().join("x.sock").to_str().unwrap(),
+            "--object",
+            &format!(
+                "tls-creds-x509,id=tls0,dir={},endpoint=server",
+                d.path().display()
+            ),
+            "--tls-creds",
+            "tls0",
+            img.to_str().unwrap(),
         ],
     );
     assert!(!o.status.success());

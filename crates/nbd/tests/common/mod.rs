@@ -55,7 +55,11 @@ impl Drop for Server {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Starts `oxemu-nbd ARGS IMAGE` listening on a unix socket in `dir` (`tcp` false)
@@ -89,7 +93,10 @@ pub fn start(dir: &Path, tcp: bool, args: &[&str], image: &Path) -> Server {
         if let Some(st) = srv.child.try_wait().unwrap() {
             panic!("oxemu-nbd exited during start-up: {st}");
         }
-        assert!(t.elapsed() < Duration::from_secs(10), "oxemu-nbd did not start");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "oxemu-nbd did not start"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     srv
@@ -120,7 +127,9 @@ pub fn run_ok(prog: &str, args: &[&str]) -> String {
 /// A 4 MiB image: 1 MiB of pseudo-random data, then zeroes (a hole).
 pub fn make_image(dir: &Path) -> PathBuf {
     let p = dir.join("disk.raw");
-    let mut data: Vec<u8> = (0..1u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let mut data: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     data[0] = 0xEB;
     std::fs::write(&p, &data).unwrap();
     let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
