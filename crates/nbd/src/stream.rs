@@ -46,15 +46,15 @@ impl Sock {
 
     fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            Sock::Unix(s) => (&*s.get_ref()).read(buf),
-            Sock::Tcp(s) => (&*s.get_ref()).read(buf),
+            Sock::Unix(s) => s.get_ref().read(buf),
+            Sock::Tcp(s) => s.get_ref().read(buf),
         }
     }
 
     fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         match self {
-            Sock::Unix(s) => (&*s.get_ref()).write_vectored(bufs),
-            Sock::Tcp(s) => (&*s.get_ref()).write_vectored(bufs),
+            Sock::Unix(s) => s.get_ref().write_vectored(bufs),
+            Sock::Tcp(s) => s.get_ref().write_vectored(bufs),
         }
     }
 }
@@ -268,7 +268,7 @@ impl Stream {
     }
 
     /// Writes all of `parts`, in order, as one message. The caller serializes
-    /// writers (see [`crate::conn`]).
+    /// writers (the connection keeps one writer at a time).
     pub async fn write_all(&self, parts: &[&[u8]]) -> io::Result<()> {
         let r = self.write_all_inner(parts).await;
         if r.is_err() {
