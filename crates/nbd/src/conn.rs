@@ -247,6 +247,7 @@ async fn request_loop(conn: &Rc<Conn>, extended: bool) -> io::Result<()> {
     let hlen = Request::header_len(extended);
     loop {
         conn.wait_in_flight_below(MAX_IN_FLIGHT).await;
+        conn.stream.set_poll_first(conn.in_flight.get() <= 1);
         if !conn.stream.read_exact(&mut hdr[..hlen]).await? {
             return Ok(());
         }
