@@ -27,6 +27,8 @@ const MAX_IN_FLIGHT: usize = 128;
 const MAX_EXTENTS: usize = 2048;
 /// Granularity at which structured reads detect zero ranges for hole chunks.
 const HOLE_GRANULE: usize = 64 << 10;
+/// Queued reply bytes above which senders wait for the writer.
+const PENDING_HIGH: usize = 4 << 20;
 
 fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
@@ -117,16 +119,71 @@ struct Conn {
     stream: Rc<Stream>,
     session: Session,
     export: Arc<NbdExport>,
-    wlock: futures::lock::Mutex<()>,
     in_flight: Cell<usize>,
     waiter: RefCell<Option<Waker>>,
+    /// Reply bytes not yet handed to the socket.
+    pending: RefCell<Vec<u8>>,
+    /// A task is writing `pending` out.
+    writing: Cell<bool>,
+    /// Tasks waiting for `pending` to drain below [`PENDING_HIGH`].
+    drain_waiters: RefCell<Vec<Waker>>,
 }
 
 impl Conn {
+    /// Queues one complete reply. Replies completed in the same loop turn are
+    /// written with one system call: the first sender becomes the writer, yields
+    /// once so that other ready tasks can queue theirs, then writes the batch. Other
+    /// senders return at once unless the queue is above [`PENDING_HIGH`]
+    /// (back-pressure against clients that do not read their replies).
     async fn send(&self, parts: &[&[u8]]) {
-        let _g = self.wlock.lock().await;
-        if !self.stream.is_broken() {
-            let _ = self.stream.write_all(parts).await;
+        if self.stream.is_broken() {
+            return;
+        }
+        {
+            let mut p = self.pending.borrow_mut();
+            for part in parts {
+                p.extend_from_slice(part);
+            }
+        }
+        if self.writing.get() {
+            poll_fn(|cx| {
+                if self.pending.borrow().len() <= PENDING_HIGH || self.stream.is_broken() {
+                    Poll::Ready(())
+                } else {
+                    self.drain_waiters.borrow_mut().push(cx.waker().clone());
+                    Poll::Pending
+                }
+            })
+            .await;
+            return;
+        }
+        self.writing.set(true);
+        if self.in_flight.get() > 1 {
+            oxemu_block::aio::yield_now().await;
+        }
+        let mut spare = Vec::new();
+        loop {
+            let buf = std::mem::replace(&mut *self.pending.borrow_mut(), spare);
+            if buf.is_empty() {
+                break;
+            }
+            self.wake_drain_waiters();
+            if self.stream.write_all(&[&buf]).await.is_err() {
+                break;
+            }
+            spare = buf;
+            spare.clear();
+            if spare.capacity() > 4 * PENDING_HIGH {
+                spare = Vec::new();
+            }
+        }
+        self.writing.set(false);
+        self.wake_drain_waiters();
+    }
+
+    fn wake_drain_waiters(&self) {
+        for w in self.drain_waiters.borrow_mut().drain(..) {
+            w.wake();
         }
     }
 
@@ -173,9 +230,11 @@ async fn transmission(
         stream,
         session,
         export,
-        wlock: futures::lock::Mutex::new(()),
         in_flight: Cell::new(0),
         waiter: RefCell::new(None),
+        pending: RefCell::new(Vec::new()),
+        writing: Cell::new(false),
+        drain_waiters: RefCell::new(Vec::new()),
     });
     let r = request_loop(&conn, extended).await;
     conn.wait_in_flight_below(1).await;
@@ -188,6 +247,7 @@ async fn request_loop(conn: &Rc<Conn>, extended: bool) -> io::Result<()> {
     let hlen = Request::header_len(extended);
     loop {
         conn.wait_in_flight_below(MAX_IN_FLIGHT).await;
+        conn.stream.set_poll_first(conn.in_flight.get() <= 1);
         if !conn.stream.read_exact(&mut hdr[..hlen]).await? {
             return Ok(());
         }

@@ -46,15 +46,15 @@ impl Sock {
 
     fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            Sock::Unix(s) => (&*s.get_ref()).read(buf),
-            Sock::Tcp(s) => (&*s.get_ref()).read(buf),
+            Sock::Unix(s) => s.get_ref().read(buf),
+            Sock::Tcp(s) => s.get_ref().read(buf),
         }
     }
 
     fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         match self {
-            Sock::Unix(s) => (&*s.get_ref()).write_vectored(bufs),
-            Sock::Tcp(s) => (&*s.get_ref()).write_vectored(bufs),
+            Sock::Unix(s) => s.get_ref().write_vectored(bufs),
+            Sock::Tcp(s) => s.get_ref().write_vectored(bufs),
         }
     }
 }
@@ -89,6 +89,13 @@ pub struct Stream {
     rbuf: RefCell<Vec<u8>>,
     rpos: Cell<usize>,
     broken: Cell<bool>,
+    /// The last read returned less than it asked for: the socket is probably
+    /// empty, so the next read waits for readiness first instead of paying for a
+    /// read that fails with EAGAIN.
+    drained: Cell<bool>,
+    /// Hint from the connection that few requests are in flight, so waiting for
+    /// readiness costs no throughput (see [`Stream::set_poll_first`]).
+    poll_first: Cell<bool>,
 }
 
 impl Stream {
@@ -100,6 +107,8 @@ impl Stream {
             rbuf: RefCell::new(Vec::with_capacity(READ_BUF)),
             rpos: Cell::new(0),
             broken: Cell::new(false),
+            drained: Cell::new(false),
+            poll_first: Cell::new(true),
         }
     }
 
@@ -111,6 +120,13 @@ impl Stream {
     /// True once a write failed; the connection is then being torn down.
     pub fn is_broken(&self) -> bool {
         self.broken.get()
+    }
+
+    /// With `on`, a read that follows a short read waits for readiness before
+    /// reading (saves an EAGAIN read when the client sends one request at a time);
+    /// without, it reads first (cheaper when requests are pipelined).
+    pub fn set_poll_first(&self, on: bool) {
+        self.poll_first.set(on);
     }
 
     /// Shuts the socket down in both directions (wakes the reader).
@@ -210,6 +226,9 @@ impl Stream {
                 self.rpos.set(0);
             }
         }
+        if self.drained.get() && self.poll_first.get() && self.tls.borrow().is_none() {
+            self.sock.readable().await?;
+        }
         loop {
             let r = {
                 let mut b = self.rbuf.borrow_mut();
@@ -220,7 +239,9 @@ impl Stream {
                     Some(c) => c.reader().read(&mut b[old..]),
                     None => self.sock.try_read(&mut b[old..]),
                 };
+                let want = b.len() - old;
                 b.truncate(old + *r.as_ref().unwrap_or(&0));
+                self.drained.set(matches!(r, Ok(n) if n < want));
                 r
             };
             match r {
@@ -268,7 +289,7 @@ impl Stream {
     }
 
     /// Writes all of `parts`, in order, as one message. The caller serializes
-    /// writers (see [`crate::conn`]).
+    /// writers (the connection keeps one writer at a time).
     pub async fn write_all(&self, parts: &[&[u8]]) -> io::Result<()> {
         let r = self.write_all_inner(parts).await;
         if r.is_err() {

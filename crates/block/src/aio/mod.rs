@@ -272,7 +272,9 @@ impl LoopInner {
         }
         let q = &self.executor.queue;
         let mut block = may_block && !q.has_work();
-        if block && self.reactor.in_flight() > 0 {
+        // Without busy-polling, submitting here would cost a second io_uring_enter:
+        // the blocking submit below submits and waits in one call.
+        if block && self.reactor.in_flight() > 0 && self.reactor.polls() {
             let _ = self.reactor.submit(false);
             if self.reactor.poll_completions(|| q.has_work()) {
                 block = false;

@@ -227,8 +227,15 @@ fn run(a: Args) -> Result<(), String> {
     };
     let node = open_node(&a)?;
     let sigs = block_signals();
-    let iothread = IoThread::spawn("nbd", EventLoopConfig::default())
-        .map_err(|e| format!("Failed to start the event loop: {e}"))?;
+    let cfg = EventLoopConfig {
+        poll_max_ns: std::env::var("OXEMU_NBD_POLL_NS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        ..Default::default()
+    };
+    let iothread =
+        IoThread::spawn("nbd", cfg).map_err(|e| format!("Failed to start the event loop: {e}"))?;
     let addr = match &a.socket {
         Some(p) => NbdAddr::Unix(p.clone()),
         None => NbdAddr::Inet {
