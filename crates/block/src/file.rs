@@ -154,15 +154,15 @@ impl FileDriver {
                 .custom_flags(libc::O_CLOEXEC)
                 .open(path)
                 .map_err(|e| with_path(path, e))?;
+            // Like QEMU's tools, readers take only the "consistent read" byte and share
+            // everything. Writers also refuse to share writing, so that QEMU and oxemu
+            // never write one image at the same time, whichever opened it first.
             let (held, mut shared) = if opts.read_only {
-                (
-                    lock::perm::CONSISTENT_READ,
-                    lock::perm::ALL & !lock::perm::WRITE & !lock::perm::RESIZE,
-                )
+                (lock::perm::CONSISTENT_READ, lock::perm::ALL)
             } else {
                 (
-                    lock::perm::CONSISTENT_READ | lock::perm::WRITE | lock::perm::RESIZE,
-                    lock::perm::CONSISTENT_READ | lock::perm::WRITE_UNCHANGED,
+                    lock::perm::CONSISTENT_READ | lock::perm::WRITE,
+                    lock::perm::ALL & !lock::perm::WRITE,
                 )
             };
             if opts.force_share {

@@ -60,12 +60,15 @@ fn byte_taken(fd: RawFd, byte: i64) -> io::Result<bool> {
 /// Takes QEMU's lock bytes for holding `held` permissions and sharing only `shared`.
 /// Fails with a QEMU-style message (`Failed to get "write" lock`) on conflict.
 pub fn lock_image(fd: RawFd, path: &str, held: u64, shared: u64) -> io::Result<()> {
+    // QEMU checks what we want to hold first, then what we refuse to share; keep the
+    // order so that conflicts produce the same message.
     for i in 0..PERM_NAMES.len() {
-        let bit = 1u64 << i;
-        if held & bit != 0 && byte_taken(fd, SHARED_BASE + i as i64)? {
+        if held & (1u64 << i) != 0 && byte_taken(fd, SHARED_BASE + i as i64)? {
             return Err(conflict(path, i, false));
         }
-        if shared & bit == 0 && byte_taken(fd, PERM_BASE + i as i64)? {
+    }
+    for i in 0..PERM_NAMES.len() {
+        if shared & (1u64 << i) == 0 && byte_taken(fd, PERM_BASE + i as i64)? {
             return Err(conflict(path, i, true));
         }
     }

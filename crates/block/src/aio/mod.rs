@@ -67,6 +67,8 @@ pub(crate) struct LoopInner {
     /// Linux AIO engine flushes its batched `io_submit` here).
     pre_wait: RefCell<Vec<Box<dyn Fn()>>>,
     kick_armed: Cell<bool>,
+    /// Embedded in a foreign poller that watches the kick eventfd itself.
+    embedded: Cell<bool>,
     /// Generation of the closed-files list this loop has processed.
     closed_gen: Cell<u64>,
 }
@@ -82,7 +84,7 @@ pub(crate) fn current() -> Rc<LoopInner> {
 }
 
 pub(crate) fn try_current() -> Option<Rc<LoopInner>> {
-    CURRENT.with(|c| c.borrow().clone())
+    CURRENT.try_with(|c| c.borrow().clone()).ok().flatten()
 }
 
 /// True when the calling thread is inside an event loop.
@@ -102,7 +104,8 @@ struct Enter {
 impl Drop for Enter {
     fn drop(&mut self) {
         let prev = self.prev.take();
-        CURRENT.with(|c| *c.borrow_mut() = prev);
+        // try_with: this also runs while thread-locals are being destroyed.
+        let _ = CURRENT.try_with(|c| *c.borrow_mut() = prev);
     }
 }
 
@@ -128,6 +131,7 @@ impl EventLoop {
                 executor,
                 pre_wait: RefCell::new(Vec::new()),
                 kick_armed: Cell::new(false),
+                embedded: Cell::new(false),
                 closed_gen: Cell::new(0),
             }),
         })
@@ -139,7 +143,10 @@ impl EventLoop {
     }
 
     fn enter(&self) -> Enter {
-        let prev = CURRENT.with(|c| c.borrow_mut().replace(self.inner.clone()));
+        let prev = CURRENT
+            .try_with(|c| c.borrow_mut().replace(self.inner.clone()))
+            .ok()
+            .flatten();
         Enter { prev }
     }
 
@@ -174,19 +181,28 @@ impl EventLoop {
     /// embedding the loop in a foreign poller that watches [`Self::notify_fd`].
     pub fn run_nonblocking(&self) {
         let _g = self.enter();
+        let q = &self.inner.executor.queue;
+        q.woke();
+        q.drain_kick();
         for _ in 0..64 {
             self.inner.turn(false);
-            if !self.inner.executor.queue.has_work() && !self.inner.reactor.has_completions() {
-                break;
+            let idle = !q.has_work() && !self.inner.reactor.has_completions();
+            // Until the next call, the loop counts as asleep: wake-ups from other
+            // threads must then signal the eventfd the foreign poller watches.
+            if idle && q.prepare_sleep() {
+                return;
             }
         }
+        // Work is still pending after the budget: make sure the poller comes back.
+        q.post(Box::new(|| {}));
     }
 
     /// An eventfd that becomes readable when the loop has work (completions or
-    /// wake-ups). Read it to clear it, then call [`Self::run_nonblocking`].
+    /// wake-ups from other threads). Watch it in a foreign poller, and call
+    /// [`Self::run_nonblocking`] when it fires. Switches the loop to embedded mode.
     pub fn notify_fd(&self) -> io::Result<RawFd> {
-        self.inner.ensure_kick_armed();
-        // Completions of ring operations must also signal it.
+        self.inner.embedded.set(true);
+        // Completions of ring operations signal it too.
         let fd = self.inner.executor.queue.kick_fd();
         self.inner.reactor.register_eventfd(fd)?;
         Ok(fd)
@@ -234,6 +250,9 @@ impl Drop for EventLoop {
 
 impl LoopInner {
     fn ensure_kick_armed(&self) {
+        if self.embedded.get() {
+            return; // the foreign poller watches the eventfd
+        }
         if !self.kick_armed.get() && self.reactor.arm_kick(self.executor.queue.kick_fd()).is_ok() {
             self.kick_armed.set(true);
         }

@@ -169,13 +169,13 @@ impl Reactor {
         !cq.is_empty()
     }
 
-    /// Busy-polls the completion queue for up to `poll-max-ns`, or until `stop` says
-    /// other work arrived. Returns true if a completion showed up.
     /// True when the loop busy-polls for completions before sleeping.
     pub(crate) fn polls(&self) -> bool {
         !self.poll_max.is_zero()
     }
 
+    /// Busy-polls the completion queue for up to `poll-max-ns`, or until `stop` says
+    /// other work arrived. Returns true if a completion showed up.
     pub(crate) fn poll_completions(&self, stop: impl Fn() -> bool) -> bool {
         if self.poll_max.is_zero() || self.in_flight.get() == 0 {
             return false;

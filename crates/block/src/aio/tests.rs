@@ -99,3 +99,42 @@ fn dropped_poll_is_cancelled_without_blocking() {
         libc::close(fds[1]);
     }
 }
+
+#[test]
+fn embedded_loop_signals_its_notify_fd_for_ring_and_remote_work() {
+    let lp = EventLoop::with_defaults().unwrap();
+    let fd = lp.notify_fd().unwrap();
+    let readable = |ms: i32| {
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        unsafe { libc::poll(&mut p, 1, ms) == 1 }
+    };
+    let done = Rc::new(Cell::new(false));
+    let d = done.clone();
+    lp.spawn(async move {
+        sleep(Duration::from_millis(10)).await;
+        d.set(true);
+    });
+    lp.run_nonblocking();
+    assert!(!done.get());
+    // The timer's completion on the ring makes the fd readable.
+    assert!(
+        readable(2000),
+        "ring completion did not signal the notify fd"
+    );
+    lp.run_nonblocking();
+    assert!(done.get());
+    // Work posted from another thread signals it too.
+    let h = lp.handle();
+    assert!(!readable(0));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || h.spawn(move || async move { tx.send(1).unwrap() }))
+        .join()
+        .unwrap();
+    assert!(readable(2000), "remote work did not signal the notify fd");
+    lp.run_nonblocking();
+    assert_eq!(rx.try_recv().unwrap(), 1);
+}

@@ -1,0 +1,79 @@
+//! `oxemu-img create`.
+
+use std::path::Path;
+
+use oxemu_block::file::FileDriver;
+use oxemu_block::size::{parse_size, SizeError};
+
+use crate::args::{opt, parse, Opt};
+use crate::Error;
+
+const SPEC: &[Opt] = &[
+    opt(Some('f'), None, true),
+    opt(Some('o'), None, true),
+    opt(Some('q'), None, false),
+    opt(Some('u'), None, false),
+    opt(Some('F'), None, true),
+    opt(Some('b'), None, true),
+];
+
+/// Parses an image size like qemu-img create, with its messages.
+pub fn image_size(s: &str) -> Result<u64, Error> {
+    match parse_size(s) {
+        Ok(n) => Ok(n),
+        Err(SizeError::TooLarge(_)) => Err(Error::Msg("Image size must be less than 8 EiB!".into())),
+        Err(SizeError::Invalid(_)) => Err(Error::Msg(
+            "Invalid image size specified. You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes."
+                .into(),
+        )),
+    }
+}
+
+/// Runs `create [-q] [-f fmt] [-o options] filename [size]`.
+pub fn run(argv: &[String]) -> Result<(), Error> {
+    let p = parse(argv, SPEC)?;
+    let fmt = p.get("f").unwrap_or("raw");
+    let (file, size) = match p.args.as_slice() {
+        [f] => (f, None),
+        [f, s] => (f, Some(s)),
+        [] => return Err(Error::Usage("Expecting image file name".into())),
+        _ => return Err(Error::Usage(format!("Unexpected argument: {}", p.args[2]))),
+    };
+    let mut prealloc = false;
+    let mut size = size.map(|s| image_size(s)).transpose()?;
+    for o in p
+        .opts
+        .iter()
+        .filter(|(k, _)| k == "o")
+        .flat_map(|(_, v)| v.split(','))
+    {
+        match o.split_once('=') {
+            Some(("size", v)) => size = Some(image_size(v)?),
+            Some(("preallocation", "off")) => prealloc = false,
+            Some(("preallocation", "falloc" | "full")) => prealloc = true,
+            Some(("preallocation", v)) => {
+                return Err(Error::Msg(format!(
+                    "Invalid parameter 'preallocation': '{v}' (expected off, falloc or full)"
+                )))
+            }
+            _ => {
+                return Err(Error::Msg(format!(
+                    "Invalid option '{o}' for format '{fmt}'"
+                )))
+            }
+        }
+    }
+    if fmt != "raw" {
+        return Err(Error::Msg(format!(
+            "Formatting or formatter not found for format '{fmt}'"
+        )));
+    }
+    let Some(size) = size else {
+        return Err(Error::Msg("Image creation needs a size parameter".into()));
+    };
+    if !p.has("q") {
+        println!("Formatting '{file}', fmt={fmt} size={size}");
+    }
+    FileDriver::create(Path::new(file), size, prealloc).map_err(|e| Error::Msg(e.to_string()))?;
+    Ok(())
+}

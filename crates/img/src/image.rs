@@ -1,0 +1,139 @@
+//! Opening images the way qemu-img does: format given or probed, cache mode and AIO
+//! engine from the command line.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use oxemu_block::file::{FileDriver, FileOptions};
+use oxemu_block::raw::RawFormat;
+use oxemu_block::{Aio, BlockDriver};
+
+use crate::Error;
+
+/// qemu-img's `-t` cache modes, as the flags they set.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cache {
+    /// O_DIRECT.
+    pub direct: bool,
+    /// Flushes are dropped (`unsafe`).
+    pub no_flush: bool,
+    /// Every write is followed by a flush (`writethrough`, `directsync`).
+    pub writethrough: bool,
+}
+
+/// Parses `none|writeback|writethrough|directsync|unsafe` (plus `off` = none).
+pub fn parse_cache(s: &str) -> Result<Cache, Error> {
+    Ok(match s {
+        "none" | "off" => Cache {
+            direct: true,
+            ..Default::default()
+        },
+        "writeback" => Cache::default(),
+        "writethrough" => Cache {
+            writethrough: true,
+            ..Default::default()
+        },
+        "directsync" => Cache {
+            direct: true,
+            writethrough: true,
+            ..Default::default()
+        },
+        "unsafe" => Cache {
+            no_flush: true,
+            ..Default::default()
+        },
+        _ => return Err(Error::Msg(format!("Invalid cache option: {s}"))),
+    })
+}
+
+/// Parses `-i`.
+pub fn parse_aio(s: &str) -> Result<Aio, Error> {
+    s.parse()
+        .map_err(|_| Error::Msg(format!("Invalid aio option: {s}")))
+}
+
+/// Probes the format from the first bytes of the file: `qcow2` or `raw`.
+pub fn probe_format(path: &Path) -> Result<&'static str, Error> {
+    use std::io::Read;
+    let mut head = [0u8; 4];
+    let mut f = std::fs::File::open(path).map_err(|e| open_error(path, e))?;
+    let n = f.read(&mut head).map_err(|e| open_error(path, e))?;
+    Ok(if n == 4 && &head == b"QFI\xfb" {
+        "qcow2"
+    } else {
+        "raw"
+    })
+}
+
+fn open_error(path: &Path, e: std::io::Error) -> Error {
+    let msg = e.to_string();
+    if msg.starts_with("Could not open") || msg.starts_with("Failed to get") {
+        Error::Msg(msg)
+    } else {
+        let shown = path.display();
+        Error::Msg(format!(
+            "Could not open '{shown}': {}",
+            strip_os_error(&msg)
+        ))
+    }
+}
+
+/// std's io::Error text ends in " (os error N)"; qemu-img prints just strerror.
+fn strip_os_error(m: &str) -> &str {
+    m.split(" (os error").next().unwrap_or(m)
+}
+
+/// Options for opening an image.
+#[derive(Clone, Debug)]
+pub struct OpenOpts<'a> {
+    /// `-f`; None probes.
+    pub format: Option<&'a str>,
+    /// `-t`.
+    pub cache: Cache,
+    /// `-i`.
+    pub aio: Aio,
+    /// Open read-only.
+    pub read_only: bool,
+    /// `-U`: share all permissions.
+    pub force_share: bool,
+}
+
+/// An opened image: the format node and its name.
+pub struct Image {
+    /// The format node, which I/O goes to.
+    pub node: Arc<dyn BlockDriver>,
+    /// Format name (`raw`, `qcow2`).
+    pub format: &'static str,
+    /// The protocol node below the format.
+    pub file: Arc<FileDriver>,
+}
+
+/// Opens `path` as qemu-img would.
+pub fn open(path: &Path, o: &OpenOpts<'_>) -> Result<Image, Error> {
+    let format = match o.format {
+        Some("raw") => "raw",
+        Some("qcow2") => "qcow2",
+        Some(f) => return Err(Error::Msg(format!("Unknown file format '{f}'"))),
+        None => probe_format(path)?,
+    };
+    let file = FileDriver::open(&FileOptions {
+        read_only: o.read_only,
+        direct: o.cache.direct,
+        no_flush: o.cache.no_flush,
+        aio: o.aio,
+        force_share: o.force_share,
+        ..FileOptions::new(path)
+    })
+    .map_err(|e| open_error(path, e))?;
+    let file = Arc::new(file);
+    let node: Arc<dyn BlockDriver> = match format {
+        "raw" => Arc::new(RawFormat::new(file.clone())),
+        _ => {
+            return Err(Error::Msg(format!(
+                "Could not open '{}': the qcow2 format driver is not built into this oxemu-img",
+                path.display()
+            )))
+        }
+    };
+    Ok(Image { node, format, file })
+}

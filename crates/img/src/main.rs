@@ -1,0 +1,97 @@
+//! `oxemu-img`: qemu-img's command line on oxemu's block layer.
+
+mod args;
+mod bench;
+mod create;
+mod image;
+mod info;
+
+use std::process::ExitCode;
+
+/// What can go wrong in a subcommand. Printed as one line prefixed with `oxemu-img: `.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad command line; a hint to `--help` follows.
+    #[error("{0}")]
+    Usage(String),
+    /// Anything else, already phrased for the user.
+    #[error("{0}")]
+    Msg(String),
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Msg(e.to_string())
+    }
+}
+
+/// Pretty-prints JSON with QEMU's four-space indentation.
+pub fn json_pretty(v: &serde_json::Value) -> String {
+    use serde::Serialize;
+    let mut out = Vec::new();
+    let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
+    v.serialize(&mut ser)
+        .expect("serializing a JSON value cannot fail");
+    String::from_utf8(out).expect("serde_json writes UTF-8")
+}
+
+const HELP: &str = "\
+oxemu-img: disk image utility with qemu-img's command line
+usage: oxemu-img [standard options] command [command options]
+
+Command syntax:
+  bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] [-i aio]
+        [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q] [-s buffer_size]
+        [-S step_size] [-t cache] [-w] [-U] [--random] filename
+        (--random is an oxemu extension: uniformly random offsets, multiples of the step)
+  create [-q] [-f fmt] [-o options] filename [size]
+  info [-f fmt] [--output=ofmt] [-U] filename
+
+Parameters:
+  'cache' is none, writeback (default), writethrough, directsync or unsafe
+  'aio' is threads (default), native (needs cache=none) or io_uring
+  'size' is a number with an optional k, M, G, T, P or E suffix
+  'ofmt' is human (default) or json
+";
+
+fn run(argv: &[String]) -> Result<(), Error> {
+    let Some(cmd) = argv.first() else {
+        return Err(Error::Usage("Not enough arguments".into()));
+    };
+    let rest = &argv[1..];
+    match cmd.as_str() {
+        "create" => create::run(rest),
+        "info" => info::run(rest),
+        "bench" => bench::run(rest),
+        "-h" | "--help" => {
+            print!("{HELP}");
+            Ok(())
+        }
+        "-V" | "--version" => {
+            println!(
+                "oxemu-img version {} (compatible with qemu-img 7.2)",
+                env!("CARGO_PKG_VERSION")
+            );
+            Ok(())
+        }
+        other => Err(Error::Usage(format!("Command not found: {other}"))),
+    }
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    match run(&argv) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Error::Usage(m)) => {
+            eprintln!("oxemu-img: {m}");
+            eprintln!("Try 'oxemu-img --help' for more information");
+            ExitCode::FAILURE
+        }
+        Err(Error::Msg(m)) => {
+            // One line: fold multi-line kernel/driver messages.
+            eprintln!("oxemu-img: {}", m.replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Typed command arguments with QEMU's error messages, and serde helpers that let the
+//! same structures accept both JSON values and keyval strings (`on`, `1024`).
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+
+use crate::QmpError;
+
+/// Deserializes `v` into `T`, turning serde's complaints into QEMU's wording:
+/// `Parameter 'x' is missing`, `Parameter 'x' is unexpected`,
+/// `Invalid parameter type for 'x', expected: string`.
+pub fn from_value<T: DeserializeOwned>(v: Value) -> Result<T, QmpError> {
+    let v = if v.is_null() {
+        Value::Object(Default::default())
+    } else {
+        v
+    };
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.inner().to_string();
+        let join = |field: &str| {
+            if path.is_empty() || path == "." {
+                field.to_string()
+            } else {
+                format!("{path}.{field}")
+            }
+        };
+        if let Some(f) = between(&inner, "missing field `", "`") {
+            QmpError::generic(format!("Parameter '{}' is missing", join(f)))
+        } else if let Some(f) = between(&inner, "unknown field `", "`") {
+            // serde's path already ends in the unknown field.
+            let p = if path.is_empty() || path == "." {
+                f.to_string()
+            } else {
+                path.clone()
+            };
+            QmpError::generic(format!("Parameter '{p}' is unexpected"))
+        } else if let Some(f) = between(&inner, "unknown variant `", "`") {
+            QmpError::generic(format!("Parameter '{path}' does not accept value '{f}'"))
+        } else if inner.starts_with("invalid type") {
+            let expected = if inner.contains("expected a string") {
+                "string"
+            } else if inner.contains("boolean") {
+                "boolean"
+            } else if inner.contains("integer") || inner.contains("u64") || inner.contains("u32") {
+                "integer"
+            } else if inner.contains("sequence") {
+                "array"
+            } else {
+                "object"
+            };
+            QmpError::generic(format!(
+                "Invalid parameter type for '{path}', expected: {expected}"
+            ))
+        } else {
+            QmpError::generic(format!("Parameter '{path}': {inner}"))
+        }
+    })
+}
+
+fn between<'a>(s: &'a str, start: &str, end: &str) -> Option<&'a str> {
+    let i = s.find(start)? + start.len();
+    let j = s[i..].find(end)? + i;
+    Some(&s[i..j])
+}
+
+/// Accepts a JSON boolean or a keyval `on|off|yes|no|true|false`.
+pub fn flex_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Bool(b) => Ok(b),
+        Value::String(s) => match s.as_str() {
+            "on" | "yes" | "true" | "y" => Ok(true),
+            "off" | "no" | "false" | "n" => Ok(false),
+            _ => Err(serde::de::Error::custom(format!(
+                "invalid type: string \"{s}\", expected a boolean ('on' or 'off')"
+            ))),
+        },
+        other => Err(serde::de::Error::custom(format!(
+            "invalid type: {other}, expected a boolean"
+        ))),
+    }
+}
+
+/// Like [`flex_bool`] for an optional field.
+pub fn flex_opt_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    flex_bool(d).map(Some)
+}
+
+/// Accepts a JSON number or a keyval integer (decimal, `0x` hex, or with a size suffix).
+pub fn flex_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Number(n) => n
+            .as_u64()
+            .ok_or_else(|| serde::de::Error::custom("invalid type: number, expected an integer")),
+        Value::String(s) => parse_int(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!("invalid type: string \"{s}\", expected an integer"))
+        }),
+        other => Err(serde::de::Error::custom(format!(
+            "invalid type: {other}, expected an integer"
+        ))),
+    }
+}
+
+/// Like [`flex_u64`] for an optional field.
+pub fn flex_opt_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    flex_u64(d).map(Some)
+}
+
+fn parse_int(s: &str) -> Option<u64> {
+    if let Some(h) = s.strip_prefix("0x") {
+        return u64::from_str_radix(h, 16).ok();
+    }
+    s.parse().ok().or_else(|| {
+        let split = s.find(|c: char| !c.is_ascii_digit())?;
+        let (n, suf) = s.split_at(split);
+        let n: u64 = n.parse().ok()?;
+        let shift = match suf {
+            "k" | "K" => 10,
+            "M" | "m" => 20,
+            "G" | "g" => 30,
+            "T" | "t" => 40,
+            _ => return None,
+        };
+        n.checked_mul(1 << shift)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[derive(Deserialize, Debug)]
+    #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+    struct T {
+        node_name: String,
+        #[serde(default, deserialize_with = "flex_bool")]
+        writable: bool,
+        #[serde(default, deserialize_with = "flex_opt_u64")]
+        num_queues: Option<u64>,
+    }
+
+    #[test]
+    fn errors_use_qemu_wording() {
+        let e = from_value::<T>(json!({})).unwrap_err();
+        assert_eq!(e.desc, "Parameter 'node-name' is missing");
+        let e = from_value::<T>(json!({"node-name": "a", "bogus": 1})).unwrap_err();
+        assert_eq!(e.desc, "Parameter 'bogus' is unexpected");
+        let e = from_value::<T>(json!({"node-name": 5})).unwrap_err();
+        assert_eq!(
+            e.desc,
+            "Invalid parameter type for 'node-name', expected: string"
+        );
+        let e = from_value::<T>(json!({"node-name": "a", "num-queues": "x"})).unwrap_err();
+        assert_eq!(
+            e.desc,
+            "Invalid parameter type for 'num-queues', expected: integer"
+        );
+    }
+
+    #[test]
+    fn keyval_strings_and_json_values_give_the_same_struct() {
+        let a: T =
+            from_value(json!({"node-name": "a", "writable": "on", "num-queues": "2"})).unwrap();
+        let b: T =
+            from_value(json!({"node-name": "a", "writable": true, "num-queues": 2})).unwrap();
+        assert_eq!((a.writable, a.num_queues), (b.writable, b.num_queues));
+        assert_eq!(a.num_queues, Some(2));
+    }
+}

@@ -1,0 +1,509 @@
+//! QMP monitors: the wire protocol, negotiation, dispatch and events.
+//!
+//! Each client connection gets a thread that reads one JSON object per line-ish
+//! stream (QMP does not require newlines; objects are split by a streaming JSON
+//! parser). Commands of all clients run one at a time under one lock, as in QEMU's
+//! main loop. Events go to every client that has completed negotiation.
+
+use std::io::{self, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Map, Value};
+
+use crate::QmpError;
+
+/// What `query-version` reports and the greeting carries.
+#[derive(Clone, Debug)]
+pub struct VersionInfo {
+    /// Major version.
+    pub major: u32,
+    /// Minor version.
+    pub minor: u32,
+    /// Micro version.
+    pub micro: u32,
+    /// Package string.
+    pub package: String,
+}
+
+impl Default for VersionInfo {
+    fn default() -> Self {
+        // oxemu implements QEMU 7.2's interfaces; clients key features off this.
+        VersionInfo {
+            major: 7,
+            minor: 2,
+            micro: 0,
+            package: format!("oxemu {}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+impl VersionInfo {
+    fn to_json(&self) -> Value {
+        json!({
+            "qemu": {"micro": self.micro, "minor": self.minor, "major": self.major},
+            "package": self.package,
+        })
+    }
+}
+
+/// A command a program offers, for `query-commands` and `query-qmp-schema`.
+#[derive(Clone, Debug)]
+pub struct CommandInfo {
+    /// Command name.
+    pub name: &'static str,
+    /// Argument names with their JSON types (`str`, `int`, `bool`, `any`), and whether
+    /// each is optional.
+    pub args: &'static [(&'static str, &'static str, bool)],
+}
+
+/// The program side of a QMP server.
+pub trait Dispatcher: Send + Sync + 'static {
+    /// Runs command `name` with its `arguments` object. Built-in commands
+    /// (`qmp_capabilities`, `query-version`, `query-commands`, `query-qmp-schema`) never
+    /// reach here.
+    fn dispatch(&self, name: &str, args: Value, events: &EventBus) -> Result<Value, QmpError>;
+
+    /// The commands `dispatch` accepts.
+    fn commands(&self) -> Vec<CommandInfo>;
+
+    /// Event names the program emits (for `query-qmp-schema`).
+    fn events(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
+
+    /// Called after a reply has been sent for `name`; `quit` uses this to shut down
+    /// only once the client has its `{"return": {}}`.
+    fn after_reply(&self, name: &str) {
+        let _ = name;
+    }
+}
+
+/// Broadcasts events to every negotiated client.
+#[derive(Default)]
+pub struct EventBus {
+    clients: Mutex<Vec<(u64, Arc<Mutex<Box<dyn Write + Send>>>)>>,
+}
+
+impl EventBus {
+    /// Sends event `name` with `data` (None: no data member) and the current time.
+    pub fn emit(&self, name: &str, data: Option<Value>) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut ev = json!({
+            "timestamp": {"seconds": now.as_secs(), "microseconds": now.subsec_micros()},
+            "event": name,
+        });
+        if let Some(d) = data {
+            ev["data"] = d;
+        }
+        let line = format!("{ev}\r\n");
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients.retain(|(_, w)| {
+            let mut w = w.lock().unwrap_or_else(|p| p.into_inner());
+            w.write_all(line.as_bytes()).and_then(|_| w.flush()).is_ok()
+        });
+    }
+
+    fn add(&self, id: u64, w: Arc<Mutex<Box<dyn Write + Send>>>) {
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((id, w));
+    }
+
+    fn remove(&self, id: u64) {
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(i, _)| *i != id);
+    }
+}
+
+/// A QMP server: the dispatcher, the event bus and the monitors' listeners.
+pub struct QmpServer {
+    dispatcher: Arc<dyn Dispatcher>,
+    events: Arc<EventBus>,
+    version: VersionInfo,
+    exec: Mutex<()>,
+    next_client: AtomicU64,
+    stopping: AtomicBool,
+    sockets: Mutex<Vec<PathBuf>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Largest QMP command accepted, in bytes; longer input closes the connection.
+pub const MAX_COMMAND: usize = 16 << 20;
+
+impl QmpServer {
+    /// A server for `dispatcher`, reporting `version`.
+    pub fn new(dispatcher: Arc<dyn Dispatcher>, version: VersionInfo) -> Arc<Self> {
+        Arc::new(QmpServer {
+            dispatcher,
+            events: Arc::new(EventBus::default()),
+            version,
+            exec: Mutex::new(()),
+            next_client: AtomicU64::new(1),
+            stopping: AtomicBool::new(false),
+            sockets: Mutex::new(Vec::new()),
+            threads: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The event bus, for events raised outside a command.
+    pub fn events(&self) -> &Arc<EventBus> {
+        &self.events
+    }
+
+    /// Listens on a unix socket (created now, removed by [`Self::shutdown`]).
+    pub fn listen_unix(self: &Arc<Self>, path: &Path) -> io::Result<()> {
+        let l = UnixListener::bind(path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("Failed to bind socket to {}: {e}", path.display()),
+            )
+        })?;
+        self.sockets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(path.to_path_buf());
+        let me = self.clone();
+        let t = std::thread::Builder::new()
+            .name("qmp-listen".into())
+            .spawn(move || {
+                for s in l.incoming() {
+                    if me.stopping.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    if let Ok(s) = s {
+                        let w = s.try_clone();
+                        me.spawn_client(
+                            Box::new(s),
+                            w.map(|w| Box::new(w) as Box<dyn Write + Send>),
+                        );
+                    }
+                }
+            })?;
+        self.threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(t);
+        Ok(())
+    }
+
+    /// Listens on a TCP address such as `127.0.0.1:4444`.
+    pub fn listen_tcp(self: &Arc<Self>, addr: &str) -> io::Result<std::net::SocketAddr> {
+        let l = TcpListener::bind(addr).map_err(|e| {
+            io::Error::new(e.kind(), format!("Failed to bind socket to {addr}: {e}"))
+        })?;
+        let local = l.local_addr()?;
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name("qmp-listen".into())
+            .spawn(move || {
+                for s in l.incoming() {
+                    if me.stopping.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    if let Ok(s) = s {
+                        let w = s.try_clone();
+                        me.spawn_client(
+                            Box::new(s),
+                            w.map(|w| Box::new(w) as Box<dyn Write + Send>),
+                        );
+                    }
+                }
+            })?;
+        Ok(local)
+    }
+
+    fn spawn_client(
+        self: &Arc<Self>,
+        r: Box<dyn Read + Send>,
+        w: io::Result<Box<dyn Write + Send>>,
+    ) {
+        let Ok(w) = w else { return };
+        let me = self.clone();
+        let _ = std::thread::Builder::new()
+            .name("qmp-client".into())
+            .spawn(move || {
+                let id = me.next_client.fetch_add(1, Ordering::Relaxed);
+                let w = Arc::new(Mutex::new(w));
+                let _ = me.serve(id, r, w);
+                me.events.remove(id);
+            });
+    }
+
+    /// Serves one client until it disconnects.
+    fn serve(
+        &self,
+        id: u64,
+        r: Box<dyn Read + Send>,
+        w: Arc<Mutex<Box<dyn Write + Send>>>,
+    ) -> io::Result<()> {
+        let send = |v: &Value| -> io::Result<()> {
+            let mut w = w.lock().unwrap_or_else(|p| p.into_inner());
+            w.write_all(format!("{v}\r\n").as_bytes())?;
+            w.flush()
+        };
+        send(&json!({"QMP": {"version": self.version.to_json(), "capabilities": ["oob"]}}))?;
+        let mut negotiated = false;
+        let reader = BufReader::new(r.take(u64::MAX));
+        let mut stream =
+            serde_json::Deserializer::from_reader(LimitedReader::new(reader)).into_iter::<Value>();
+        loop {
+            let req = match stream.next() {
+                None => return Ok(()),
+                Some(Ok(v)) => v,
+                Some(Err(e)) if e.is_io() || e.is_eof() => return Ok(()),
+                Some(Err(e)) => {
+                    // The stream cannot resynchronise after a syntax error: reply and
+                    // drop the connection, as a client must reconnect anyway.
+                    send(
+                        &json!({"error": QmpError::generic(format!("JSON parse error, {e}")).to_json()}),
+                    )?;
+                    return Ok(());
+                }
+            };
+            if self.stopping.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            let (reply, cmd) = self.handle(req, &mut negotiated);
+            send(&reply)?;
+            if negotiated
+                && cmd.as_deref() == Some("qmp_capabilities")
+                && reply.get("return").is_some()
+            {
+                self.events.add(id, w.clone());
+            }
+            if let Some(c) = cmd {
+                if reply.get("return").is_some() {
+                    self.dispatcher.after_reply(&c);
+                }
+            }
+        }
+    }
+
+    /// Checks and runs one request; returns the reply and the command name.
+    fn handle(&self, req: Value, negotiated: &mut bool) -> (Value, Option<String>) {
+        let id = req.get("id").cloned();
+        let with_id = |mut v: Value| {
+            if let Some(id) = &id {
+                v["id"] = id.clone();
+            }
+            v
+        };
+        let err = |e: QmpError| with_id(json!({"error": e.to_json()}));
+        let Value::Object(mut m) = req else {
+            return (
+                json!({"error": QmpError::generic("QMP input must be a JSON object").to_json()}),
+                None,
+            );
+        };
+        for k in m.keys() {
+            if !matches!(k.as_str(), "execute" | "exec-oob" | "arguments" | "id") {
+                return (
+                    err(QmpError::generic(format!(
+                        "QMP input member '{k}' is unexpected"
+                    ))),
+                    None,
+                );
+            }
+        }
+        let name = match m.remove("execute").or_else(|| m.remove("exec-oob")) {
+            Some(Value::String(s)) => s,
+            Some(_) => {
+                return (
+                    err(QmpError::generic(
+                        "QMP input member 'execute' must be a string",
+                    )),
+                    None,
+                )
+            }
+            None => {
+                return (
+                    err(QmpError::generic("QMP input lacks member 'execute'")),
+                    None,
+                )
+            }
+        };
+        let args = match m.remove("arguments") {
+            None => Value::Object(Map::new()),
+            Some(v @ Value::Object(_)) => v,
+            Some(_) => {
+                return (
+                    err(QmpError::generic(
+                        "QMP input member 'arguments' must be an object",
+                    )),
+                    None,
+                )
+            }
+        };
+        if !*negotiated {
+            if name != "qmp_capabilities" {
+                return (
+                    err(QmpError::command_not_found(
+                        "Expecting capabilities negotiation with 'qmp_capabilities'",
+                    )),
+                    None,
+                );
+            }
+            *negotiated = true;
+            return (with_id(json!({"return": {}})), Some(name));
+        }
+        let _g = self.exec.lock().unwrap_or_else(|p| p.into_inner());
+        let r = match name.as_str() {
+            "qmp_capabilities" => Err(QmpError::command_not_found(
+                "Capabilities negotiation is already complete, command ignored",
+            )),
+            "query-version" => no_args(&args).map(|_| self.version.to_json()),
+            "query-commands" => no_args(&args).map(|_| {
+                let mut names: Vec<Value> = builtin_commands()
+                    .iter()
+                    .chain(self.dispatcher.commands().iter())
+                    .map(|c| json!({"name": c.name}))
+                    .collect();
+                names.dedup();
+                Value::Array(names)
+            }),
+            "query-qmp-schema" => no_args(&args).map(|_| self.schema()),
+            _ if !self.dispatcher.commands().iter().any(|c| c.name == name) => Err(
+                QmpError::command_not_found(format!("The command {name} has not been found")),
+            ),
+            _ => self.dispatcher.dispatch(&name, args, &self.events),
+        };
+        match r {
+            Ok(v) => (with_id(json!({"return": v})), Some(name)),
+            Err(e) => (err(e), Some(name)),
+        }
+    }
+
+    /// A `query-qmp-schema` answer in QEMU's SchemaInfo shape (names not masked).
+    fn schema(&self) -> Value {
+        let mut out = vec![
+            json!({"name": "str", "meta-type": "builtin", "json-type": "string"}),
+            json!({"name": "int", "meta-type": "builtin", "json-type": "int"}),
+            json!({"name": "bool", "meta-type": "builtin", "json-type": "boolean"}),
+            json!({"name": "any", "meta-type": "builtin", "json-type": "value"}),
+            json!({"name": "empty", "meta-type": "object", "members": []}),
+        ];
+        for c in builtin_commands()
+            .iter()
+            .chain(self.dispatcher.commands().iter())
+        {
+            let arg_type = format!("{}-arg", c.name);
+            out.push(json!({"name": c.name, "meta-type": "command", "arg-type": arg_type, "ret-type": "any",
+                "allow-oob": false}));
+            let members: Vec<Value> = c
+                .args
+                .iter()
+                .map(|(n, t, opt)| {
+                    let mut m = json!({"name": n, "type": t});
+                    if *opt {
+                        m["default"] = Value::Null;
+                    }
+                    m
+                })
+                .collect();
+            out.push(json!({"name": arg_type, "meta-type": "object", "members": members}));
+        }
+        for e in self.dispatcher.events() {
+            out.push(json!({"name": e, "meta-type": "event", "arg-type": "any"}));
+        }
+        Value::Array(out)
+    }
+
+    /// Stops accepting clients and removes the unix sockets this server created.
+    pub fn shutdown(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        for p in self
+            .sockets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            // Wake the accept loop so its thread exits, then remove the socket file.
+            let _ = UnixStream::connect(&p)
+                .map(|s| s.set_read_timeout(Some(Duration::from_millis(10))));
+            let _ = std::fs::remove_file(&p);
+        }
+        let threads: Vec<_> = self
+            .threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect();
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn no_args(args: &Value) -> Result<(), QmpError> {
+    match args.as_object().and_then(|m| m.keys().next()) {
+        Some(k) => Err(QmpError::generic(format!("Parameter '{k}' is unexpected"))),
+        None => Ok(()),
+    }
+}
+
+fn builtin_commands() -> &'static [CommandInfo] {
+    &[
+        CommandInfo {
+            name: "qmp_capabilities",
+            args: &[("enable", "any", true)],
+        },
+        CommandInfo {
+            name: "query-version",
+            args: &[],
+        },
+        CommandInfo {
+            name: "query-commands",
+            args: &[],
+        },
+        CommandInfo {
+            name: "query-qmp-schema",
+            args: &[],
+        },
+    ]
+}
+
+/// Caps how much one client can make the parser buffer.
+struct LimitedReader<R> {
+    inner: R,
+    since_reset: usize,
+}
+
+impl<R> LimitedReader<R> {
+    fn new(inner: R) -> Self {
+        LimitedReader {
+            inner,
+            since_reset: 0,
+        }
+    }
+}
+
+impl<R: Read> Read for LimitedReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        // Reset the budget at every closing brace at depth zero is not known here;
+        // approximate with newlines, which every QMP client sends after a command.
+        if buf[..n].contains(&b'\n') {
+            self.since_reset = 0;
+        } else {
+            self.since_reset += n;
+        }
+        if self.since_reset > MAX_COMMAND {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "QMP command too long",
+            ));
+        }
+        Ok(n)
+    }
+}

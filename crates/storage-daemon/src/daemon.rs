@@ -1,0 +1,552 @@
+//! The daemon's state and its QMP commands.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use oxemu_block::export::BlockExport;
+use oxemu_block::{BlockDriver, EventLoopConfig, IoThread, IoThreadHandle};
+use oxemu_nbd::server::{NbdAddr, NbdExportOptions, NbdServer, NbdServerOptions as NbdOpts};
+use oxemu_nbd::tls::X509Creds;
+use oxemu_qmp::args::{flex_opt_bool, from_value};
+use oxemu_qmp::{CommandInfo, Dispatcher, EventBus, QmpError};
+use oxemu_vhost_user_blk::{VhostUserBlkExport, VhostUserBlkOptions};
+
+use crate::nodes::Graph;
+use crate::qapi::{BlockExportOptions, NbdServerOptions, ObjectOptions, SocketAddress};
+
+/// A running export.
+struct ExportEntry {
+    export: Arc<dyn BlockExport>,
+    /// The iothread it runs in, if one was named.
+    iothread: Option<String>,
+}
+
+#[derive(Default)]
+struct State {
+    graph: Graph,
+    exports: BTreeMap<String, ExportEntry>,
+    iothreads: BTreeMap<String, IoThread>,
+    tls: BTreeMap<String, X509Creds>,
+    nbd: Option<NbdServer>,
+    nbd_socket: Option<PathBuf>,
+}
+
+/// The storage daemon: block graph, exports, objects and the NBD server.
+pub struct Daemon {
+    state: Mutex<State>,
+    /// The loop that runs exports without an `iothread` (QEMU's main loop).
+    main_loop: IoThread,
+    /// Set by `quit`; the main thread waits on it.
+    quit: Arc<(Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl Daemon {
+    /// A daemon with an empty graph.
+    pub fn new() -> std::io::Result<Arc<Self>> {
+        Ok(Arc::new(Daemon {
+            state: Mutex::new(State::default()),
+            main_loop: IoThread::spawn("main-loop", EventLoopConfig::default())?,
+            quit: Arc::new((Mutex::new(false), std::sync::Condvar::new())),
+        }))
+    }
+
+    fn st(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Asks the main thread to shut the daemon down.
+    pub fn request_quit(&self) {
+        *self.quit.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.quit.1.notify_all();
+    }
+
+    /// Blocks until `quit` or a signal asked for shutdown.
+    pub fn wait_for_quit(&self) {
+        let mut q = self.quit.0.lock().unwrap_or_else(|p| p.into_inner());
+        while !*q {
+            q = self.quit.1.wait(q).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// A handle that can request shutdown from another thread.
+    pub fn quit_handle(&self) -> Arc<(Mutex<bool>, std::sync::Condvar)> {
+        self.quit.clone()
+    }
+
+    /// `blockdev-add`.
+    pub fn blockdev_add(&self, opts: Value) -> Result<Value, QmpError> {
+        self.st().graph.add(opts)?;
+        Ok(json!({}))
+    }
+
+    /// `blockdev-del`.
+    pub fn blockdev_del(&self, args: Value) -> Result<Value, QmpError> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+        struct A {
+            node_name: String,
+        }
+        let a: A = from_value(args)?;
+        let removed = {
+            let mut st = self.st();
+            let used: Vec<String> = st
+                .exports
+                .values()
+                .map(|e| e.export.node_name().to_string())
+                .collect();
+            st.graph
+                .remove(&a.node_name, |n| used.iter().any(|u| u == n))?
+        };
+        self.close_nodes(removed);
+        Ok(json!({}))
+    }
+
+    fn close_nodes(&self, nodes: Vec<Arc<dyn BlockDriver>>) {
+        for n in nodes {
+            let r = self
+                .main_loop
+                .handle()
+                .run(move || async move { n.close().await });
+            if let Some(Err(e)) = r {
+                tracing::warn!("closing node: {e}");
+            }
+        }
+    }
+
+    fn iothread_handle(&self, st: &State, name: Option<&str>) -> Result<IoThreadHandle, QmpError> {
+        match name {
+            None => Ok(self.main_loop.handle()),
+            Some(id) => st
+                .iothreads
+                .get(id)
+                .map(IoThread::handle)
+                .ok_or_else(|| QmpError::generic(format!("IOThread '{id}' not found"))),
+        }
+    }
+
+    /// `block-export-add`.
+    pub fn block_export_add(&self, args: Value) -> Result<Value, QmpError> {
+        let o: BlockExportOptions = from_value(args)?;
+        let mut st = self.st();
+        if st.exports.contains_key(&o.id) {
+            return Err(QmpError::generic(format!(
+                "Block export id '{}' is already in use",
+                o.id
+            )));
+        }
+        let node = st.graph.get(&o.node_name).ok_or_else(|| {
+            QmpError::generic(format!(
+                "Cannot find device='' nor node-name='{}'",
+                o.node_name
+            ))
+        })?;
+        let writable = o.writable.unwrap_or(false);
+        if writable && node.read_only {
+            return Err(QmpError::generic(
+                "Cannot export read-only node as writable",
+            ));
+        }
+        let driver = node.node.clone();
+        let export: Arc<dyn BlockExport> = match o.ty.as_str() {
+            "nbd" => {
+                let Some(server) = st.nbd.as_ref() else {
+                    return Err(QmpError::generic("NBD server not running"));
+                };
+                if o.bitmaps.as_ref().is_some_and(|b| !b.is_empty()) {
+                    return Err(QmpError::generic(
+                        "Dirty bitmaps are not supported by oxemu's NBD export",
+                    ));
+                }
+                let eo = NbdExportOptions {
+                    id: o.id.clone(),
+                    node_name: o.node_name.clone(),
+                    name: o.name.clone().unwrap_or_else(|| o.node_name.clone()),
+                    description: o.description.clone().unwrap_or_default(),
+                    writable,
+                    allocation_depth: o.allocation_depth.unwrap_or(false),
+                };
+                server
+                    .add_export(eo, driver)
+                    .map_err(|e| QmpError::generic(e.to_string()))?
+            }
+            "vhost-user-blk" => {
+                let addr = o
+                    .addr
+                    .as_ref()
+                    .ok_or_else(|| QmpError::generic("Parameter 'addr' is missing"))?;
+                let socket = match SocketAddress::from_value(addr).map_err(QmpError::generic)? {
+                    SocketAddress::Unix(p) => p,
+                    SocketAddress::Inet { .. } => {
+                        return Err(QmpError::generic(
+                            "vhost-user-blk exports need a unix socket address",
+                        ))
+                    }
+                };
+                let mut vo = VhostUserBlkOptions::new(&o.id, &o.node_name, socket);
+                vo.writable = writable;
+                if let Some(n) = o.logical_block_size {
+                    vo.logical_block_size = u32::try_from(n).unwrap_or(u32::MAX);
+                }
+                if let Some(n) = o.num_queues {
+                    vo.num_queues = u16::try_from(n).unwrap_or(u16::MAX);
+                }
+                VhostUserBlkExport::start(vo, driver).map_err(QmpError::from)?
+            }
+            other => {
+                return Err(QmpError::generic(format!(
+                    "Parameter 'type' does not accept value '{other}'"
+                )))
+            }
+        };
+        if let Some(io) = &o.iothread {
+            self.iothread_handle(&st, Some(io))?;
+        }
+        st.exports.insert(
+            o.id.clone(),
+            ExportEntry {
+                export,
+                iothread: o.iothread.clone(),
+            },
+        );
+        Ok(json!({}))
+    }
+
+    /// `block-export-del`.
+    pub fn block_export_del(&self, args: Value, events: &EventBus) -> Result<Value, QmpError> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+        struct A {
+            id: String,
+            mode: Option<String>,
+        }
+        let a: A = from_value(args)?;
+        let hard = match a.mode.as_deref() {
+            None | Some("safe") => false,
+            Some("hard") => true,
+            Some(m) => {
+                return Err(QmpError::generic(format!(
+                    "Parameter 'mode' does not accept value '{m}'"
+                )))
+            }
+        };
+        let entry = {
+            let mut st = self.st();
+            let e = st
+                .exports
+                .get(&a.id)
+                .ok_or_else(|| QmpError::generic(format!("Export '{}' is not found", a.id)))?;
+            if !hard && e.export.in_use() {
+                return Err(QmpError::generic(format!("export '{}' still in use", a.id)));
+            }
+            st.exports.remove(&a.id).expect("checked above")
+        };
+        entry.export.shutdown(hard);
+        events.emit("BLOCK_EXPORT_DELETED", Some(json!({"id": a.id})));
+        Ok(json!({}))
+    }
+
+    /// `query-block-exports`.
+    pub fn query_block_exports(&self) -> Value {
+        let st = self.st();
+        Value::Array(
+            st.exports
+                .iter()
+                .map(|(id, e)| {
+                    json!({"id": id, "type": e.export.export_type(), "node-name": e.export.node_name(),
+                        "shutting-down": false})
+                })
+                .collect(),
+        )
+    }
+
+    /// `object-add` / `--object`.
+    pub fn object_add(&self, args: Value) -> Result<Value, QmpError> {
+        let o: ObjectOptions = from_value(args)?;
+        let mut st = self.st();
+        if st.iothreads.contains_key(&o.id) || st.tls.contains_key(&o.id) {
+            return Err(QmpError::generic(format!(
+                "attempt to add duplicate property '{}' to object (type 'container')",
+                o.id
+            )));
+        }
+        match o.qom_type.as_str() {
+            "iothread" => {
+                let cfg = EventLoopConfig {
+                    poll_max_ns: o.poll_max_ns.unwrap_or(32768),
+                    ..Default::default()
+                };
+                let t = IoThread::spawn(&o.id, cfg).map_err(QmpError::from)?;
+                st.iothreads.insert(o.id, t);
+            }
+            "tls-creds-x509" => {
+                let dir = o
+                    .dir
+                    .ok_or_else(|| QmpError::generic("Parameter 'dir' is missing"))?;
+                let endpoint = o.endpoint.unwrap_or_else(|| "client".into());
+                if endpoint != "server" && endpoint != "client" {
+                    return Err(QmpError::generic(format!(
+                        "Parameter 'endpoint' does not accept value '{endpoint}'"
+                    )));
+                }
+                st.tls.insert(
+                    o.id.clone(),
+                    X509Creds {
+                        id: o.id,
+                        dir: dir.into(),
+                        endpoint,
+                        verify_peer: o.verify_peer.unwrap_or(true),
+                    },
+                );
+            }
+            other => return Err(QmpError::generic(format!("Invalid parameter '{other}'"))),
+        }
+        Ok(json!({}))
+    }
+
+    /// `object-del`.
+    pub fn object_del(&self, args: Value) -> Result<Value, QmpError> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct A {
+            id: String,
+        }
+        let a: A = from_value(args)?;
+        let t = {
+            let mut st = self.st();
+            if st
+                .exports
+                .values()
+                .any(|e| e.iothread.as_deref() == Some(&a.id))
+            {
+                return Err(QmpError::generic(format!(
+                    "object '{}' is in use, can not be deleted",
+                    a.id
+                )));
+            }
+            if st.tls.remove(&a.id).is_some() {
+                return Ok(json!({}));
+            }
+            st.iothreads
+                .remove(&a.id)
+                .ok_or_else(|| QmpError::generic(format!("object '{}' not found", a.id)))?
+        };
+        t.join();
+        Ok(json!({}))
+    }
+
+    /// `nbd-server-start` / `--nbd-server`.
+    pub fn nbd_server_start(&self, args: Value) -> Result<Value, QmpError> {
+        let o: NbdServerOptions = from_value(args)?;
+        let addr = SocketAddress::from_value(&o.addr).map_err(QmpError::generic)?;
+        let mut st = self.st();
+        if st.nbd.is_some() {
+            return Err(QmpError::generic("NBD server already running"));
+        }
+        if o.tls_authz.is_some() {
+            return Err(QmpError::generic(
+                "tls-authz is not supported by oxemu's NBD server",
+            ));
+        }
+        let tls = match &o.tls_creds {
+            None => None,
+            Some(id) => {
+                let c = st.tls.get(id).ok_or_else(|| {
+                    QmpError::generic(format!("No TLS credentials with id '{id}'"))
+                })?;
+                if c.endpoint != "server" {
+                    return Err(QmpError::generic(
+                        "Expecting TLS credentials with a server endpoint",
+                    ));
+                }
+                Some(
+                    c.server_config()
+                        .map_err(|e| QmpError::generic(e.to_string()))?,
+                )
+            }
+        };
+        let (naddr, sock) = match addr {
+            SocketAddress::Unix(p) => (NbdAddr::Unix(p.clone().into()), Some(PathBuf::from(p))),
+            SocketAddress::Inet { host, port } => (NbdAddr::Inet { host, port }, None),
+        };
+        let opts = NbdOpts {
+            addr: naddr,
+            tls,
+            max_connections: o.max_connections.unwrap_or(0) as u32,
+        };
+        let server = NbdServer::start(opts, self.main_loop.handle())
+            .map_err(|e| QmpError::generic(e.to_string()))?;
+        st.nbd = Some(server);
+        st.nbd_socket = sock;
+        Ok(json!({}))
+    }
+
+    /// `nbd-server-stop`: removes every NBD export, then stops the server.
+    pub fn nbd_server_stop(&self, events: &EventBus) -> Result<Value, QmpError> {
+        let (server, removed) = {
+            let mut st = self.st();
+            let server = st
+                .nbd
+                .take()
+                .ok_or_else(|| QmpError::generic("NBD server not running"))?;
+            let ids: Vec<String> = st
+                .exports
+                .iter()
+                .filter(|(_, e)| e.export.export_type() == "nbd")
+                .map(|(k, _)| k.clone())
+                .collect();
+            let removed: Vec<(String, ExportEntry)> = ids
+                .into_iter()
+                .filter_map(|id| st.exports.remove(&id).map(|e| (id, e)))
+                .collect();
+            st.nbd_socket = None;
+            (server, removed)
+        };
+        for (id, e) in removed {
+            e.export.shutdown(true);
+            events.emit("BLOCK_EXPORT_DELETED", Some(json!({"id": id})));
+        }
+        server.stop();
+        Ok(json!({}))
+    }
+
+    /// Clean shutdown: disconnect clients, drain, flush and close every node.
+    pub fn shutdown(&self, events: Option<&EventBus>) {
+        let (exports, server, nodes) = {
+            let mut st = self.st();
+            let exports: Vec<(String, ExportEntry)> =
+                std::mem::take(&mut st.exports).into_iter().collect();
+            (exports, st.nbd.take(), st.graph.drain())
+        };
+        for (id, e) in exports {
+            e.export.shutdown(true);
+            if let Some(ev) = events {
+                ev.emit("BLOCK_EXPORT_DELETED", Some(json!({"id": id})));
+            }
+        }
+        if let Some(s) = server {
+            s.stop();
+        }
+        self.close_nodes(nodes);
+        let threads: Vec<IoThread> = std::mem::take(&mut self.st().iothreads)
+            .into_values()
+            .collect();
+        for t in threads {
+            t.join();
+        }
+    }
+}
+
+/// QMP glue.
+impl Dispatcher for Daemon {
+    fn dispatch(&self, name: &str, args: Value, events: &EventBus) -> Result<Value, QmpError> {
+        match name {
+            "blockdev-add" => self.blockdev_add(args),
+            "blockdev-del" => self.blockdev_del(args),
+            "query-named-block-nodes" => {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct A {
+                    #[serde(default, deserialize_with = "flex_opt_bool")]
+                    #[allow(dead_code)]
+                    flat: Option<bool>,
+                }
+                let _: A = from_value(args)?;
+                Ok(self.st().graph.query())
+            }
+            "block-export-add" => self.block_export_add(args),
+            "block-export-del" => self.block_export_del(args, events),
+            "query-block-exports" => Ok(self.query_block_exports()),
+            "object-add" => self.object_add(args),
+            "object-del" => self.object_del(args),
+            "nbd-server-start" => self.nbd_server_start(args),
+            "nbd-server-stop" => self.nbd_server_stop(events),
+            "quit" => Ok(json!({})),
+            _ => Err(QmpError::command_not_found(format!(
+                "The command {name} has not been found"
+            ))),
+        }
+    }
+
+    fn after_reply(&self, name: &str) {
+        if name == "quit" {
+            self.request_quit();
+        }
+    }
+
+    fn commands(&self) -> Vec<CommandInfo> {
+        vec![
+            CommandInfo {
+                name: "blockdev-add",
+                args: &[("driver", "str", false), ("node-name", "str", true)],
+            },
+            CommandInfo {
+                name: "blockdev-del",
+                args: &[("node-name", "str", false)],
+            },
+            CommandInfo {
+                name: "query-named-block-nodes",
+                args: &[("flat", "bool", true)],
+            },
+            CommandInfo {
+                name: "block-export-add",
+                args: &[
+                    ("type", "str", false),
+                    ("id", "str", false),
+                    ("node-name", "str", false),
+                    ("writable", "bool", true),
+                    ("writethrough", "bool", true),
+                    ("iothread", "str", true),
+                    ("fixed-iothread", "bool", true),
+                    ("name", "str", true),
+                    ("description", "str", true),
+                    ("bitmaps", "any", true),
+                    ("allocation-depth", "bool", true),
+                    ("addr", "any", true),
+                    ("logical-block-size", "int", true),
+                    ("num-queues", "int", true),
+                ],
+            },
+            CommandInfo {
+                name: "block-export-del",
+                args: &[("id", "str", false), ("mode", "str", true)],
+            },
+            CommandInfo {
+                name: "query-block-exports",
+                args: &[],
+            },
+            CommandInfo {
+                name: "object-add",
+                args: &[("qom-type", "str", false), ("id", "str", false)],
+            },
+            CommandInfo {
+                name: "object-del",
+                args: &[("id", "str", false)],
+            },
+            CommandInfo {
+                name: "nbd-server-start",
+                args: &[
+                    ("addr", "any", false),
+                    ("tls-creds", "str", true),
+                    ("tls-authz", "str", true),
+                    ("max-connections", "int", true),
+                ],
+            },
+            CommandInfo {
+                name: "nbd-server-stop",
+                args: &[],
+            },
+            CommandInfo {
+                name: "quit",
+                args: &[],
+            },
+        ]
+    }
+
+    fn events(&self) -> Vec<&'static str> {
+        vec!["BLOCK_EXPORT_DELETED", "SHUTDOWN"]
+    }
+}

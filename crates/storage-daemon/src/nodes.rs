@@ -1,0 +1,333 @@
+//! The daemon's block graph: named nodes opened from `--blockdev` / `blockdev-add`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use oxemu_block::file::{Discard, FileDriver, FileOptions, Locking};
+use oxemu_block::raw::RawFormat;
+use oxemu_block::BlockDriver;
+use oxemu_qmp::args::from_value;
+use oxemu_qmp::QmpError;
+
+use crate::qapi::{FileBlockdev, RawBlockdev};
+
+/// One node of the graph.
+pub struct Node {
+    /// The node's name.
+    pub name: String,
+    /// Driver name (`file`, `host_device`, `raw`).
+    pub driver: String,
+    /// The opened driver.
+    pub node: Arc<dyn BlockDriver>,
+    /// Name of the `file` child, if any.
+    pub child: Option<String>,
+    /// Created implicitly as a child; deleted with its parent.
+    pub implicit: bool,
+    /// Image file name (of the protocol node at the bottom).
+    pub filename: String,
+    /// Opened read-only.
+    pub read_only: bool,
+    /// Cache settings.
+    pub direct: bool,
+    /// Flushes ignored.
+    pub no_flush: bool,
+}
+
+/// All nodes by name.
+#[derive(Default)]
+pub struct Graph {
+    nodes: BTreeMap<String, Node>,
+    next_implicit: u32,
+}
+
+fn bad(v: &str, what: &str, allowed: &str) -> QmpError {
+    QmpError::generic(format!(
+        "Parameter '{what}' does not accept value '{v}' (expected {allowed})"
+    ))
+}
+
+impl Graph {
+    /// The node named `name`.
+    pub fn get(&self, name: &str) -> Option<&Node> {
+        self.nodes.get(name)
+    }
+
+    /// True if another node has `name` as its child.
+    fn is_child(&self, name: &str) -> bool {
+        self.nodes
+            .values()
+            .any(|n| n.child.as_deref() == Some(name))
+    }
+
+    fn check_name(&self, name: &str) -> Result<(), QmpError> {
+        if name.is_empty()
+            || !name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+        {
+            return Err(QmpError::generic(format!("Invalid node-name: '{name}'")));
+        }
+        if self.nodes.contains_key(name) {
+            return Err(QmpError::generic(format!(
+                "Duplicate nodes with node-name='{name}'"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Opens a node from blockdev options; nested children are opened as implicit
+    /// nodes. Returns the new node's name.
+    pub fn add(&mut self, opts: Value) -> Result<String, QmpError> {
+        self.add_inner(opts, false)
+    }
+
+    fn add_inner(&mut self, opts: Value, implicit: bool) -> Result<String, QmpError> {
+        let driver = opts
+            .get("driver")
+            .ok_or_else(|| QmpError::generic("Parameter 'driver' is missing"))?
+            .as_str()
+            .ok_or_else(|| {
+                QmpError::generic("Invalid parameter type for 'driver', expected: string")
+            })?
+            .to_string();
+        let given = opts
+            .get("node-name")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        // Options are checked before the node name, as QEMU does.
+        enum Parsed {
+            File(Box<FileBlockdev>),
+            Raw(Box<RawBlockdev>),
+        }
+        let parsed = match driver.as_str() {
+            "file" | "host_device" => Parsed::File(from_value(opts)?),
+            "raw" => Parsed::Raw(from_value(opts)?),
+            "qcow2" => {
+                return Err(QmpError::generic(
+                    "Unknown driver 'qcow2': the qcow2 format driver is not built into this oxemu-storage-daemon",
+                ))
+            }
+            other => return Err(QmpError::generic(format!("Invalid parameter '{other}'"))),
+        };
+        let name = match given {
+            Some(n) => {
+                self.check_name(&n)?;
+                n
+            }
+            None if implicit => {
+                self.next_implicit += 1;
+                format!("#block{:03}", self.next_implicit)
+            }
+            None => {
+                return Err(QmpError::generic(
+                    "'node-name' must be specified for the root node",
+                ))
+            }
+        };
+        let node = match parsed {
+            Parsed::File(o) => self.open_file(*o, &name, implicit)?,
+            Parsed::Raw(o) => self.open_raw(*o, &name, implicit)?,
+        };
+        self.nodes.insert(name.clone(), node);
+        Ok(name)
+    }
+
+    fn open_file(&mut self, o: FileBlockdev, name: &str, implicit: bool) -> Result<Node, QmpError> {
+        let aio = match o.aio.as_deref() {
+            None => oxemu_block::Aio::Threads,
+            Some(a) => a
+                .parse()
+                .map_err(|_| bad(a, "aio", "threads, native or io_uring"))?,
+        };
+        let locking = match o.locking.as_deref() {
+            None | Some("auto") => Locking::Auto,
+            Some("on") => Locking::On,
+            Some("off") => Locking::Off,
+            Some(v) => return Err(bad(v, "locking", "auto, on or off")),
+        };
+        let discard = match o.discard.as_deref() {
+            None | Some("ignore") | Some("off") => Discard::Ignore,
+            Some("unmap") | Some("on") => Discard::Unmap,
+            Some(v) => return Err(bad(v, "discard", "ignore or unmap")),
+        };
+        if let Some(dz) = o.detect_zeroes.as_deref().filter(|d| *d != "off") {
+            return Err(bad(dz, "detect-zeroes", "off"));
+        }
+        let mut fo = FileOptions {
+            read_only: o.read_only,
+            direct: o.cache.direct,
+            no_flush: o.cache.no_flush,
+            aio,
+            discard,
+            locking,
+            force_share: o.force_share,
+            ..FileOptions::new(PathBuf::from(&o.filename))
+        };
+        let f = match FileDriver::open(&fo) {
+            Err(e) if o.auto_read_only && !o.read_only && e.raw_os_error().is_some() => {
+                fo.read_only = true;
+                FileDriver::open(&fo)?
+            }
+            r => r?,
+        };
+        let driver = f.info().driver;
+        let ro = fo.read_only;
+        Ok(Node {
+            name: name.into(),
+            driver,
+            node: Arc::new(f),
+            child: None,
+            implicit,
+            filename: o.filename,
+            read_only: ro,
+            direct: fo.direct,
+            no_flush: fo.no_flush,
+        })
+    }
+
+    fn open_raw(&mut self, o: RawBlockdev, name: &str, implicit: bool) -> Result<Node, QmpError> {
+        let child = match &o.file {
+            Value::String(s) => {
+                if !self.nodes.contains_key(s) {
+                    return Err(QmpError::generic(format!(
+                        "Cannot find device='' nor node-name='{s}'"
+                    )));
+                }
+                if self.is_child(s) {
+                    return Err(QmpError::generic(format!(
+                        "Node '{s}' is already in use as a child"
+                    )));
+                }
+                s.clone()
+            }
+            Value::Object(m) => {
+                let mut m = m.clone();
+                // Options of the parent that QEMU passes down to an implicit child.
+                if o.read_only {
+                    m.entry("read-only").or_insert(Value::Bool(true));
+                }
+                if o.cache.direct || o.cache.no_flush {
+                    m.entry("cache")
+                        .or_insert(json!({"direct": o.cache.direct, "no-flush": o.cache.no_flush}));
+                }
+                if let Some(d) = &o.discard {
+                    m.entry("discard").or_insert(Value::String(d.clone()));
+                }
+                self.add_inner(Value::Object(m), true)?
+            }
+            _ => {
+                return Err(QmpError::generic(
+                    "Invalid parameter type for 'file', expected: object or string",
+                ))
+            }
+        };
+        let (cnode, cimplicit) = {
+            let c = &self.nodes[&child];
+            (c.node.clone(), c.implicit)
+        };
+        let node = match RawFormat::with_window(cnode, o.offset.unwrap_or(0), o.size) {
+            Ok(n) => n,
+            Err(e) => {
+                if cimplicit {
+                    self.nodes.remove(&child);
+                }
+                return Err(QmpError::from(e));
+            }
+        };
+        let c = &self.nodes[&child];
+        Ok(Node {
+            name: name.into(),
+            driver: "raw".into(),
+            node: Arc::new(node),
+            child: Some(child.clone()),
+            implicit,
+            filename: c.filename.clone(),
+            read_only: o.read_only || c.read_only,
+            direct: c.direct,
+            no_flush: c.no_flush,
+        })
+    }
+
+    /// Removes a node the monitor created, with its implicit children. `in_use` says
+    /// whether an export uses it. Returns the removed drivers, to be closed.
+    pub fn remove(
+        &mut self,
+        name: &str,
+        in_use: impl Fn(&str) -> bool,
+    ) -> Result<Vec<Arc<dyn BlockDriver>>, QmpError> {
+        let n = self.nodes.get(name).ok_or_else(|| {
+            QmpError::generic(format!("Failed to find node with node-name='{name}'"))
+        })?;
+        if in_use(name) {
+            return Err(QmpError::generic(format!("Node {name} is in use")));
+        }
+        if self.is_child(name) {
+            return Err(QmpError::generic(format!("Block device {name} is in use")));
+        }
+        if n.implicit {
+            return Err(QmpError::generic(format!(
+                "Node {name} is not owned by the monitor"
+            )));
+        }
+        let mut out = Vec::new();
+        let mut cur = Some(name.to_string());
+        let mut first = true;
+        while let Some(c) = cur {
+            let Some(node) = self.nodes.get(&c) else {
+                break;
+            };
+            if !first && !node.implicit {
+                break;
+            }
+            let node = self.nodes.remove(&c).expect("checked above");
+            out.push(node.node);
+            cur = node.child;
+            first = false;
+        }
+        Ok(out)
+    }
+
+    /// Every node's driver, for shutdown.
+    pub fn drain(&mut self) -> Vec<Arc<dyn BlockDriver>> {
+        std::mem::take(&mut self.nodes)
+            .into_values()
+            .map(|n| n.node)
+            .collect()
+    }
+
+    /// `query-named-block-nodes`.
+    pub fn query(&self) -> Value {
+        let list: Vec<Value> = self
+            .nodes
+            .values()
+            .map(|n| {
+                let size = n.node.size();
+                let actual = n.node.allocated_size().unwrap_or(0);
+                json!({
+                    "node-name": n.name,
+                    "drv": n.driver,
+                    "file": n.filename,
+                    "ro": n.read_only,
+                    "encrypted": false,
+                    "backing_file_depth": 0,
+                    "detect_zeroes": "off",
+                    "bps": 0, "bps_rd": 0, "bps_wr": 0, "iops": 0, "iops_rd": 0, "iops_wr": 0,
+                    "write_threshold": 0,
+                    "cache": {"writeback": true, "direct": n.direct, "no-flush": n.no_flush},
+                    "image": {
+                        "virtual-size": size,
+                        "filename": n.filename,
+                        "format": n.driver,
+                        "actual-size": actual,
+                        "dirty-flag": false,
+                    },
+                })
+            })
+            .collect();
+        Value::Array(list)
+    }
+}

@@ -1,0 +1,232 @@
+//! The QAPI structures the daemon accepts, from QMP arguments and from command-line
+//! options alike (see `oxemu_qmp::args` for how keyval strings are converted).
+//!
+//! Some fields are accepted for compatibility with QEMU's schema and not used yet;
+//! serde reads them, the daemon does not.
+#![allow(dead_code)]
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use oxemu_qmp::args::{flex_bool, flex_opt_bool, flex_opt_u64};
+
+/// `cache` of a blockdev.
+#[derive(Deserialize, Debug, Default, Clone, Copy)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CacheOptions {
+    /// O_DIRECT.
+    #[serde(default, deserialize_with = "flex_bool")]
+    pub direct: bool,
+    /// Ignore flushes.
+    #[serde(default, deserialize_with = "flex_bool")]
+    pub no_flush: bool,
+}
+
+/// `driver=file` / `driver=host_device`.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileBlockdev {
+    /// Always `file` or `host_device`.
+    pub driver: String,
+    /// Path.
+    pub filename: String,
+    /// AIO engine.
+    pub aio: Option<String>,
+    /// `auto`, `on`, `off`.
+    pub locking: Option<String>,
+    /// Accepted for compatibility; batching is automatic.
+    #[serde(default, deserialize_with = "flex_opt_u64")]
+    pub aio_max_batch: Option<u64>,
+    /// Common options.
+    pub node_name: Option<String>,
+    #[serde(default, deserialize_with = "flex_bool")]
+    #[doc = "Open read-only."]
+    pub read_only: bool,
+    #[serde(default, deserialize_with = "flex_bool")]
+    #[doc = "Fall back to read-only."]
+    pub auto_read_only: bool,
+    #[serde(default, deserialize_with = "flex_bool")]
+    #[doc = "Share all permissions."]
+    pub force_share: bool,
+    #[serde(default)]
+    #[doc = "Cache mode."]
+    pub cache: CacheOptions,
+    #[doc = "`ignore` or `unmap`."]
+    pub discard: Option<String>,
+    #[doc = "`off` only."]
+    pub detect_zeroes: Option<String>,
+}
+
+/// `driver=raw`.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawBlockdev {
+    /// Always `raw`.
+    pub driver: String,
+    /// The protocol child: a node name or nested options.
+    pub file: Value,
+    /// Window start.
+    #[serde(default, deserialize_with = "flex_opt_u64")]
+    pub offset: Option<u64>,
+    /// Window size.
+    #[serde(default, deserialize_with = "flex_opt_u64")]
+    pub size: Option<u64>,
+    #[doc = "Node name."]
+    pub node_name: Option<String>,
+    #[serde(default, deserialize_with = "flex_bool")]
+    #[doc = "Open read-only."]
+    pub read_only: bool,
+    #[serde(default, deserialize_with = "flex_bool")]
+    #[doc = "Fall back to read-only."]
+    pub auto_read_only: bool,
+    #[serde(default, deserialize_with = "flex_bool")]
+    #[doc = "Share all permissions."]
+    pub force_share: bool,
+    #[serde(default)]
+    #[doc = "Cache mode (passed to the child)."]
+    pub cache: CacheOptions,
+    #[doc = "`ignore` or `unmap`."]
+    pub discard: Option<String>,
+    #[doc = "`off` only."]
+    pub detect_zeroes: Option<String>,
+}
+
+/// `SocketAddress` in its flat form (`addr.type=unix,addr.path=...`) or QMP's legacy
+/// form (`{"type": "unix", "data": {"path": ...}}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SocketAddress {
+    /// Unix socket path.
+    Unix(String),
+    /// Host and port.
+    Inet {
+        /// Host.
+        host: String,
+        /// Port (QAPI carries it as a string).
+        port: u16,
+    },
+}
+
+impl SocketAddress {
+    /// Parses either form.
+    pub fn from_value(v: &Value) -> Result<Self, String> {
+        let obj = v
+            .as_object()
+            .ok_or("Invalid parameter type for 'addr', expected: object")?;
+        let ty = obj
+            .get("type")
+            .and_then(Value::as_str)
+            .ok_or("Parameter 'addr.type' is missing")?;
+        let data = obj.get("data").and_then(Value::as_object).unwrap_or(obj);
+        let s = |k: &str| {
+            data.get(k).and_then(|x| match x {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            })
+        };
+        match ty {
+            "unix" => Ok(SocketAddress::Unix(
+                s("path").ok_or("Parameter 'addr.path' is missing")?,
+            )),
+            "inet" => {
+                let host = s("host").ok_or("Parameter 'addr.host' is missing")?;
+                let port = s("port").ok_or("Parameter 'addr.port' is missing")?;
+                let port = port
+                    .parse()
+                    .map_err(|_| format!("Port '{port}' should be a number"))?;
+                Ok(SocketAddress::Inet { host, port })
+            }
+            other => Err(format!(
+                "Parameter 'addr.type' does not accept value '{other}'"
+            )),
+        }
+    }
+}
+
+/// `block-export-add` arguments (all types; type-specific ones are optional here and
+/// checked per type).
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BlockExportOptions {
+    /// `nbd` or `vhost-user-blk`.
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// Export id.
+    pub id: String,
+    /// Exported node.
+    pub node_name: String,
+    /// Allow writes.
+    #[serde(default, deserialize_with = "flex_opt_bool")]
+    pub writable: Option<bool>,
+    /// Flush after every write.
+    #[serde(default, deserialize_with = "flex_opt_bool")]
+    pub writethrough: Option<bool>,
+    /// IoThread to run in.
+    pub iothread: Option<String>,
+    /// Keep the iothread even if the node is in another one.
+    #[serde(default, deserialize_with = "flex_opt_bool")]
+    pub fixed_iothread: Option<bool>,
+    /// nbd: export name.
+    pub name: Option<String>,
+    /// nbd: description.
+    pub description: Option<String>,
+    /// nbd: dirty bitmaps (unsupported; must be empty).
+    pub bitmaps: Option<Vec<Value>>,
+    /// nbd: offer `qemu:allocation-depth`.
+    #[serde(default, deserialize_with = "flex_opt_bool")]
+    pub allocation_depth: Option<bool>,
+    /// vhost-user-blk: socket address.
+    pub addr: Option<Value>,
+    /// vhost-user-blk: logical block size.
+    #[serde(default, deserialize_with = "flex_opt_u64")]
+    pub logical_block_size: Option<u64>,
+    /// vhost-user-blk: number of queues.
+    #[serde(default, deserialize_with = "flex_opt_u64")]
+    pub num_queues: Option<u64>,
+}
+
+/// `--object` / `object-add`: the types the daemon knows.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ObjectOptions {
+    /// `iothread` or `tls-creds-x509`.
+    pub qom_type: String,
+    /// Object id.
+    pub id: String,
+    /// iothread: completion polling time.
+    #[serde(default, deserialize_with = "flex_opt_u64")]
+    pub poll_max_ns: Option<u64>,
+    /// iothread: accepted for compatibility.
+    #[serde(default, deserialize_with = "flex_opt_u64")]
+    pub poll_grow: Option<u64>,
+    /// iothread: accepted for compatibility.
+    #[serde(default, deserialize_with = "flex_opt_u64")]
+    pub poll_shrink: Option<u64>,
+    /// iothread: accepted for compatibility.
+    #[serde(default, deserialize_with = "flex_opt_u64")]
+    pub aio_max_batch: Option<u64>,
+    /// tls-creds-x509: directory of PEM files.
+    pub dir: Option<String>,
+    /// tls-creds-x509: `server` or `client`.
+    pub endpoint: Option<String>,
+    /// tls-creds-x509: require client certificates.
+    #[serde(default, deserialize_with = "flex_opt_bool")]
+    pub verify_peer: Option<bool>,
+    /// tls-creds-x509: accepted for compatibility.
+    pub priority: Option<String>,
+}
+
+/// `--nbd-server` / `nbd-server-start`.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NbdServerOptions {
+    /// Listening address.
+    pub addr: Value,
+    /// Id of a `tls-creds-x509` object.
+    pub tls_creds: Option<String>,
+    /// Authorization object (unsupported).
+    pub tls_authz: Option<String>,
+    /// Connection limit (0 = unlimited).
+    #[serde(default, deserialize_with = "flex_opt_u64")]
+    pub max_connections: Option<u64>,
+}
