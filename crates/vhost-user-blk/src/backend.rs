@@ -98,7 +98,9 @@ impl BlkBackend {
             in_flight: (0..config.num_queues)
                 .map(|_| AtomicUsize::new(0))
                 .collect(),
-            unsignalled: (0..config.num_queues).map(|_| AtomicBool::new(false)).collect(),
+            unsignalled: (0..config.num_queues)
+                .map(|_| AtomicBool::new(false))
+                .collect(),
         }))
     }
 
@@ -217,9 +219,14 @@ impl BlkBackend {
 
     /// Signals the call eventfd of every queue with new used entries, if the driver
     /// wants a notification (EVENT_IDX).
-    fn notify_guests(&self, vrings: &[VringRwLock]) {
-        for (q, vring) in vrings.iter().enumerate() {
-            if self.0.unsignalled.get(q).is_some_and(|u| u.swap(false, Ordering::AcqRel))
+    fn notify_guests(&self, vrings: &[VringRwLock], thread_id: usize) {
+        for (local, vring) in vrings.iter().enumerate() {
+            let q = thread_id + local;
+            if self
+                .0
+                .unsignalled
+                .get(q)
+                .is_some_and(|u| u.swap(false, Ordering::AcqRel))
                 && vring.needs_notification().unwrap_or(true)
             {
                 let _ = vring.signal_used_queue();
@@ -406,15 +413,18 @@ impl VhostUserBackend for BlkBackend {
         vrings: &[VringRwLock],
         thread_id: usize,
     ) -> io::Result<()> {
-        let q = device_event as usize;
+        // `vrings` holds this thread's queues only, and `device_event` indexes it. With
+        // one queue per thread (queues_per_thread), the queue number is the thread's.
+        let local = device_event as usize;
+        let q = thread_id + local;
         tracing::trace!("vhost-user-blk: event {device_event} on thread {thread_id}");
-        if q >= vrings.len() {
+        if local >= vrings.len() {
             // The notify eventfd of this thread's loop.
             self.with_loop(thread_id, |lp| lp.run_nonblocking())?;
-            self.notify_guests(vrings);
+            self.notify_guests(vrings, thread_id);
             return Ok(());
         }
-        let vring = &vrings[q];
+        let vring = &vrings[local];
         self.with_loop(thread_id, |lp| -> io::Result<()> {
             if self.0.event_idx.load(Ordering::Relaxed) {
                 loop {
@@ -435,7 +445,7 @@ impl VhostUserBackend for BlkBackend {
             lp.run_nonblocking();
             Ok(())
         })??;
-        self.notify_guests(vrings);
+        self.notify_guests(vrings, thread_id);
         Ok(())
     }
 }
