@@ -507,3 +507,7 @@ impl<R: Read> Read for LimitedReader<R> {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;
