@@ -59,6 +59,28 @@ pub fn from_value<T: DeserializeOwned>(v: Value) -> Result<T, QmpError> {
     })
 }
 
+/// Rewords an error from [`from_value`] for arguments that came from keyval syntax
+/// (`a=b,c=d`), where every value is a string: QEMU's keyval visitor says
+/// `Parameter 'x' expects integer` (or `expects 'on' or 'off'`) where its JSON
+/// visitor says `Invalid parameter type for 'x', expected: integer`.
+pub fn keyval_wording(e: QmpError) -> QmpError {
+    let Some(rest) = e.desc.strip_prefix("Invalid parameter type for '") else {
+        return e;
+    };
+    let Some((param, expected)) = rest.split_once("', expected: ") else {
+        return e;
+    };
+    let want = match expected {
+        "integer" => "integer",
+        "boolean" => "'on' or 'off'",
+        _ => return e,
+    };
+    QmpError {
+        class: e.class,
+        desc: format!("Parameter '{param}' expects {want}"),
+    }
+}
+
 fn between<'a>(s: &'a str, start: &str, end: &str) -> Option<&'a str> {
     let i = s.find(start)? + start.len();
     let j = s[i..].find(end)? + i;
@@ -157,6 +179,20 @@ mod tests {
             e.desc,
             "Invalid parameter type for 'num-queues', expected: integer"
         );
+    }
+
+    #[test]
+    fn keyval_input_gets_the_keyval_visitors_wording() {
+        let kv = |v| keyval_wording(from_value::<T>(v).unwrap_err()).desc;
+        assert_eq!(
+            kv(json!({"node-name": "a", "num-queues": "x"})),
+            "Parameter 'num-queues' expects integer"
+        );
+        assert_eq!(
+            kv(json!({"node-name": "a", "writable": "maybe"})),
+            "Parameter 'writable' expects 'on' or 'off'"
+        );
+        assert_eq!(kv(json!({})), "Parameter 'node-name' is missing");
     }
 
     #[test]

@@ -154,7 +154,15 @@ fn next_value(
 fn configure(argv: &[String], d: &Arc<Daemon>, qmp: &Arc<QmpServer>) -> Result<Options, CliError> {
     let mut chardevs: HashMap<String, Chardev> = HashMap::new();
     let mut o = Options { pidfile: None };
-    let qmp_err = |opt: &str, arg: &str, e: QmpError| opt_error(opt, arg, e.desc);
+    let qmp_err = |opt: &str, arg: &str, e: QmpError| {
+        // keyval values are all strings; word type errors as QEMU's keyval visitor.
+        let e = if arg.trim_start().starts_with('{') {
+            e
+        } else {
+            oxemu_qmp::args::keyval_wording(e)
+        };
+        opt_error(opt, arg, e.desc)
+    };
     let mut i = 0;
     while i < argv.len() {
         let a = argv[i].clone();
