@@ -203,5 +203,6 @@ mod tests {
             from_value(json!({"node-name": "a", "writable": true, "num-queues": 2})).unwrap();
         assert_eq!((a.writable, a.num_queues), (b.writable, b.num_queues));
         assert_eq!(a.num_queues, Some(2));
+        assert_eq!(a.node_name, b.node_name);
     }
 }

@@ -185,6 +185,47 @@ fn invalid_json_gets_a_parse_error_reply() {
         .as_str()
         .unwrap()
         .starts_with("JSON parse error"));
+    // As in QEMU, the connection survives and the next command runs.
+    let r = c.cmd(json!({"execute": "query-version", "id": 2}));
+    assert_eq!(r["return"]["qemu"]["minor"], 2);
+    c.send_raw("\"just a string\"");
+    assert_eq!(c.recv()["error"]["desc"], "QMP input must be a JSON object");
+}
+
+#[test]
+fn capabilities_arguments_are_checked_like_qemu() {
+    let (_d, _s, path) = start();
+    let (mut c, _) = connect(&path);
+    let r = c.cmd(json!({"execute": "qmp_capabilities", "arguments": {"enable": ["foo"]}}));
+    assert_eq!(
+        r["error"]["desc"],
+        "Parameter 'null' does not accept value 'foo'"
+    );
+    let r = c.cmd(json!({"execute": "qmp_capabilities", "arguments": {"x": 1}}));
+    assert_eq!(r["error"]["desc"], "Parameter 'x' is unexpected");
+    // Still not negotiated after the failures.
+    let r = c.cmd(json!({"execute": "query-version"}));
+    assert_eq!(class(&r), "CommandNotFound");
+    let r = c.cmd(json!({"execute": "qmp_capabilities", "arguments": {"enable": ["oob"]}}));
+    assert_eq!(r, json!({"return": {}}));
+    let r = c.cmd(json!({"exec-oob": "query-version", "id": 1}));
+    assert_eq!(
+        r["error"]["desc"],
+        "The command query-version does not support OOB"
+    );
+    let r = c.cmd(json!({"exec-oob": "nope", "id": 1}));
+    assert_eq!(class(&r), "CommandNotFound");
+}
+
+#[test]
+fn exec_oob_without_negotiated_oob_is_an_unexpected_member() {
+    let (_d, _s, path) = start();
+    let mut c = negotiated(&path);
+    let r = c.cmd(json!({"exec-oob": "query-version"}));
+    assert_eq!(
+        r["error"]["desc"],
+        "QMP input member 'exec-oob' is unexpected"
+    );
 }
 
 #[test]
