@@ -58,7 +58,15 @@ def test_blockdevs_and_exports_are_added_and_removed_at_run_time(oxemu, image, t
         assert "wrote 8192/8192" in out.stdout
         async with asyncio.timeout(10):
             events = q.events
-            await q.execute("block-export-del", {"id": "e0"})
+            # qemu-io has exited, but the server may not have processed its disconnect
+            # yet; safe mode refuses until then (QEMU words it the same way).
+            while True:
+                try:
+                    await q.execute("block-export-del", {"id": "e0"})
+                    break
+                except ExecuteError as e:
+                    assert e.error.error.desc == "export 'e0' still in use"
+                    await asyncio.sleep(0.05)
             ev = await events.get()
             while ev["event"] != "BLOCK_EXPORT_DELETED":
                 ev = await events.get()
