@@ -85,10 +85,13 @@ pub trait Dispatcher: Send + Sync + 'static {
     }
 }
 
+/// The shared writing half of one client connection.
+type ClientWriter = Arc<Mutex<Box<dyn Write + Send>>>;
+
 /// Broadcasts events to every negotiated client.
 #[derive(Default)]
 pub struct EventBus {
-    clients: Mutex<Vec<(u64, Arc<Mutex<Box<dyn Write + Send>>>)>>,
+    clients: Mutex<Vec<(u64, ClientWriter)>>,
 }
 
 impl EventBus {
@@ -112,7 +115,7 @@ impl EventBus {
         });
     }
 
-    fn add(&self, id: u64, w: Arc<Mutex<Box<dyn Write + Send>>>) {
+    fn add(&self, id: u64, w: ClientWriter) {
         self.clients
             .lock()
             .unwrap_or_else(|p| p.into_inner())
