@@ -86,8 +86,10 @@ const READ_BUF: usize = 256 << 10;
 pub struct Stream {
     sock: Sock,
     tls: RefCell<Option<ServerConnection>>,
-    rbuf: RefCell<Vec<u8>>,
+    /// Fixed-size read buffer; `rpos..rend` holds unread bytes.
+    rbuf: RefCell<Box<[u8]>>,
     rpos: Cell<usize>,
+    rend: Cell<usize>,
     broken: Cell<bool>,
     /// The last read returned less than it asked for: the socket is probably
     /// empty, so the next read waits for readiness first instead of paying for a
@@ -104,8 +106,9 @@ impl Stream {
         Stream {
             sock,
             tls: RefCell::new(None),
-            rbuf: RefCell::new(Vec::with_capacity(READ_BUF)),
+            rbuf: RefCell::new(vec![0u8; READ_BUF].into_boxed_slice()),
             rpos: Cell::new(0),
+            rend: Cell::new(0),
             broken: Cell::new(false),
             drained: Cell::new(false),
             poll_first: Cell::new(true),
@@ -139,7 +142,7 @@ impl Stream {
     /// have been consumed yet (the read buffer is empty at option boundaries, because
     /// clients wait for the ACK before sending the ClientHello).
     pub async fn start_tls(&self, cfg: Arc<ServerConfig>) -> io::Result<()> {
-        let leftover = self.rbuf.borrow().len() - self.rpos.get();
+        let leftover = self.rend.get() - self.rpos.get();
         if leftover != 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -216,32 +219,25 @@ impl Stream {
         }
     }
 
-    /// Reads whatever is available (at least one byte) into the read buffer's spare
-    /// room; 0 at end of stream.
+    /// Refills the (fully consumed) read buffer with whatever is available, at
+    /// least one byte; 0 at end of stream.
     async fn fill(&self) -> io::Result<usize> {
-        {
-            let mut b = self.rbuf.borrow_mut();
-            if self.rpos.get() == b.len() {
-                b.clear();
-                self.rpos.set(0);
-            }
-        }
+        debug_assert_eq!(self.rpos.get(), self.rend.get());
+        self.rpos.set(0);
+        self.rend.set(0);
         if self.drained.get() && self.poll_first.get() && self.tls.borrow().is_none() {
             self.sock.readable().await?;
         }
         loop {
             let r = {
                 let mut b = self.rbuf.borrow_mut();
-                let old = b.len();
-                b.resize(old.max(READ_BUF).max(old + 4096), 0);
                 let mut t = self.tls.borrow_mut();
                 let r = match t.as_mut() {
-                    Some(c) => c.reader().read(&mut b[old..]),
-                    None => self.sock.try_read(&mut b[old..]),
+                    Some(c) => c.reader().read(&mut b[..]),
+                    None => self.sock.try_read(&mut b[..]),
                 };
-                let want = b.len() - old;
-                b.truncate(old + *r.as_ref().unwrap_or(&0));
-                self.drained.set(matches!(r, Ok(n) if n < want));
+                self.rend.set(*r.as_ref().unwrap_or(&0));
+                self.drained.set(matches!(r, Ok(n) if n < b.len()));
                 r
             };
             match r {
@@ -269,7 +265,7 @@ impl Stream {
             let avail = {
                 let b = self.rbuf.borrow();
                 let pos = self.rpos.get();
-                let n = (b.len() - pos).min(out.len() - done);
+                let n = (self.rend.get() - pos).min(out.len() - done);
                 out[done..done + n].copy_from_slice(&b[pos..pos + n]);
                 self.rpos.set(pos + n);
                 n

@@ -48,6 +48,8 @@ pub struct Inner {
     mem: Mutex<Option<Mem>>,
     handlers: Mutex<Vec<Arc<VringEpollHandler<BlkBackend>>>>,
     in_flight: Vec<AtomicUsize>,
+    /// Per queue: used entries were added since the last guest notification.
+    unsignalled: Vec<AtomicBool>,
 }
 
 /// The `VhostUserBackend` of a vhost-user-blk export (cheap to clone).
@@ -96,6 +98,7 @@ impl BlkBackend {
             in_flight: (0..config.num_queues)
                 .map(|_| AtomicUsize::new(0))
                 .collect(),
+            unsignalled: (0..config.num_queues).map(|_| AtomicBool::new(false)).collect(),
         }))
     }
 
@@ -187,7 +190,7 @@ impl BlkBackend {
                         let (st, written) = me.execute(&req, &mem).await;
                         tracing::trace!("vhost-user-blk: queue {q} head {head}: {:?} data {:?} -> status {st}, {written} bytes", req.op, req.data);
                         let _ = mem.write_obj(st, GuestAddress(req.status_addr));
-                        me.complete(&vring, head, written + 1);
+                        me.complete(q, &vring, head, written + 1);
                         me.0.in_flight[q].fetch_sub(1, Ordering::AcqRel);
                     });
                 }
@@ -197,19 +200,30 @@ impl BlkBackend {
                         Some(a) => u32::from(mem.write_obj(e.status, GuestAddress(a)).is_ok()),
                         None => 0,
                     };
-                    self.complete(vring, head, used);
+                    self.complete(q, vring, head, used);
                 }
             }
         }
         Ok(())
     }
 
-    fn complete(&self, vring: &VringRwLock, head: u16, len: u32) {
-        if vring.add_used(head, len).is_err() {
-            return;
+    /// Puts a finished request on the used ring. The guest is notified once per loop
+    /// run for all requests completed in it (see [`Self::notify_guests`]).
+    fn complete(&self, q: usize, vring: &VringRwLock, head: u16, len: u32) {
+        if vring.add_used(head, len).is_ok() {
+            self.0.unsignalled[q].store(true, Ordering::Release);
         }
-        if vring.needs_notification().unwrap_or(true) {
-            let _ = vring.signal_used_queue();
+    }
+
+    /// Signals the call eventfd of every queue with new used entries, if the driver
+    /// wants a notification (EVENT_IDX).
+    fn notify_guests(&self, vrings: &[VringRwLock]) {
+        for (q, vring) in vrings.iter().enumerate() {
+            if self.0.unsignalled.get(q).is_some_and(|u| u.swap(false, Ordering::AcqRel))
+                && vring.needs_notification().unwrap_or(true)
+            {
+                let _ = vring.signal_used_queue();
+            }
         }
     }
 
@@ -323,6 +337,7 @@ impl VhostUserBackend for BlkBackend {
         VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
     }
 
     fn set_event_idx(&self, enabled: bool) {
@@ -395,7 +410,9 @@ impl VhostUserBackend for BlkBackend {
         tracing::trace!("vhost-user-blk: event {device_event} on thread {thread_id}");
         if q >= vrings.len() {
             // The notify eventfd of this thread's loop.
-            return self.with_loop(thread_id, |lp| lp.run_nonblocking());
+            self.with_loop(thread_id, |lp| lp.run_nonblocking())?;
+            self.notify_guests(vrings);
+            return Ok(());
         }
         let vring = &vrings[q];
         self.with_loop(thread_id, |lp| -> io::Result<()> {
@@ -417,6 +434,8 @@ impl VhostUserBackend for BlkBackend {
             }
             lp.run_nonblocking();
             Ok(())
-        })?
+        })??;
+        self.notify_guests(vrings);
+        Ok(())
     }
 }
