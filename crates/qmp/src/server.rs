@@ -449,7 +449,8 @@ impl QmpServer {
         }
     }
 
-    /// A `query-qmp-schema` answer in QEMU's SchemaInfo shape (names not masked).
+    /// A `query-qmp-schema` answer in QEMU's SchemaInfo shape (names not masked). As in
+    /// QEMU, `allow-oob` is present only for OOB-capable commands, i.e. never here.
     fn schema(&self) -> Value {
         let mut out = vec![
             json!({"name": "str", "meta-type": "builtin", "json-type": "string"}),
@@ -463,8 +464,7 @@ impl QmpServer {
             .chain(self.dispatcher.commands().iter())
         {
             let arg_type = format!("{}-arg", c.name);
-            out.push(json!({"name": c.name, "meta-type": "command", "arg-type": arg_type, "ret-type": "any",
-                "allow-oob": false}));
+            out.push(json!({"name": c.name, "meta-type": "command", "arg-type": arg_type, "ret-type": "any"}));
             let members: Vec<Value> = c
                 .args
                 .iter()

@@ -300,3 +300,32 @@ fn shutdown_removes_the_socket() {
     s.shutdown();
     assert!(!path.exists());
 }
+
+#[test]
+fn schema_references_only_types_it_defines() {
+    let (_d, _s, path) = start();
+    let mut c = negotiated(&path);
+    let schema = c.cmd(json!({"execute": "query-qmp-schema"}))["return"].clone();
+    let entries = schema.as_array().unwrap();
+    let names: Vec<&str> = entries
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    for e in entries {
+        for key in ["arg-type", "ret-type"] {
+            if let Some(t) = e.get(key) {
+                assert!(names.contains(&t.as_str().unwrap()), "{e}: {t} undefined");
+            }
+        }
+        for m in e["members"].as_array().into_iter().flatten() {
+            assert!(
+                names.contains(&m["type"].as_str().unwrap()),
+                "{e}: {m} undefined"
+            );
+        }
+        assert!(
+            e.get("allow-oob").is_none(),
+            "{e}: no command is OOB-capable"
+        );
+    }
+}
