@@ -107,6 +107,10 @@ ERROR_CASES = [
     ([], ("blockdev-add", {"driver": "file", "node-name": 5, "filename": "x"})),
     ([], ("blockdev-add", {"driver": "file", "node-name": "z", "filename": "IMG", "bogus": 1})),
     ([], ("no-such-command", {})),
+    ([], ("blockdev-add", {"driver": "nope", "node-name": "z"})),
+    ([], ("block-export-add", {"type": "nope", "id": "e", "node-name": "z"})),
+    ([], ("object-add", {"qom-type": "nope", "id": "x"})),
+    ([], ("object-add", {"qom-type": "iothread"})),
 ]
 
 

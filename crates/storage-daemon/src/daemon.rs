@@ -131,6 +131,13 @@ impl Daemon {
     /// `block-export-add`.
     pub fn block_export_add(&self, args: Value) -> Result<Value, QmpError> {
         let o: BlockExportOptions = from_value(args)?;
+        // The type is the union's discriminator: QEMU rejects it before anything else.
+        if !matches!(o.ty.as_str(), "nbd" | "vhost-user-blk") {
+            return Err(QmpError::generic(format!(
+                "Parameter 'type' does not accept value '{}'",
+                o.ty
+            )));
+        }
         let mut st = self.st();
         if st.exports.contains_key(&o.id) {
             return Err(QmpError::generic(format!(
@@ -302,7 +309,11 @@ impl Daemon {
                     },
                 );
             }
-            other => return Err(QmpError::generic(format!("Invalid parameter '{other}'"))),
+            other => {
+                return Err(QmpError::generic(format!(
+                    "Parameter 'qom-type' does not accept value '{other}'"
+                )))
+            }
         }
         Ok(json!({}))
     }

@@ -111,7 +111,7 @@ impl Graph {
                     "Unknown driver 'qcow2': the qcow2 format driver is not built into this oxemu-storage-daemon",
                 ))
             }
-            other => return Err(QmpError::generic(format!("Invalid parameter '{other}'"))),
+            other => return Err(QmpError::generic(format!("Parameter 'driver' does not accept value '{other}'"))),
         };
         let name = match given {
             Some(n) => {

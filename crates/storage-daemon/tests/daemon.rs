@@ -216,6 +216,18 @@ fn command_line_errors_name_the_option_like_qemu() {
         ],
         vec!["--blockdev".to_string(), format!("driver=file,node-name=f0,filename={img}"), "--blockdev".to_string(), format!("driver=file,node-name=f0,filename={img}")],
     ];
+    let cases = cases.into_iter().chain([
+        vec![
+            "--blockdev".to_string(),
+            "driver=nope,node-name=z".to_string(),
+        ],
+        vec![
+            "--export".to_string(),
+            "type=nope,id=e,node-name=z".to_string(),
+        ],
+        vec!["--object".to_string(), "nope,id=x".to_string()],
+        vec!["--monitor".to_string(), "chardev=nope".to_string()],
+    ]);
     for args in cases {
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
         let ours = run(BIN, &a);
