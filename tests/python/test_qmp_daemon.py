@@ -111,6 +111,11 @@ ERROR_CASES = [
     ([], ("block-export-add", {"type": "nope", "id": "e", "node-name": "z"})),
     ([], ("object-add", {"qom-type": "nope", "id": "x"})),
     ([], ("object-add", {"qom-type": "iothread"})),
+    ([], ("object-add", {"qom-type": "iothread", "id": "bad id"})),
+    ([], ("blockdev-add", {"driver": "file", "node-name": "a", "filename": "IMG", "aio": "bogus"})),
+    ([], ("blockdev-add", {"driver": "raw", "node-name": "a", "file": "nope"})),
+    ([], ("query-block-exports", {"x": 1})),
+    ([], ("quit", {"x": 1})),
 ]
 
 

@@ -15,6 +15,9 @@ struct Echo;
 
 impl Dispatcher for Echo {
     fn dispatch(&self, name: &str, args: Value, events: &EventBus) -> Result<Value, QmpError> {
+        if name == "silent" {
+            return Ok(json!({}));
+        }
         assert_eq!(name, "echo-back");
         let text = args
             .get("text")
@@ -26,10 +29,16 @@ impl Dispatcher for Echo {
     }
 
     fn commands(&self) -> Vec<CommandInfo> {
-        vec![CommandInfo {
-            name: "echo-back",
-            args: &[("text", "str", false)],
-        }]
+        vec![
+            CommandInfo {
+                name: "echo-back",
+                args: &[("text", "str", false)],
+            },
+            CommandInfo {
+                name: "silent",
+                args: &[],
+            },
+        ]
     }
 
     fn events(&self) -> Vec<&'static str> {
@@ -166,6 +175,9 @@ fn malformed_requests_get_qemus_error_shapes() {
         assert_eq!(class(&r), "GenericError", "{req}");
         assert_eq!(r["error"]["desc"], desc, "{req}");
     }
+    let r = c.cmd(json!({"execute": "silent", "arguments": {"x": 1}}));
+    assert_eq!(r["error"]["desc"], "Parameter 'x' is unexpected");
+    assert_eq!(c.cmd(json!({"execute": "silent"})), json!({"return": {}}));
     let r = c.cmd(json!({"execute": "no-such-thing"}));
     assert_eq!(class(&r), "CommandNotFound");
     assert_eq!(
