@@ -116,6 +116,7 @@ ERROR_CASES = [
     ([], ("blockdev-add", {"driver": "raw", "node-name": "a", "file": "nope"})),
     ([], ("query-block-exports", {"x": 1})),
     ([], ("quit", {"x": 1})),
+    ([], ("blockdev-add", {"driver": "file", "node-name": "a", "filename": "IMG", "read-only": "on"})),
 ]
 
 
