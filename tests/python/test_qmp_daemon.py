@@ -58,7 +58,15 @@ def test_blockdevs_and_exports_are_added_and_removed_at_run_time(oxemu, image, t
         assert "wrote 8192/8192" in out.stdout
         async with asyncio.timeout(10):
             events = q.events
-            await q.execute("block-export-del", {"id": "e0"})
+            # qemu-io has exited, but the server may not have processed its disconnect
+            # yet; safe mode refuses until then (QEMU words it the same way).
+            while True:
+                try:
+                    await q.execute("block-export-del", {"id": "e0"})
+                    break
+                except ExecuteError as e:
+                    assert e.error.error.desc == "export 'e0' still in use"
+                    await asyncio.sleep(0.05)
             ev = await events.get()
             while ev["event"] != "BLOCK_EXPORT_DELETED":
                 ev = await events.get()
@@ -99,6 +107,16 @@ ERROR_CASES = [
     ([], ("blockdev-add", {"driver": "file", "node-name": 5, "filename": "x"})),
     ([], ("blockdev-add", {"driver": "file", "node-name": "z", "filename": "IMG", "bogus": 1})),
     ([], ("no-such-command", {})),
+    ([], ("blockdev-add", {"driver": "nope", "node-name": "z"})),
+    ([], ("block-export-add", {"type": "nope", "id": "e", "node-name": "z"})),
+    ([], ("object-add", {"qom-type": "nope", "id": "x"})),
+    ([], ("object-add", {"qom-type": "iothread"})),
+    ([], ("object-add", {"qom-type": "iothread", "id": "bad id"})),
+    ([], ("blockdev-add", {"driver": "file", "node-name": "a", "filename": "IMG", "aio": "bogus"})),
+    ([], ("blockdev-add", {"driver": "raw", "node-name": "a", "file": "nope"})),
+    ([], ("query-block-exports", {"x": 1})),
+    ([], ("quit", {"x": 1})),
+    ([], ("blockdev-add", {"driver": "file", "node-name": "a", "filename": "IMG", "read-only": "on"})),
 ]
 
 

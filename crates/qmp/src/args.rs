@@ -59,16 +59,65 @@ pub fn from_value<T: DeserializeOwned>(v: Value) -> Result<T, QmpError> {
     })
 }
 
+/// Rewords an error from [`from_value`] for arguments that came from keyval syntax
+/// (`a=b,c=d`), where every value is a string: QEMU's keyval visitor says
+/// `Parameter 'x' expects integer` (or `expects 'on' or 'off'`) where its JSON
+/// visitor says `Invalid parameter type for 'x', expected: integer`.
+pub fn keyval_wording(e: QmpError) -> QmpError {
+    let Some(rest) = e.desc.strip_prefix("Invalid parameter type for '") else {
+        return e;
+    };
+    let Some((param, expected)) = rest.split_once("', expected: ") else {
+        return e;
+    };
+    let want = match expected {
+        "integer" => "integer",
+        "boolean" => "'on' or 'off'",
+        _ => return e,
+    };
+    QmpError {
+        class: e.class,
+        desc: format!("Parameter '{param}' expects {want}"),
+    }
+}
+
 fn between<'a>(s: &'a str, start: &str, end: &str) -> Option<&'a str> {
     let i = s.find(start)? + start.len();
     let j = s[i..].find(end)? + i;
     Some(&s[i..j])
 }
 
-/// Accepts a JSON boolean or a keyval `on|off|yes|no|true|false`.
+thread_local! {
+    static KEYVAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with keyval typing: inside it, [`flex_bool`] and [`flex_u64`] accept the
+/// strings keyval syntax produces (`on`, `1024`), as QEMU's keyval visitor does.
+/// Outside it (QMP and JSON options) they accept only JSON booleans and numbers, as
+/// QEMU's JSON visitor does.
+pub fn with_keyval<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            KEYVAL.with(|k| k.set(self.0));
+        }
+    }
+    let _reset = Reset(KEYVAL.with(|k| k.replace(true)));
+    f()
+}
+
+fn keyval_typing() -> bool {
+    KEYVAL.with(|k| k.get())
+}
+
+/// Accepts a JSON boolean, or within [`with_keyval`] a keyval
+/// `on|off|yes|no|true|false`.
 pub fn flex_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     match Value::deserialize(d)? {
         Value::Bool(b) => Ok(b),
+        Value::String(s) if !keyval_typing() => Err(serde::de::Error::custom(format!(
+            "invalid type: string \"{s}\", expected a boolean"
+        ))),
         Value::String(s) => match s.as_str() {
             "on" | "yes" | "true" | "y" => Ok(true),
             "off" | "no" | "false" | "n" => Ok(false),
@@ -87,9 +136,13 @@ pub fn flex_opt_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D:
     flex_bool(d).map(Some)
 }
 
-/// Accepts a JSON number or a keyval integer (decimal, `0x` hex, or with a size suffix).
+/// Accepts a JSON number, or within [`with_keyval`] a keyval integer (decimal, `0x`
+/// hex, or with a size suffix).
 pub fn flex_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     match Value::deserialize(d)? {
+        Value::String(s) if !keyval_typing() => Err(serde::de::Error::custom(format!(
+            "invalid type: string \"{s}\", expected an integer"
+        ))),
         Value::Number(n) => n
             .as_u64()
             .ok_or_else(|| serde::de::Error::custom("invalid type: number, expected an integer")),
@@ -160,12 +213,35 @@ mod tests {
     }
 
     #[test]
+    fn keyval_input_gets_the_keyval_visitors_wording() {
+        let kv = |v| keyval_wording(with_keyval(|| from_value::<T>(v)).unwrap_err()).desc;
+        assert_eq!(
+            kv(json!({"node-name": "a", "num-queues": "x"})),
+            "Parameter 'num-queues' expects integer"
+        );
+        assert_eq!(
+            kv(json!({"node-name": "a", "writable": "maybe"})),
+            "Parameter 'writable' expects 'on' or 'off'"
+        );
+        assert_eq!(kv(json!({})), "Parameter 'node-name' is missing");
+    }
+
+    #[test]
     fn keyval_strings_and_json_values_give_the_same_struct() {
-        let a: T =
-            from_value(json!({"node-name": "a", "writable": "on", "num-queues": "2"})).unwrap();
+        let a: T = with_keyval(|| {
+            from_value(json!({"node-name": "a", "writable": "on", "num-queues": "2"}))
+        })
+        .unwrap();
+        // Outside keyval typing (QMP, JSON options) strings are type errors, as in QEMU.
+        let e = from_value::<T>(json!({"node-name": "a", "writable": "on"})).unwrap_err();
+        assert_eq!(
+            e.desc,
+            "Invalid parameter type for 'writable', expected: boolean"
+        );
         let b: T =
             from_value(json!({"node-name": "a", "writable": true, "num-queues": 2})).unwrap();
         assert_eq!((a.writable, a.num_queues), (b.writable, b.num_queues));
         assert_eq!(a.num_queues, Some(2));
+        assert_eq!(a.node_name, b.node_name);
     }
 }

@@ -11,6 +11,7 @@
 
 pub mod args;
 pub mod error;
+pub mod framing;
 pub mod keyval;
 pub mod server;
 

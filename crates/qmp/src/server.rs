@@ -5,7 +5,7 @@
 //! parser). Commands of all clients run one at a time under one lock, as in QEMU's
 //! main loop. Events go to every client that has completed negotiation.
 
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::TcpListener;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value};
 
+use crate::framing::{Frame, Framer};
 use crate::QmpError;
 
 /// What `query-version` reports and the greeting carries.
@@ -84,10 +85,13 @@ pub trait Dispatcher: Send + Sync + 'static {
     }
 }
 
+/// The shared writing half of one client connection.
+type ClientWriter = Arc<Mutex<Box<dyn Write + Send>>>;
+
 /// Broadcasts events to every negotiated client.
 #[derive(Default)]
 pub struct EventBus {
-    clients: Mutex<Vec<(u64, Arc<Mutex<Box<dyn Write + Send>>>)>>,
+    clients: Mutex<Vec<(u64, ClientWriter)>>,
 }
 
 impl EventBus {
@@ -111,7 +115,7 @@ impl EventBus {
         });
     }
 
-    fn add(&self, id: u64, w: Arc<Mutex<Box<dyn Write + Send>>>) {
+    fn add(&self, id: u64, w: ClientWriter) {
         self.clients
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -253,30 +257,48 @@ impl QmpServer {
             w.flush()
         };
         send(&json!({"QMP": {"version": self.version.to_json(), "capabilities": ["oob"]}}))?;
-        let mut negotiated = false;
-        let reader = BufReader::new(r.take(u64::MAX));
-        let mut stream =
-            serde_json::Deserializer::from_reader(LimitedReader::new(reader)).into_iter::<Value>();
+        let mut session = Session::default();
+        let mut r = r;
+        let mut framer = Framer::new(MAX_COMMAND);
+        let mut frames = Vec::new();
+        let mut chunk = vec![0u8; 64 << 10];
         loop {
-            let req = match stream.next() {
-                None => return Ok(()),
-                Some(Ok(v)) => v,
-                Some(Err(e)) if e.is_io() || e.is_eof() => return Ok(()),
-                Some(Err(e)) => {
-                    // The stream cannot resynchronise after a syntax error: reply and
-                    // drop the connection, as a client must reconnect anyway.
-                    send(
-                        &json!({"error": QmpError::generic(format!("JSON parse error, {e}")).to_json()}),
-                    )?;
+            if frames.is_empty() {
+                let n = match r.read(&mut chunk) {
+                    Ok(0) => return Ok(()),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => return Ok(()),
+                };
+                framer.push(&chunk[..n], &mut frames);
+                frames.reverse();
+                continue;
+            }
+            let text = match frames.pop() {
+                Some(Frame::Text(t)) => t,
+                Some(Frame::TooLong) | None => {
+                    send(&json!({"error": QmpError::generic("QMP command too long").to_json()}))?;
                     return Ok(());
+                }
+            };
+            let req = match serde_json::from_slice::<Value>(&text) {
+                Ok(v) => v,
+                Err(e) => {
+                    // As in QEMU, a syntax error costs one reply; the stream goes on.
+                    let m = e.to_string();
+                    let m = m.split(" at line ").next().unwrap_or(&m).to_string();
+                    send(
+                        &json!({"error": QmpError::generic(format!("JSON parse error, {m}")).to_json()}),
+                    )?;
+                    continue;
                 }
             };
             if self.stopping.load(Ordering::SeqCst) {
                 return Ok(());
             }
-            let (reply, cmd) = self.handle(req, &mut negotiated);
+            let (reply, cmd) = self.handle(req, &mut session);
             send(&reply)?;
-            if negotiated
+            if session.negotiated
                 && cmd.as_deref() == Some("qmp_capabilities")
                 && reply.get("return").is_some()
             {
@@ -291,7 +313,7 @@ impl QmpServer {
     }
 
     /// Checks and runs one request; returns the reply and the command name.
-    fn handle(&self, req: Value, negotiated: &mut bool) -> (Value, Option<String>) {
+    fn handle(&self, req: Value, session: &mut Session) -> (Value, Option<String>) {
         let id = req.get("id").cloned();
         let with_id = |mut v: Value| {
             if let Some(id) = &id {
@@ -307,7 +329,13 @@ impl QmpServer {
             );
         };
         for k in m.keys() {
-            if !matches!(k.as_str(), "execute" | "exec-oob" | "arguments" | "id") {
+            let known = match k.as_str() {
+                "execute" | "arguments" | "id" => true,
+                // exec-oob is only part of the protocol once OOB was negotiated.
+                "exec-oob" => session.oob,
+                _ => false,
+            };
+            if !known {
                 return (
                     err(QmpError::generic(format!(
                         "QMP input member '{k}' is unexpected"
@@ -316,13 +344,23 @@ impl QmpServer {
                 );
             }
         }
-        let name = match m.remove("execute").or_else(|| m.remove("exec-oob")) {
+        let oob = m.contains_key("exec-oob");
+        if oob && m.contains_key("execute") {
+            return (
+                err(QmpError::generic(
+                    "QMP input must have either 'execute' or 'exec-oob'",
+                )),
+                None,
+            );
+        }
+        let key = if oob { "exec-oob" } else { "execute" };
+        let name = match m.remove(key) {
             Some(Value::String(s)) => s,
             Some(_) => {
                 return (
-                    err(QmpError::generic(
-                        "QMP input member 'execute' must be a string",
-                    )),
+                    err(QmpError::generic(format!(
+                        "QMP input member '{key}' must be a string"
+                    ))),
                     None,
                 )
             }
@@ -345,7 +383,7 @@ impl QmpServer {
                 )
             }
         };
-        if !*negotiated {
+        if !session.negotiated {
             if name != "qmp_capabilities" {
                 return (
                     err(QmpError::command_not_found(
@@ -354,8 +392,35 @@ impl QmpServer {
                     None,
                 );
             }
-            *negotiated = true;
-            return (with_id(json!({"return": {}})), Some(name));
+            return match capabilities(&args) {
+                Ok(oob) => {
+                    session.negotiated = true;
+                    session.oob = oob;
+                    (with_id(json!({"return": {}})), Some(name))
+                }
+                Err(e) => (err(e), None),
+            };
+        }
+        let known = builtin_commands()
+            .iter()
+            .chain(self.dispatcher.commands().iter())
+            .any(|c| c.name == name);
+        if !known {
+            return (
+                err(QmpError::command_not_found(format!(
+                    "The command {name} has not been found"
+                ))),
+                None,
+            );
+        }
+        if oob {
+            // No oxemu command is marked allow-oob (see query-qmp-schema).
+            return (
+                err(QmpError::generic(format!(
+                    "The command {name} does not support OOB"
+                ))),
+                None,
+            );
         }
         let _g = self.exec.lock().unwrap_or_else(|p| p.into_inner());
         let r = match name.as_str() {
@@ -373,10 +438,20 @@ impl QmpServer {
                 Value::Array(names)
             }),
             "query-qmp-schema" => no_args(&args).map(|_| self.schema()),
-            _ if !self.dispatcher.commands().iter().any(|c| c.name == name) => Err(
-                QmpError::command_not_found(format!("The command {name} has not been found")),
-            ),
-            _ => self.dispatcher.dispatch(&name, args, &self.events),
+            _ => {
+                // Commands declared without arguments refuse any, as QEMU's
+                // generated marshallers do; others check their own (typed) arguments.
+                let takes_none = self
+                    .dispatcher
+                    .commands()
+                    .iter()
+                    .any(|c| c.name == name && c.args.is_empty());
+                if takes_none {
+                    no_args(&args).and_then(|_| self.dispatcher.dispatch(&name, args, &self.events))
+                } else {
+                    self.dispatcher.dispatch(&name, args, &self.events)
+                }
+            }
         };
         match r {
             Ok(v) => (with_id(json!({"return": v})), Some(name)),
@@ -384,7 +459,8 @@ impl QmpServer {
         }
     }
 
-    /// A `query-qmp-schema` answer in QEMU's SchemaInfo shape (names not masked).
+    /// A `query-qmp-schema` answer in QEMU's SchemaInfo shape (names not masked). As in
+    /// QEMU, `allow-oob` is present only for OOB-capable commands, i.e. never here.
     fn schema(&self) -> Value {
         let mut out = vec![
             json!({"name": "str", "meta-type": "builtin", "json-type": "string"}),
@@ -398,8 +474,7 @@ impl QmpServer {
             .chain(self.dispatcher.commands().iter())
         {
             let arg_type = format!("{}-arg", c.name);
-            out.push(json!({"name": c.name, "meta-type": "command", "arg-type": arg_type, "ret-type": "any",
-                "allow-oob": false}));
+            out.push(json!({"name": c.name, "meta-type": "command", "arg-type": arg_type, "ret-type": "any"}));
             let members: Vec<Value> = c
                 .args
                 .iter()
@@ -445,6 +520,45 @@ impl QmpServer {
     }
 }
 
+/// Per-connection protocol state.
+#[derive(Default)]
+struct Session {
+    negotiated: bool,
+    oob: bool,
+}
+
+/// Checks `qmp_capabilities`' arguments; returns whether OOB was enabled.
+fn capabilities(args: &Value) -> Result<bool, QmpError> {
+    let mut oob = false;
+    for (k, v) in args.as_object().into_iter().flatten() {
+        if k != "enable" {
+            return Err(QmpError::generic(format!("Parameter '{k}' is unexpected")));
+        }
+        let Value::Array(list) = v else {
+            return Err(QmpError::generic(
+                "Invalid parameter type for 'enable', expected: array",
+            ));
+        };
+        for c in list {
+            match c.as_str() {
+                Some("oob") => oob = true,
+                // QEMU's wording, 'null' included: the list elements have no name.
+                Some(other) => {
+                    return Err(QmpError::generic(format!(
+                        "Parameter 'null' does not accept value '{other}'"
+                    )))
+                }
+                None => {
+                    return Err(QmpError::generic(
+                        "Invalid parameter type for 'null', expected: string",
+                    ))
+                }
+            }
+        }
+    }
+    Ok(oob)
+}
+
 fn no_args(args: &Value) -> Result<(), QmpError> {
     match args.as_object().and_then(|m| m.keys().next()) {
         Some(k) => Err(QmpError::generic(format!("Parameter '{k}' is unexpected"))),
@@ -473,37 +587,6 @@ fn builtin_commands() -> &'static [CommandInfo] {
     ]
 }
 
-/// Caps how much one client can make the parser buffer.
-struct LimitedReader<R> {
-    inner: R,
-    since_reset: usize,
-}
-
-impl<R> LimitedReader<R> {
-    fn new(inner: R) -> Self {
-        LimitedReader {
-            inner,
-            since_reset: 0,
-        }
-    }
-}
-
-impl<R: Read> Read for LimitedReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        // Reset the budget at every closing brace at depth zero is not known here;
-        // approximate with newlines, which every QMP client sends after a command.
-        if buf[..n].contains(&b'\n') {
-            self.since_reset = 0;
-        } else {
-            self.since_reset += n;
-        }
-        if self.since_reset > MAX_COMMAND {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "QMP command too long",
-            ));
-        }
-        Ok(n)
-    }
-}
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;

@@ -131,6 +131,13 @@ impl Daemon {
     /// `block-export-add`.
     pub fn block_export_add(&self, args: Value) -> Result<Value, QmpError> {
         let o: BlockExportOptions = from_value(args)?;
+        // The type is the union's discriminator: QEMU rejects it before anything else.
+        if !matches!(o.ty.as_str(), "nbd" | "vhost-user-blk") {
+            return Err(QmpError::generic(format!(
+                "Parameter 'type' does not accept value '{}'",
+                o.ty
+            )));
+        }
         let mut st = self.st();
         if st.exports.contains_key(&o.id) {
             return Err(QmpError::generic(format!(
@@ -266,6 +273,15 @@ impl Daemon {
     /// `object-add` / `--object`.
     pub fn object_add(&self, args: Value) -> Result<Value, QmpError> {
         let o: ObjectOptions = from_value(args)?;
+        if !matches!(o.qom_type.as_str(), "iothread" | "tls-creds-x509") {
+            return Err(QmpError::generic(format!(
+                "Parameter 'qom-type' does not accept value '{}'",
+                o.qom_type
+            )));
+        }
+        if !id_wellformed(&o.id) {
+            return Err(QmpError::generic("Parameter 'id' expects an identifier"));
+        }
         let mut st = self.st();
         if st.iothreads.contains_key(&o.id) || st.tls.contains_key(&o.id) {
             return Err(QmpError::generic(format!(
@@ -302,7 +318,11 @@ impl Daemon {
                     },
                 );
             }
-            other => return Err(QmpError::generic(format!("Invalid parameter '{other}'"))),
+            other => {
+                return Err(QmpError::generic(format!(
+                    "Parameter 'qom-type' does not accept value '{other}'"
+                )))
+            }
         }
         Ok(json!({}))
     }
@@ -549,4 +569,11 @@ impl Dispatcher for Daemon {
     fn events(&self) -> Vec<&'static str> {
         vec!["BLOCK_EXPORT_DELETED", "SHUTDOWN"]
     }
+}
+
+/// QEMU's `id_wellformed`: a letter, then letters, digits, `-`, `.` or `_`.
+fn id_wellformed(id: &str) -> bool {
+    let mut c = id.chars();
+    c.next().is_some_and(|f| f.is_ascii_alphabetic())
+        && c.all(|x| x.is_ascii_alphanumeric() || matches!(x, '-' | '.' | '_'))
 }

@@ -78,6 +78,16 @@ enum Chardev {
     Tcp(String),
 }
 
+/// Runs `f` with keyval typing (strings for booleans and integers) unless the option
+/// argument is JSON, which is typed strictly as QMP arguments are.
+fn typed<R>(arg: &str, f: impl FnOnce() -> R) -> R {
+    if arg.trim_start().starts_with('{') {
+        f()
+    } else {
+        oxemu_qmp::args::with_keyval(f)
+    }
+}
+
 /// A command-line error, printed as `oxemu-storage-daemon: <option> <arg>: <msg>`.
 struct CliError(String);
 
@@ -154,7 +164,15 @@ fn next_value(
 fn configure(argv: &[String], d: &Arc<Daemon>, qmp: &Arc<QmpServer>) -> Result<Options, CliError> {
     let mut chardevs: HashMap<String, Chardev> = HashMap::new();
     let mut o = Options { pidfile: None };
-    let qmp_err = |opt: &str, arg: &str, e: QmpError| opt_error(opt, arg, e.desc);
+    let qmp_err = |opt: &str, arg: &str, e: QmpError| {
+        // keyval values are all strings; word type errors as QEMU's keyval visitor.
+        let e = if arg.trim_start().starts_with('{') {
+            e
+        } else {
+            oxemu_qmp::args::keyval_wording(e)
+        };
+        opt_error(opt, arg, e.desc)
+    };
     let mut i = 0;
     while i < argv.len() {
         let a = argv[i].clone();
@@ -166,13 +184,19 @@ fn configure(argv: &[String], d: &Arc<Daemon>, qmp: &Arc<QmpServer>) -> Result<O
             "--daemonize" => {}
             "--blockdev" => {
                 let v = next_value(argv, &mut i, &name, inline)?;
-                d.blockdev_add(parse(&v, &name, None)?)
-                    .map_err(|e| qmp_err(&name, &v, e))?;
+                {
+                    let a = parse(&v, &name, None)?;
+                    typed(&v, || d.blockdev_add(a))
+                }
+                .map_err(|e| qmp_err(&name, &v, e))?;
             }
             "--export" => {
                 let v = next_value(argv, &mut i, &name, inline)?;
-                d.block_export_add(parse(&v, &name, Some("type"))?)
-                    .map_err(|e| qmp_err(&name, &v, e))?;
+                {
+                    let a = parse(&v, &name, Some("type"))?;
+                    typed(&v, || d.block_export_add(a))
+                }
+                .map_err(|e| qmp_err(&name, &v, e))?;
             }
             "--object" => {
                 let v = next_value(argv, &mut i, &name, inline)?;
@@ -180,13 +204,19 @@ fn configure(argv: &[String], d: &Arc<Daemon>, qmp: &Arc<QmpServer>) -> Result<O
                     println!("List of user creatable objects:\n  iothread\n  tls-creds-x509");
                     std::process::exit(0);
                 }
-                d.object_add(parse(&v, &name, Some("qom-type"))?)
-                    .map_err(|e| qmp_err(&name, &v, e))?;
+                {
+                    let a = parse(&v, &name, Some("qom-type"))?;
+                    typed(&v, || d.object_add(a))
+                }
+                .map_err(|e| qmp_err(&name, &v, e))?;
             }
             "--nbd-server" => {
                 let v = next_value(argv, &mut i, &name, inline)?;
-                d.nbd_server_start(parse(&v, &name, None)?)
-                    .map_err(|e| qmp_err(&name, &v, e))?;
+                {
+                    let a = parse(&v, &name, None)?;
+                    typed(&v, || d.nbd_server_start(a))
+                }
+                .map_err(|e| qmp_err(&name, &v, e))?;
             }
             "--chardev" => {
                 let v = next_value(argv, &mut i, &name, inline)?;
