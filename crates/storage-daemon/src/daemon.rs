@@ -158,6 +158,11 @@ impl Daemon {
             ));
         }
         let driver = node.node.clone();
+        // Check the iothread before anything starts serving. (vhost-user-blk queues run
+        // on their own threads; NBD connections on the server's loop.)
+        if let Some(io) = &o.iothread {
+            self.iothread_handle(&st, Some(io))?;
+        }
         let export: Arc<dyn BlockExport> = match o.ty.as_str() {
             "nbd" => {
                 let Some(server) = st.nbd.as_ref() else {
@@ -209,9 +214,6 @@ impl Daemon {
                 )))
             }
         };
-        if let Some(io) = &o.iothread {
-            self.iothread_handle(&st, Some(io))?;
-        }
         st.exports.insert(
             o.id.clone(),
             ExportEntry {
