@@ -463,7 +463,8 @@ impl Meta {
     /// to the host cluster it lives in.
     pub async fn alloc_bytes(&mut self, len: u64) -> io::Result<u64> {
         let off = self.free_byte;
-        if off != 0 && off % self.cs != 0 && len <= self.cs - off % self.cs {
+        let o = self.h.refcount_order;
+        if off != 0 && off % self.cs != 0 && len <= self.cs - off % self.cs && self.refcount(off / self.cs).await? < refcount::max(o) {
             self.add_ref(off / self.cs, 1).await?;
             self.free_byte = off + len;
             return Ok(off);
