@@ -64,8 +64,8 @@ impl Qcow2 {
             if len == 0 {
                 return;
             }
-            let (first, last) = (off / cs, (off + len - 1) / cs);
-            if last >= file_clusters.max(1) + MAX_TRACKED || last >= MAX_TRACKED {
+            let (first, last) = (off / cs, off.saturating_add(len - 1) / cs);
+            if last >= file_clusters + 16 || last >= MAX_TRACKED {
                 r.corruptions += 1;
                 r.messages.push(format!("ERROR {what} at {off:#x} is far beyond the end of the image"));
                 return;
@@ -94,60 +94,21 @@ impl Qcow2 {
         r.total_clusters = gclusters;
         let mut prev_host = None;
         let mut fix_copied = Vec::new();
-        for gc in 0..gclusters {
-            if gc % m.l2_entries == 0 {
-                let l1i = (gc / m.l2_entries) as usize;
-                let e = m.l1[l1i];
-                let off = e & OFFSET_MASK;
-                if off != 0 {
-                    if off % cs != 0 || off >= file_clusters * cs {
-                        r.corruptions += 1;
-                        r.messages.push(format!("ERROR L2 table offset {off:#x} in L1 entry {l1i} is unaligned or past the end of the image"));
-                        continue;
-                    }
-                    bump(&mut refs, &mut r, off, cs, "L2 table");
-                }
-            }
-            let l1e = m.l1[(gc / m.l2_entries) as usize] & OFFSET_MASK;
-            if l1e == 0 || l1e % cs != 0 || l1e >= file_clusters * cs {
+        for l1i in 0..m.l1.len() {
+            let off = m.l1[l1i] & OFFSET_MASK;
+            if off == 0 {
                 continue;
             }
-            let (e, _bm) = match m.entry(gc).await {
-                Ok(v) => v,
-                Err(err) => {
-                    r.check_errors += 1;
-                    r.messages.push(format!("ERROR reading L2 entry of guest offset {:#x}: {err}", gc * cs));
-                    continue;
-                }
-            };
-            if e & COMPRESSED != 0 {
-                let x = 62 - (m.h.cluster_bits - 8);
-                let host = e & ((1u64 << x) - 1);
-                let sectors = ((e >> x) & ((1u64 << (62 - x)) - 1)) + 1;
-                bump(&mut refs, &mut r, host, sectors * 512 - (host & 511), "compressed cluster");
-                r.allocated_clusters += 1;
-                r.compressed_clusters += 1;
-                prev_host = None;
-                continue;
-            }
-            let host = e & OFFSET_MASK;
-            if host == 0 {
-                continue;
-            }
-            if host % cs != 0 {
+            if off % cs != 0 || off >= file_clusters * cs {
                 r.corruptions += 1;
-                r.messages.push(format!("ERROR offset={host:#x}: Cluster is not properly aligned; L2 entry corrupted"));
+                r.messages.push(format!("ERROR L2 table offset {off:#x} in L1 entry {l1i} is unaligned or past the end of the image"));
                 continue;
             }
-            if !(m.h.version == 3 && e & ZERO != 0) {
-                r.allocated_clusters += 1;
-                if prev_host.is_some_and(|p| p + cs != host) {
-                    r.fragmented_clusters += 1;
-                }
-                prev_host = Some(host);
+            bump(&mut refs, &mut r, off, cs, "L2 table");
+            let first = l1i as u64 * m.l2_entries;
+            for gc in first..(first + m.l2_entries).min(gclusters) {
+                self.check_entry(&mut m, gc, &mut r, &mut refs, &bump, &mut prev_host, &mut fix_copied).await;
             }
-            bump(&mut refs, &mut r, host, cs, "data cluster");
-            fix_copied.push((gc, e));
         }
         let highest = refs.iter().rposition(|&n| n > 0).map(|c| c as u64 + 1).unwrap_or(0);
         r.image_end_offset = highest * cs;
@@ -170,6 +131,56 @@ impl Qcow2 {
             m.writeback().await?;
         }
         Ok(r)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn check_entry(
+        &self,
+        m: &mut Meta,
+        gc: u64,
+        r: &mut CheckReport,
+        refs: &mut Vec<u32>,
+        bump: &impl Fn(&mut Vec<u32>, &mut CheckReport, u64, u64, &str),
+        prev_host: &mut Option<u64>,
+        fix_copied: &mut Vec<(u64, u64)>,
+    ) {
+        let cs = m.cs;
+        let (e, _bm) = match m.entry(gc).await {
+            Ok(v) => v,
+            Err(err) => {
+                r.check_errors += 1;
+                r.messages.push(format!("ERROR reading L2 entry of guest offset {:#x}: {err}", gc * cs));
+                return;
+            }
+        };
+        if e & COMPRESSED != 0 {
+            let x = 62 - (m.h.cluster_bits - 8);
+            let host = e & ((1u64 << x) - 1);
+            let sectors = ((e >> x) & ((1u64 << (62 - x)) - 1)) + 1;
+            bump(refs, r, host, sectors * 512 - (host & 511), "compressed cluster");
+            r.allocated_clusters += 1;
+            r.compressed_clusters += 1;
+            *prev_host = None;
+            return;
+        }
+        let host = e & OFFSET_MASK;
+        if host == 0 {
+            return;
+        }
+        if host % cs != 0 {
+            r.corruptions += 1;
+            r.messages.push(format!("ERROR offset={host:#x}: Cluster is not properly aligned; L2 entry corrupted"));
+            return;
+        }
+        if !(m.h.version == 3 && e & ZERO != 0) {
+            r.allocated_clusters += 1;
+            if prev_host.is_some_and(|p| p + cs != host) {
+                r.fragmented_clusters += 1;
+            }
+            *prev_host = Some(host);
+        }
+        bump(refs, r, host, cs, "data cluster");
+        fix_copied.push((gc, e));
     }
 
     async fn compare_refcounts(&self, m: &mut Meta, refs: &[u32], repair: Repair, r: &mut CheckReport) -> io::Result<()> {

@@ -138,7 +138,7 @@ impl Meta {
         let fsize = file.size().next_multiple_of(cs);
         for (i, e) in reftable.iter().enumerate() {
             let off = e & !(cs - 1);
-            if off != 0 && off + cs > fsize {
+            if off != 0 && off.saturating_add(cs) > fsize {
                 return Err(bad("refcount table entry", h.refcount_table_offset + 8 * i as u64, format!("refcount block {off:#x} is past the end of the file")));
             }
         }
