@@ -24,12 +24,22 @@ fn main() {
     let lp = EventLoop::with_defaults().unwrap();
     lp.block_on(async {
         if write {
-            create(&path, &Qcow2CreateOptions { size: 1 << 30, ..Default::default() }).await.unwrap();
+            create(
+                &path,
+                &Qcow2CreateOptions {
+                    size: 1 << 30,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
         }
         let mut fo = FileOptions::new(&path);
         fo.aio = Aio::IoUring;
         let file: Arc<dyn BlockDriver> = Arc::new(FileDriver::open(&fo).unwrap());
-        let q = Qcow2::open(file, Qcow2OpenOptions::default()).await.unwrap();
+        let q = Qcow2::open(file, Qcow2OpenOptions::default())
+            .await
+            .unwrap();
         let blocks = q.size() / 4096;
         let issued = Cell::new(0u64);
         let start = Instant::now();
@@ -53,6 +63,10 @@ fn main() {
         futures::future::join_all(workers).await;
         let secs = start.elapsed().as_secs_f64();
         q.close().await.unwrap();
-        println!("{} {count} requests in {secs:.3} s: {:.0} IOPS", args[2], count as f64 / secs);
+        println!(
+            "{} {count} requests in {secs:.3} s: {:.0} IOPS",
+            args[2],
+            count as f64 / secs
+        );
     });
 }

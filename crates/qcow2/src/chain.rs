@@ -52,9 +52,18 @@ pub struct ImageOptions {
 pub fn probe(path: &Path) -> io::Result<&'static str> {
     use std::io::Read;
     let mut head = [0u8; 4];
-    let mut f = std::fs::File::open(path).map_err(|e| io::Error::new(e.kind(), format!("Could not open '{}': {e}", path.display())))?;
+    let mut f = std::fs::File::open(path).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("Could not open '{}': {e}", path.display()),
+        )
+    })?;
     let n = f.read(&mut head)?;
-    Ok(if n == 4 && head == *b"QFI\xfb" { "qcow2" } else { "raw" })
+    Ok(if n == 4 && head == *b"QFI\xfb" {
+        "qcow2"
+    } else {
+        "raw"
+    })
 }
 
 /// Resolves a backing file name stored in `overlay` the way QEMU does: absolute names
@@ -64,29 +73,59 @@ pub fn backing_path(overlay: &Path, name: &str) -> PathBuf {
     if p.is_absolute() || name.contains("://") {
         return p.to_path_buf();
     }
-    overlay.parent().map(|d| d.join(p)).unwrap_or_else(|| p.to_path_buf())
+    overlay
+        .parent()
+        .map(|d| d.join(p))
+        .unwrap_or_else(|| p.to_path_buf())
 }
 
 /// Opens `path` as `format` (probed when `None`) together with its backing chain.
 /// Must run inside an oxemu event loop.
-pub async fn open_image(path: &Path, format: Option<&str>, opts: &ImageOptions) -> io::Result<Image> {
+pub async fn open_image(
+    path: &Path,
+    format: Option<&str>,
+    opts: &ImageOptions,
+) -> io::Result<Image> {
     let mut seen = Vec::new();
     open_rec(path, format, opts, &mut seen, false).await
 }
 
-async fn open_rec(path: &Path, format: Option<&str>, opts: &ImageOptions, seen: &mut Vec<PathBuf>, is_backing: bool) -> io::Result<Image> {
+async fn open_rec(
+    path: &Path,
+    format: Option<&str>,
+    opts: &ImageOptions,
+    seen: &mut Vec<PathBuf>,
+    is_backing: bool,
+) -> io::Result<Image> {
     let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     if seen.contains(&canon) {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("Backing file '{}' creates a cycle in the backing chain", path.display())));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "Backing file '{}' creates a cycle in the backing chain",
+                path.display()
+            ),
+        ));
     }
     if seen.len() >= MAX_CHAIN_DEPTH {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("Backing chain of '{}' is deeper than {MAX_CHAIN_DEPTH}", path.display())));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "Backing chain of '{}' is deeper than {MAX_CHAIN_DEPTH}",
+                path.display()
+            ),
+        ));
     }
     seen.push(canon);
     let format: &'static str = match format {
         Some("qcow2") => "qcow2",
         Some("raw") => "raw",
-        Some(f) => return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("Unknown driver '{f}'"))),
+        Some(f) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("Unknown driver '{f}'"),
+            ))
+        }
         None => probe(path)?,
     };
     let mut fo = opts.file.clone();
@@ -96,12 +135,28 @@ async fn open_rec(path: &Path, format: Option<&str>, opts: &ImageOptions, seen: 
     }
     let file: Arc<dyn BlockDriver> = Arc::new(FileDriver::open(&fo)?);
     if format == "raw" {
-        return Ok(Image { format, path: path.to_path_buf(), driver: Arc::new(RawFormat::new(file)), qcow2: None });
+        return Ok(Image {
+            format,
+            path: path.to_path_buf(),
+            driver: Arc::new(RawFormat::new(file)),
+            qcow2: None,
+        });
     }
     // Peek at the header for the backing file before opening the qcow2 node.
-    let q0 = Qcow2::open(file.clone(), Qcow2OpenOptions { read_only: true, ..Default::default() })
-        .await
-        .map_err(|e| io::Error::new(e.kind(), format!("Could not open '{}': {e}", path.display())))?;
+    let q0 = Qcow2::open(
+        file.clone(),
+        Qcow2OpenOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("Could not open '{}': {e}", path.display()),
+        )
+    })?;
     let h = q0.header().await;
     drop(q0);
     let backing = match (&h.backing_file, opts.no_backing) {
@@ -110,13 +165,32 @@ async fn open_rec(path: &Path, format: Option<&str>, opts: &ImageOptions, seen: 
             let fmt = h.backing_format();
             let b = Box::pin(open_rec(&bp, fmt.as_deref(), opts, seen, true))
                 .await
-                .map_err(|e| io::Error::new(e.kind(), format!("Could not open backing file: {e}")))?;
+                .map_err(|e| {
+                    io::Error::new(e.kind(), format!("Could not open backing file: {e}"))
+                })?;
             Some(b)
         }
         _ => None,
     };
-    let q = Qcow2::open(file, Qcow2OpenOptions { read_only: fo.read_only, backing, l2_cache_size: opts.l2_cache_size })
-        .await
-        .map_err(|e| io::Error::new(e.kind(), format!("Could not open '{}': {e}", path.display())))?;
-    Ok(Image { format, path: path.to_path_buf(), driver: q.clone(), qcow2: Some(q) })
+    let q = Qcow2::open(
+        file,
+        Qcow2OpenOptions {
+            read_only: fo.read_only,
+            backing,
+            l2_cache_size: opts.l2_cache_size,
+        },
+    )
+    .await
+    .map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("Could not open '{}': {e}", path.display()),
+        )
+    })?;
+    Ok(Image {
+        format,
+        path: path.to_path_buf(),
+        driver: q.clone(),
+        qcow2: Some(q),
+    })
 }

@@ -67,7 +67,9 @@ impl Qcow2 {
             let (first, last) = (off / cs, off.saturating_add(len - 1) / cs);
             if last >= file_clusters + 16 || last >= MAX_TRACKED {
                 r.corruptions += 1;
-                r.messages.push(format!("ERROR {what} at {off:#x} is far beyond the end of the image"));
+                r.messages.push(format!(
+                    "ERROR {what} at {off:#x} is far beyond the end of the image"
+                ));
                 return;
             }
             if refs.len() <= last as usize {
@@ -78,11 +80,24 @@ impl Qcow2 {
             }
         };
         bump(&mut refs, &mut r, 0, cs, "header");
-        bump(&mut refs, &mut r, m.h.l1_table_offset, m.h.l1_size as u64 * 8, "L1 table");
-        bump(&mut refs, &mut r, m.h.refcount_table_offset, m.h.refcount_table_clusters as u64 * cs, "refcount table");
+        bump(
+            &mut refs,
+            &mut r,
+            m.h.l1_table_offset,
+            m.h.l1_size as u64 * 8,
+            "L1 table",
+        );
+        bump(
+            &mut refs,
+            &mut r,
+            m.h.refcount_table_offset,
+            m.h.refcount_table_clusters as u64 * cs,
+            "refcount table",
+        );
         if m.h.nb_snapshots > 0 {
             r.check_errors += 1;
-            r.messages.push("ERROR internal snapshots are not supported by this checker".into());
+            r.messages
+                .push("ERROR internal snapshots are not supported by this checker".into());
         }
         for i in 0..m.reftable.len() {
             let off = m.reftable[i] & !(cs - 1);
@@ -107,18 +122,34 @@ impl Qcow2 {
             bump(&mut refs, &mut r, off, cs, "L2 table");
             let first = l1i as u64 * m.l2_entries;
             for gc in first..(first + m.l2_entries).min(gclusters) {
-                self.check_entry(&mut m, gc, &mut r, &mut refs, &bump, &mut prev_host, &mut fix_copied).await;
+                self.check_entry(
+                    &mut m,
+                    gc,
+                    &mut r,
+                    &mut refs,
+                    &bump,
+                    &mut prev_host,
+                    &mut fix_copied,
+                )
+                .await;
             }
         }
-        let highest = refs.iter().rposition(|&n| n > 0).map(|c| c as u64 + 1).unwrap_or(0);
+        let highest = refs
+            .iter()
+            .rposition(|&n| n > 0)
+            .map(|c| c as u64 + 1)
+            .unwrap_or(0);
         r.image_end_offset = highest * cs;
-        self.compare_refcounts(&mut m, &refs, repair, &mut r).await?;
+        self.compare_refcounts(&mut m, &refs, repair, &mut r)
+            .await?;
         for (gc, e) in fix_copied {
             let rc = m.refcount((e & OFFSET_MASK) / cs).await?;
             let want = rc == 1;
             if (e & COPIED != 0) != want {
                 r.corruptions += 1;
-                r.messages.push(format!("ERROR OFLAG_COPIED data cluster: l2_entry={e:x} refcount={rc}"));
+                r.messages.push(format!(
+                    "ERROR OFLAG_COPIED data cluster: l2_entry={e:x} refcount={rc}"
+                ));
                 if repair == Repair::All {
                     let ne = if want { e | COPIED } else { e & !COPIED };
                     let (_, bm) = m.entry(gc).await?;
@@ -149,7 +180,10 @@ impl Qcow2 {
             Ok(v) => v,
             Err(err) => {
                 r.check_errors += 1;
-                r.messages.push(format!("ERROR reading L2 entry of guest offset {:#x}: {err}", gc * cs));
+                r.messages.push(format!(
+                    "ERROR reading L2 entry of guest offset {:#x}: {err}",
+                    gc * cs
+                ));
                 return;
             }
         };
@@ -157,7 +191,13 @@ impl Qcow2 {
             let x = 62 - (m.h.cluster_bits - 8);
             let host = e & ((1u64 << x) - 1);
             let sectors = ((e >> x) & ((1u64 << (62 - x)) - 1)) + 1;
-            bump(refs, r, host, sectors * 512 - (host & 511), "compressed cluster");
+            bump(
+                refs,
+                r,
+                host,
+                sectors * 512 - (host & 511),
+                "compressed cluster",
+            );
             r.allocated_clusters += 1;
             r.compressed_clusters += 1;
             *prev_host = None;
@@ -169,7 +209,9 @@ impl Qcow2 {
         }
         if host % cs != 0 {
             r.corruptions += 1;
-            r.messages.push(format!("ERROR offset={host:#x}: Cluster is not properly aligned; L2 entry corrupted"));
+            r.messages.push(format!(
+                "ERROR offset={host:#x}: Cluster is not properly aligned; L2 entry corrupted"
+            ));
             return;
         }
         if !(m.h.version == 3 && e & ZERO != 0) {
@@ -183,30 +225,49 @@ impl Qcow2 {
         fix_copied.push((gc, e));
     }
 
-    async fn compare_refcounts(&self, m: &mut Meta, refs: &[u32], repair: Repair, r: &mut CheckReport) -> io::Result<()> {
+    async fn compare_refcounts(
+        &self,
+        m: &mut Meta,
+        refs: &[u32],
+        repair: Repair,
+        r: &mut CheckReport,
+    ) -> io::Result<()> {
         let cs = m.cs;
-        let stored_end = (m.reftable.len() as u64) * crate::refcount::entries_per_block(m.h.cluster_bits, m.h.refcount_order);
-        let n = (refs.len() as u64).max(self.file.size().div_ceil(cs)).min(stored_end.max(refs.len() as u64));
+        let stored_end = (m.reftable.len() as u64)
+            * crate::refcount::entries_per_block(m.h.cluster_bits, m.h.refcount_order);
+        let n = (refs.len() as u64)
+            .max(self.file.size().div_ceil(cs))
+            .min(stored_end.max(refs.len() as u64));
         for c in 0..n {
             let want = refs.get(c as usize).copied().unwrap_or(0) as u64;
-            let have = if c < stored_end { m.refcount(c).await? } else { 0 };
+            let have = if c < stored_end {
+                m.refcount(c).await?
+            } else {
+                0
+            };
             if have == want {
                 continue;
             }
             if want > crate::refcount::max(m.h.refcount_order) {
                 r.corruptions += 1;
-                r.messages.push(format!("ERROR cluster {c} reference={want} exceeds the refcount width"));
+                r.messages.push(format!(
+                    "ERROR cluster {c} reference={want} exceeds the refcount width"
+                ));
                 continue;
             }
             if have > want {
                 r.leaks += 1;
-                r.messages.push(format!("Leaked cluster {c} refcount={have} reference={want}"));
+                r.messages.push(format!(
+                    "Leaked cluster {c} refcount={have} reference={want}"
+                ));
                 if repair != Repair::None && m.add_ref(c, want as i64 - have as i64).await.is_ok() {
                     r.leaks_fixed += 1;
                 }
             } else {
                 r.corruptions += 1;
-                r.messages.push(format!("ERROR cluster {c} refcount={have} reference={want}"));
+                r.messages.push(format!(
+                    "ERROR cluster {c} refcount={have} reference={want}"
+                ));
                 if repair == Repair::All {
                     if m.refcount_block_exists(c) {
                         m.add_ref(c, want as i64 - have as i64).await?;

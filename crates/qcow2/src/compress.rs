@@ -8,7 +8,9 @@ use crate::header::CompressionType;
 fn err(what: impl std::fmt::Display, host: u64) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
-        format!("qcow2: compressed cluster at host offset {host:#x} cannot be decompressed: {what}"),
+        format!(
+            "qcow2: compressed cluster at host offset {host:#x} cannot be decompressed: {what}"
+        ),
     )
 }
 
@@ -21,7 +23,10 @@ pub fn decompress(kind: CompressionType, src: &[u8], dst: &mut [u8], host: u64) 
                 .decompress(src, dst, flate2::FlushDecompress::Finish)
                 .map_err(|e| err(e, host))?;
             if d.total_out() as usize != dst.len() {
-                return Err(err(format!("{st:?} after {} of {} bytes", d.total_out(), dst.len()), host));
+                return Err(err(
+                    format!("{st:?} after {} of {} bytes", d.total_out(), dst.len()),
+                    host,
+                ));
             }
             Ok(())
         }
@@ -35,7 +40,10 @@ pub fn decompress(kind: CompressionType, src: &[u8], dst: &mut [u8], host: u64) 
                 let before = (input.pos, output.pos());
                 let hint = d.run(&mut input, &mut output).map_err(|e| err(e, host))?;
                 if (input.pos, output.pos()) == before || (hint == 0 && output.pos() < want) {
-                    return Err(err(format!("stream ended after {} of {want} bytes", output.pos()), host));
+                    return Err(err(
+                        format!("stream ended after {} of {want} bytes", output.pos()),
+                        host,
+                    ));
                 }
             }
             Ok(())
@@ -49,7 +57,8 @@ pub fn compress(kind: CompressionType, src: &[u8], limit: usize) -> io::Result<O
     match kind {
         CompressionType::Zlib => {
             // QEMU uses deflateInit2(Z_DEFAULT_COMPRESSION, Z_DEFLATED, -12, 9, ...).
-            let mut c = flate2::Compress::new_with_window_bits(flate2::Compression::default(), false, 12);
+            let mut c =
+                flate2::Compress::new_with_window_bits(flate2::Compression::default(), false, 12);
             let mut out = Vec::with_capacity(limit);
             let st = c
                 .compress_vec(src, &mut out, flate2::FlushCompress::Finish)

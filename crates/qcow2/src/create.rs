@@ -34,7 +34,12 @@ impl std::str::FromStr for Preallocation {
             "metadata" => Preallocation::Metadata,
             "falloc" => Preallocation::Falloc,
             "full" => Preallocation::Full,
-            _ => return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("Parameter 'preallocation' does not accept value '{s}'"))),
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("Parameter 'preallocation' does not accept value '{s}'"),
+                ))
+            }
         })
     }
 }
@@ -88,16 +93,24 @@ fn inval(msg: impl Into<String>) -> io::Error {
 fn validate(o: &Qcow2CreateOptions) -> io::Result<u32> {
     let cs = o.cluster_size;
     if !cs.is_power_of_two() || !(512..=2 << 20).contains(&cs) {
-        return Err(inval(format!("Cluster size must be a power of two between 512 and 2048k (got {cs})")));
+        return Err(inval(format!(
+            "Cluster size must be a power of two between 512 and 2048k (got {cs})"
+        )));
     }
     if o.size % 512 != 0 {
         return Err(inval("Image size must be a multiple of 512 bytes"));
     }
     if o.size > header::MAX_SIZE {
-        return Err(inval(format!("Image size {} is too large (maximum {})", o.size, header::MAX_SIZE)));
+        return Err(inval(format!(
+            "Image size {} is too large (maximum {})",
+            o.size,
+            header::MAX_SIZE
+        )));
     }
     if !o.refcount_bits.is_power_of_two() || o.refcount_bits > 64 {
-        return Err(inval("Refcount width must be a power of two and may not exceed 64 bits"));
+        return Err(inval(
+            "Refcount width must be a power of two and may not exceed 64 bits",
+        ));
     }
     if !o.compat_v3 {
         if o.lazy_refcounts {
@@ -114,13 +127,17 @@ fn validate(o: &Qcow2CreateOptions) -> io::Result<u32> {
         }
     }
     if o.extended_l2 && cs < 16384 {
-        return Err(inval("Extended L2 entries are only supported with cluster sizes of at least 16384 bytes"));
+        return Err(inval(
+            "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes",
+        ));
     }
     if o.backing_fmt.is_some() && o.backing_file.is_none() {
         return Err(inval("Backing format cannot be used without backing file"));
     }
     if o.backing_file.is_some() && o.preallocation != Preallocation::Off {
-        return Err(inval("Backing file and preallocation can only be used at the same time if extended_l2 is on"));
+        return Err(inval(
+            "Backing file and preallocation can only be used at the same time if extended_l2 is on",
+        ));
     }
     Ok(cs.trailing_zeros())
 }
@@ -164,7 +181,11 @@ fn new_header(o: &Qcow2CreateOptions, bits: u32) -> Header {
         nb_snapshots: 0,
         snapshots_offset: 0,
         incompatible_features: incompat,
-        compatible_features: if o.lazy_refcounts { header::COMPAT_LAZY_REFCOUNTS } else { 0 },
+        compatible_features: if o.lazy_refcounts {
+            header::COMPAT_LAZY_REFCOUNTS
+        } else {
+            0
+        },
         autoclear_features: 0,
         refcount_order: order,
         header_length: if o.compat_v3 { 112 } else { 72 },
@@ -173,7 +194,10 @@ fn new_header(o: &Qcow2CreateOptions, bits: u32) -> Header {
         backing_file: o.backing_file.clone(),
     };
     if let Some(f) = &o.backing_fmt {
-        h.extensions.push(Extension { kind: header::EXT_BACKING_FORMAT, data: f.as_bytes().to_vec() });
+        h.extensions.push(Extension {
+            kind: header::EXT_BACKING_FORMAT,
+            data: f.as_bytes().to_vec(),
+        });
     }
     if o.compat_v3 {
         h.extensions.push(header::feature_table());
@@ -195,8 +219,18 @@ pub async fn create(path: &Path, o: &Qcow2CreateOptions) -> io::Result<()> {
     let nb = (h.l1_table_offset / cs) - 1 - rt;
     let used = h.l1_table_offset / cs + (h.l1_size as u64 * 8).div_ceil(cs);
     let epb = refcount::entries_per_block(bits, h.refcount_order);
-    let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)
-        .map_err(|e| io::Error::new(e.kind(), format!("Could not create '{}': {e}", path.display())))?;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("Could not create '{}': {e}", path.display()),
+            )
+        })?;
     f.write_all_at(&head, 0)?;
     let mut table = vec![0u8; (rt * cs) as usize];
     for i in 0..nb {
@@ -239,7 +273,10 @@ async fn preallocate(path: &Path, mode: Preallocation) -> io::Result<()> {
         file.truncate(top).await?;
         if mode != Preallocation::Metadata {
             let start = first_data.unwrap_or(top);
-            let zf = oxemu_block::ZeroFlags { may_unmap: mode == Preallocation::Falloc, ..Default::default() };
+            let zf = oxemu_block::ZeroFlags {
+                may_unmap: mode == Preallocation::Falloc,
+                ..Default::default()
+            };
             if mode == Preallocation::Full {
                 let z = vec![0u8; 1 << 20];
                 let mut off = start;
@@ -252,7 +289,14 @@ async fn preallocate(path: &Path, mode: Preallocation) -> io::Result<()> {
                 let _ = zf;
                 let f = std::fs::OpenOptions::new().write(true).open(path)?;
                 // SAFETY: plain fallocate on an fd we own; mode 0 only allocates blocks.
-                let r = unsafe { libc::fallocate(std::os::fd::AsRawFd::as_raw_fd(&f), 0, start as i64, (top - start) as i64) };
+                let r = unsafe {
+                    libc::fallocate(
+                        std::os::fd::AsRawFd::as_raw_fd(&f),
+                        0,
+                        start as i64,
+                        (top - start) as i64,
+                    )
+                };
                 if r != 0 {
                     return Err(io::Error::last_os_error());
                 }
@@ -262,4 +306,3 @@ async fn preallocate(path: &Path, mode: Preallocation) -> io::Result<()> {
     q.flush().await?;
     oxemu_block::BlockDriver::close(&*q).await
 }
-

@@ -152,35 +152,56 @@ impl Header {
         let unknown = self.incompatible_features & !INCOMPAT_KNOWN;
         (0..64)
             .filter(|b| unknown & (1 << b) != 0)
-            .map(|b| self.feature_name(0, b).unwrap_or_else(|| format!("Unknown incompatible feature: {:x}", 1u64 << b)))
+            .map(|b| {
+                self.feature_name(0, b)
+                    .unwrap_or_else(|| format!("Unknown incompatible feature: {:x}", 1u64 << b))
+            })
             .collect()
     }
 
     fn feature_name(&self, kind: u8, bit: u8) -> Option<String> {
-        let t = self.extensions.iter().find(|e| e.kind == EXT_FEATURE_TABLE)?;
-        t.data.chunks_exact(48).find(|e| e[0] == kind && e[1] == bit).map(|e| {
-            let n = &e[2..];
-            let end = n.iter().position(|&c| c == 0).unwrap_or(n.len());
-            String::from_utf8_lossy(&n[..end]).into_owned()
-        })
+        let t = self
+            .extensions
+            .iter()
+            .find(|e| e.kind == EXT_FEATURE_TABLE)?;
+        t.data
+            .chunks_exact(48)
+            .find(|e| e[0] == kind && e[1] == bit)
+            .map(|e| {
+                let n = &e[2..];
+                let end = n.iter().position(|&c| c == 0).unwrap_or(n.len());
+                String::from_utf8_lossy(&n[..end]).into_owned()
+            })
     }
 
     /// Parses the header from the first cluster of the image (`buf` holds at least the
     /// first min(file size, 64 KiB) bytes, or the whole first cluster).
     pub fn parse(buf: &[u8], file_size: u64) -> io::Result<Header> {
         if buf.len() < 72 {
-            return Err(bad("header", 0, format!("image is truncated ({} bytes, need 72)", buf.len())));
+            return Err(bad(
+                "header",
+                0,
+                format!("image is truncated ({} bytes, need 72)", buf.len()),
+            ));
         }
         if be32(buf, 0) != MAGIC {
             return Err(bad("magic", 0, "not a qcow2 image"));
         }
         let version = be32(buf, 4);
         if version != 2 && version != 3 {
-            return Err(bad("version", 4, format!("unsupported qcow2 version {version}")));
+            return Err(bad(
+                "version",
+                4,
+                format!("unsupported qcow2 version {version}"),
+            ));
         }
         let cluster_bits = be32(buf, 20);
         if !(9..=21).contains(&cluster_bits) {
-            return Err(bad("cluster_bits", 20, format!("{cluster_bits} is outside 9..21")));
+            return Err(bad(
+                "cluster_bits",
+                20,
+                format!("{cluster_bits} is outside 9..21"),
+            ));
         }
         let mut h = Header {
             version,
@@ -215,50 +236,110 @@ impl Header {
             h.refcount_order = be32(buf, 96);
             h.header_length = be32(buf, 100);
             if h.refcount_order > 6 {
-                return Err(bad("refcount_order", 96, format!("{} is larger than 6", h.refcount_order)));
+                return Err(bad(
+                    "refcount_order",
+                    96,
+                    format!("{} is larger than 6", h.refcount_order),
+                ));
             }
-            if h.header_length < 104 || h.header_length as u64 > cs || h.header_length as usize > buf.len() {
-                return Err(bad("header_length", 100, format!("{} is out of range", h.header_length)));
+            if h.header_length < 104
+                || h.header_length as u64 > cs
+                || h.header_length as usize > buf.len()
+            {
+                return Err(bad(
+                    "header_length",
+                    100,
+                    format!("{} is out of range", h.header_length),
+                ));
             }
             if h.header_length > 104 {
                 h.compression_type = match buf[104] {
                     0 => CompressionType::Zlib,
                     1 => CompressionType::Zstd,
-                    t => return Err(bad("compression_type", 104, format!("unknown compression type {t}"))),
+                    t => {
+                        return Err(bad(
+                            "compression_type",
+                            104,
+                            format!("unknown compression type {t}"),
+                        ))
+                    }
                 };
             }
             let has_bit = h.incompatible_features & INCOMPAT_COMPRESSION != 0;
             if has_bit != (h.compression_type != CompressionType::Zlib) {
-                return Err(bad("compression_type", 104, "does not match the compression incompatible feature bit"));
+                return Err(bad(
+                    "compression_type",
+                    104,
+                    "does not match the compression incompatible feature bit",
+                ));
             }
         }
         if h.size > MAX_SIZE {
-            return Err(bad("size", 24, format!("{} exceeds the maximum of {}", h.size, MAX_SIZE)));
+            return Err(bad(
+                "size",
+                24,
+                format!("{} exceeds the maximum of {}", h.size, MAX_SIZE),
+            ));
         }
         let l2_entries = cs / if h.extended_l2() { 16 } else { 8 };
         let need_l1 = h.size.div_ceil(cs * l2_entries);
         if (h.l1_size as u64) * 8 > MAX_L1_BYTES {
-            return Err(bad("l1_size", 36, format!("{} entries is too large", h.l1_size)));
+            return Err(bad(
+                "l1_size",
+                36,
+                format!("{} entries is too large", h.l1_size),
+            ));
         }
         if (h.l1_size as u64) < need_l1 {
-            return Err(bad("l1_size", 36, format!("{} entries cannot map size {}", h.l1_size, h.size)));
+            return Err(bad(
+                "l1_size",
+                36,
+                format!("{} entries cannot map size {}", h.l1_size, h.size),
+            ));
         }
         if h.l1_size > 0 && (h.l1_table_offset % cs != 0 || h.l1_table_offset == 0) {
-            return Err(bad("l1_table_offset", 40, format!("{:#x} is not cluster aligned", h.l1_table_offset)));
+            return Err(bad(
+                "l1_table_offset",
+                40,
+                format!("{:#x} is not cluster aligned", h.l1_table_offset),
+            ));
         }
         if h.refcount_table_offset % cs != 0 || h.refcount_table_offset == 0 {
-            return Err(bad("refcount_table_offset", 48, format!("{:#x} is not cluster aligned", h.refcount_table_offset)));
+            return Err(bad(
+                "refcount_table_offset",
+                48,
+                format!("{:#x} is not cluster aligned", h.refcount_table_offset),
+            ));
         }
         if h.refcount_table_clusters as u64 * cs > MAX_REFTABLE_BYTES.max(cs) {
-            return Err(bad("refcount_table_clusters", 56, format!("{} is too large", h.refcount_table_clusters)));
+            return Err(bad(
+                "refcount_table_clusters",
+                56,
+                format!("{} is too large", h.refcount_table_clusters),
+            ));
         }
         for (name, off, end) in [
-            ("l1_table_offset", 40u64, h.l1_table_offset.checked_add(h.l1_size as u64 * 8)),
-            ("refcount_table_offset", 48, h.refcount_table_offset.checked_add(h.refcount_table_clusters as u64 * cs)),
+            (
+                "l1_table_offset",
+                40u64,
+                h.l1_table_offset.checked_add(h.l1_size as u64 * 8),
+            ),
+            (
+                "refcount_table_offset",
+                48,
+                h.refcount_table_offset
+                    .checked_add(h.refcount_table_clusters as u64 * cs),
+            ),
         ] {
             match end {
                 Some(e) if e <= file_size.max(cs).next_multiple_of(cs) => {}
-                _ => return Err(bad(name, off, format!("table extends past the end of the image ({file_size} bytes)"))),
+                _ => {
+                    return Err(bad(
+                        name,
+                        off,
+                        format!("table extends past the end of the image ({file_size} bytes)"),
+                    ))
+                }
             }
         }
         h.parse_extensions(buf)?;
@@ -291,9 +372,16 @@ impl Header {
             }
             let data_end = off + 8 + len;
             if data_end > end {
-                return Err(bad("header extension", off as u64, format!("type {kind:#x} of length {len} runs past the header area")));
+                return Err(bad(
+                    "header extension",
+                    off as u64,
+                    format!("type {kind:#x} of length {len} runs past the header area"),
+                ));
             }
-            self.extensions.push(Extension { kind, data: buf[off + 8..data_end].to_vec() });
+            self.extensions.push(Extension {
+                kind,
+                data: buf[off + 8..data_end].to_vec(),
+            });
             off = (data_end + 7) & !7;
         }
     }
@@ -306,8 +394,10 @@ impl Header {
         if self.version == 3 {
             self.header_length = 112;
         }
-        let put32 = |b: &mut Vec<u8>, o: usize, v: u32| b[o..o + 4].copy_from_slice(&v.to_be_bytes());
-        let put64 = |b: &mut Vec<u8>, o: usize, v: u64| b[o..o + 8].copy_from_slice(&v.to_be_bytes());
+        let put32 =
+            |b: &mut Vec<u8>, o: usize, v: u32| b[o..o + 4].copy_from_slice(&v.to_be_bytes());
+        let put64 =
+            |b: &mut Vec<u8>, o: usize, v: u64| b[o..o + 8].copy_from_slice(&v.to_be_bytes());
         put32(&mut b, 0, MAGIC);
         put32(&mut b, 4, self.version);
         put32(&mut b, 20, self.cluster_bits);
@@ -348,7 +438,10 @@ impl Header {
         put64(&mut b, 8, self.backing_file_offset);
         put32(&mut b, 16, self.backing_file_size);
         if b.len() > cs {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "qcow2 header and extensions do not fit into one cluster"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "qcow2 header and extensions do not fit into one cluster",
+            ));
         }
         Ok(b)
     }
@@ -357,7 +450,13 @@ impl Header {
     pub fn set_backing_format(&mut self, fmt: Option<&str>) {
         self.extensions.retain(|e| e.kind != EXT_BACKING_FORMAT);
         if let Some(f) = fmt {
-            self.extensions.insert(0, Extension { kind: EXT_BACKING_FORMAT, data: f.as_bytes().to_vec() });
+            self.extensions.insert(
+                0,
+                Extension {
+                    kind: EXT_BACKING_FORMAT,
+                    data: f.as_bytes().to_vec(),
+                },
+            );
         }
     }
 }
@@ -374,12 +473,19 @@ pub fn feature_table() -> Extension {
         (2, 0, "bitmaps"),
     ];
     let mut data = Vec::new();
-    for (k, b, n) in names.iter().copied().chain([(2u8, 1u8, "raw external data")]) {
+    for (k, b, n) in names
+        .iter()
+        .copied()
+        .chain([(2u8, 1u8, "raw external data")])
+    {
         let mut e = [0u8; 48];
         e[0] = k;
         e[1] = b;
         e[2..2 + n.len()].copy_from_slice(n.as_bytes());
         data.extend_from_slice(&e);
     }
-    Extension { kind: EXT_FEATURE_TABLE, data }
+    Extension {
+        kind: EXT_FEATURE_TABLE,
+        data,
+    }
 }

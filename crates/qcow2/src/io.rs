@@ -18,7 +18,13 @@ enum Plan {
     Wait(oneshot::Receiver<()>),
     /// Write `fill_start..fill_end` of the cluster at `target`, filling around the
     /// request with the old content; `fresh` when `target` was just allocated.
-    Allocate { target: u64, fill_start: u64, fill_end: u64, fresh: bool, old: (u64, u64) },
+    Allocate {
+        target: u64,
+        fill_start: u64,
+        fill_end: u64,
+        fresh: bool,
+        old: (u64, u64),
+    },
 }
 
 fn sub_mask(s0: u64, s1: u64) -> u64 {
@@ -86,7 +92,9 @@ impl Qcow2 {
             return b.driver.readv(off, iov).await;
         }
         if have > 0 {
-            b.driver.readv(off, &mut iov.slice_mut(0, have as usize)).await?;
+            b.driver
+                .readv(off, &mut iov.slice_mut(0, have as usize))
+                .await?;
         }
         iov.zero_range(have as usize, (len - have) as usize);
         Ok(())
@@ -103,7 +111,8 @@ impl Qcow2 {
             if done == 0 && n == len {
                 return self.write_cluster(off, iov).await;
             }
-            self.write_cluster(off, &iov.slice(done as usize, n as usize)).await?;
+            self.write_cluster(off, &iov.slice(done as usize, n as usize))
+                .await?;
             done += n;
         }
         Ok(())
@@ -123,7 +132,11 @@ impl Qcow2 {
         let cs = m.cs;
         let normal = e & COMPRESSED == 0 && host != 0 && e & COPIED != 0;
         if normal && host % cs != 0 {
-            return Err(crate::invalid("L2 entry", gc * cs, format!("data cluster {host:#x} is unaligned")));
+            return Err(crate::invalid(
+                "L2 entry",
+                gc * cs,
+                format!("data cluster {host:#x} is unaligned"),
+            ));
         }
         if normal && !self.ext && (e & ZERO == 0 || self.version == 2) {
             return Ok(Plan::Direct(host));
@@ -135,7 +148,11 @@ impl Qcow2 {
                 return Ok(Plan::Direct(host));
             }
             let fs = if bm & (1 << s0) != 0 { a } else { s0 * scs };
-            let fe = if bm & (1 << s1) != 0 { b } else { (s1 + 1) * scs };
+            let fe = if bm & (1 << s1) != 0 {
+                b
+            } else {
+                (s1 + 1) * scs
+            };
             (fs, fe, host, false)
         } else if normal {
             // Preallocated zero cluster: reuse it, zeroing around the request.
@@ -146,7 +163,13 @@ impl Qcow2 {
         fill_start = fill_start.min(a);
         fill_end = fill_end.max(b);
         m.inflight.insert(gc, Vec::new());
-        Ok(Plan::Allocate { target, fill_start, fill_end, fresh, old: (e, bm) })
+        Ok(Plan::Allocate {
+            target,
+            fill_start,
+            fill_end,
+            fresh,
+            old: (e, bm),
+        })
     }
 
     async fn write_cluster(&self, off: u64, data: &IoVec<'_>) -> io::Result<()> {
@@ -159,36 +182,64 @@ impl Qcow2 {
                 let mut m = self.meta.lock().await;
                 match self.plan(&mut m, gc, a, b).await {
                     Ok(p) => p,
-                    Err(e) if e.kind() == io::ErrorKind::InvalidData => return Err(self.signal_corruption(&mut m, e).await),
+                    Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                        return Err(self.signal_corruption(&mut m, e).await)
+                    }
                     Err(e) => return Err(e),
                 }
             };
             match plan {
-                Plan::Direct(host) => return self.file.writev(host + a, data, WriteFlags::default()).await,
+                Plan::Direct(host) => {
+                    return self
+                        .file
+                        .writev(host + a, data, WriteFlags::default())
+                        .await
+                }
                 Plan::Wait(rx) => {
                     let _ = rx.await;
                 }
-                Plan::Allocate { target, fill_start, fill_end, fresh, old } => {
-                    let res = self.fill_and_write(gc, target, fill_start, fill_end, a, data, old.0).await;
-                    return self.finish_allocation(gc, target, fresh, old, res, a, b).await;
+                Plan::Allocate {
+                    target,
+                    fill_start,
+                    fill_end,
+                    fresh,
+                    old,
+                } => {
+                    let res = self
+                        .fill_and_write(gc, target, fill_start, fill_end, a, data, old.0)
+                        .await;
+                    return self
+                        .finish_allocation(gc, target, fresh, old, res, a, b)
+                        .await;
                 }
             }
         }
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn fill_and_write(&self, gc: u64, target: u64, fs: u64, fe: u64, a: u64, data: &IoVec<'_>, old_e: u64) -> io::Result<()> {
+    async fn fill_and_write(
+        &self,
+        gc: u64,
+        target: u64,
+        fs: u64,
+        fe: u64,
+        a: u64,
+        data: &IoVec<'_>,
+        old_e: u64,
+    ) -> io::Result<()> {
         let cs = self.cluster_size();
         let base = gc * cs;
         let mut head = vec![0u8; (a - fs) as usize];
         let mut tail = vec![0u8; (fe - a - data.len() as u64) as usize];
-        let zero_old = !self.ext && self.version == 3 && old_e & ZERO != 0 && old_e & COMPRESSED == 0;
+        let zero_old =
+            !self.ext && self.version == 3 && old_e & ZERO != 0 && old_e & COMPRESSED == 0;
         if !zero_old {
             if !head.is_empty() {
                 self.read_clamped(base + fs, &mut head).await?;
             }
             if !tail.is_empty() {
-                self.read_clamped(base + a + data.len() as u64, &mut tail).await?;
+                self.read_clamped(base + a + data.len() as u64, &mut tail)
+                    .await?;
             }
         }
         let mut v = IoVec::new();
@@ -198,7 +249,9 @@ impl Qcow2 {
             unsafe { v.push_raw(s.iov_base.cast(), s.iov_len) };
         }
         v.push(&tail);
-        self.file.writev(target + fs, &v, WriteFlags::default()).await
+        self.file
+            .writev(target + fs, &v, WriteFlags::default())
+            .await
     }
 
     /// Reads guest data, treating the part past the virtual size as zeroes.
@@ -206,13 +259,23 @@ impl Qcow2 {
         let have = self.size().saturating_sub(off).min(buf.len() as u64) as usize;
         buf[have..].fill(0);
         if have > 0 {
-            self.read_guest(off, &mut IoVecMut::from_slice(&mut buf[..have])).await?;
+            self.read_guest(off, &mut IoVecMut::from_slice(&mut buf[..have]))
+                .await?;
         }
         Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn finish_allocation(&self, gc: u64, target: u64, fresh: bool, old: (u64, u64), res: io::Result<()>, a: u64, b: u64) -> io::Result<()> {
+    async fn finish_allocation(
+        &self,
+        gc: u64,
+        target: u64,
+        fresh: bool,
+        old: (u64, u64),
+        res: io::Result<()>,
+        a: u64,
+        b: u64,
+    ) -> io::Result<()> {
         let mut m = self.meta.lock().await;
         let out = match res {
             Ok(()) => {
@@ -258,7 +321,13 @@ impl Qcow2 {
 
     /// Zeroes (or discards) a range: whole clusters become zero/unallocated entries,
     /// partial clusters are written with zeroes (discard skips them).
-    pub(crate) async fn zero_or_discard(&self, offset: u64, len: u64, discard: bool, _unmap: bool) -> io::Result<()> {
+    pub(crate) async fn zero_or_discard(
+        &self,
+        offset: u64,
+        len: u64,
+        discard: bool,
+        _unmap: bool,
+    ) -> io::Result<()> {
         let cs = self.cluster_size();
         let end = offset + len;
         let mut off = offset;
@@ -304,12 +373,19 @@ impl Qcow2 {
                 drop(m);
                 let z = vec![0u8; self.cluster_size() as usize];
                 let len = (self.size() - gc * self.cluster_size()).min(z.len() as u64) as usize;
-                return self.write_cluster(gc * self.cluster_size(), &IoVec::from_slice(&z[..len])).await;
+                return self
+                    .write_cluster(gc * self.cluster_size(), &IoVec::from_slice(&z[..len]))
+                    .await;
             };
             if (e, bm) == (ne, nb) {
                 return Ok(());
             }
-            if e == 0 && bm == 0 && m.l2_table(gc, false).await?.is_none() && self.backing.is_none() && discard {
+            if e == 0
+                && bm == 0
+                && m.l2_table(gc, false).await?.is_none()
+                && self.backing.is_none()
+                && discard
+            {
                 return Ok(());
             }
             m.set_entry(gc, ne, nb).await?;
@@ -331,7 +407,9 @@ impl Qcow2 {
         while n < len && n < 64 * cs {
             let (next, k) = self.lookup(&mut m, offset + n, len - n).await?;
             let same = match (first, next) {
-                (Mapping::Data(h0), Mapping::Data(h1)) => h1 + ((offset + n) & (cs - 1)) == h0 + (offset & (cs - 1)) + n,
+                (Mapping::Data(h0), Mapping::Data(h1)) => {
+                    h1 + ((offset + n) & (cs - 1)) == h0 + (offset & (cs - 1)) + n
+                }
                 (x, y) => x == y && !matches!(x, Mapping::Compressed(..)),
             };
             if !same {
@@ -342,16 +420,43 @@ impl Qcow2 {
         drop(m);
         let in_off = offset & (cs - 1);
         Ok(match first {
-            Mapping::Data(h) => BlockStatus { len: n, data: true, zero: false, depth: 1, offset: Some(h + in_off) },
-            Mapping::Compressed(..) => BlockStatus { len: n, data: true, zero: false, depth: 1, offset: None },
-            Mapping::Zero => BlockStatus { len: n, data: false, zero: true, depth: 1, offset: None },
+            Mapping::Data(h) => BlockStatus {
+                len: n,
+                data: true,
+                zero: false,
+                depth: 1,
+                offset: Some(h + in_off),
+            },
+            Mapping::Compressed(..) => BlockStatus {
+                len: n,
+                data: true,
+                zero: false,
+                depth: 1,
+                offset: None,
+            },
+            Mapping::Zero => BlockStatus {
+                len: n,
+                data: false,
+                zero: true,
+                depth: 1,
+                offset: None,
+            },
             Mapping::Unallocated => match &self.backing {
                 Some(b) if offset < b.driver.size() => {
                     let n = n.min(b.driver.size() - offset);
                     let s = b.driver.block_status(offset, n).await?;
-                    BlockStatus { depth: if s.depth == 0 { 0 } else { s.depth + 1 }, ..s }
+                    BlockStatus {
+                        depth: if s.depth == 0 { 0 } else { s.depth + 1 },
+                        ..s
+                    }
                 }
-                _ => BlockStatus { len: n, data: false, zero: true, depth: 0, offset: None },
+                _ => BlockStatus {
+                    len: n,
+                    data: false,
+                    zero: true,
+                    depth: 0,
+                    offset: None,
+                },
             },
         })
     }
@@ -364,7 +469,13 @@ impl Qcow2 {
             return Err(os(libc::EROFS));
         }
         if size % 512 != 0 || size > crate::header::MAX_SIZE {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("qcow2: size {size} must be a multiple of 512 and at most {}", crate::header::MAX_SIZE)));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "qcow2: size {size} must be a multiple of 512 and at most {}",
+                    crate::header::MAX_SIZE
+                ),
+            ));
         }
         let cs = self.cluster_size();
         let old = self.size();
@@ -387,7 +498,10 @@ impl Qcow2 {
         let need = size.div_ceil(cs * m.l2_entries) as usize;
         if need > m.l1.len() {
             if need as u64 * 8 > crate::header::MAX_L1_BYTES {
-                return Err(io::Error::new(io::ErrorKind::InvalidInput, "qcow2: size needs an L1 table larger than 32 MiB"));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "qcow2: size needs an L1 table larger than 32 MiB",
+                ));
             }
             let clusters = (need as u64 * 8).div_ceil(cs);
             let at = m.alloc_contiguous(clusters).await?;

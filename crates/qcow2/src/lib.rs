@@ -10,6 +10,8 @@
 //! crash safe, and for what is not supported.
 
 #![warn(missing_docs)]
+// `is_multiple_of` needs Rust 1.87; the workspace supports 1.80.
+#![allow(clippy::manual_is_multiple_of)]
 
 pub mod chain;
 pub mod check;
@@ -87,7 +89,10 @@ impl Qcow2 {
     /// listing them when the image uses features this driver does not implement.
     /// A read-write open of an image with the dirty bit set repairs its refcounts first,
     /// as QEMU does.
-    pub async fn open(file: Arc<dyn BlockDriver>, opts: Qcow2OpenOptions) -> std::io::Result<Arc<Qcow2>> {
+    pub async fn open(
+        file: Arc<dyn BlockDriver>,
+        opts: Qcow2OpenOptions,
+    ) -> std::io::Result<Arc<Qcow2>> {
         let fsize = file.size();
         let mut head = vec![0u8; 104.min(fsize as usize)];
         file.read_at(0, &mut head).await?;
@@ -101,21 +106,40 @@ impl Qcow2 {
         let mut h = Header::parse(&head, fsize)?;
         let unknown = h.unknown_incompatible();
         if !unknown.is_empty() {
-            return Err(std::io::Error::new(std::io::ErrorKind::Unsupported, format!("Unsupported qcow2 feature(s): {}", unknown.join(", "))));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                format!("Unsupported qcow2 feature(s): {}", unknown.join(", ")),
+            ));
         }
         if h.incompatible_features & INCOMPAT_DATA_FILE != 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "Unsupported qcow2 feature(s): external data file"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "Unsupported qcow2 feature(s): external data file",
+            ));
         }
         if h.crypt_method != 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "qcow2: encrypted images are not supported"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "qcow2: encrypted images are not supported",
+            ));
         }
         if !opts.read_only && h.incompatible_features & INCOMPAT_CORRUPT != 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "qcow2: Image is corrupt; cannot be opened read/write"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "qcow2: Image is corrupt; cannot be opened read/write",
+            ));
         }
         if !opts.read_only && h.nb_snapshots > 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "qcow2: images with internal snapshots can only be opened read-only"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "qcow2: images with internal snapshots can only be opened read-only",
+            ));
         }
-        let cache = if opts.l2_cache_size == 0 { 32 << 20 } else { opts.l2_cache_size };
+        let cache = if opts.l2_cache_size == 0 {
+            32 << 20
+        } else {
+            opts.l2_cache_size
+        };
         let dirty = h.incompatible_features & INCOMPAT_DIRTY != 0;
         if !opts.read_only && h.autoclear_features != 0 {
             h.autoclear_features = 0;
@@ -138,7 +162,10 @@ impl Qcow2 {
             if dirty {
                 let r = q.check(Repair::All).await?;
                 if r.corruptions > r.corruptions_fixed {
-                    return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "qcow2: dirty image could not be repaired"));
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "qcow2: dirty image could not be repaired",
+                    ));
                 }
                 q.set_dirty(false).await?;
             }
@@ -210,7 +237,8 @@ impl Qcow2 {
     /// Marks the image corrupt on disk (QEMU's `qcow2_signal_corruption`) and returns
     /// the error to report.
     async fn signal_corruption(&self, m: &mut Meta, e: std::io::Error) -> std::io::Error {
-        if !self.read_only && m.h.version == 3 && m.h.incompatible_features & INCOMPAT_CORRUPT == 0 {
+        if !self.read_only && m.h.version == 3 && m.h.incompatible_features & INCOMPAT_CORRUPT == 0
+        {
             m.h.incompatible_features |= INCOMPAT_CORRUPT;
             let _ = m.write_header().await;
             let _ = self.file.flush().await;
@@ -222,12 +250,19 @@ impl Qcow2 {
     /// Points the image at a new backing file (`rebase -u`, `commit`): updates the
     /// backing file name and format extension in the header. Takes effect for reads
     /// after the image is reopened.
-    pub async fn set_backing_file(&self, name: Option<&str>, fmt: Option<&str>) -> std::io::Result<()> {
+    pub async fn set_backing_file(
+        &self,
+        name: Option<&str>,
+        fmt: Option<&str>,
+    ) -> std::io::Result<()> {
         if self.read_only {
             return Err(os(libc::EROFS));
         }
         if name.is_some_and(|n| n.len() > 1023) {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "qcow2: backing file name is longer than 1023 bytes"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "qcow2: backing file name is longer than 1023 bytes",
+            ));
         }
         let mut m = self.meta.lock().await;
         m.writeback().await?;
@@ -255,12 +290,21 @@ impl BlockDriver for Qcow2 {
         self.size.load(Ordering::Acquire)
     }
 
-    async fn readv(&self, offset: u64, iov: &mut oxemu_block::IoVecMut<'_>) -> oxemu_block::BlockResult<()> {
+    async fn readv(
+        &self,
+        offset: u64,
+        iov: &mut oxemu_block::IoVecMut<'_>,
+    ) -> oxemu_block::BlockResult<()> {
         self.check_range(offset, iov.len() as u64)?;
         self.read_guest(offset, iov).await
     }
 
-    async fn writev(&self, offset: u64, iov: &oxemu_block::IoVec<'_>, flags: oxemu_block::WriteFlags) -> oxemu_block::BlockResult<()> {
+    async fn writev(
+        &self,
+        offset: u64,
+        iov: &oxemu_block::IoVec<'_>,
+        flags: oxemu_block::WriteFlags,
+    ) -> oxemu_block::BlockResult<()> {
         self.check_range(offset, iov.len() as u64)?;
         self.before_write().await?;
         self.write_guest(offset, iov).await?;
@@ -284,17 +328,27 @@ impl BlockDriver for Qcow2 {
         self.zero_or_discard(offset, len, true, true).await
     }
 
-    async fn write_zeroes(&self, offset: u64, len: u64, flags: oxemu_block::ZeroFlags) -> oxemu_block::BlockResult<()> {
+    async fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        flags: oxemu_block::ZeroFlags,
+    ) -> oxemu_block::BlockResult<()> {
         self.check_range(offset, len)?;
         self.before_write().await?;
-        self.zero_or_discard(offset, len, false, flags.may_unmap).await?;
+        self.zero_or_discard(offset, len, false, flags.may_unmap)
+            .await?;
         if flags.fua {
             self.flush().await?;
         }
         Ok(())
     }
 
-    async fn block_status(&self, offset: u64, len: u64) -> oxemu_block::BlockResult<oxemu_block::BlockStatus> {
+    async fn block_status(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> oxemu_block::BlockResult<oxemu_block::BlockStatus> {
         self.status(offset, len).await
     }
 

@@ -50,7 +50,11 @@ struct Cache<T> {
 
 impl<T> Cache<T> {
     fn new(cap: usize) -> Self {
-        Cache { map: HashMap::new(), cap: cap.max(4), tick: 0 }
+        Cache {
+            map: HashMap::new(),
+            cap: cap.max(4),
+            tick: 0,
+        }
     }
     fn get_mut(&mut self, off: u64) -> Option<&mut Slot<T>> {
         self.tick += 1;
@@ -65,7 +69,12 @@ impl<T> Cache<T> {
         if self.map.len() < self.cap {
             return true;
         }
-        let victim = self.map.iter().filter(|(_, s)| !s.dirty).min_by_key(|(_, s)| s.tick).map(|(k, _)| *k);
+        let victim = self
+            .map
+            .iter()
+            .filter(|(_, s)| !s.dirty)
+            .min_by_key(|(_, s)| s.tick)
+            .map(|(k, _)| *k);
         match victim {
             Some(k) => {
                 self.map.remove(&k);
@@ -76,7 +85,14 @@ impl<T> Cache<T> {
     }
     fn insert(&mut self, off: u64, val: T, dirty: bool) {
         self.tick += 1;
-        self.map.insert(off, Slot { val, dirty, tick: self.tick });
+        self.map.insert(
+            off,
+            Slot {
+                val,
+                dirty,
+                tick: self.tick,
+            },
+        );
     }
 }
 
@@ -131,15 +147,25 @@ impl Meta {
         let l2_entries = cs / if ext { 16 } else { 8 };
         let mut raw = vec![0u8; h.l1_size as usize * 8];
         file.read_at(h.l1_table_offset, &mut raw).await?;
-        let l1: Vec<u64> = raw.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().unwrap())).collect();
+        let l1: Vec<u64> = raw
+            .chunks_exact(8)
+            .map(|c| u64::from_be_bytes(c.try_into().unwrap()))
+            .collect();
         let mut raw = vec![0u8; (h.refcount_table_clusters as u64 * cs) as usize];
         file.read_at(h.refcount_table_offset, &mut raw).await?;
-        let reftable: Vec<u64> = raw.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().unwrap())).collect();
+        let reftable: Vec<u64> = raw
+            .chunks_exact(8)
+            .map(|c| u64::from_be_bytes(c.try_into().unwrap()))
+            .collect();
         let fsize = file.size().next_multiple_of(cs);
         for (i, e) in reftable.iter().enumerate() {
             let off = e & !(cs - 1);
             if off != 0 && off.saturating_add(cs) > fsize {
-                return Err(bad("refcount table entry", h.refcount_table_offset + 8 * i as u64, format!("refcount block {off:#x} is past the end of the file")));
+                return Err(bad(
+                    "refcount table entry",
+                    h.refcount_table_offset + 8 * i as u64,
+                    format!("refcount block {off:#x} is past the end of the file"),
+                ));
             }
         }
         let l2_cap = (cache_bytes / cs).clamp(16, (l1.len() as u64).max(16)) as usize;
@@ -183,7 +209,8 @@ impl Meta {
             }
             off = self.alloc_cluster().await?;
             self.ensure_room_l2().await?;
-            self.l2.insert(off, vec![0u64; (self.cs / 8) as usize], true);
+            self.l2
+                .insert(off, vec![0u64; (self.cs / 8) as usize], true);
             self.l1[l1i] = off | COPIED;
             self.l1_dirty = true;
             return Ok(Some(off));
@@ -193,11 +220,18 @@ impl Meta {
         }
         if off % self.cs != 0 || off + self.cs > self.file_end() {
             self.corrupt = true;
-            return Err(bad("L1 entry", self.h.l1_table_offset + 8 * l1i as u64, format!("L2 table offset {off:#x} is unaligned or past the end of the file")));
+            return Err(bad(
+                "L1 entry",
+                self.h.l1_table_offset + 8 * l1i as u64,
+                format!("L2 table offset {off:#x} is unaligned or past the end of the file"),
+            ));
         }
         let mut raw = vec![0u8; self.cs as usize];
         self.file.read_at(off, &mut raw).await?;
-        let t = raw.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().unwrap())).collect();
+        let t = raw
+            .chunks_exact(8)
+            .map(|c| u64::from_be_bytes(c.try_into().unwrap()))
+            .collect();
         self.ensure_room_l2().await?;
         self.l2.insert(off, t, false);
         Ok(Some(off))
@@ -219,7 +253,11 @@ impl Meta {
         let i = (gc % self.l2_entries) as usize;
         let ext = self.ext;
         let tab = &self.l2.get_mut(t).unwrap().val;
-        Ok(if ext { (tab[2 * i], tab[2 * i + 1]) } else { (tab[i], 0) })
+        Ok(if ext {
+            (tab[2 * i], tab[2 * i + 1])
+        } else {
+            (tab[i], 0)
+        })
     }
 
     /// Sets the L2 entry of guest cluster `gc` (allocating the table if needed).
@@ -240,7 +278,14 @@ impl Meta {
 
     /// Interprets an L2 entry for the byte at `in_off` inside the cluster, returning the
     /// mapping and how many bytes from `in_off` (up to `max`) share it.
-    pub fn interpret(&self, gc: u64, e: u64, bitmap: u64, in_off: u64, max: u64) -> io::Result<(Mapping, u64)> {
+    pub fn interpret(
+        &self,
+        gc: u64,
+        e: u64,
+        bitmap: u64,
+        in_off: u64,
+        max: u64,
+    ) -> io::Result<(Mapping, u64)> {
         let cs = self.cs;
         let rest = (cs - in_off).min(max);
         if e & COMPRESSED != 0 {
@@ -249,13 +294,21 @@ impl Meta {
             let sectors = ((e >> x) & ((1u64 << (62 - x)) - 1)) + 1;
             let len = sectors * 512 - (host & 511);
             if host + len > self.file_end() + 512 {
-                return Err(bad("compressed L2 entry", gc * cs, format!("host range {host:#x}+{len} is past the end of the file")));
+                return Err(bad(
+                    "compressed L2 entry",
+                    gc * cs,
+                    format!("host range {host:#x}+{len} is past the end of the file"),
+                ));
             }
             return Ok((Mapping::Compressed(host, len), rest));
         }
         let host = e & OFFSET_MASK;
         if host != 0 && (host % cs != 0 || host >= self.file_end()) {
-            return Err(bad("L2 entry", gc * cs, format!("data cluster {host:#x} is unaligned or past the end of the file")));
+            return Err(bad(
+                "L2 entry",
+                gc * cs,
+                format!("data cluster {host:#x} is unaligned or past the end of the file"),
+            ));
         }
         if !self.ext {
             let m = if e & ZERO != 0 && self.h.version == 3 {
@@ -280,7 +333,11 @@ impl Meta {
         };
         let k = kind(first);
         if k == 2 && host == 0 {
-            return Err(bad("extended L2 bitmap", gc * cs, "subcluster allocated without a host cluster"));
+            return Err(bad(
+                "extended L2 bitmap",
+                gc * cs,
+                "subcluster allocated without a host cluster",
+            ));
         }
         let mut last = first;
         while last + 1 < 32 && kind(last + 1) == k && (last + 1) * scs < in_off + rest {
@@ -323,9 +380,15 @@ impl Meta {
     /// Refcount of host cluster index `c`.
     pub async fn refcount(&mut self, c: u64) -> io::Result<u64> {
         let epb = refcount::entries_per_block(self.h.cluster_bits, self.h.refcount_order);
-        let Some(b) = self.refblock((c / epb) as usize, None).await? else { return Ok(0) };
+        let Some(b) = self.refblock((c / epb) as usize, None).await? else {
+            return Ok(0);
+        };
         let o = self.h.refcount_order;
-        Ok(refcount::get(&self.refblocks.get_mut(b).unwrap().val, o, (c % epb) as usize))
+        Ok(refcount::get(
+            &self.refblocks.get_mut(b).unwrap().val,
+            o,
+            (c % epb) as usize,
+        ))
     }
 
     /// Adds `delta` to the refcount of host cluster index `c` (the refcount block must
@@ -335,7 +398,11 @@ impl Meta {
         let rt = (c / epb) as usize;
         let Some(b) = self.refblock(rt, None).await? else {
             self.corrupt = true;
-            return Err(bad("refcount table entry", self.h.refcount_table_offset + 8 * rt as u64, format!("no refcount block for cluster {c:#x}")));
+            return Err(bad(
+                "refcount table entry",
+                self.h.refcount_table_offset + 8 * rt as u64,
+                format!("no refcount block for cluster {c:#x}"),
+            ));
         };
         let o = self.h.refcount_order;
         let s = self.refblocks.get_mut(b).unwrap();
@@ -343,7 +410,14 @@ impl Meta {
         let new = cur as i128 + delta as i128;
         if new < 0 || new > refcount::max(o) as i128 {
             self.corrupt = true;
-            return Err(bad("refcount", c * self.cs, format!("refcount {cur} {delta:+} overflows {}-bit refcounts", 1 << o)));
+            return Err(bad(
+                "refcount",
+                c * self.cs,
+                format!(
+                    "refcount {cur} {delta:+} overflows {}-bit refcounts",
+                    1 << o
+                ),
+            ));
         }
         refcount::set(&mut s.val, o, (c % epb) as usize, new as u64);
         s.dirty = true;
@@ -415,14 +489,20 @@ impl Meta {
         let mut tab = self.reftable.clone();
         tab.resize((clusters * cs / 8) as usize, 0);
         // Place the table and the blocks covering it after everything in use.
-        let end = self.file_end().max(self.highest_meta() + cs).max(self.top * cs) / cs;
+        let end = self
+            .file_end()
+            .max(self.highest_meta() + cs)
+            .max(self.top * cs)
+            / cs;
         let blocks_start = end + clusters;
         let mut nb = 0;
         let mut c = end;
         while c < blocks_start + nb {
             let rt = (c / epb) as usize;
             if rt >= tab.len() {
-                return Err(io::Error::other("qcow2: refcount table growth does not converge"));
+                return Err(io::Error::other(
+                    "qcow2: refcount table growth does not converge",
+                ));
             }
             if tab[rt] == 0 {
                 tab[rt] = (blocks_start + nb) * cs;
@@ -430,7 +510,10 @@ impl Meta {
             }
             c += 1;
         }
-        self.old_reftable = self.old_reftable.or(Some((self.h.refcount_table_offset, self.h.refcount_table_clusters as u64)));
+        self.old_reftable = self.old_reftable.or(Some((
+            self.h.refcount_table_offset,
+            self.h.refcount_table_clusters as u64,
+        )));
         let old = std::mem::replace(&mut self.reftable, tab);
         for (i, e) in self.reftable.clone().iter().enumerate() {
             if *e != 0 && old.get(i).copied().unwrap_or(0) == 0 {
@@ -454,7 +537,14 @@ impl Meta {
     }
 
     fn highest_meta(&self) -> u64 {
-        let a = self.refblocks.map.keys().chain(self.l2.map.keys()).copied().max().unwrap_or(0);
+        let a = self
+            .refblocks
+            .map
+            .keys()
+            .chain(self.l2.map.keys())
+            .copied()
+            .max()
+            .unwrap_or(0);
         a.max(self.h.refcount_table_offset + (self.h.refcount_table_clusters as u64 - 1) * self.cs)
     }
 
@@ -464,7 +554,11 @@ impl Meta {
     pub async fn alloc_bytes(&mut self, len: u64) -> io::Result<u64> {
         let off = self.free_byte;
         let o = self.h.refcount_order;
-        if off != 0 && off % self.cs != 0 && len <= self.cs - off % self.cs && self.refcount(off / self.cs).await? < refcount::max(o) {
+        if off != 0
+            && off % self.cs != 0
+            && len <= self.cs - off % self.cs
+            && self.refcount(off / self.cs).await? < refcount::max(o)
+        {
             self.add_ref(off / self.cs, 1).await?;
             self.free_byte = off + len;
             return Ok(off);
@@ -487,7 +581,13 @@ impl Meta {
         let f = self.file.clone();
         f.flush().await?;
         self.write_refcounts().await?;
-        let dirty: Vec<u64> = self.l2.map.iter().filter(|(_, s)| s.dirty).map(|(k, _)| *k).collect();
+        let dirty: Vec<u64> = self
+            .l2
+            .map
+            .iter()
+            .filter(|(_, s)| s.dirty)
+            .map(|(k, _)| *k)
+            .collect();
         for off in &dirty {
             let s = self.l2.map.get_mut(off).unwrap();
             let raw: Vec<u8> = s.val.iter().flat_map(|v| v.to_be_bytes()).collect();
@@ -562,7 +662,9 @@ impl Meta {
     /// True when host cluster index `c` is covered by an existing refcount block.
     pub fn refcount_block_exists(&self, c: u64) -> bool {
         let epb = refcount::entries_per_block(self.h.cluster_bits, self.h.refcount_order);
-        self.reftable.get((c / epb) as usize).is_some_and(|e| e & !(self.cs - 1) != 0)
+        self.reftable
+            .get((c / epb) as usize)
+            .is_some_and(|e| e & !(self.cs - 1) != 0)
     }
 
     /// Marks the L1 table dirty.

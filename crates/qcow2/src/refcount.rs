@@ -60,12 +60,16 @@ mod tests {
     fn every_order_round_trips_and_keeps_neighbours() {
         for order in 0..=6 {
             let mut b = vec![0u8; 64];
-            let n = 64 * 8 >> order;
+            let n = (64 * 8) >> order;
             for i in 0..n {
                 set(&mut b, order, i, (i as u64 * 7) & max(order));
             }
             for i in 0..n {
-                assert_eq!(get(&b, order, i), (i as u64 * 7) & max(order), "order {order} entry {i}");
+                assert_eq!(
+                    get(&b, order, i),
+                    (i as u64 * 7) & max(order),
+                    "order {order} entry {i}"
+                );
             }
         }
     }

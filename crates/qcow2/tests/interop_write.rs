@@ -44,7 +44,18 @@ fn exercise(img: &Path, model: &mut [u8], seed: u64, ops: usize) {
                 match kind {
                     0 => {
                         model[r].fill(0);
-                        futs.push(Box::pin(async move { d.write_zeroes(off, len, ZeroFlags { may_unmap: true, ..Default::default() }).await }) as std::pin::Pin<Box<dyn std::future::Future<Output = _>>>);
+                        futs.push(Box::pin(async move {
+                            d.write_zeroes(
+                                off,
+                                len,
+                                ZeroFlags {
+                                    may_unmap: true,
+                                    ..Default::default()
+                                },
+                            )
+                            .await
+                        })
+                            as std::pin::Pin<Box<dyn std::future::Future<Output = _>>>);
                     }
                     1 => {
                         // Discard: only whole clusters are dropped; the model learns the result below.
@@ -86,18 +97,40 @@ fn verify(img: &Path, model: &[u8], dir: &Path) {
     let got = qemu_raw(img, dir);
     assert_eq!(got.len(), model.len());
     if let Some(i) = (0..got.len()).find(|&i| got[i] != model[i]) {
-        panic!("{}: qemu-img reads {:#x} at byte {i:#x}, expected {:#x}", img.display(), got[i], model[i]);
+        panic!(
+            "{}: qemu-img reads {:#x} at byte {i:#x}, expected {:#x}",
+            img.display(),
+            got[i],
+            model[i]
+        );
     }
     let expect = dir.join("expect.raw");
     std::fs::write(&expect, model).unwrap();
-    run("qemu-img", &["compare", "-q", "-f", "qcow2", "-F", "raw", img.to_str().unwrap(), expect.to_str().unwrap()]);
+    run(
+        "qemu-img",
+        &[
+            "compare",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "raw",
+            img.to_str().unwrap(),
+            expect.to_str().unwrap(),
+        ],
+    );
 }
 
 #[test]
 fn random_writes_zeroes_and_discards_pass_qemu_check_for_every_refcount_width() {
     let d = tempfile::tempdir().unwrap();
     for bits in [1, 2, 4, 8, 16, 32, 64] {
-        let o = Qcow2CreateOptions { size: 8 << 20, cluster_size: 4096, refcount_bits: bits, ..Default::default() };
+        let o = Qcow2CreateOptions {
+            size: 8 << 20,
+            cluster_size: 4096,
+            refcount_bits: bits,
+            ..Default::default()
+        };
         let img = new_image(d.path(), &format!("rc{bits}.qcow2"), o);
         let mut model = vec![0u8; 8 << 20];
         exercise(&img, &mut model, bits as u64, 200);
@@ -108,7 +141,11 @@ fn random_writes_zeroes_and_discards_pass_qemu_check_for_every_refcount_width() 
 #[test]
 fn small_clusters_grow_the_refcount_table_and_pass_qemu_check() {
     let d = tempfile::tempdir().unwrap();
-    let o = Qcow2CreateOptions { size: 16 << 20, cluster_size: 512, ..Default::default() };
+    let o = Qcow2CreateOptions {
+        size: 16 << 20,
+        cluster_size: 512,
+        ..Default::default()
+    };
     let img = new_image(d.path(), "c512.qcow2", o);
     let mut model = vec![0u8; 16 << 20];
     exercise(&img, &mut model, 7, 300);
@@ -119,10 +156,40 @@ fn small_clusters_grow_the_refcount_table_and_pass_qemu_check() {
 fn extended_l2_and_v2_and_zstd_images_written_by_oxemu_pass_qemu_check() {
     let d = tempfile::tempdir().unwrap();
     let cases = [
-        ("ext.qcow2", Qcow2CreateOptions { size: 8 << 20, cluster_size: 65536, extended_l2: true, ..Default::default() }),
-        ("v2.qcow2", Qcow2CreateOptions { size: 8 << 20, compat_v3: false, ..Default::default() }),
-        ("lazy.qcow2", Qcow2CreateOptions { size: 8 << 20, lazy_refcounts: true, compression_type: CompressionType::Zstd, ..Default::default() }),
-        ("c2m.qcow2", Qcow2CreateOptions { size: 8 << 20, cluster_size: 2 << 20, ..Default::default() }),
+        (
+            "ext.qcow2",
+            Qcow2CreateOptions {
+                size: 8 << 20,
+                cluster_size: 65536,
+                extended_l2: true,
+                ..Default::default()
+            },
+        ),
+        (
+            "v2.qcow2",
+            Qcow2CreateOptions {
+                size: 8 << 20,
+                compat_v3: false,
+                ..Default::default()
+            },
+        ),
+        (
+            "lazy.qcow2",
+            Qcow2CreateOptions {
+                size: 8 << 20,
+                lazy_refcounts: true,
+                compression_type: CompressionType::Zstd,
+                ..Default::default()
+            },
+        ),
+        (
+            "c2m.qcow2",
+            Qcow2CreateOptions {
+                size: 8 << 20,
+                cluster_size: 2 << 20,
+                ..Default::default()
+            },
+        ),
     ];
     for (i, (name, o)) in cases.into_iter().enumerate() {
         let img = new_image(d.path(), name, o);
@@ -136,17 +203,45 @@ fn extended_l2_and_v2_and_zstd_images_written_by_oxemu_pass_qemu_check() {
 fn writes_into_a_backing_chain_copy_on_write_and_pass_qemu_check() {
     let d = tempfile::tempdir().unwrap();
     let base = d.path().join("base.qcow2");
-    run("qemu-img", &["create", "-q", "-f", "qcow2", base.to_str().unwrap(), "8M"]);
-    run("qemu-io", &["-c", "write -P 0x77 0 8M", base.to_str().unwrap()]);
+    run(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", base.to_str().unwrap(), "8M"],
+    );
+    run(
+        "qemu-io",
+        &["-c", "write -P 0x77 0 8M", base.to_str().unwrap()],
+    );
     let mid = d.path().join("mid.qcow2");
-    run("qemu-img", &["create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "-o", "extended_l2=on", mid.to_str().unwrap()]);
-    run("qemu-io", &["-c", "write -P 0x78 1M 1M", mid.to_str().unwrap()]);
-    let top = new_image(d.path(), "top.qcow2", Qcow2CreateOptions {
-        size: 8 << 20,
-        backing_file: Some("mid.qcow2".into()),
-        backing_fmt: Some("qcow2".into()),
-        ..Default::default()
-    });
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.qcow2",
+            "-F",
+            "qcow2",
+            "-o",
+            "extended_l2=on",
+            mid.to_str().unwrap(),
+        ],
+    );
+    run(
+        "qemu-io",
+        &["-c", "write -P 0x78 1M 1M", mid.to_str().unwrap()],
+    );
+    let top = new_image(
+        d.path(),
+        "top.qcow2",
+        Qcow2CreateOptions {
+            size: 8 << 20,
+            backing_file: Some("mid.qcow2".into()),
+            backing_fmt: Some("qcow2".into()),
+            ..Default::default()
+        },
+    );
     let mut model = qemu_raw(&mid, d.path());
     exercise(&top, &mut model, 42, 200);
     verify(&top, &model, d.path());
@@ -158,7 +253,15 @@ fn writes_into_a_backing_chain_copy_on_write_and_pass_qemu_check() {
 fn compressed_writes_read_back_through_qemu_for_zlib_and_zstd() {
     let d = tempfile::tempdir().unwrap();
     for ct in [CompressionType::Zlib, CompressionType::Zstd] {
-        let img = new_image(d.path(), &format!("{}.qcow2", ct.name()), Qcow2CreateOptions { size: 4 << 20, compression_type: ct, ..Default::default() });
+        let img = new_image(
+            d.path(),
+            &format!("{}.qcow2", ct.name()),
+            Qcow2CreateOptions {
+                size: 4 << 20,
+                compression_type: ct,
+                ..Default::default()
+            },
+        );
         let mut model = vec![0u8; 4 << 20];
         let lp = EventLoop::with_defaults().unwrap();
         lp.block_on(async {
@@ -166,7 +269,11 @@ fn compressed_writes_read_back_through_qemu_for_zlib_and_zstd() {
             let q = im.qcow2.clone().unwrap();
             for (i, c) in model.chunks_mut(65536).enumerate() {
                 for (j, b) in c.iter_mut().enumerate() {
-                    *b = if i % 3 == 0 { (j / 100) as u8 } else { ((j * 7 + i) % 13) as u8 };
+                    *b = if i % 3 == 0 {
+                        (j / 100) as u8
+                    } else {
+                        ((j * 7 + i) % 13) as u8
+                    };
                 }
                 q.write_compressed(i as u64 * 65536, c).await.unwrap();
             }

@@ -21,9 +21,18 @@ const SIZE: u64 = 16 << 20;
 #[test]
 #[ignore = "run by kill_at_random_points_never_corrupts_the_image as a child process"]
 fn writer_child() {
-    let Ok(img) = std::env::var("OXEMU_QCOW2_KILL_IMG") else { return };
-    let seed: u64 = std::env::var("OXEMU_QCOW2_KILL_SEED").unwrap().parse().unwrap();
-    let mut log = std::fs::OpenOptions::new().append(true).create(true).open(format!("{img}.log")).unwrap();
+    let Ok(img) = std::env::var("OXEMU_QCOW2_KILL_IMG") else {
+        return;
+    };
+    let seed: u64 = std::env::var("OXEMU_QCOW2_KILL_SEED")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(format!("{img}.log"))
+        .unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let lp = EventLoop::with_defaults().unwrap();
     lp.block_on(async {
@@ -40,7 +49,8 @@ fn writer_child() {
                 }
                 taken.push((off, len));
                 let fill: u8 = rng.gen_range(1..=255);
-                log.write_all(format!("W {off} {len} {fill}\n").as_bytes()).unwrap();
+                log.write_all(format!("W {off} {len} {fill}\n").as_bytes())
+                    .unwrap();
                 let d = d.clone();
                 futs.push(async move {
                     let buf = vec![fill; len as usize];
@@ -69,7 +79,11 @@ fn verify(img: &Path, base: &mut Vec<u8>, dir: &Path) -> usize {
     let mut certain = vec![true; SIZE as usize];
     for (i, l) in lines.iter().enumerate() {
         // A line cut short by the kill parses to fewer numbers and was never issued.
-        let p: Vec<u64> = l.split(' ').skip(1).filter_map(|x| x.parse().ok()).collect();
+        let p: Vec<u64> = l
+            .split(' ')
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
         if p.len() != 3 || !l.starts_with("W ") {
             continue;
         }
@@ -82,7 +96,10 @@ fn verify(img: &Path, base: &mut Vec<u8>, dir: &Path) -> usize {
     }
     for i in 0..SIZE as usize {
         if certain[i] && expect[i] != got[i] {
-            panic!("byte {i:#x}: expected {:#x}, image has {:#x} (check: {v})", expect[i], got[i]);
+            panic!(
+                "byte {i:#x}: expected {:#x}, image has {:#x} (check: {v})",
+                expect[i], got[i]
+            );
         }
     }
     *base = got;
@@ -97,9 +114,18 @@ fn kill_rounds(img: &Path, rounds: usize, seed: u64, dir: &Path) {
     let exe = std::env::current_exe().unwrap();
     for round in 0..rounds {
         let mut child = Command::new(&exe)
-            .args(["--exact", "writer_child", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "writer_child",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("OXEMU_QCOW2_KILL_IMG", img)
-            .env("OXEMU_QCOW2_KILL_SEED", (seed * 1000 + round as u64).to_string())
+            .env(
+                "OXEMU_QCOW2_KILL_SEED",
+                (seed * 1000 + round as u64).to_string(),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -110,7 +136,10 @@ fn kill_rounds(img: &Path, rounds: usize, seed: u64, dir: &Path) {
         child.wait().unwrap();
         acked += verify(img, &mut base, dir);
     }
-    assert!(acked > rounds, "the writer got too few flushes through ({acked}) for the test to mean anything");
+    assert!(
+        acked > rounds,
+        "the writer got too few flushes through ({acked}) for the test to mean anything"
+    );
 }
 
 #[test]
@@ -120,8 +149,27 @@ fn kill_at_random_points_never_corrupts_the_image() {
     let plain = d.path().join("plain.qcow2");
     let lazy = d.path().join("lazy.qcow2");
     lp.block_on(async {
-        create(&plain, &Qcow2CreateOptions { size: SIZE, cluster_size: 4096, ..Default::default() }).await.unwrap();
-        create(&lazy, &Qcow2CreateOptions { size: SIZE, cluster_size: 65536, lazy_refcounts: true, ..Default::default() }).await.unwrap();
+        create(
+            &plain,
+            &Qcow2CreateOptions {
+                size: SIZE,
+                cluster_size: 4096,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        create(
+            &lazy,
+            &Qcow2CreateOptions {
+                size: SIZE,
+                cluster_size: 65536,
+                lazy_refcounts: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     });
     kill_rounds(&plain, 30, 1, d.path());
     kill_rounds(&lazy, 20, 2, d.path());

@@ -13,13 +13,22 @@ use oxemu_qcow2::{open_image, ImageOptions};
 fn qemu_io_cannot_write_while_oxemu_holds_the_image() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("l.qcow2");
-    run("qemu-img", &["create", "-q", "-f", "qcow2", p.to_str().unwrap(), "1M"]);
+    run(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", p.to_str().unwrap(), "1M"],
+    );
     let lp = EventLoop::with_defaults().unwrap();
     lp.block_on(async {
         let _img = open(&p, false).await;
-        let out = Command::new("qemu-io").args(["-c", "write 0 512", p.to_str().unwrap()]).output().unwrap();
+        let out = Command::new("qemu-io")
+            .args(["-c", "write 0 512", p.to_str().unwrap()])
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() || err.contains("lock"), "qemu-io wrote: {err}");
+        assert!(
+            !out.status.success() || err.contains("lock"),
+            "qemu-io wrote: {err}"
+        );
         assert!(err.contains("Failed to get \"write\" lock"), "{err}");
     });
     // Released on drop: qemu-io can write now.
@@ -30,7 +39,10 @@ fn qemu_io_cannot_write_while_oxemu_holds_the_image() {
 fn oxemu_cannot_open_for_writing_while_qemu_io_holds_the_image() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("q.qcow2");
-    run("qemu-img", &["create", "-q", "-f", "qcow2", p.to_str().unwrap(), "1M"]);
+    run(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", p.to_str().unwrap(), "1M"],
+    );
     let mut q = Command::new("qemu-io")
         .arg(&p)
         .stdin(Stdio::piped())
@@ -53,7 +65,9 @@ fn oxemu_cannot_open_for_writing_while_qemu_io_holds_the_image() {
         o.file = FileOptions::new(&p);
         open_image(&p, None, &o).await.map(|_| ())
     });
-    let e = res.expect_err("oxemu opened an image qemu-io holds for writing").to_string();
+    let e = res
+        .expect_err("oxemu opened an image qemu-io holds for writing")
+        .to_string();
     assert!(e.contains("lock"), "{e}");
     // Read-only with force-share still works, as with qemu-img -U.
     lp.block_on(async {

@@ -11,8 +11,23 @@ use oxemu_qcow2::{open_image, ImageOptions, Repair};
 
 fn qemu_image(dir: &Path, name: &str, opts: &str) -> PathBuf {
     let p = dir.join(name);
-    run("qemu-img", &["create", "-q", "-f", "qcow2", "-o", opts, p.to_str().unwrap(), "4M"]);
-    run("qemu-io", &["-c", "write -P 0x42 0 64k", p.to_str().unwrap()]);
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            opts,
+            p.to_str().unwrap(),
+            "4M",
+        ],
+    );
+    run(
+        "qemu-io",
+        &["-c", "write -P 0x42 0 64k", p.to_str().unwrap()],
+    );
     p
 }
 
@@ -37,7 +52,10 @@ fn open_and_read_err(p: &Path) -> String {
         o.file.read_only = true;
         let img = open_image(p, None, &o).await.map_err(|e| e.to_string())?;
         let mut b = vec![0u8; 65536];
-        img.driver.read_at(0, &mut b).await.map_err(|e| e.to_string())?;
+        img.driver
+            .read_at(0, &mut b)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok::<(), String>(())
     })
     .expect_err("malformed image was accepted")
@@ -63,7 +81,10 @@ fn l1_entry_past_eof_names_the_l1_entry_offset() {
     let l1 = be64_at(&p, 40);
     patch(&p, l1, &(0x8000_0000_0100_0000u64).to_be_bytes());
     let e = open_and_read_err(&p);
-    assert!(e.contains("L1 entry") && e.contains(&format!("{l1:#x}")), "{e}");
+    assert!(
+        e.contains("L1 entry") && e.contains(&format!("{l1:#x}")),
+        "{e}"
+    );
 }
 
 #[test]
@@ -91,7 +112,10 @@ fn absurd_header_fields_are_refused_naming_the_field() {
         let p = qemu_image(d.path(), &format!("{field}.qcow2"), "cluster_size=64k");
         patch(&p, off, bytes);
         let e = open_and_read_err(&p);
-        assert!(e.contains(field) && e.contains(&format!("offset {off:#x}")), "{field}: {e}");
+        assert!(
+            e.contains(field) && e.contains(&format!("offset {off:#x}")),
+            "{field}: {e}"
+        );
     }
 }
 
@@ -101,7 +125,10 @@ fn unknown_incompatible_feature_is_refused_by_name() {
     let p = qemu_image(d.path(), "f.qcow2", "cluster_size=64k");
     patch(&p, 72, &(1u64 << 40).to_be_bytes());
     let e = open_and_read_err(&p);
-    assert!(e.contains("Unsupported qcow2 feature") && e.contains("10000000000"), "{e}");
+    assert!(
+        e.contains("Unsupported qcow2 feature") && e.contains("10000000000"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -109,9 +136,36 @@ fn backing_chain_cycle_is_refused() {
     let d = tempfile::tempdir().unwrap();
     let a = d.path().join("a.qcow2");
     let b = d.path().join("b.qcow2");
-    run("qemu-img", &["create", "-q", "-f", "qcow2", a.to_str().unwrap(), "1M"]);
-    run("qemu-img", &["create", "-q", "-f", "qcow2", "-b", "a.qcow2", "-F", "qcow2", b.to_str().unwrap()]);
-    run("qemu-img", &["rebase", "-u", "-b", "b.qcow2", "-F", "qcow2", a.to_str().unwrap()]);
+    run(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", a.to_str().unwrap(), "1M"],
+    );
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "a.qcow2",
+            "-F",
+            "qcow2",
+            b.to_str().unwrap(),
+        ],
+    );
+    run(
+        "qemu-img",
+        &[
+            "rebase",
+            "-u",
+            "-b",
+            "b.qcow2",
+            "-F",
+            "qcow2",
+            a.to_str().unwrap(),
+        ],
+    );
     let e = open_and_read_err(&b);
     assert!(e.contains("cycle"), "{e}");
 }
