@@ -162,6 +162,15 @@ impl Qcow2 {
         };
         fill_start = fill_start.min(a);
         fill_end = fill_end.max(b);
+        // A fresh cluster past the end of the file reads as zeroes already: when the old
+        // content is zeroes too (no backing file, no old data), write only the request.
+        if fresh
+            && target >= self.file.size()
+            && self.backing.is_none()
+            && e & (OFFSET_MASK | COMPRESSED) == 0
+        {
+            (fill_start, fill_end) = (a, b);
+        }
         m.inflight.insert(gc, Vec::new());
         Ok(Plan::Allocate {
             target,
