@@ -2,6 +2,7 @@
 //! discard, block status, resize and compressed writes.
 
 use std::io;
+use std::sync::atomic::Ordering;
 
 use futures::channel::oneshot;
 use oxemu_block::{BlockDriver, BlockDriverExt, BlockStatus, IoVec, IoVecMut, WriteFlags};
@@ -138,7 +139,7 @@ impl Qcow2 {
                 format!("data cluster {host:#x} is unaligned"),
             ));
         }
-        if normal && !self.ext && (e & ZERO == 0 || self.version == 2) {
+        if normal && !self.ext && (e & ZERO == 0 || self.version.load(Ordering::Acquire) == 2) {
             return Ok(Plan::Direct(host));
         }
         let (mut fill_start, mut fill_end, target, fresh) = if normal && self.ext {
@@ -240,8 +241,10 @@ impl Qcow2 {
         let base = gc * cs;
         let mut head = vec![0u8; (a - fs) as usize];
         let mut tail = vec![0u8; (fe - a - data.len() as u64) as usize];
-        let zero_old =
-            !self.ext && self.version == 3 && old_e & ZERO != 0 && old_e & COMPRESSED == 0;
+        let zero_old = !self.ext
+            && self.version.load(Ordering::Acquire) == 3
+            && old_e & ZERO != 0
+            && old_e & COMPRESSED == 0;
         if !zero_old {
             if !head.is_empty() {
                 self.read_clamped(base + fs, &mut head).await?;
@@ -372,7 +375,7 @@ impl Qcow2 {
             let (e, bm) = m.entry(gc).await?;
             let (ne, nb) = if self.ext {
                 (0, ALL_ZERO_BITMAP)
-            } else if self.version == 3 {
+            } else if self.version.load(Ordering::Acquire) == 3 {
                 (ZERO, 0)
             } else if self.backing.is_none() {
                 (0, 0)

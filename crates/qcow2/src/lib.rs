@@ -13,6 +13,7 @@
 // `is_multiple_of` needs Rust 1.87; the workspace supports 1.80.
 #![allow(clippy::manual_is_multiple_of)]
 
+pub mod amend;
 pub mod chain;
 pub mod check;
 pub mod compress;
@@ -28,6 +29,7 @@ use std::sync::Arc;
 use futures::lock::Mutex;
 use oxemu_block::{BlockDriver, BlockDriverExt, NodeInfo};
 
+pub use amend::AmendOptions;
 pub use chain::{open_image, Image, ImageOptions};
 pub use check::{CheckReport, Repair};
 pub use create::{create, Preallocation, Qcow2CreateOptions};
@@ -72,10 +74,10 @@ pub struct Qcow2 {
     size: AtomicU64,
     cluster_bits: u32,
     ext: bool,
-    version: u32,
+    version: std::sync::atomic::AtomicU32,
     compression: CompressionType,
     read_only: bool,
-    lazy: bool,
+    lazy: AtomicBool,
     dirty_set: AtomicBool,
 }
 
@@ -151,10 +153,10 @@ impl Qcow2 {
             size: AtomicU64::new(h.size),
             cluster_bits: h.cluster_bits,
             ext: h.extended_l2(),
-            version: h.version,
+            version: std::sync::atomic::AtomicU32::new(h.version),
             compression: h.compression_type,
             read_only: opts.read_only,
-            lazy: h.compatible_features & header::COMPAT_LAZY_REFCOUNTS != 0,
+            lazy: AtomicBool::new(h.compatible_features & header::COMPAT_LAZY_REFCOUNTS != 0),
             dirty_set: AtomicBool::new(dirty),
             meta: Mutex::new(meta),
         });
@@ -228,7 +230,10 @@ impl Qcow2 {
         if self.read_only {
             return Err(os(libc::EROFS));
         }
-        if self.lazy && self.version == 3 && !self.dirty_set.load(Ordering::Acquire) {
+        if self.lazy.load(Ordering::Acquire)
+            && self.version.load(Ordering::Acquire) == 3
+            && !self.dirty_set.load(Ordering::Acquire)
+        {
             self.set_dirty(true).await?;
         }
         Ok(())

@@ -284,3 +284,61 @@ fn compressed_writes_read_back_through_qemu_for_zlib_and_zstd() {
         assert!(v["compressed-clusters"].as_u64().unwrap() > 0, "{v}");
     }
 }
+
+#[test]
+fn amend_changes_compat_and_lazy_refcounts_as_qemu_img_info_shows() {
+    let d = tempfile::tempdir().unwrap();
+    let img = new_image(
+        d.path(),
+        "a.qcow2",
+        Qcow2CreateOptions {
+            size: 4 << 20,
+            ..Default::default()
+        },
+    );
+    let lp = EventLoop::with_defaults().unwrap();
+    let info = |p: &Path| -> serde_json::Value {
+        serde_json::from_str(&run(
+            "qemu-img",
+            &["info", "--output=json", p.to_str().unwrap()],
+        ))
+        .unwrap()
+    };
+    lp.block_on(async {
+        let im = open(&img, false).await;
+        let q = im.qcow2.clone().unwrap();
+        q.write_at(0, &[7u8; 4096]).await.unwrap();
+        q.write_zeroes(65536, 65536, ZeroFlags::default())
+            .await
+            .unwrap();
+        q.amend(oxemu_qcow2::AmendOptions {
+            lazy_refcounts: Some(true),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        q.close().await.unwrap();
+    });
+    assert_eq!(
+        info(&img)["format-specific"]["data"]["lazy-refcounts"],
+        true
+    );
+    lp.block_on(async {
+        let im = open(&img, false).await;
+        let q = im.qcow2.clone().unwrap();
+        q.amend(oxemu_qcow2::AmendOptions {
+            compat_v3: Some(false),
+            lazy_refcounts: Some(false),
+        })
+        .await
+        .unwrap();
+        q.write_zeroes(0, 65536, ZeroFlags::default())
+            .await
+            .unwrap();
+        q.close().await.unwrap();
+    });
+    assert_eq!(info(&img)["format-specific"]["data"]["compat"], "0.10");
+    qemu_check_clean(&img);
+    let mut model = vec![0u8; 4 << 20];
+    verify(&img, &model, d.path());
+}
