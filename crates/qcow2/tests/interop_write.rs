@@ -339,6 +339,6 @@ fn amend_changes_compat_and_lazy_refcounts_as_qemu_img_info_shows() {
     });
     assert_eq!(info(&img)["format-specific"]["data"]["compat"], "0.10");
     qemu_check_clean(&img);
-    let mut model = vec![0u8; 4 << 20];
+    let model = vec![0u8; 4 << 20];
     verify(&img, &model, d.path());
 }
