@@ -342,3 +342,27 @@ fn amend_changes_compat_and_lazy_refcounts_as_qemu_img_info_shows() {
     let model = vec![0u8; 4 << 20];
     verify(&img, &model, d.path());
 }
+
+#[test]
+fn preallocated_images_pass_qemu_check_and_read_zeroes() {
+    let d = tempfile::tempdir().unwrap();
+    for (name, p) in [
+        ("meta.qcow2", oxemu_qcow2::Preallocation::Metadata),
+        ("falloc.qcow2", oxemu_qcow2::Preallocation::Falloc),
+        ("full.qcow2", oxemu_qcow2::Preallocation::Full),
+    ] {
+        let img = new_image(
+            d.path(),
+            name,
+            Qcow2CreateOptions {
+                size: 3 << 20,
+                cluster_size: 4096,
+                preallocation: p,
+                ..Default::default()
+            },
+        );
+        let v = qemu_check_clean(&img);
+        assert_eq!(v["allocated-clusters"].as_u64(), Some(768), "{name}: {v}");
+        verify(&img, &vec![0u8; 3 << 20], d.path());
+    }
+}
