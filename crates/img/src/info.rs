@@ -22,15 +22,7 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
     let [file] = p.args.as_slice() else {
         return Err(Error::Usage("Expecting one image file name".into()));
     };
-    let json = match p.get("output").unwrap_or("human") {
-        "human" => false,
-        "json" => true,
-        o => {
-            return Err(Error::Msg(format!(
-                "--output must be used with human or json as argument. (got '{o}')"
-            )))
-        }
-    };
+    let json = output_is_json(p.get("output"))?;
     let img = image::open(
         Path::new(file),
         &OpenOpts {
@@ -59,4 +51,15 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
         println!("disk size: {}", human_size(actual));
     }
     Ok(())
+}
+
+/// Parses `--output`: false for human (the default), true for json.
+pub fn output_is_json(o: Option<&str>) -> Result<bool, Error> {
+    match o.unwrap_or("human") {
+        "human" => Ok(false),
+        "json" => Ok(true),
+        o => Err(Error::Msg(format!(
+            "--output must be used with human or json as argument. (got '{o}')"
+        ))),
+    }
 }

@@ -2,9 +2,11 @@
 
 mod args;
 mod bench;
+mod convert;
 mod create;
 mod image;
 mod info;
+mod map;
 
 use std::process::ExitCode;
 
@@ -17,6 +19,9 @@ pub enum Error {
     /// Anything else, already phrased for the user.
     #[error("{0}")]
     Msg(String),
+    /// A message and a specific exit code (`check`: 63 = unsupported; `compare`: 2).
+    #[error("{1}")]
+    Exit(u8, String),
 }
 
 impl From<std::io::Error> for Error {
@@ -45,8 +50,13 @@ Command syntax:
         [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q] [-s buffer_size]
         [-S step_size] [-t cache] [-w] [-U] [--random] filename
         (--random is an oxemu extension: uniformly random offsets, multiples of the step)
+  check [-f fmt] [--output=ofmt] [-r leaks|all] [-U] filename
+  compare [-f fmt] [-F fmt] [-q] [-s] [-U] filename1 filename2
+  convert [-f fmt] [-O output_fmt] [-n] [-p] [-q] [-t cache] [-T src_cache] [-U] filename output_filename
   create [-q] [-f fmt] [-o options] filename [size]
   info [-f fmt] [--output=ofmt] [-U] filename
+  map [-f fmt] [--output=ofmt] [--start-offset=OFFSET] [--max-length=LEN] [-U] filename
+  resize [-f fmt] [-q] [--shrink] filename [+ | -]size
 
 Parameters:
   'cache' is none, writeback (default), writethrough, directsync or unsafe
@@ -55,15 +65,51 @@ Parameters:
   'ofmt' is human (default) or json
 ";
 
+/// `check` on formats without metadata: qemu-img's message and exit code 63.
+fn check(argv: &[String]) -> Result<(), Error> {
+    use args::{opt, parse};
+    let p = parse(
+        argv,
+        &[
+            opt(Some('f'), None, true),
+            opt(Some('r'), None, true),
+            opt(Some('q'), None, false),
+            opt(None, Some("output"), true),
+            opt(Some('U'), Some("force-share"), false),
+        ],
+    )?;
+    let [file] = p.args.as_slice() else {
+        return Err(Error::Usage("Expecting one image file name".into()));
+    };
+    info::output_is_json(p.get("output"))?;
+    let img = map::open_ro(file, p.get("f"), p.has("force-share"))?;
+    Err(Error::Exit(
+        63,
+        format!("This image format does not support checks ({})", img.format),
+    ))
+}
+
 fn run(argv: &[String]) -> Result<(), Error> {
     let Some(cmd) = argv.first() else {
         return Err(Error::Usage("Not enough arguments".into()));
     };
     let rest = &argv[1..];
+    if cmd == "compare" {
+        return match map::run_compare(rest) {
+            Ok(0) => Ok(()),
+            Ok(c) => Err(Error::Exit(c, String::new())),
+            Err(Error::Msg(m)) => Err(Error::Exit(2, m)),
+            Err(e) => Err(e),
+        };
+    }
     match cmd.as_str() {
         "create" => create::run(rest),
         "info" => info::run(rest),
         "bench" => bench::run(rest),
+        "map" => map::run_map(rest),
+        "convert" => convert::run_convert(rest),
+        "resize" => convert::run_resize(rest),
+        "check" => check(rest),
         "-h" | "--help" => {
             print!("{HELP}");
             Ok(())
@@ -87,6 +133,12 @@ fn main() -> ExitCode {
             eprintln!("oxemu-img: {m}");
             eprintln!("Try 'oxemu-img --help' for more information");
             ExitCode::FAILURE
+        }
+        Err(Error::Exit(code, m)) => {
+            if !m.is_empty() {
+                eprintln!("oxemu-img: {}", m.replace('\n', " "));
+            }
+            ExitCode::from(code)
         }
         Err(Error::Msg(m)) => {
             // One line: fold multi-line kernel/driver messages.
