@@ -2,11 +2,15 @@
 //!
 //! convert walks the source's block status, skips ranges that read as zeroes (the
 //! freshly created target is sparse, so they are already zero) and copies the rest in
-//! 2 MiB chunks, skipping chunks whose contents are all zero.
+//! 2 MiB chunks, 8 requests in flight, skipping chunks whose contents are all zero.
 
+use std::cell::{Cell, RefCell};
 use std::io::Write;
 use std::path::Path;
+use std::rc::Rc;
+use std::sync::Arc;
 
+use oxemu_block::aio::spawn_local;
 use oxemu_block::buffer::is_zero as is_zero_buf;
 use oxemu_block::{AlignedBuf, BlockDriver, BlockDriverExt, FileDriver};
 
@@ -89,30 +93,35 @@ pub fn run_convert(argv: &[String]) -> Result<(), Error> {
     }
     let progress = p.has("p") && !p.has("q");
     let lp = event_loop()?;
-    lp.block_on(copy(&*s.node, &*d.node, size, !p.has("n"), progress))
+    lp.block_on(copy(
+        s.node.clone(),
+        d.node.clone(),
+        size,
+        !p.has("n"),
+        progress,
+    ))
+}
+
+/// Copy requests in flight at once.
+const IN_FLIGHT: usize = 8;
+
+/// One range of the source to copy: data (read and write) or zeroes.
+#[derive(Clone, Copy)]
+struct Extent {
+    off: u64,
+    len: u64,
+    data: bool,
 }
 
 async fn copy(
-    src: &dyn BlockDriver,
-    dst: &dyn BlockDriver,
+    src: Arc<dyn BlockDriver>,
+    dst: Arc<dyn BlockDriver>,
     size: u64,
     target_is_zero: bool,
     progress: bool,
 ) -> Result<(), Error> {
-    let mut buf = AlignedBuf::new(CHUNK);
+    let mut extents = Vec::new();
     let mut off = 0u64;
-    let show = |done: u64| {
-        if progress {
-            let pct = if size == 0 {
-                100.0
-            } else {
-                done as f64 * 100.0 / size as f64
-            };
-            print!("    ({pct:.2}/100%)\r");
-            let _ = std::io::stdout().flush();
-        }
-    };
-    show(0);
     while off < size {
         let st = src
             .block_status(off, (size - off).min(1 << 30))
@@ -123,30 +132,43 @@ async fn copy(
                 ))
             })?;
         let len = st.len.max(1).min(size - off);
-        if st.zero || !st.data {
-            if !target_is_zero {
-                dst.write_zeroes(off, len, Default::default())
-                    .await
-                    .map_err(|e| Error::Msg(format!("error while writing at byte {off}: {e}")))?;
+        let data = st.data && !st.zero;
+        // Split data into CHUNK-sized requests so several run in parallel.
+        let step = if data { CHUNK as u64 } else { len };
+        let mut o = off;
+        while o < off + len {
+            let n = step.min(off + len - o);
+            if data || !target_is_zero {
+                extents.push(Extent {
+                    off: o,
+                    len: n,
+                    data,
+                });
             }
-        } else {
-            let mut o = off;
-            while o < off + len {
-                let n = (off + len - o).min(CHUNK as u64) as usize;
-                src.read_at(o, &mut buf[..n])
-                    .await
-                    .map_err(|e| Error::Msg(format!("error while reading at byte {o}: {e}")))?;
-                if !(target_is_zero && is_zero_buf(&buf[..n])) {
-                    dst.write_at(o, &buf[..n])
-                        .await
-                        .map_err(|e| Error::Msg(format!("error while writing at byte {o}: {e}")))?;
-                }
-                o += n as u64;
-                show(o);
-            }
+            o += n;
         }
         off += len;
-        show(off);
+    }
+    let job = Rc::new(Job {
+        extents,
+        next: Cell::new(0),
+        done: Cell::new(0),
+        size,
+        progress,
+        target_is_zero,
+        error: RefCell::new(None),
+    });
+    job.done
+        .set(size - job.extents.iter().map(|e| e.len).sum::<u64>());
+    job.show();
+    let workers: Vec<_> = (0..IN_FLIGHT)
+        .map(|_| spawn_local(copy_worker(src.clone(), dst.clone(), job.clone())))
+        .collect();
+    for w in workers {
+        w.await;
+    }
+    if let Some(e) = job.error.borrow_mut().take() {
+        return Err(e);
     }
     dst.flush()
         .await
@@ -155,6 +177,75 @@ async fn copy(
         println!("    (100.00/100%)");
     }
     Ok(())
+}
+
+/// State shared by the copy workers.
+struct Job {
+    extents: Vec<Extent>,
+    next: Cell<usize>,
+    done: Cell<u64>,
+    size: u64,
+    progress: bool,
+    target_is_zero: bool,
+    error: RefCell<Option<Error>>,
+}
+
+impl Job {
+    fn show(&self) {
+        if self.progress {
+            let pct = if self.size == 0 {
+                100.0
+            } else {
+                self.done.get() as f64 * 100.0 / self.size as f64
+            };
+            print!("    ({pct:.2}/100%)\r");
+            let _ = std::io::stdout().flush();
+        }
+    }
+}
+
+async fn copy_worker(src: Arc<dyn BlockDriver>, dst: Arc<dyn BlockDriver>, job: Rc<Job>) {
+    let mut buf = AlignedBuf::new(CHUNK);
+    loop {
+        let i = job.next.get();
+        if i >= job.extents.len() || job.error.borrow().is_some() {
+            return;
+        }
+        job.next.set(i + 1);
+        let e = job.extents[i];
+        if let Err(err) = copy_extent(&*src, &*dst, e, &mut buf, job.target_is_zero).await {
+            job.error.borrow_mut().get_or_insert(err);
+            return;
+        }
+        job.done.set(job.done.get() + e.len);
+        job.show();
+    }
+}
+
+async fn copy_extent(
+    src: &dyn BlockDriver,
+    dst: &dyn BlockDriver,
+    e: Extent,
+    buf: &mut [u8],
+    target_is_zero: bool,
+) -> Result<(), Error> {
+    let o = e.off;
+    if !e.data {
+        return dst
+            .write_zeroes(o, e.len, Default::default())
+            .await
+            .map_err(|err| Error::Msg(format!("error while writing at byte {o}: {err}")));
+    }
+    let n = e.len as usize;
+    src.read_at(o, &mut buf[..n])
+        .await
+        .map_err(|err| Error::Msg(format!("error while reading at byte {o}: {err}")))?;
+    if target_is_zero && is_zero_buf(&buf[..n]) {
+        return Ok(());
+    }
+    dst.write_at(o, &buf[..n])
+        .await
+        .map_err(|err| Error::Msg(format!("error while writing at byte {o}: {err}")))
 }
 
 const RESIZE_SPEC: &[Opt] = &[
