@@ -1,0 +1,459 @@
+//! Guest I/O paths: reads, (allocating) writes with copy-on-write, zeroing and
+//! discard, block status, resize and compressed writes.
+
+use std::io;
+
+use futures::channel::oneshot;
+use oxemu_block::{BlockDriver, BlockDriverExt, BlockStatus, IoVec, IoVecMut, WriteFlags};
+
+use crate::compress;
+use crate::meta::{Mapping, Meta, ALL_ZERO_BITMAP, COMPRESSED, COPIED, OFFSET_MASK, ZERO};
+use crate::{os, Qcow2};
+
+/// What a write to one cluster must do, decided under the metadata lock.
+enum Plan {
+    /// Overwrite in place at this host offset.
+    Direct(u64),
+    /// Wait for an allocating write to the same cluster.
+    Wait(oneshot::Receiver<()>),
+    /// Write `fill_start..fill_end` of the cluster at `target`, filling around the
+    /// request with the old content; `fresh` when `target` was just allocated.
+    Allocate { target: u64, fill_start: u64, fill_end: u64, fresh: bool, old: (u64, u64) },
+}
+
+fn sub_mask(s0: u64, s1: u64) -> u64 {
+    ((1u64 << (s1 - s0 + 1)) - 1) << s0
+}
+
+impl Qcow2 {
+    async fn lookup(&self, m: &mut Meta, off: u64, max: u64) -> io::Result<(Mapping, u64)> {
+        let cs = self.cluster_size();
+        let gc = off >> self.cluster_bits;
+        let (e, b) = m.entry(gc).await?;
+        m.interpret(gc, e, b, off & (cs - 1), max)
+    }
+
+    /// Reads guest data at `offset` into `iov`.
+    pub(crate) async fn read_guest(&self, offset: u64, iov: &mut IoVecMut<'_>) -> io::Result<()> {
+        let len = iov.len() as u64;
+        let mut done = 0u64;
+        while done < len {
+            let off = offset + done;
+            let (map, n) = {
+                let mut m = self.meta.lock().await;
+                self.lookup(&mut m, off, len - done).await?
+            };
+            if done == 0 && n == len {
+                return self.read_mapped(map, off, iov).await;
+            }
+            let mut part = iov.slice_mut(done as usize, n as usize);
+            self.read_mapped(map, off, &mut part).await?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    async fn read_mapped(&self, map: Mapping, off: u64, iov: &mut IoVecMut<'_>) -> io::Result<()> {
+        let cs = self.cluster_size();
+        let in_off = off & (cs - 1);
+        match map {
+            Mapping::Data(host) => self.file.readv(host + in_off, iov).await,
+            Mapping::Zero => {
+                iov.zero_range(0, iov.len());
+                Ok(())
+            }
+            Mapping::Unallocated => self.read_backing(off, iov).await,
+            Mapping::Compressed(host, clen) => {
+                let mut c = vec![0u8; clen as usize];
+                self.file.read_at(host, &mut c).await?;
+                let mut d = vec![0u8; cs as usize];
+                compress::decompress(self.compression, &c, &mut d, host)?;
+                iov.copy_from_slice(&d[in_off as usize..in_off as usize + iov.len()]);
+                Ok(())
+            }
+        }
+    }
+
+    async fn read_backing(&self, off: u64, iov: &mut IoVecMut<'_>) -> io::Result<()> {
+        let len = iov.len() as u64;
+        let Some(b) = &self.backing else {
+            iov.zero_range(0, len as usize);
+            return Ok(());
+        };
+        let bsize = b.driver.size();
+        let have = bsize.saturating_sub(off).min(len);
+        if have == len {
+            return b.driver.readv(off, iov).await;
+        }
+        if have > 0 {
+            b.driver.readv(off, &mut iov.slice_mut(0, have as usize)).await?;
+        }
+        iov.zero_range(have as usize, (len - have) as usize);
+        Ok(())
+    }
+
+    /// Writes guest data at `offset`, cluster by cluster.
+    pub(crate) async fn write_guest(&self, offset: u64, iov: &IoVec<'_>) -> io::Result<()> {
+        let cs = self.cluster_size();
+        let len = iov.len() as u64;
+        let mut done = 0u64;
+        while done < len {
+            let off = offset + done;
+            let n = (cs - (off & (cs - 1))).min(len - done);
+            if done == 0 && n == len {
+                return self.write_cluster(off, iov).await;
+            }
+            self.write_cluster(off, &iov.slice(done as usize, n as usize)).await?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    async fn plan(&self, m: &mut Meta, gc: u64, a: u64, b: u64) -> io::Result<Plan> {
+        if m.corrupt {
+            return Err(os(libc::EIO));
+        }
+        if let Some(w) = m.inflight.get_mut(&gc) {
+            let (tx, rx) = oneshot::channel();
+            w.push(tx);
+            return Ok(Plan::Wait(rx));
+        }
+        let (e, bm) = m.entry(gc).await?;
+        let host = e & OFFSET_MASK;
+        let cs = m.cs;
+        let normal = e & COMPRESSED == 0 && host != 0 && e & COPIED != 0;
+        if normal && host % cs != 0 {
+            return Err(crate::invalid("L2 entry", gc * cs, format!("data cluster {host:#x} is unaligned")));
+        }
+        if normal && !self.ext && (e & ZERO == 0 || self.version == 2) {
+            return Ok(Plan::Direct(host));
+        }
+        let (mut fill_start, mut fill_end, target, fresh) = if normal && self.ext {
+            let scs = cs / 32;
+            let (s0, s1) = (a / scs, (b - 1) / scs);
+            if bm & sub_mask(s0, s1) == sub_mask(s0, s1) {
+                return Ok(Plan::Direct(host));
+            }
+            let fs = if bm & (1 << s0) != 0 { a } else { s0 * scs };
+            let fe = if bm & (1 << s1) != 0 { b } else { (s1 + 1) * scs };
+            (fs, fe, host, false)
+        } else if normal {
+            // Preallocated zero cluster: reuse it, zeroing around the request.
+            (0, cs, host, false)
+        } else {
+            (0, cs, m.alloc_cluster().await?, true)
+        };
+        fill_start = fill_start.min(a);
+        fill_end = fill_end.max(b);
+        m.inflight.insert(gc, Vec::new());
+        Ok(Plan::Allocate { target, fill_start, fill_end, fresh, old: (e, bm) })
+    }
+
+    async fn write_cluster(&self, off: u64, data: &IoVec<'_>) -> io::Result<()> {
+        let cs = self.cluster_size();
+        let gc = off >> self.cluster_bits;
+        let a = off & (cs - 1);
+        let b = a + data.len() as u64;
+        loop {
+            let plan = {
+                let mut m = self.meta.lock().await;
+                match self.plan(&mut m, gc, a, b).await {
+                    Ok(p) => p,
+                    Err(e) if e.kind() == io::ErrorKind::InvalidData => return Err(self.signal_corruption(&mut m, e).await),
+                    Err(e) => return Err(e),
+                }
+            };
+            match plan {
+                Plan::Direct(host) => return self.file.writev(host + a, data, WriteFlags::default()).await,
+                Plan::Wait(rx) => {
+                    let _ = rx.await;
+                }
+                Plan::Allocate { target, fill_start, fill_end, fresh, old } => {
+                    let res = self.fill_and_write(gc, target, fill_start, fill_end, a, data, old.0).await;
+                    return self.finish_allocation(gc, target, fresh, old, res, a, b).await;
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn fill_and_write(&self, gc: u64, target: u64, fs: u64, fe: u64, a: u64, data: &IoVec<'_>, old_e: u64) -> io::Result<()> {
+        let cs = self.cluster_size();
+        let base = gc * cs;
+        let mut head = vec![0u8; (a - fs) as usize];
+        let mut tail = vec![0u8; (fe - a - data.len() as u64) as usize];
+        let zero_old = !self.ext && self.version == 3 && old_e & ZERO != 0 && old_e & COMPRESSED == 0;
+        if !zero_old {
+            if !head.is_empty() {
+                self.read_clamped(base + fs, &mut head).await?;
+            }
+            if !tail.is_empty() {
+                self.read_clamped(base + a + data.len() as u64, &mut tail).await?;
+            }
+        }
+        let mut v = IoVec::new();
+        v.push(&head);
+        for s in data.as_raw() {
+            // SAFETY: the segments come from `data`, which stays borrowed for this call.
+            unsafe { v.push_raw(s.iov_base.cast(), s.iov_len) };
+        }
+        v.push(&tail);
+        self.file.writev(target + fs, &v, WriteFlags::default()).await
+    }
+
+    /// Reads guest data, treating the part past the virtual size as zeroes.
+    async fn read_clamped(&self, off: u64, buf: &mut [u8]) -> io::Result<()> {
+        let have = self.size().saturating_sub(off).min(buf.len() as u64) as usize;
+        buf[have..].fill(0);
+        if have > 0 {
+            self.read_guest(off, &mut IoVecMut::from_slice(&mut buf[..have])).await?;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn finish_allocation(&self, gc: u64, target: u64, fresh: bool, old: (u64, u64), res: io::Result<()>, a: u64, b: u64) -> io::Result<()> {
+        let mut m = self.meta.lock().await;
+        let out = match res {
+            Ok(()) => {
+                let bitmap = if !self.ext {
+                    0
+                } else if fresh {
+                    0xffff_ffff
+                } else {
+                    let scs = m.cs / 32;
+                    let mask = sub_mask(a / scs, (b - 1) / scs);
+                    (old.1 | mask) & !(mask << 32)
+                };
+                let r = m.set_entry(gc, target | COPIED, bitmap).await;
+                if r.is_ok() && fresh {
+                    self.release_old(&mut m, old.0);
+                }
+                r
+            }
+            Err(e) => {
+                if fresh {
+                    m.free_later(target, 1);
+                }
+                Err(e)
+            }
+        };
+        for w in m.inflight.remove(&gc).unwrap_or_default() {
+            let _ = w.send(());
+        }
+        out
+    }
+
+    /// Queues the refcount drop of the cluster an old L2 entry pointed to.
+    fn release_old(&self, m: &mut Meta, e: u64) {
+        if e & COMPRESSED != 0 {
+            let x = 62 - (self.cluster_bits - 8);
+            let host = e & ((1u64 << x) - 1);
+            let sectors = ((e >> x) & ((1u64 << (62 - x)) - 1)) + 1;
+            m.free_later(host, sectors * 512 - (host & 511));
+        } else if e & OFFSET_MASK != 0 {
+            m.free_later(e & OFFSET_MASK, 1);
+        }
+    }
+
+    /// Zeroes (or discards) a range: whole clusters become zero/unallocated entries,
+    /// partial clusters are written with zeroes (discard skips them).
+    pub(crate) async fn zero_or_discard(&self, offset: u64, len: u64, discard: bool, _unmap: bool) -> io::Result<()> {
+        let cs = self.cluster_size();
+        let end = offset + len;
+        let mut off = offset;
+        while off < end {
+            let gc = off >> self.cluster_bits;
+            let a = off & (cs - 1);
+            let n = (cs - a).min(end - off);
+            let whole = a == 0 && (n == cs || off + n == self.size());
+            if whole {
+                self.zero_cluster(gc, discard).await?;
+            } else if !discard {
+                let z = vec![0u8; n as usize];
+                self.write_cluster(off, &IoVec::from_slice(&z)).await?;
+            }
+            off += n;
+        }
+        Ok(())
+    }
+
+    async fn zero_cluster(&self, gc: u64, discard: bool) -> io::Result<()> {
+        loop {
+            let mut m = self.meta.lock().await;
+            if m.corrupt {
+                return Err(os(libc::EIO));
+            }
+            if let Some(w) = m.inflight.get_mut(&gc) {
+                let (tx, rx) = oneshot::channel();
+                w.push(tx);
+                drop(m);
+                let _ = rx.await;
+                continue;
+            }
+            let (e, bm) = m.entry(gc).await?;
+            let (ne, nb) = if self.ext {
+                (0, ALL_ZERO_BITMAP)
+            } else if self.version == 3 {
+                (ZERO, 0)
+            } else if self.backing.is_none() {
+                (0, 0)
+            } else if discard {
+                return Ok(());
+            } else {
+                drop(m);
+                let z = vec![0u8; self.cluster_size() as usize];
+                let len = (self.size() - gc * self.cluster_size()).min(z.len() as u64) as usize;
+                return self.write_cluster(gc * self.cluster_size(), &IoVec::from_slice(&z[..len])).await;
+            };
+            if (e, bm) == (ne, nb) {
+                return Ok(());
+            }
+            if e == 0 && bm == 0 && m.l2_table(gc, false).await?.is_none() && self.backing.is_none() && discard {
+                return Ok(());
+            }
+            m.set_entry(gc, ne, nb).await?;
+            self.release_old(&mut m, e);
+            return Ok(());
+        }
+    }
+
+    /// Allocation status at `offset` (see [`oxemu_block::BlockDriver::block_status`]).
+    pub(crate) async fn status(&self, offset: u64, len: u64) -> io::Result<BlockStatus> {
+        if offset >= self.size() {
+            return Err(os(libc::EINVAL));
+        }
+        let len = len.min(self.size() - offset).max(1);
+        let cs = self.cluster_size();
+        let mut m = self.meta.lock().await;
+        let (first, mut n) = self.lookup(&mut m, offset, len).await?;
+        // Extend over following clusters with the same status (contiguous host data).
+        while n < len && n < 64 * cs {
+            let (next, k) = self.lookup(&mut m, offset + n, len - n).await?;
+            let same = match (first, next) {
+                (Mapping::Data(h0), Mapping::Data(h1)) => h1 + ((offset + n) & (cs - 1)) == h0 + (offset & (cs - 1)) + n,
+                (x, y) => x == y && !matches!(x, Mapping::Compressed(..)),
+            };
+            if !same {
+                break;
+            }
+            n += k;
+        }
+        drop(m);
+        let in_off = offset & (cs - 1);
+        Ok(match first {
+            Mapping::Data(h) => BlockStatus { len: n, data: true, zero: false, depth: 1, offset: Some(h + in_off) },
+            Mapping::Compressed(..) => BlockStatus { len: n, data: true, zero: false, depth: 1, offset: None },
+            Mapping::Zero => BlockStatus { len: n, data: false, zero: true, depth: 1, offset: None },
+            Mapping::Unallocated => match &self.backing {
+                Some(b) if offset < b.driver.size() => {
+                    let n = n.min(b.driver.size() - offset);
+                    let s = b.driver.block_status(offset, n).await?;
+                    BlockStatus { depth: if s.depth == 0 { 0 } else { s.depth + 1 }, ..s }
+                }
+                _ => BlockStatus { len: n, data: false, zero: true, depth: 0, offset: None },
+            },
+        })
+    }
+
+    /// Changes the virtual size. Growing enlarges the L1 table when needed (a new table
+    /// is written and flushed before the header points to it); shrinking drops the
+    /// clusters past the new end.
+    pub async fn resize(&self, size: u64) -> io::Result<()> {
+        if self.read_only {
+            return Err(os(libc::EROFS));
+        }
+        if size % 512 != 0 || size > crate::header::MAX_SIZE {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("qcow2: size {size} must be a multiple of 512 and at most {}", crate::header::MAX_SIZE)));
+        }
+        let cs = self.cluster_size();
+        let old = self.size();
+        if size < old {
+            let from = size.next_multiple_of(cs);
+            if from < old {
+                self.zero_or_discard(from, old - from, true, true).await?;
+            }
+            // Make the discarded tail unallocated rather than zero-flagged.
+            let mut m = self.meta.lock().await;
+            for gc in from / cs..old.div_ceil(cs) {
+                if m.l2_table(gc, false).await?.is_some() {
+                    m.set_entry(gc, 0, 0).await?;
+                }
+            }
+            m.writeback().await?;
+        }
+        let mut m = self.meta.lock().await;
+        m.writeback().await?;
+        let need = size.div_ceil(cs * m.l2_entries) as usize;
+        if need > m.l1.len() {
+            if need as u64 * 8 > crate::header::MAX_L1_BYTES {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, "qcow2: size needs an L1 table larger than 32 MiB"));
+            }
+            let clusters = (need as u64 * 8).div_ceil(cs);
+            let at = m.alloc_contiguous(clusters).await?;
+            let mut l1 = m.l1.clone();
+            l1.resize((clusters * cs / 8) as usize, 0);
+            let raw: Vec<u8> = l1.iter().flat_map(|v| v.to_be_bytes()).collect();
+            m.writeback().await?;
+            self.file.write_at(at, &raw).await?;
+            self.file.flush().await?;
+            let (old_off, old_len) = (m.h.l1_table_offset, m.h.l1_size as u64);
+            m.h.l1_table_offset = at;
+            m.h.l1_size = l1.len() as u32;
+            m.h.size = size;
+            m.set_l1(l1);
+            m.write_header().await?;
+            self.file.flush().await?;
+            if old_len > 0 {
+                m.free_later(old_off, old_len * 8);
+            }
+            m.writeback().await?;
+        } else {
+            m.h.size = size;
+            m.write_header().await?;
+            self.file.flush().await?;
+        }
+        self.size.store(size, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// Writes one whole cluster compressed (`convert -c`). The cluster at `offset`
+    /// (cluster aligned; `data` one cluster long, or shorter at the end of the image)
+    /// must be unallocated. Data that does not compress is written uncompressed.
+    pub async fn write_compressed(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let cs = self.cluster_size();
+        if offset % cs != 0 || data.len() as u64 > cs || offset + data.len() as u64 > self.size() {
+            return Err(os(libc::EINVAL));
+        }
+        self.before_write().await?;
+        let mut full;
+        let src = if (data.len() as u64) < cs {
+            full = vec![0u8; cs as usize];
+            full[..data.len()].copy_from_slice(data);
+            &full[..]
+        } else {
+            full = Vec::new();
+            let _ = &full;
+            data
+        };
+        let Some(c) = compress::compress(self.compression, src, cs as usize - 512)? else {
+            return self.write_guest(offset, &IoVec::from_slice(data)).await;
+        };
+        let gc = offset / cs;
+        let mut m = self.meta.lock().await;
+        if m.corrupt {
+            return Err(os(libc::EIO));
+        }
+        let host = m.alloc_bytes(c.len() as u64).await?;
+        drop(m);
+        self.file.write_at(host, &c).await?;
+        let mut m = self.meta.lock().await;
+        let x = 62 - (self.cluster_bits - 8);
+        let sectors = ((host & 511) + c.len() as u64).div_ceil(512);
+        let e = COMPRESSED | ((sectors - 1) << x) | host;
+        let (old, _) = m.entry(gc).await?;
+        m.set_entry(gc, e, 0).await?;
+        self.release_old(&mut m, old);
+        Ok(())
+    }
+}

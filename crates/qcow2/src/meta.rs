@@ -1,0 +1,572 @@
+//! In-memory metadata of an open image: L1 table, bounded caches of L2 tables and
+//! refcount blocks, cluster allocation, and the crash-safe writeback order.
+//!
+//! All of it lives behind one async mutex in [`crate::Qcow2`]; guest data I/O happens
+//! outside the lock. Metadata changes are made in memory and written back by
+//! [`Meta::writeback`] in the order that keeps the on-disk image consistent at every
+//! instant (only leaks are possible after a crash):
+//!
+//! 1. flush the file: every data cluster that a cached L2 entry points to is durable;
+//! 2. write dirty refcount blocks, flush, then the refcount table (and, if it moved,
+//!    the header), flush: every cluster referenced below has a durable refcount;
+//! 3. write dirty L2 tables, flush; 4. write the L1 table, flush;
+//! 5. only now apply deferred refcount decrements of freed clusters (they become
+//!    reusable after the next writeback), so that no on-disk L2 entry ever points to
+//!    a cluster with refcount 0.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::Arc;
+
+use futures::channel::oneshot;
+use oxemu_block::{BlockDriver, BlockDriverExt};
+
+use crate::header::{bad, Header};
+use crate::refcount;
+
+/// L2 entry flag: the cluster's refcount is exactly 1.
+pub const COPIED: u64 = 1 << 63;
+/// L2 entry flag: compressed cluster.
+pub const COMPRESSED: u64 = 1 << 62;
+/// L2 entry flag (v3): the cluster reads as zeroes.
+pub const ZERO: u64 = 1;
+/// Host offset bits of L1 and standard L2 entries.
+pub const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+/// Extended L2: all 32 subclusters read as zeroes.
+pub const ALL_ZERO_BITMAP: u64 = 0xffff_ffff_0000_0000;
+
+struct Slot<T> {
+    val: T,
+    dirty: bool,
+    tick: u64,
+}
+
+/// A bounded table cache keyed by host offset. Dirty entries are never evicted.
+struct Cache<T> {
+    map: HashMap<u64, Slot<T>>,
+    cap: usize,
+    tick: u64,
+}
+
+impl<T> Cache<T> {
+    fn new(cap: usize) -> Self {
+        Cache { map: HashMap::new(), cap: cap.max(4), tick: 0 }
+    }
+    fn get_mut(&mut self, off: u64) -> Option<&mut Slot<T>> {
+        self.tick += 1;
+        let t = self.tick;
+        self.map.get_mut(&off).map(|s| {
+            s.tick = t;
+            s
+        })
+    }
+    /// True when there is room for one more entry (after evicting a clean one).
+    fn make_room(&mut self) -> bool {
+        if self.map.len() < self.cap {
+            return true;
+        }
+        let victim = self.map.iter().filter(|(_, s)| !s.dirty).min_by_key(|(_, s)| s.tick).map(|(k, _)| *k);
+        match victim {
+            Some(k) => {
+                self.map.remove(&k);
+                true
+            }
+            None => false,
+        }
+    }
+    fn insert(&mut self, off: u64, val: T, dirty: bool) {
+        self.tick += 1;
+        self.map.insert(off, Slot { val, dirty, tick: self.tick });
+    }
+}
+
+/// What a guest range maps to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mapping {
+    /// Not allocated here: read from the backing file, or zeroes.
+    Unallocated,
+    /// Reads as zeroes.
+    Zero,
+    /// Data at this host offset.
+    Data(u64),
+    /// Compressed cluster: host offset and compressed length (sector-rounded).
+    Compressed(u64, u64),
+}
+
+/// The metadata state of an open image.
+pub struct Meta {
+    /// The header as last written.
+    pub h: Header,
+    file: Arc<dyn BlockDriver>,
+    /// Cluster size in bytes.
+    pub cs: u64,
+    /// Entries per L2 table.
+    pub l2_entries: u64,
+    /// Extended L2 entries.
+    pub ext: bool,
+    /// L1 table (host byte order).
+    pub l1: Vec<u64>,
+    l1_dirty: bool,
+    l2: Cache<Vec<u64>>,
+    /// Refcount table (host byte order).
+    pub reftable: Vec<u64>,
+    reftable_dirty: bool,
+    old_reftable: Option<(u64, u64)>,
+    refblocks: Cache<Vec<u8>>,
+    pending_free: Vec<u64>,
+    free_hint: u64,
+    top: u64,
+    free_byte: u64,
+    /// Corruption was detected; writes fail with EIO.
+    pub corrupt: bool,
+    /// Guest clusters with an allocating write in flight, and who waits for them.
+    pub inflight: HashMap<u64, Vec<oneshot::Sender<()>>>,
+}
+
+impl Meta {
+    /// Loads L1 and refcount tables of an image whose header was parsed.
+    pub async fn load(h: Header, file: Arc<dyn BlockDriver>, cache_bytes: u64) -> io::Result<Meta> {
+        let cs = h.cluster_size();
+        let ext = h.extended_l2();
+        let l2_entries = cs / if ext { 16 } else { 8 };
+        let mut raw = vec![0u8; h.l1_size as usize * 8];
+        file.read_at(h.l1_table_offset, &mut raw).await?;
+        let l1: Vec<u64> = raw.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().unwrap())).collect();
+        let mut raw = vec![0u8; (h.refcount_table_clusters as u64 * cs) as usize];
+        file.read_at(h.refcount_table_offset, &mut raw).await?;
+        let reftable: Vec<u64> = raw.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().unwrap())).collect();
+        let fsize = file.size().next_multiple_of(cs);
+        for (i, e) in reftable.iter().enumerate() {
+            let off = e & !(cs - 1);
+            if off != 0 && off + cs > fsize {
+                return Err(bad("refcount table entry", h.refcount_table_offset + 8 * i as u64, format!("refcount block {off:#x} is past the end of the file")));
+            }
+        }
+        let l2_cap = (cache_bytes / cs).clamp(16, (l1.len() as u64).max(16)) as usize;
+        Ok(Meta {
+            cs,
+            ext,
+            l2_entries,
+            l1,
+            l1_dirty: false,
+            l2: Cache::new(l2_cap),
+            reftable,
+            reftable_dirty: false,
+            old_reftable: None,
+            refblocks: Cache::new((cache_bytes / 4 / cs).max(16) as usize),
+            pending_free: Vec::new(),
+            free_hint: 0,
+            top: 0,
+            free_byte: 0,
+            corrupt: false,
+            inflight: HashMap::new(),
+            file,
+            h,
+        })
+    }
+
+    fn file_end(&self) -> u64 {
+        self.file.size().next_multiple_of(self.cs)
+    }
+
+    /// Offset of the L2 table for guest cluster `gc`, loading it into the cache;
+    /// with `alloc`, allocates a new zeroed table when the L1 entry is empty.
+    pub async fn l2_table(&mut self, gc: u64, alloc: bool) -> io::Result<Option<u64>> {
+        let l1i = (gc / self.l2_entries) as usize;
+        let Some(&e) = self.l1.get(l1i) else {
+            return Err(bad("guest offset", gc * self.cs, "beyond the L1 table"));
+        };
+        let mut off = e & OFFSET_MASK;
+        if off == 0 {
+            if !alloc {
+                return Ok(None);
+            }
+            off = self.alloc_cluster().await?;
+            self.ensure_room_l2().await?;
+            self.l2.insert(off, vec![0u64; (self.cs / 8) as usize], true);
+            self.l1[l1i] = off | COPIED;
+            self.l1_dirty = true;
+            return Ok(Some(off));
+        }
+        if self.l2.get_mut(off).is_some() {
+            return Ok(Some(off));
+        }
+        if off % self.cs != 0 || off + self.cs > self.file_end() {
+            self.corrupt = true;
+            return Err(bad("L1 entry", self.h.l1_table_offset + 8 * l1i as u64, format!("L2 table offset {off:#x} is unaligned or past the end of the file")));
+        }
+        let mut raw = vec![0u8; self.cs as usize];
+        self.file.read_at(off, &mut raw).await?;
+        let t = raw.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().unwrap())).collect();
+        self.ensure_room_l2().await?;
+        self.l2.insert(off, t, false);
+        Ok(Some(off))
+    }
+
+    async fn ensure_room_l2(&mut self) -> io::Result<()> {
+        if !self.l2.make_room() {
+            self.writeback().await?;
+            self.l2.make_room();
+        }
+        Ok(())
+    }
+
+    /// The raw L2 entry (and extended bitmap) of guest cluster `gc`; zeroes when unmapped.
+    pub async fn entry(&mut self, gc: u64) -> io::Result<(u64, u64)> {
+        let Some(t) = self.l2_table(gc, false).await? else {
+            return Ok((0, 0));
+        };
+        let i = (gc % self.l2_entries) as usize;
+        let ext = self.ext;
+        let tab = &self.l2.get_mut(t).unwrap().val;
+        Ok(if ext { (tab[2 * i], tab[2 * i + 1]) } else { (tab[i], 0) })
+    }
+
+    /// Sets the L2 entry of guest cluster `gc` (allocating the table if needed).
+    pub async fn set_entry(&mut self, gc: u64, e: u64, bitmap: u64) -> io::Result<()> {
+        let t = self.l2_table(gc, true).await?.unwrap();
+        let i = (gc % self.l2_entries) as usize;
+        let ext = self.ext;
+        let s = self.l2.get_mut(t).unwrap();
+        s.dirty = true;
+        if ext {
+            s.val[2 * i] = e;
+            s.val[2 * i + 1] = bitmap;
+        } else {
+            s.val[i] = e;
+        }
+        Ok(())
+    }
+
+    /// Interprets an L2 entry for the byte at `in_off` inside the cluster, returning the
+    /// mapping and how many bytes from `in_off` (up to `max`) share it.
+    pub fn interpret(&self, gc: u64, e: u64, bitmap: u64, in_off: u64, max: u64) -> io::Result<(Mapping, u64)> {
+        let cs = self.cs;
+        let rest = (cs - in_off).min(max);
+        if e & COMPRESSED != 0 {
+            let x = 62 - (self.h.cluster_bits - 8);
+            let host = e & ((1u64 << x) - 1);
+            let sectors = ((e >> x) & ((1u64 << (62 - x)) - 1)) + 1;
+            let len = sectors * 512 - (host & 511);
+            if host + len > self.file_end() + 512 {
+                return Err(bad("compressed L2 entry", gc * cs, format!("host range {host:#x}+{len} is past the end of the file")));
+            }
+            return Ok((Mapping::Compressed(host, len), rest));
+        }
+        let host = e & OFFSET_MASK;
+        if host != 0 && (host % cs != 0 || host >= self.file_end()) {
+            return Err(bad("L2 entry", gc * cs, format!("data cluster {host:#x} is unaligned or past the end of the file")));
+        }
+        if !self.ext {
+            let m = if e & ZERO != 0 && self.h.version == 3 {
+                Mapping::Zero
+            } else if host != 0 {
+                Mapping::Data(host)
+            } else {
+                Mapping::Unallocated
+            };
+            return Ok((m, rest));
+        }
+        let scs = cs / 32;
+        let first = in_off / scs;
+        let kind = |s: u64| -> u8 {
+            if bitmap & (1 << s) != 0 {
+                2
+            } else if bitmap & (1 << (s + 32)) != 0 {
+                1
+            } else {
+                0
+            }
+        };
+        let k = kind(first);
+        if k == 2 && host == 0 {
+            return Err(bad("extended L2 bitmap", gc * cs, "subcluster allocated without a host cluster"));
+        }
+        let mut last = first;
+        while last + 1 < 32 && kind(last + 1) == k && (last + 1) * scs < in_off + rest {
+            last += 1;
+        }
+        let len = ((last + 1) * scs - in_off).min(rest);
+        let m = match k {
+            2 => Mapping::Data(host),
+            1 => Mapping::Zero,
+            _ => Mapping::Unallocated,
+        };
+        Ok((m, len))
+    }
+
+    async fn refblock(&mut self, rt: usize, create_at: Option<u64>) -> io::Result<Option<u64>> {
+        let off = self.reftable.get(rt).copied().unwrap_or(0) & !(self.cs - 1);
+        if off == 0 {
+            let Some(at) = create_at else { return Ok(None) };
+            if !self.refblocks.make_room() {
+                Box::pin(self.writeback()).await?;
+                self.refblocks.make_room();
+            }
+            self.refblocks.insert(at, vec![0u8; self.cs as usize], true);
+            self.reftable[rt] = at;
+            self.reftable_dirty = true;
+            return Ok(Some(at));
+        }
+        if self.refblocks.get_mut(off).is_none() {
+            let mut b = vec![0u8; self.cs as usize];
+            self.file.read_at(off, &mut b).await?;
+            if !self.refblocks.make_room() {
+                Box::pin(self.writeback()).await?;
+                self.refblocks.make_room();
+            }
+            self.refblocks.insert(off, b, false);
+        }
+        Ok(Some(off))
+    }
+
+    /// Refcount of host cluster index `c`.
+    pub async fn refcount(&mut self, c: u64) -> io::Result<u64> {
+        let epb = refcount::entries_per_block(self.h.cluster_bits, self.h.refcount_order);
+        let Some(b) = self.refblock((c / epb) as usize, None).await? else { return Ok(0) };
+        let o = self.h.refcount_order;
+        Ok(refcount::get(&self.refblocks.get_mut(b).unwrap().val, o, (c % epb) as usize))
+    }
+
+    /// Adds `delta` to the refcount of host cluster index `c` (the refcount block must
+    /// exist). Marks the image corrupt on overflow or underflow.
+    pub async fn add_ref(&mut self, c: u64, delta: i64) -> io::Result<()> {
+        let epb = refcount::entries_per_block(self.h.cluster_bits, self.h.refcount_order);
+        let rt = (c / epb) as usize;
+        let Some(b) = self.refblock(rt, None).await? else {
+            self.corrupt = true;
+            return Err(bad("refcount table entry", self.h.refcount_table_offset + 8 * rt as u64, format!("no refcount block for cluster {c:#x}")));
+        };
+        let o = self.h.refcount_order;
+        let s = self.refblocks.get_mut(b).unwrap();
+        let cur = refcount::get(&s.val, o, (c % epb) as usize);
+        let new = cur as i128 + delta as i128;
+        if new < 0 || new > refcount::max(o) as i128 {
+            self.corrupt = true;
+            return Err(bad("refcount", c * self.cs, format!("refcount {cur} {delta:+} overflows {}-bit refcounts", 1 << o)));
+        }
+        refcount::set(&mut s.val, o, (c % epb) as usize, new as u64);
+        s.dirty = true;
+        Ok(())
+    }
+
+    /// Allocates one cluster with refcount 1 and returns its host offset.
+    pub async fn alloc_cluster(&mut self) -> io::Result<u64> {
+        let epb = refcount::entries_per_block(self.h.cluster_bits, self.h.refcount_order);
+        let mut c = self.free_hint.max(1);
+        loop {
+            let rt = (c / epb) as usize;
+            if rt >= self.reftable.len() {
+                self.grow_reftable(rt + 1).await?;
+                continue;
+            }
+            if self.reftable[rt] & !(self.cs - 1) == 0 {
+                // A new refcount block that describes itself.
+                let at = c * self.cs;
+                self.refblock(rt, Some(at)).await?;
+                self.add_ref(c, 1).await?;
+                self.top = self.top.max(c + 1);
+                c += 1;
+                continue;
+            }
+            if self.refcount(c).await? == 0 {
+                self.add_ref(c, 1).await?;
+                self.free_hint = c + 1;
+                self.top = self.top.max(c + 1);
+                return Ok(c * self.cs);
+            }
+            c += 1;
+        }
+    }
+
+    /// Allocates `n` contiguous clusters at the end of the image.
+    pub async fn alloc_contiguous(&mut self, n: u64) -> io::Result<u64> {
+        loop {
+            let start = self.alloc_cluster().await? / self.cs;
+            let mut ok = true;
+            for i in 1..n {
+                if self.alloc_cluster().await? / self.cs != start + i {
+                    ok = false;
+                    break;
+                }
+            }
+            if ok {
+                return Ok(start * self.cs);
+            }
+            // Give back what we took; the tail of the image is now contiguous.
+            for i in 0..n {
+                let c = start + i;
+                if self.refcount(c).await? > 0 {
+                    self.add_ref(c, -1).await?;
+                }
+            }
+            self.free_hint = self.top.max(self.file_end() / self.cs);
+        }
+    }
+
+    async fn grow_reftable(&mut self, need: usize) -> io::Result<()> {
+        let cs = self.cs;
+        let epb = refcount::entries_per_block(self.h.cluster_bits, self.h.refcount_order);
+        let new_len = (need + need / 2 + 1) as u64;
+        let clusters = (new_len * 8).div_ceil(cs);
+        if clusters * cs > crate::header::MAX_REFTABLE_BYTES {
+            return Err(io::Error::other("qcow2: refcount table would exceed 8 MiB"));
+        }
+        let mut tab = self.reftable.clone();
+        tab.resize((clusters * cs / 8) as usize, 0);
+        // Place the table and the blocks covering it after everything in use.
+        let end = self.file_end().max(self.highest_meta() + cs).max(self.top * cs) / cs;
+        let blocks_start = end + clusters;
+        let mut nb = 0;
+        let mut c = end;
+        while c < blocks_start + nb {
+            let rt = (c / epb) as usize;
+            if rt >= tab.len() {
+                return Err(io::Error::other("qcow2: refcount table growth does not converge"));
+            }
+            if tab[rt] == 0 {
+                tab[rt] = (blocks_start + nb) * cs;
+                nb += 1;
+            }
+            c += 1;
+        }
+        self.old_reftable = self.old_reftable.or(Some((self.h.refcount_table_offset, self.h.refcount_table_clusters as u64)));
+        let old = std::mem::replace(&mut self.reftable, tab);
+        for (i, e) in self.reftable.clone().iter().enumerate() {
+            if *e != 0 && old.get(i).copied().unwrap_or(0) == 0 {
+                if !self.refblocks.make_room() {
+                    self.reftable = old;
+                    self.writeback().await?;
+                    return Box::pin(self.grow_reftable(need)).await;
+                }
+                self.refblocks.insert(*e, vec![0u8; cs as usize], true);
+            }
+        }
+        for c in end..blocks_start + nb {
+            self.add_ref(c, 1).await?;
+        }
+        self.h.refcount_table_offset = end * cs;
+        self.h.refcount_table_clusters = clusters as u32;
+        self.reftable_dirty = true;
+        self.free_hint = blocks_start + nb;
+        self.top = self.top.max(blocks_start + nb);
+        Ok(())
+    }
+
+    fn highest_meta(&self) -> u64 {
+        let a = self.refblocks.map.keys().chain(self.l2.map.keys()).copied().max().unwrap_or(0);
+        a.max(self.h.refcount_table_offset + (self.h.refcount_table_clusters as u64 - 1) * self.cs)
+    }
+
+    /// Allocates `len` bytes (less than a cluster) for a compressed cluster, packing
+    /// several into one host cluster as QEMU does; each fragment holds one reference
+    /// to the host cluster it lives in.
+    pub async fn alloc_bytes(&mut self, len: u64) -> io::Result<u64> {
+        let off = self.free_byte;
+        let o = self.h.refcount_order;
+        if off != 0 && off % self.cs != 0 && len <= self.cs - off % self.cs && self.refcount(off / self.cs).await? < refcount::max(o) {
+            self.add_ref(off / self.cs, 1).await?;
+            self.free_byte = off + len;
+            return Ok(off);
+        }
+        let host = self.alloc_cluster().await?;
+        self.free_byte = host + len;
+        Ok(host)
+    }
+
+    /// Drops one reference to each host cluster of `[off, off+len)` after the next
+    /// writeback of L2 tables (see the module documentation).
+    pub fn free_later(&mut self, off: u64, len: u64) {
+        let first = off / self.cs;
+        let last = (off + len.max(1) - 1) / self.cs;
+        self.pending_free.extend(first..=last);
+    }
+
+    /// Writes all dirty metadata in crash-safe order (module documentation).
+    pub async fn writeback(&mut self) -> io::Result<()> {
+        let f = self.file.clone();
+        f.flush().await?;
+        self.write_refcounts().await?;
+        let dirty: Vec<u64> = self.l2.map.iter().filter(|(_, s)| s.dirty).map(|(k, _)| *k).collect();
+        for off in &dirty {
+            let s = self.l2.map.get_mut(off).unwrap();
+            let raw: Vec<u8> = s.val.iter().flat_map(|v| v.to_be_bytes()).collect();
+            f.write_at(*off, &raw).await?;
+            s.dirty = false;
+        }
+        if !dirty.is_empty() {
+            f.flush().await?;
+        }
+        if self.l1_dirty {
+            let raw: Vec<u8> = self.l1.iter().flat_map(|v| v.to_be_bytes()).collect();
+            f.write_at(self.h.l1_table_offset, &raw).await?;
+            f.flush().await?;
+            self.l1_dirty = false;
+        }
+        if !self.pending_free.is_empty() {
+            for c in std::mem::take(&mut self.pending_free) {
+                if self.free_byte / self.cs == c {
+                    self.free_byte = 0;
+                }
+                self.add_ref(c, -1).await?;
+                self.free_hint = self.free_hint.min(c);
+            }
+            self.write_refcounts().await?;
+        }
+        Ok(())
+    }
+
+    async fn write_refcounts(&mut self) -> io::Result<()> {
+        let f = self.file.clone();
+        let mut any = false;
+        for (off, s) in self.refblocks.map.iter_mut().filter(|(_, s)| s.dirty) {
+            f.write_at(*off, &s.val).await?;
+            s.dirty = false;
+            any = true;
+        }
+        if any {
+            f.flush().await?;
+        }
+        if self.reftable_dirty {
+            let raw: Vec<u8> = self.reftable.iter().flat_map(|v| v.to_be_bytes()).collect();
+            f.write_at(self.h.refcount_table_offset, &raw).await?;
+            f.flush().await?;
+            if let Some((off, n)) = self.old_reftable.take() {
+                self.write_header().await?;
+                f.flush().await?;
+                for c in 0..n {
+                    self.pending_free.push(off / self.cs + c);
+                }
+            }
+            self.reftable_dirty = false;
+        }
+        Ok(())
+    }
+
+    /// Rewrites the header cluster from `self.h` (extensions preserved).
+    pub async fn write_header(&mut self) -> io::Result<()> {
+        let b = self.h.serialize()?;
+        self.file.write_at(0, &b).await
+    }
+
+    /// Replaces the L1 table (used by resize): new table must already be written.
+    pub fn set_l1(&mut self, l1: Vec<u64>) {
+        self.l1 = l1;
+    }
+
+    /// One past the highest cluster allocated since the image was opened, in bytes.
+    pub fn top_end(&self) -> u64 {
+        self.top * self.cs
+    }
+
+    /// True when host cluster index `c` is covered by an existing refcount block.
+    pub fn refcount_block_exists(&self, c: u64) -> bool {
+        let epb = refcount::entries_per_block(self.h.cluster_bits, self.h.refcount_order);
+        self.reftable.get((c / epb) as usize).is_some_and(|e| e & !(self.cs - 1) != 0)
+    }
+
+    /// Marks the L1 table dirty.
+    pub fn l1_changed(&mut self) {
+        self.l1_dirty = true;
+    }
+}
