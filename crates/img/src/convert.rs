@@ -69,6 +69,7 @@ pub fn run_convert(argv: &[String]) -> Result<(), Error> {
             aio: Default::default(),
             read_only: true,
             force_share: p.has("force-share"),
+            no_backing: false,
         },
     )?;
     let size = s.node.size();
@@ -84,6 +85,7 @@ pub fn run_convert(argv: &[String]) -> Result<(), Error> {
             aio: Default::default(),
             read_only: false,
             force_share: false,
+            no_backing: false,
         },
     )?;
     if d.node.size() < size {
@@ -274,6 +276,7 @@ pub fn run_resize(argv: &[String]) -> Result<(), Error> {
             aio: Default::default(),
             read_only: false,
             force_share: false,
+            no_backing: false,
         },
     )?;
     let cur = img.node.size();

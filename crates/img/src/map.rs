@@ -19,6 +19,7 @@ pub fn open_ro(file: &str, format: Option<&str>, force_share: bool) -> Result<Im
             aio: Default::default(),
             read_only: true,
             force_share,
+            no_backing: false,
         },
     )
 }

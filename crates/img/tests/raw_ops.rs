@@ -160,8 +160,14 @@ fn convert_into_existing_target_with_n_zeroes_stale_data() {
     let d = tmp();
     let img = sample(&d);
     let dst = d.path().join("old.raw").display().to_string();
-    assert!(qemu_img(&["create", "-q", "-f", "raw", &dst, "4M"]).status.success());
-    assert!(run("qemu-io", &["-f", "raw", "-c", "write -P 85 0 4M", &dst]).status.success());
+    assert!(qemu_img(&["create", "-q", "-f", "raw", &dst, "4M"])
+        .status
+        .success());
+    assert!(
+        run("qemu-io", &["-f", "raw", "-c", "write -P 85 0 4M", &dst])
+            .status
+            .success()
+    );
     let o = oxemu(&["convert", "-n", "-p", "-O", "raw", &img, &dst]);
     assert!(o.status.success(), "{}", err(&o));
     assert!(out(&o).ends_with("(100.00/100%)\n"), "{}", out(&o));
