@@ -4,6 +4,7 @@ mod args;
 mod bench;
 mod convert;
 mod create;
+mod create_qcow2;
 mod image;
 mod info;
 mod map;
