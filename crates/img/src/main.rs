@@ -2,6 +2,7 @@
 
 mod args;
 mod bench;
+mod check;
 mod convert;
 mod create;
 mod create_qcow2;
@@ -66,30 +67,6 @@ Parameters:
   'ofmt' is human (default) or json
 ";
 
-/// `check` on formats without metadata: qemu-img's message and exit code 63.
-fn check(argv: &[String]) -> Result<(), Error> {
-    use args::{opt, parse};
-    let p = parse(
-        argv,
-        &[
-            opt(Some('f'), None, true),
-            opt(Some('r'), None, true),
-            opt(Some('q'), None, false),
-            opt(None, Some("output"), true),
-            opt(Some('U'), Some("force-share"), false),
-        ],
-    )?;
-    let [file] = p.args.as_slice() else {
-        return Err(Error::Usage("Expecting one image file name".into()));
-    };
-    info::output_is_json(p.get("output"))?;
-    let img = map::open_ro(file, p.get("f"), p.has("force-share"))?;
-    Err(Error::Exit(
-        63,
-        format!("This image format does not support checks ({})", img.format),
-    ))
-}
-
 fn run(argv: &[String]) -> Result<(), Error> {
     let Some(cmd) = argv.first() else {
         return Err(Error::Usage("Not enough arguments".into()));
@@ -110,7 +87,7 @@ fn run(argv: &[String]) -> Result<(), Error> {
         "map" => map::run_map(rest),
         "convert" => convert::run_convert(rest),
         "resize" => convert::run_resize(rest),
-        "check" => check(rest),
+        "check" => check::run(rest),
         "-h" | "--help" => {
             print!("{HELP}");
             Ok(())

@@ -54,6 +54,13 @@ pub fn run_map(argv: &[String]) -> Result<(), Error> {
         Some(s) => size.min(start.saturating_add(crate::create::image_size(s)?)),
         None => size,
     };
+    // File names by depth: the image itself, then its backing files.
+    let mut names = vec![file.clone()];
+    let mut cur = img.qcow2.as_ref().and_then(|c| c.backing());
+    while let Some(b) = cur {
+        names.push(b.path.display().to_string());
+        cur = b.backing();
+    }
     let lp = event_loop()?;
     let extents = lp.block_on(status_extents(&*img.node, start, end))?;
     if json {
@@ -63,8 +70,9 @@ pub fn run_map(argv: &[String]) -> Result<(), Error> {
                 let mut l = format!(
                     "{{ \"start\": {off}, \"length\": {}, \"depth\": {}, \"present\": {}, \"zero\": {}, \"data\": {}",
                     st.len,
-                    // qemu-img counts backing layers from 0 for the top image.
-                    st.depth.saturating_sub(1),
+                    // qemu-img counts layers from 0 for the top image; ranges that no
+                    // layer allocates get the depth of the bottom one.
+                    if st.depth == 0 { names.len() as u32 - 1 } else { st.depth - 1 },
                     st.depth > 0,
                     st.zero,
                     st.data
@@ -87,8 +95,10 @@ pub fn run_map(argv: &[String]) -> Result<(), Error> {
             } else {
                 format!("{off:#x}")
             };
+            let layer = st.depth.saturating_sub(1) as usize;
+            let name = names.get(layer).unwrap_or(file);
             println!(
-                "{offs:<16}{:<16}{mapped:<16}{file}",
+                "{offs:<16}{:<16}{mapped:<16}{name}",
                 format!("{:#x}", st.len)
             );
         }
