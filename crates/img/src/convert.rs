@@ -43,21 +43,25 @@ pub fn run_convert(argv: &[String]) -> Result<(), Error> {
         ));
     };
     let out_fmt = p.get("O").unwrap_or("raw");
-    if out_fmt != "raw" {
-        return Err(Error::Msg(format!(
-            "Unknown file format '{out_fmt}' (this oxemu-img writes raw only)"
-        )));
+    if out_fmt != "raw" && out_fmt != "qcow2" {
+        return Err(Error::Msg(format!("Unknown file format '{out_fmt}'")));
     }
     if p.has("c") {
         return Err(Error::Msg(
-            "Compression not supported for this file format".into(),
+            "Compression is not supported by this oxemu-img's convert yet".into(),
         ));
     }
-    if let Some(o) = p.get("o") {
-        return Err(Error::Msg(format!(
-            "Invalid parameter '{}'",
-            o.split('=').next().unwrap_or(o)
-        )));
+    let create_opts: Vec<&str> = p
+        .opts
+        .iter()
+        .filter(|(k, _)| k == "o")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    if out_fmt == "raw" {
+        if let Some(o) = create_opts.first() {
+            let k = o.split('=').next().unwrap_or(o);
+            return Err(Error::Msg(format!("Invalid parameter '{k}'")));
+        }
     }
     let src_cache = image::parse_cache(p.get("T").unwrap_or("writeback"))?;
     let dst_cache = image::parse_cache(p.get("t").unwrap_or("unsafe"))?;
@@ -74,13 +78,17 @@ pub fn run_convert(argv: &[String]) -> Result<(), Error> {
     )?;
     let size = s.node.size();
     if !p.has("n") {
-        FileDriver::create(Path::new(dst), size, false)
-            .map_err(|e| Error::Msg(format!("{dst}: error while converting raw: {e}")))?;
+        if out_fmt == "qcow2" {
+            crate::create_qcow2::run(dst, Some(size), &create_opts, None, None, true)?;
+        } else {
+            FileDriver::create(Path::new(dst), size, false)
+                .map_err(|e| Error::Msg(format!("{dst}: error while converting raw: {e}")))?;
+        }
     }
     let d = image::open(
         Path::new(dst),
         &OpenOpts {
-            format: Some("raw"),
+            format: Some(out_fmt),
             cache: dst_cache,
             aio: Default::default(),
             read_only: false,

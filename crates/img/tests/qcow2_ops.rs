@@ -228,3 +228,31 @@ fn map_compare_convert_and_bench_work_on_qcow2_chains() {
     let chk = qemu_img(&["check", &top]);
     assert!(chk.status.success(), "{}", out(&chk));
 }
+
+#[test]
+fn convert_to_qcow2_and_resize_give_images_that_pass_qemu_img_check() {
+    let d = tmp();
+    let (_, top) = chain(&d);
+    let flat = path(&d, "flat.qcow2");
+    let o = oxemu(&[
+        "convert",
+        "-O",
+        "qcow2",
+        "-o",
+        "cluster_size=4096",
+        &top,
+        &flat,
+    ]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(qemu_img(&["check", &flat]).status.success());
+    assert!(qemu_img(&["compare", &top, &flat]).status.success());
+    let info = json(&qemu_img(&["info", "--output=json", &flat]));
+    assert_eq!(info["cluster-size"], 4096);
+    assert!(info.get("backing-filename").is_none());
+    let o = oxemu(&["resize", &flat, "+16M"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let info = json(&qemu_img(&["info", "--output=json", &flat]));
+    assert_eq!(info["virtual-size"], 32 << 20);
+    assert!(qemu_img(&["check", &flat]).status.success());
+    assert!(qemu_img(&["compare", &top, &flat]).status.success());
+}
