@@ -9,6 +9,7 @@ mod create_qcow2;
 mod image;
 mod info;
 mod map;
+mod rebase;
 
 use std::process::ExitCode;
 
@@ -58,6 +59,7 @@ Command syntax:
   create [-q] [-f fmt] [-o options] filename [size]
   info [-f fmt] [--output=ofmt] [-U] filename
   map [-f fmt] [--output=ofmt] [--start-offset=OFFSET] [--max-length=LEN] [-U] filename
+  rebase [-f fmt] [-q] [-u] [-b backing_file] [-F backing_fmt] filename
   resize [-f fmt] [-q] [--shrink] filename [+ | -]size
 
 Parameters:
@@ -88,6 +90,7 @@ fn run(argv: &[String]) -> Result<(), Error> {
         "convert" => convert::run_convert(rest),
         "resize" => convert::run_resize(rest),
         "check" => check::run(rest),
+        "rebase" => rebase::run(rest),
         "-h" | "--help" => {
             print!("{HELP}");
             Ok(())

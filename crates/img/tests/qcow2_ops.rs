@@ -256,3 +256,23 @@ fn convert_to_qcow2_and_resize_give_images_that_pass_qemu_img_check() {
     assert!(qemu_img(&["check", &flat]).status.success());
     assert!(qemu_img(&["compare", &top, &flat]).status.success());
 }
+
+#[test]
+fn safe_rebase_keeps_content_and_unsafe_rebase_only_renames() {
+    let d = tmp();
+    let (base, top) = chain(&d);
+    let before = path(&d, "before.raw");
+    assert!(qemu_img(&["convert", "-O", "raw", &top, &before]).status.success());
+    let o = oxemu(&["rebase", "-b", "", &top]);
+    assert!(o.status.success(), "{}", err(&o));
+    let info = json(&qemu_img(&["info", "--output=json", &top]));
+    assert!(info.get("backing-filename").is_none(), "{info}");
+    assert!(qemu_img(&["check", &top]).status.success());
+    let c = qemu_img(&["compare", &before, &top]);
+    assert!(c.status.success(), "{}", out(&c));
+    let o = oxemu(&["rebase", "-u", "-b", &base, "-F", "qcow2", &top]);
+    assert!(o.status.success(), "{}", err(&o));
+    let info = json(&qemu_img(&["info", "--output=json", &top]));
+    assert_eq!(info["backing-filename"], base.as_str());
+    assert_eq!(info["backing-filename-format"], "qcow2");
+}
