@@ -3,6 +3,7 @@
 mod args;
 mod bench;
 mod check;
+mod commit;
 mod convert;
 mod create;
 mod create_qcow2;
@@ -54,6 +55,7 @@ Command syntax:
         [-S step_size] [-t cache] [-w] [-U] [--random] filename
         (--random is an oxemu extension: uniformly random offsets, multiples of the step)
   check [-f fmt] [--output=ofmt] [-r leaks|all] [-U] filename
+  commit [-f fmt] [-d] [-q] filename
   compare [-f fmt] [-F fmt] [-q] [-s] [-U] filename1 filename2
   convert [-f fmt] [-O output_fmt] [-n] [-p] [-q] [-t cache] [-T src_cache] [-U] filename output_filename
   create [-q] [-f fmt] [-o options] filename [size]
@@ -90,6 +92,7 @@ fn run(argv: &[String]) -> Result<(), Error> {
         "convert" => convert::run_convert(rest),
         "resize" => convert::run_resize(rest),
         "check" => check::run(rest),
+        "commit" => commit::run(rest),
         "rebase" => rebase::run(rest),
         "-h" | "--help" => {
             print!("{HELP}");

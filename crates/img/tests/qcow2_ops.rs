@@ -262,7 +262,9 @@ fn safe_rebase_keeps_content_and_unsafe_rebase_only_renames() {
     let d = tmp();
     let (base, top) = chain(&d);
     let before = path(&d, "before.raw");
-    assert!(qemu_img(&["convert", "-O", "raw", &top, &before]).status.success());
+    assert!(qemu_img(&["convert", "-O", "raw", &top, &before])
+        .status
+        .success());
     let o = oxemu(&["rebase", "-b", "", &top]);
     assert!(o.status.success(), "{}", err(&o));
     let info = json(&qemu_img(&["info", "--output=json", &top]));
@@ -275,4 +277,22 @@ fn safe_rebase_keeps_content_and_unsafe_rebase_only_renames() {
     let info = json(&qemu_img(&["info", "--output=json", &top]));
     assert_eq!(info["backing-filename"], base.as_str());
     assert_eq!(info["backing-filename-format"], "qcow2");
+}
+
+#[test]
+fn commit_moves_top_data_into_backing_file() {
+    let d = tmp();
+    let (base, top) = chain(&d);
+    let before = path(&d, "before.raw");
+    assert!(qemu_img(&["convert", "-O", "raw", &top, &before])
+        .status
+        .success());
+    let o = oxemu(&["commit", &top]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(out(&o), "Image committed.\n");
+    for img in [&base, &top] {
+        assert!(qemu_img(&["check", img]).status.success());
+        let c = qemu_img(&["compare", &before, img]);
+        assert!(c.status.success(), "{img}: {}", out(&c));
+    }
 }
