@@ -70,7 +70,7 @@ pub fn run_convert(argv: &[String]) -> Result<(), Error> {
         &OpenOpts {
             format: p.get("f"),
             cache: src_cache,
-            aio: oxemu_block::Aio::IoUring,
+            aio: Default::default(),
             read_only: true,
             force_share: p.has("force-share"),
             no_backing: false,
@@ -90,7 +90,7 @@ pub fn run_convert(argv: &[String]) -> Result<(), Error> {
         &OpenOpts {
             format: Some(out_fmt),
             cache: dst_cache,
-            aio: oxemu_block::Aio::IoUring,
+            aio: Default::default(),
             read_only: false,
             force_share: false,
             no_backing: false,
