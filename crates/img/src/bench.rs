@@ -141,6 +141,7 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
             aio,
             read_only: !prm.write,
             force_share: p.has("force-share"),
+            no_backing: false,
         },
     )?;
     let node = img.node.clone();

@@ -41,6 +41,15 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
     };
     let mut prealloc = false;
     let mut size = size.map(|s| image_size(s)).transpose()?;
+    if fmt == "qcow2" {
+        let opts: Vec<&str> = p
+            .opts
+            .iter()
+            .filter(|(k, _)| k == "o")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        return crate::create_qcow2::run(file, size, &opts, p.get("b"), p.get("F"), p.has("q"));
+    }
     for o in p
         .opts
         .iter()

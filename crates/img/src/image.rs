@@ -96,6 +96,8 @@ pub struct OpenOpts<'a> {
     pub read_only: bool,
     /// `-U`: share all permissions.
     pub force_share: bool,
+    /// Do not open backing files (`rebase -u`, `info` without `--backing-chain`).
+    pub no_backing: bool,
 }
 
 /// An opened image: the format node and its name.
@@ -106,6 +108,45 @@ pub struct Image {
     pub format: &'static str,
     /// The protocol node below the format.
     pub file: Arc<FileDriver>,
+    /// The qcow2 chain, when the format is qcow2.
+    pub qcow2: Option<oxemu_qcow2::Image>,
+}
+
+/// Opens a qcow2 image with its backing chain through oxemu-qcow2. The metadata is read
+/// on a short-lived event loop; the returned node serves requests on any loop.
+fn open_qcow2(path: &Path, o: &OpenOpts<'_>, file: Arc<FileDriver>) -> Result<Image, Error> {
+    // Only the chain's own file nodes are used; release ours (and its lock) first.
+    drop(file);
+    let opts = oxemu_qcow2::ImageOptions {
+        file: FileOptions {
+            read_only: o.read_only,
+            direct: o.cache.direct,
+            no_flush: o.cache.no_flush,
+            aio: o.aio,
+            force_share: o.force_share,
+            ..FileOptions::new(path)
+        },
+        no_backing: o.no_backing,
+        l2_cache_size: 0,
+    };
+    let lp = oxemu_block::EventLoop::with_defaults()
+        .map_err(|e| Error::Msg(format!("Could not create event loop: {e}")))?;
+    let chain = lp
+        .block_on(oxemu_qcow2::open_image(path, Some("qcow2"), &opts))
+        .map_err(|e| open_error(path, e))?;
+    // A read-only, lock-free view of the same file, for sizes and alignment.
+    let file = FileDriver::open(&FileOptions {
+        read_only: true,
+        locking: oxemu_block::file::Locking::Off,
+        ..FileOptions::new(path)
+    })
+    .map_err(|e| open_error(path, e))?;
+    Ok(Image {
+        node: chain.driver.clone(),
+        format: "qcow2",
+        file: Arc::new(file),
+        qcow2: Some(chain),
+    })
 }
 
 /// Opens `path` as qemu-img would.
@@ -128,12 +169,12 @@ pub fn open(path: &Path, o: &OpenOpts<'_>) -> Result<Image, Error> {
     let file = Arc::new(file);
     let node: Arc<dyn BlockDriver> = match format {
         "raw" => Arc::new(RawFormat::new(file.clone())),
-        _ => {
-            return Err(Error::Msg(format!(
-                "Could not open '{}': the qcow2 format driver is not built into this oxemu-img",
-                path.display()
-            )))
-        }
+        _ => return open_qcow2(path, o, file),
     };
-    Ok(Image { node, format, file })
+    Ok(Image {
+        node,
+        format,
+        file,
+        qcow2: None,
+    })
 }

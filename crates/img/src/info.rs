@@ -22,15 +22,7 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
     let [file] = p.args.as_slice() else {
         return Err(Error::Usage("Expecting one image file name".into()));
     };
-    let json = match p.get("output").unwrap_or("human") {
-        "human" => false,
-        "json" => true,
-        o => {
-            return Err(Error::Msg(format!(
-                "--output must be used with human or json as argument. (got '{o}')"
-            )))
-        }
-    };
+    let json = output_is_json(p.get("output"))?;
     let img = image::open(
         Path::new(file),
         &OpenOpts {
@@ -39,24 +31,150 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
             aio: Default::default(),
             read_only: true,
             force_share: p.has("force-share"),
+            no_backing: false,
         },
     )?;
-    let size = img.node.size();
-    let actual = img.file.allocated_size().unwrap_or(0);
+    let mut entries = vec![describe(file, &img.node, img.qcow2.as_ref(), &img.file)?];
+    if p.has("backing-chain") {
+        let mut cur = img.qcow2.as_ref().and_then(|c| c.backing());
+        while let Some(b) = cur {
+            let name = b.path.display().to_string();
+            let f = oxemu_block::FileDriver::open(&oxemu_block::FileOptions {
+                read_only: true,
+                locking: oxemu_block::file::Locking::Off,
+                ..oxemu_block::FileOptions::new(&b.path)
+            })
+            .map_err(|e| Error::Msg(format!("Could not open '{name}': {e}")))?;
+            entries.push(describe(&name, &b.driver, Some(b), &f)?);
+            cur = b.backing();
+        }
+    }
     if json {
-        let v = serde_json::json!({
-            "virtual-size": size,
-            "filename": file,
-            "format": img.format,
-            "actual-size": actual,
-            "dirty-flag": false,
-        });
+        let v = if p.has("backing-chain") {
+            serde_json::Value::Array(entries)
+        } else {
+            entries.remove(0)
+        };
         println!("{}", crate::json_pretty(&v));
     } else {
-        println!("image: {file}");
-        println!("file format: {}", img.format);
-        println!("virtual size: {} ({size} bytes)", human_size(size));
-        println!("disk size: {}", human_size(actual));
+        let blocks: Vec<String> = entries.iter().map(human).collect();
+        print!("{}", blocks.join("\n"));
     }
     Ok(())
+}
+
+/// qemu-img's `ImageInfo` of one image, as JSON.
+fn describe(
+    name: &str,
+    node: &std::sync::Arc<dyn BlockDriver>,
+    chain: Option<&oxemu_qcow2::Image>,
+    file: &oxemu_block::FileDriver,
+) -> Result<serde_json::Value, Error> {
+    let size = node.size();
+    let mut v = serde_json::json!({
+        "virtual-size": size,
+        "filename": name,
+        "format": chain.map_or("raw", |c| c.format),
+        "actual-size": file.allocated_size().unwrap_or(0),
+        "dirty-flag": false,
+    });
+    let Some(q) = chain.and_then(|c| c.qcow2.as_ref()) else {
+        return Ok(v);
+    };
+    let lp = crate::map::event_loop()?;
+    let (h, fs) = lp.block_on(async { (q.header().await, q.format_specific().await) });
+    let o = v.as_object_mut().expect("built as an object");
+    o.insert("cluster-size".into(), h.cluster_size().into());
+    o.insert(
+        "dirty-flag".into(),
+        (h.incompatible_features & 1 != 0).into(),
+    );
+    if let Some(b) = &h.backing_file {
+        o.insert("backing-filename".into(), b.clone().into());
+        let full = chain
+            .and_then(|c| c.backing())
+            .map(|b| b.path.display().to_string())
+            .unwrap_or_else(|| {
+                oxemu_qcow2::chain::backing_path(Path::new(name), b)
+                    .display()
+                    .to_string()
+            });
+        o.insert("full-backing-filename".into(), full.into());
+        if let Some(f) = h.backing_format() {
+            o.insert("backing-filename-format".into(), f.into());
+        }
+    }
+    let mut data = serde_json::json!({
+        "compat": fs.compat,
+        "compression-type": fs.compression_type,
+        "refcount-bits": fs.refcount_bits,
+    });
+    if fs.compat != "0.10" {
+        let d = data.as_object_mut().expect("built as an object");
+        d.insert("lazy-refcounts".into(), fs.lazy_refcounts.into());
+        d.insert("corrupt".into(), fs.corrupt.into());
+        d.insert("extended-l2".into(), fs.extended_l2.into());
+    }
+    o.insert(
+        "format-specific".into(),
+        serde_json::json!({"type": "qcow2", "data": data}),
+    );
+    Ok(v)
+}
+
+/// qemu-img 7.2's human-readable block for one image.
+fn human(v: &serde_json::Value) -> String {
+    let mut s = String::new();
+    let u = |k: &str| v[k].as_u64().unwrap_or(0);
+    s += &format!("image: {}\n", v["filename"].as_str().unwrap_or(""));
+    s += &format!("file format: {}\n", v["format"].as_str().unwrap_or(""));
+    let size = u("virtual-size");
+    s += &format!("virtual size: {} ({size} bytes)\n", human_size(size));
+    s += &format!("disk size: {}\n", human_size(u("actual-size")));
+    if let Some(c) = v["cluster-size"].as_u64() {
+        s += &format!("cluster_size: {c}\n");
+    }
+    if let Some(b) = v["backing-filename"].as_str() {
+        let full = v["full-backing-filename"].as_str().unwrap_or(b);
+        if full == b {
+            s += &format!("backing file: {b}\n");
+        } else {
+            s += &format!("backing file: {b} (actual path: {full})\n");
+        }
+        if let Some(f) = v["backing-filename-format"].as_str() {
+            s += &format!("backing file format: {f}\n");
+        }
+    }
+    if v["dirty-flag"] == true {
+        s += "cleanly shut down: no\n";
+    }
+    if let Some(d) = v["format-specific"]["data"].as_object() {
+        s += "Format specific information:\n";
+        let names = [
+            ("compat", "compat"),
+            ("compression-type", "compression type"),
+            ("lazy-refcounts", "lazy refcounts"),
+            ("refcount-bits", "refcount bits"),
+            ("corrupt", "corrupt"),
+            ("extended-l2", "extended l2"),
+        ];
+        for (k, label) in names {
+            if let Some(x) = d.get(k) {
+                let x = x.as_str().map_or_else(|| x.to_string(), str::to_string);
+                s += &format!("    {label}: {x}\n");
+            }
+        }
+    }
+    s
+}
+
+/// Parses `--output`: false for human (the default), true for json.
+pub fn output_is_json(o: Option<&str>) -> Result<bool, Error> {
+    match o.unwrap_or("human") {
+        "human" => Ok(false),
+        "json" => Ok(true),
+        o => Err(Error::Msg(format!(
+            "--output must be used with human or json as argument. (got '{o}')"
+        ))),
+    }
 }

@@ -2,9 +2,15 @@
 
 mod args;
 mod bench;
+mod check;
+mod commit;
+mod convert;
 mod create;
+mod create_qcow2;
 mod image;
 mod info;
+mod map;
+mod rebase;
 
 use std::process::ExitCode;
 
@@ -17,6 +23,9 @@ pub enum Error {
     /// Anything else, already phrased for the user.
     #[error("{0}")]
     Msg(String),
+    /// A message and a specific exit code (`check`: 63 = unsupported; `compare`: 2).
+    #[error("{1}")]
+    Exit(u8, String),
 }
 
 impl From<std::io::Error> for Error {
@@ -45,8 +54,15 @@ Command syntax:
         [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q] [-s buffer_size]
         [-S step_size] [-t cache] [-w] [-U] [--random] filename
         (--random is an oxemu extension: uniformly random offsets, multiples of the step)
+  check [-f fmt] [--output=ofmt] [-r leaks|all] [-U] filename
+  commit [-f fmt] [-d] [-q] filename
+  compare [-f fmt] [-F fmt] [-q] [-s] [-U] filename1 filename2
+  convert [-f fmt] [-O output_fmt] [-n] [-p] [-q] [-t cache] [-T src_cache] [-U] filename output_filename
   create [-q] [-f fmt] [-o options] filename [size]
   info [-f fmt] [--output=ofmt] [-U] filename
+  map [-f fmt] [--output=ofmt] [--start-offset=OFFSET] [--max-length=LEN] [-U] filename
+  rebase [-f fmt] [-q] [-u] [-b backing_file] [-F backing_fmt] filename
+  resize [-f fmt] [-q] [--shrink] filename [+ | -]size
 
 Parameters:
   'cache' is none, writeback (default), writethrough, directsync or unsafe
@@ -60,10 +76,24 @@ fn run(argv: &[String]) -> Result<(), Error> {
         return Err(Error::Usage("Not enough arguments".into()));
     };
     let rest = &argv[1..];
+    if cmd == "compare" {
+        return match map::run_compare(rest) {
+            Ok(0) => Ok(()),
+            Ok(c) => Err(Error::Exit(c, String::new())),
+            Err(Error::Msg(m)) => Err(Error::Exit(2, m)),
+            Err(e) => Err(e),
+        };
+    }
     match cmd.as_str() {
         "create" => create::run(rest),
         "info" => info::run(rest),
         "bench" => bench::run(rest),
+        "map" => map::run_map(rest),
+        "convert" => convert::run_convert(rest),
+        "resize" => convert::run_resize(rest),
+        "check" => check::run(rest),
+        "commit" => commit::run(rest),
+        "rebase" => rebase::run(rest),
         "-h" | "--help" => {
             print!("{HELP}");
             Ok(())
@@ -87,6 +117,12 @@ fn main() -> ExitCode {
             eprintln!("oxemu-img: {m}");
             eprintln!("Try 'oxemu-img --help' for more information");
             ExitCode::FAILURE
+        }
+        Err(Error::Exit(code, m)) => {
+            if !m.is_empty() {
+                eprintln!("oxemu-img: {}", m.replace('\n', " "));
+            }
+            ExitCode::from(code)
         }
         Err(Error::Msg(m)) => {
             // One line: fold multi-line kernel/driver messages.

@@ -1,0 +1,156 @@
+//! `oxemu-img create -f qcow2`: qemu-img's `-o` options, `-b`/`-F`, and its messages.
+
+use std::path::Path;
+
+use oxemu_qcow2::{CompressionType, Preallocation, Qcow2CreateOptions};
+
+use crate::create::image_size;
+use crate::Error;
+
+fn on_off(file: &str, k: &str, v: &str) -> Result<bool, Error> {
+    match v {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(Error::Msg(format!(
+            "{file}: Parameter '{k}' expects 'on' or 'off'"
+        ))),
+    }
+}
+
+/// Applies one `-o key=value` to `c`.
+fn apply(
+    file: &str,
+    c: &mut Qcow2CreateOptions,
+    size: &mut Option<u64>,
+    kv: &str,
+) -> Result<(), Error> {
+    let (k, v) = kv.split_once('=').unwrap_or((kv, "on"));
+    let bad = |what: &str| Error::Msg(format!("{file}: {what}"));
+    match k {
+        "size" => *size = Some(image_size(v)?),
+        "cluster_size" => c.cluster_size = image_size(v)?,
+        "compat" => {
+            c.compat_v3 = match v {
+                "1.1" | "v3" => true,
+                "0.10" | "v2" => false,
+                _ => return Err(bad(&format!("Invalid parameter '{v}'"))),
+            }
+        }
+        "lazy_refcounts" => c.lazy_refcounts = on_off(file, k, v)?,
+        "extended_l2" => c.extended_l2 = on_off(file, k, v)?,
+        "compression_type" => {
+            c.compression_type = match v {
+                "zlib" => CompressionType::Zlib,
+                "zstd" => CompressionType::Zstd,
+                _ => {
+                    return Err(bad(&format!(
+                        "Parameter 'compression-type' does not accept value '{v}'"
+                    )))
+                }
+            }
+        }
+        "preallocation" => {
+            c.preallocation = match v {
+                "off" => Preallocation::Off,
+                "metadata" => Preallocation::Metadata,
+                "falloc" => Preallocation::Falloc,
+                "full" => Preallocation::Full,
+                _ => {
+                    return Err(bad(&format!(
+                        "Parameter 'preallocation' does not accept value '{v}'"
+                    )))
+                }
+            }
+        }
+        "refcount_bits" => {
+            c.refcount_bits = v.parse().map_err(|_| {
+                bad(&format!(
+                    "Parameter 'refcount_bits' expects a number, got '{v}'"
+                ))
+            })?
+        }
+        "backing_file" => c.backing_file = Some(v.to_string()),
+        "backing_fmt" => c.backing_fmt = Some(v.to_string()),
+        _ => return Err(bad(&format!("Invalid parameter '{k}'"))),
+    }
+    Ok(())
+}
+
+/// Creates a qcow2 image; `opts` are the `-o` strings in order.
+pub fn run(
+    file: &str,
+    size: Option<u64>,
+    opts: &[&str],
+    backing: Option<&str>,
+    backing_fmt: Option<&str>,
+    quiet: bool,
+) -> Result<(), Error> {
+    let mut c = Qcow2CreateOptions::default();
+    let mut size = size;
+    c.backing_file = backing.map(str::to_string);
+    c.backing_fmt = backing_fmt.map(str::to_string);
+    for kv in opts.iter().flat_map(|o| o.split(',')) {
+        apply(file, &mut c, &mut size, kv)?;
+    }
+    let cs = c.cluster_size;
+    if !cs.is_power_of_two() || !(512..=2 << 20).contains(&cs) {
+        return Err(Error::Msg(format!(
+            "{file}: Cluster size must be a power of two between 512 and 2048k"
+        )));
+    }
+    if !c.refcount_bits.is_power_of_two() || c.refcount_bits > 64 {
+        return Err(Error::Msg(format!(
+            "{file}: Refcount width must be a power of two and may not exceed 64 bits"
+        )));
+    }
+    if c.backing_file.is_some() && c.backing_fmt.is_none() {
+        return Err(Error::Msg(format!(
+            "{file}: Backing file specified without backing format"
+        )));
+    }
+    let size = match (size, &c.backing_file) {
+        (Some(s), _) => s,
+        (None, Some(b)) => backing_size(file, b, c.backing_fmt.as_deref())?,
+        (None, None) => return Err(Error::Msg("Image creation needs a size parameter".into())),
+    };
+    if size % 512 != 0 {
+        return Err(Error::Msg(format!(
+            "{file}: Image size must be a multiple of 512 bytes"
+        )));
+    }
+    c.size = size;
+    if !quiet {
+        let mut line = format!(
+            "Formatting '{file}', fmt=qcow2 cluster_size={cs} extended_l2={} compression_type={}",
+            if c.extended_l2 { "on" } else { "off" },
+            match c.compression_type {
+                CompressionType::Zlib => "zlib",
+                CompressionType::Zstd => "zstd",
+            }
+        );
+        line += &format!(" size={size}");
+        if let Some(b) = &c.backing_file {
+            line += &format!(" backing_file={b}");
+        }
+        if let Some(f) = &c.backing_fmt {
+            line += &format!(" backing_fmt={f}");
+        }
+        line += &format!(
+            " lazy_refcounts={} refcount_bits={}",
+            if c.lazy_refcounts { "on" } else { "off" },
+            c.refcount_bits
+        );
+        println!("{line}");
+    }
+    let lp = crate::map::event_loop()?;
+    lp.block_on(oxemu_qcow2::create(Path::new(file), &c))
+        .map_err(|e| Error::Msg(format!("{file}: {e}")))
+}
+
+/// The virtual size of the backing file, for `create -b` without a size.
+fn backing_size(file: &str, backing: &str, fmt: Option<&str>) -> Result<u64, Error> {
+    let path = oxemu_qcow2::chain::backing_path(Path::new(file), backing);
+    let img = crate::map::open_ro(&path.display().to_string(), fmt, true)
+        .map_err(|e| Error::Msg(format!("{file}: Could not open backing file: {e}")))?;
+    Ok(oxemu_block::BlockDriver::size(&*img.node))
+}

@@ -1,0 +1,298 @@
+//! qcow2 subcommands against qemu-img 7.2 on the same images: create, info, check
+//! (with leak repair), map, compare, convert to raw and bench -f qcow2.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::process::{Command, Output};
+
+fn run(prog: &str, args: &[&str]) -> Output {
+    Command::new(prog).args(args).output().unwrap()
+}
+
+fn oxemu(args: &[&str]) -> Output {
+    run(env!("CARGO_BIN_EXE_oxemu-img"), args)
+}
+
+fn qemu_img(args: &[&str]) -> Output {
+    run("qemu-img", args)
+}
+
+fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", out(o)))
+}
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("oxemu-img-qcow2")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap()
+}
+
+fn path(d: &tempfile::TempDir, n: &str) -> String {
+    d.path().join(n).display().to_string()
+}
+
+/// Makes `base.qcow2` (qemu-img, data at 1 MiB) and `top.qcow2` on it (data at 0).
+fn chain(d: &tempfile::TempDir) -> (String, String) {
+    let base = path(d, "base.qcow2");
+    let top = path(d, "top.qcow2");
+    assert!(qemu_img(&["create", "-q", "-f", "qcow2", &base, "16M"])
+        .status
+        .success());
+    assert!(run("qemu-io", &["-c", "write -P 1 1M 256k", &base])
+        .status
+        .success());
+    let o = qemu_img(&[
+        "create", "-q", "-f", "qcow2", "-b", &base, "-F", "qcow2", &top,
+    ]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(run("qemu-io", &["-c", "write -P 2 0 64k", &top])
+        .status
+        .success());
+    (base, top)
+}
+
+#[test]
+fn info_of_qcow2_chain_matches_qemu_img_human_and_json() {
+    let d = tmp();
+    let (_, top) = chain(&d);
+    for args in [
+        vec!["info"],
+        vec!["info", "--backing-chain"],
+        vec!["info", "--output=json"],
+        vec!["info", "--output=json", "--backing-chain"],
+    ] {
+        let mut a = args.clone();
+        a.push(&top);
+        let ours = oxemu(&a);
+        assert!(ours.status.success(), "{}", err(&ours));
+        let theirs = qemu_img(&a);
+        if args.contains(&"--output=json") {
+            assert_eq!(json(&ours), json(&theirs), "{args:?}");
+        } else {
+            assert_eq!(out(&ours), out(&theirs), "{args:?}");
+        }
+    }
+}
+
+#[test]
+fn create_qcow2_options_give_images_qemu_img_accepts() {
+    let d = tmp();
+    let img = path(&d, "new.qcow2");
+    let o = oxemu(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-o",
+        "cluster_size=16384,lazy_refcounts=on,compression_type=zstd,extended_l2=on",
+        &img,
+        "100M",
+    ]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(out(&o).starts_with("Formatting '"), "{}", out(&o));
+    let info = json(&qemu_img(&["info", "--output=json", &img]));
+    assert_eq!(info["cluster-size"], 16384);
+    assert_eq!(info["virtual-size"], 100 << 20);
+    let data = &info["format-specific"]["data"];
+    assert_eq!(data["lazy-refcounts"], true);
+    assert_eq!(data["compression-type"], "zstd");
+    assert_eq!(data["extended-l2"], true);
+    assert!(qemu_img(&["check", &img]).status.success());
+    let (base, _) = chain(&d);
+    let ov = path(&d, "ov.qcow2");
+    let o = oxemu(&[
+        "create", "-q", "-f", "qcow2", "-b", &base, "-F", "qcow2", &ov,
+    ]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(
+        json(&qemu_img(&["info", "--output=json", &ov]))["virtual-size"],
+        16 << 20
+    );
+    assert!(qemu_img(&["compare", &base, &ov]).status.success());
+    for (opts, needle) in [
+        ("cluster_size=3000", "Cluster size must be a power of two"),
+        ("bogus=1", "Invalid parameter 'bogus'"),
+    ] {
+        let o = oxemu(&[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            opts,
+            &path(&d, "bad.qcow2"),
+            "1M",
+        ]);
+        assert!(!o.status.success());
+        assert_eq!(err(&o).lines().count(), 1, "{}", err(&o));
+        assert!(err(&o).contains(needle), "{}", err(&o));
+    }
+    let o = oxemu(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-b",
+        &base,
+        &path(&d, "nofmt.qcow2"),
+    ]);
+    assert!(err(&o).contains("Backing file specified without backing format"));
+}
+
+/// Clears the first L2 entry of `img` so its data cluster is referenced by nothing.
+fn leak_first_cluster(img: &str) {
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(img)
+        .unwrap();
+    let mut b = [0u8; 8];
+    f.seek(SeekFrom::Start(40)).unwrap();
+    f.read_exact(&mut b).unwrap();
+    let l1 = u64::from_be_bytes(b);
+    f.seek(SeekFrom::Start(l1)).unwrap();
+    f.read_exact(&mut b).unwrap();
+    let l2 = u64::from_be_bytes(b) & 0x00ff_ffff_ffff_fe00;
+    assert_ne!(l2, 0);
+    f.seek(SeekFrom::Start(l2)).unwrap();
+    f.write_all(&[0; 8]).unwrap();
+}
+
+#[test]
+fn check_finds_and_repairs_leaks_like_qemu_img() {
+    let d = tmp();
+    let img = path(&d, "leaky.qcow2");
+    assert!(qemu_img(&["create", "-q", "-f", "qcow2", &img, "4M"])
+        .status
+        .success());
+    assert!(run("qemu-io", &["-c", "write -P 5 0 64k", &img])
+        .status
+        .success());
+    let clean = oxemu(&["check", "--output=json", &img]);
+    assert_eq!(clean.status.code(), Some(0), "{}", err(&clean));
+    let mut a = json(&clean);
+    let mut b = json(&qemu_img(&["check", "--output=json", &img]));
+    a.as_object_mut().unwrap().remove("filename");
+    b.as_object_mut().unwrap().remove("filename");
+    assert_eq!(a, b);
+    leak_first_cluster(&img);
+    let ours = oxemu(&["check", &img]);
+    let theirs = qemu_img(&["check", &img]);
+    assert_eq!(ours.status.code(), Some(3), "{}", out(&ours));
+    assert_eq!(ours.status.code(), theirs.status.code());
+    assert!(
+        out(&ours).contains("1 leaked clusters were found on the image."),
+        "{}",
+        out(&ours)
+    );
+    let fixed = oxemu(&["check", "-r", "leaks", &img]);
+    assert_eq!(
+        fixed.status.code(),
+        Some(0),
+        "{}{}",
+        out(&fixed),
+        err(&fixed)
+    );
+    assert!(out(&fixed).contains("Double checking the fixed image now..."));
+    let after = qemu_img(&["check", &img]);
+    assert!(after.status.success(), "{}", out(&after));
+}
+
+#[test]
+fn map_compare_convert_and_bench_work_on_qcow2_chains() {
+    let d = tmp();
+    let (_, top) = chain(&d);
+    for args in [vec!["map"], vec!["map", "--output=json"]] {
+        let mut a = args.clone();
+        a.push(&top);
+        assert_eq!(out(&oxemu(&a)), out(&qemu_img(&a)), "{args:?}");
+    }
+    let raw = path(&d, "flat.raw");
+    let o = oxemu(&["convert", "-O", "raw", &top, &raw]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(qemu_img(&["compare", &top, &raw]).status.success());
+    let c = oxemu(&["compare", &top, &raw]);
+    assert_eq!(out(&c), "Images are identical.\n");
+    for engine in ["threads", "io_uring"] {
+        let b = oxemu(&[
+            "bench", "-f", "qcow2", "-w", "-c", "500", "-d", "8", "-i", engine, &top,
+        ]);
+        assert!(b.status.success(), "{}", err(&b));
+        assert!(out(&b).contains("Run completed in"), "{}", out(&b));
+    }
+    let chk = qemu_img(&["check", &top]);
+    assert!(chk.status.success(), "{}", out(&chk));
+}
+
+#[test]
+fn convert_to_qcow2_and_resize_give_images_that_pass_qemu_img_check() {
+    let d = tmp();
+    let (_, top) = chain(&d);
+    let flat = path(&d, "flat.qcow2");
+    let o = oxemu(&[
+        "convert",
+        "-O",
+        "qcow2",
+        "-o",
+        "cluster_size=4096",
+        &top,
+        &flat,
+    ]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(qemu_img(&["check", &flat]).status.success());
+    assert!(qemu_img(&["compare", &top, &flat]).status.success());
+    let info = json(&qemu_img(&["info", "--output=json", &flat]));
+    assert_eq!(info["cluster-size"], 4096);
+    assert!(info.get("backing-filename").is_none());
+    let o = oxemu(&["resize", &flat, "+16M"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let info = json(&qemu_img(&["info", "--output=json", &flat]));
+    assert_eq!(info["virtual-size"], 32 << 20);
+    assert!(qemu_img(&["check", &flat]).status.success());
+    assert!(qemu_img(&["compare", &top, &flat]).status.success());
+}
+
+#[test]
+fn safe_rebase_keeps_content_and_unsafe_rebase_only_renames() {
+    let d = tmp();
+    let (base, top) = chain(&d);
+    let before = path(&d, "before.raw");
+    assert!(qemu_img(&["convert", "-O", "raw", &top, &before])
+        .status
+        .success());
+    let o = oxemu(&["rebase", "-b", "", &top]);
+    assert!(o.status.success(), "{}", err(&o));
+    let info = json(&qemu_img(&["info", "--output=json", &top]));
+    assert!(info.get("backing-filename").is_none(), "{info}");
+    assert!(qemu_img(&["check", &top]).status.success());
+    let c = qemu_img(&["compare", &before, &top]);
+    assert!(c.status.success(), "{}", out(&c));
+    let o = oxemu(&["rebase", "-u", "-b", &base, "-F", "qcow2", &top]);
+    assert!(o.status.success(), "{}", err(&o));
+    let info = json(&qemu_img(&["info", "--output=json", &top]));
+    assert_eq!(info["backing-filename"], base.as_str());
+    assert_eq!(info["backing-filename-format"], "qcow2");
+}
+
+#[test]
+fn commit_moves_top_data_into_backing_file() {
+    let d = tmp();
+    let (base, top) = chain(&d);
+    let before = path(&d, "before.raw");
+    assert!(qemu_img(&["convert", "-O", "raw", &top, &before])
+        .status
+        .success());
+    let o = oxemu(&["commit", &top]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(out(&o), "Image committed.\n");
+    for img in [&base, &top] {
+        assert!(qemu_img(&["check", img]).status.success());
+        let c = qemu_img(&["compare", &before, img]);
+        assert!(c.status.success(), "{img}: {}", out(&c));
+    }
+}
