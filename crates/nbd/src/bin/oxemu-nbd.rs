@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use oxemu_block::{Aio, BlockDriver, EventLoopConfig, FileDriver, FileOptions, IoThread};
+use oxemu_block::{Aio, BlockDriver, EventLoopConfig, FileOptions, IoThread};
 use oxemu_nbd::{NbdAddr, NbdExportOptions, NbdServer, NbdServerOptions, X509Creds};
 
 const USAGE: &str = "Usage: oxemu-nbd [OPTIONS] FILE
@@ -185,19 +185,27 @@ fn open_node(a: &Args) -> Result<Arc<dyn BlockDriver>, String> {
         aio: a.aio,
         ..Default::default()
     };
-    match format.as_str() {
-        "raw" => {
-            let file = FileDriver::open(&opts).map_err(|e| e.to_string())?;
-            Ok(Arc::new(oxemu_block::raw::RawFormat::new(Arc::new(file))))
-        }
-        "qcow2" => Err(format!(
-            "'{}' is a qcow2 image, but this oxemu-nbd was built without qcow2 support",
-            a.file.display()
-        )),
-        f => Err(format!(
-            "Unknown driver '{f}' (supported formats: raw, qcow2)"
-        )),
+    if format != "raw" && format != "qcow2" {
+        return Err(format!(
+            "Unknown driver '{format}' (supported formats: raw, qcow2)"
+        ));
     }
+    // qcow2 images bring their backing chain; opening it reads metadata, so it runs
+    // on a short-lived event loop. The node is then served from the server's loop.
+    let lp = oxemu_block::EventLoop::with_defaults()
+        .map_err(|e| format!("Failed to start an event loop: {e}"))?;
+    let img = lp
+        .block_on(oxemu_qcow2::open_image(
+            &a.file,
+            Some(format.as_str()),
+            &oxemu_qcow2::ImageOptions {
+                file: opts,
+                no_backing: false,
+                l2_cache_size: 0,
+            },
+        ))
+        .map_err(|e| e.to_string())?;
+    Ok(img.driver)
 }
 
 fn block_signals() -> libc::sigset_t {
