@@ -251,3 +251,32 @@ def test_daemonize_returns_after_start_up(tmp_path, image):
         import time
         time.sleep(0.05)
     assert not pid.exists() and not sock.exists()
+
+
+def test_qcow2_blockdev_with_backing_chain_served_over_nbd(oxemu, tmp_path):
+    base = tmp_path / "base.raw"
+    top = tmp_path / "top.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(base), "4M"], check=True)
+    subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0x11 0 1M", str(base)], check=True, capture_output=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "raw", str(top)], check=True)
+    nbd = tmp_path / "n.sock"
+    d = oxemu(["--blockdev", f"driver=qcow2,node-name=q0,file.driver=file,file.filename={top}",
+               "--nbd-server", f"addr.type=unix,addr.path={nbd}",
+               "--export", "type=nbd,id=e0,node-name=q0,name=disk,writable=on"])
+    uri = f"nbd+unix:///disk?socket={nbd}"
+    subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0x22 512k 64k", uri], check=True, capture_output=True)
+
+    async def go():
+        q = await client(d.qmp[0])
+        nodes = {n["node-name"]: n for n in await q.execute("query-named-block-nodes")}
+        assert nodes["q0"]["drv"] == "qcow2"
+        await q.disconnect()
+
+    run(go())
+    assert d.stop() == 0
+    # The overlay holds the new data over the backing file's, and QEMU agrees.
+    chk = subprocess.run(["qemu-img", "check", str(top)], capture_output=True, text=True)
+    assert chk.returncode == 0, chk.stdout + chk.stderr
+    out = subprocess.run(["qemu-io", "-f", "qcow2", "-c", "read -P 0x11 0 512k", "-c", "read -P 0x22 512k 64k",
+                          "-c", "read -P 0x11 576k 448k", str(top)], capture_output=True, text=True, check=True)
+    assert "Pattern verification failed" not in out.stdout, out.stdout

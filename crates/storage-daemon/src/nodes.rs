@@ -12,7 +12,7 @@ use oxemu_block::BlockDriver;
 use oxemu_qmp::args::from_value;
 use oxemu_qmp::QmpError;
 
-use crate::qapi::{FileBlockdev, RawBlockdev};
+use crate::qapi::{FileBlockdev, Qcow2Blockdev, RawBlockdev};
 
 /// One node of the graph.
 pub struct Node {
@@ -101,16 +101,17 @@ impl Graph {
         enum Parsed {
             File(Box<FileBlockdev>),
             Raw(Box<RawBlockdev>),
+            Qcow2(Box<Qcow2Blockdev>),
         }
         let parsed = match driver.as_str() {
             "file" | "host_device" => Parsed::File(from_value(opts)?),
             "raw" => Parsed::Raw(from_value(opts)?),
-            "qcow2" => {
-                return Err(QmpError::generic(
-                    "Unknown driver 'qcow2': the qcow2 format driver is not built into this oxemu-storage-daemon",
-                ))
+            "qcow2" => Parsed::Qcow2(from_value(opts)?),
+            other => {
+                return Err(QmpError::generic(format!(
+                    "Parameter 'driver' does not accept value '{other}'"
+                )))
             }
-            other => return Err(QmpError::generic(format!("Parameter 'driver' does not accept value '{other}'"))),
         };
         let name = match given {
             Some(n) => {
@@ -130,6 +131,7 @@ impl Graph {
         let node = match parsed {
             Parsed::File(o) => self.open_file(*o, &name, implicit)?,
             Parsed::Raw(o) => self.open_raw(*o, &name, implicit)?,
+            Parsed::Qcow2(o) => self.open_qcow2(*o, &name, implicit)?,
         };
         self.nodes.insert(name.clone(), node);
         Ok(name)
@@ -189,8 +191,16 @@ impl Graph {
         })
     }
 
-    fn open_raw(&mut self, o: RawBlockdev, name: &str, implicit: bool) -> Result<Node, QmpError> {
-        let child = match &o.file {
+    /// Resolves a `file` child: an existing node's name, or nested options opened as an
+    /// implicit node (inheriting the parent's read-only, cache and discard options).
+    fn child(
+        &mut self,
+        file: &Value,
+        read_only: bool,
+        cache: &crate::qapi::CacheOptions,
+        discard: &Option<String>,
+    ) -> Result<String, QmpError> {
+        match file {
             Value::String(s) => {
                 if !self.nodes.contains_key(s) {
                     return Err(QmpError::generic(format!(
@@ -202,29 +212,125 @@ impl Graph {
                         "Node '{s}' is already in use as a child"
                     )));
                 }
-                s.clone()
+                Ok(s.clone())
             }
             Value::Object(m) => {
                 let mut m = m.clone();
-                // Options of the parent that QEMU passes down to an implicit child.
-                if o.read_only {
+                if read_only {
                     m.entry("read-only").or_insert(Value::Bool(true));
                 }
-                if o.cache.direct || o.cache.no_flush {
+                if cache.direct || cache.no_flush {
                     m.entry("cache")
-                        .or_insert(json!({"direct": o.cache.direct, "no-flush": o.cache.no_flush}));
+                        .or_insert(json!({"direct": cache.direct, "no-flush": cache.no_flush}));
                 }
-                if let Some(d) = &o.discard {
+                if let Some(d) = discard {
                     m.entry("discard").or_insert(Value::String(d.clone()));
                 }
-                self.add_inner(Value::Object(m), true)?
+                self.add_inner(Value::Object(m), true)
             }
-            _ => {
-                return Err(QmpError::generic(
-                    "Invalid parameter type for 'file', expected: object or string",
-                ))
+            _ => Err(QmpError::generic(
+                "Invalid parameter type for 'file', expected: object or string",
+            )),
+        }
+    }
+
+    fn open_qcow2(
+        &mut self,
+        o: Qcow2Blockdev,
+        name: &str,
+        implicit: bool,
+    ) -> Result<Node, QmpError> {
+        let child = self.child(&o.file, o.read_only, &o.cache, &o.discard)?;
+        let (cnode, cfile, cro, cdirect, cnoflush, cimplicit) = {
+            let c = &self.nodes[&child];
+            (
+                c.node.clone(),
+                c.filename.clone(),
+                c.read_only,
+                c.direct,
+                c.no_flush,
+                c.implicit,
+            )
+        };
+        let read_only = o.read_only || cro;
+        let r = (|| -> std::io::Result<Arc<oxemu_qcow2::Qcow2>> {
+            let lp = oxemu_block::EventLoop::with_defaults()?;
+            lp.block_on(async {
+                let backing = match &o.backing {
+                    Some(Value::Null) => None,
+                    Some(_) => {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::InvalidInput,
+                            "backing references to other nodes are not supported: omit 'backing' to open the chain named in the image, or use null",
+                        ))
+                    }
+                    None => {
+                        // Peek at the header for the backing file name and format.
+                        let peek = oxemu_qcow2::Qcow2::open(
+                            cnode.clone(),
+                            oxemu_qcow2::Qcow2OpenOptions { read_only: true, backing: None, l2_cache_size: 0 },
+                        )
+                        .await?;
+                        let h = peek.header().await;
+                        let b = h.backing_file.clone().map(|f| (f, h.backing_format()));
+                        drop(peek);
+                        match b {
+                            None => None,
+                            Some((f, fmt)) => {
+                                let path = oxemu_qcow2::chain::backing_path(std::path::Path::new(&cfile), &f);
+                                let file = FileOptions {
+                                    read_only: true,
+                                    direct: cdirect,
+                                    no_flush: cnoflush,
+                                    ..FileOptions::new(path.clone())
+                                };
+                                Some(
+                                    oxemu_qcow2::open_image(
+                                        &path,
+                                        fmt.as_deref(),
+                                        &oxemu_qcow2::ImageOptions { file, no_backing: false, l2_cache_size: 0 },
+                                    )
+                                    .await?,
+                                )
+                            }
+                        }
+                    }
+                };
+                oxemu_qcow2::Qcow2::open(
+                    cnode.clone(),
+                    oxemu_qcow2::Qcow2OpenOptions {
+                        read_only,
+                        backing,
+                        l2_cache_size: o.l2_cache_size.unwrap_or(0),
+                    },
+                )
+                .await
+            })
+        })();
+        let q = match r {
+            Ok(q) => q,
+            Err(e) => {
+                if cimplicit {
+                    self.nodes.remove(&child);
+                }
+                return Err(QmpError::from(e));
             }
         };
+        Ok(Node {
+            name: name.into(),
+            driver: "qcow2".into(),
+            node: q,
+            child: Some(child),
+            implicit,
+            filename: cfile,
+            read_only,
+            direct: cdirect,
+            no_flush: cnoflush,
+        })
+    }
+
+    fn open_raw(&mut self, o: RawBlockdev, name: &str, implicit: bool) -> Result<Node, QmpError> {
+        let child = self.child(&o.file, o.read_only, &o.cache, &o.discard)?;
         let (cnode, cimplicit) = {
             let c = &self.nodes[&child];
             (c.node.clone(), c.implicit)

@@ -230,3 +230,45 @@ pub struct NbdServerOptions {
     #[serde(default, deserialize_with = "flex_opt_u64")]
     pub max_connections: Option<u64>,
 }
+
+/// `driver=qcow2`.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Qcow2Blockdev {
+    /// Always `qcow2`.
+    pub driver: String,
+    /// The protocol child: a node name or nested options.
+    pub file: Value,
+    /// Backing image: absent = open the chain named in the image header, null = none.
+    #[serde(default, deserialize_with = "deserialize_some")]
+    pub backing: Option<Value>,
+    /// Bytes of L2 tables to cache.
+    #[serde(default, deserialize_with = "flex_opt_u64")]
+    pub l2_cache_size: Option<u64>,
+    /// Accepted for compatibility (the image header decides).
+    #[serde(default, deserialize_with = "flex_opt_bool")]
+    pub lazy_refcounts: Option<bool>,
+    #[doc = "Node name."]
+    pub node_name: Option<String>,
+    #[serde(default, deserialize_with = "flex_bool")]
+    #[doc = "Open read-only."]
+    pub read_only: bool,
+    #[serde(default, deserialize_with = "flex_bool")]
+    #[doc = "Fall back to read-only."]
+    pub auto_read_only: bool,
+    #[serde(default, deserialize_with = "flex_bool")]
+    #[doc = "Share all permissions."]
+    pub force_share: bool,
+    #[serde(default)]
+    #[doc = "Cache mode (passed to the child)."]
+    pub cache: CacheOptions,
+    #[doc = "`ignore` or `unmap`."]
+    pub discard: Option<String>,
+    #[doc = "`off` only."]
+    pub detect_zeroes: Option<String>,
+}
+
+/// Distinguishes an explicit `null` (Some(Null)) from an absent field (None).
+fn deserialize_some<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
