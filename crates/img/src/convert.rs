@@ -46,9 +46,9 @@ pub fn run_convert(argv: &[String]) -> Result<(), Error> {
     if out_fmt != "raw" && out_fmt != "qcow2" {
         return Err(Error::Msg(format!("Unknown file format '{out_fmt}'")));
     }
-    if p.has("c") {
+    if p.has("c") && out_fmt != "qcow2" {
         return Err(Error::Msg(
-            "Compression is not supported by this oxemu-img's convert yet".into(),
+            "Compression not supported for this file format".into(),
         ));
     }
     let create_opts: Vec<&str> = p
@@ -102,6 +102,19 @@ pub fn run_convert(argv: &[String]) -> Result<(), Error> {
         )));
     }
     let progress = p.has("p") && !p.has("q");
+    // -c: every non-zero cluster is written compressed (zlib or zstd, as the target's
+    // compression_type says).
+    let compress = match p.has("c") {
+        false => None,
+        true => Some(
+            d.qcow2
+                .as_ref()
+                .and_then(|i| i.qcow2.clone())
+                .ok_or_else(|| {
+                    Error::Msg("Compression not supported for this file format".into())
+                })?,
+        ),
+    };
     let lp = event_loop()?;
     lp.block_on(copy(
         s.node.clone(),
@@ -109,6 +122,7 @@ pub fn run_convert(argv: &[String]) -> Result<(), Error> {
         size,
         !p.has("n"),
         progress,
+        compress,
     ))
 }
 
@@ -129,9 +143,23 @@ async fn copy(
     size: u64,
     target_is_zero: bool,
     progress: bool,
+    compress: Option<Arc<oxemu_qcow2::Qcow2>>,
 ) -> Result<(), Error> {
     let mut extents = Vec::new();
     let mut off = 0u64;
+    if compress.is_some() {
+        // Compressed clusters are written whole: walk a cluster-aligned grid (CHUNK is
+        // a multiple of every cluster size) and let all-zero clusters be skipped.
+        while off < size {
+            let n = (CHUNK as u64).min(size - off);
+            extents.push(Extent {
+                off,
+                len: n,
+                data: true,
+            });
+            off += n;
+        }
+    }
     while off < size {
         let st = src
             .block_status(off, (size - off).min(1 << 30))
@@ -166,6 +194,7 @@ async fn copy(
         size,
         progress,
         target_is_zero,
+        compress,
         error: RefCell::new(None),
     });
     job.done
@@ -197,6 +226,8 @@ struct Job {
     size: u64,
     progress: bool,
     target_is_zero: bool,
+    /// The target, for `-c`.
+    compress: Option<Arc<oxemu_qcow2::Qcow2>>,
     error: RefCell<Option<Error>>,
 }
 
@@ -223,7 +254,11 @@ async fn copy_worker(src: Arc<dyn BlockDriver>, dst: Arc<dyn BlockDriver>, job: 
         }
         job.next.set(i + 1);
         let e = job.extents[i];
-        if let Err(err) = copy_extent(&*src, &*dst, e, &mut buf, job.target_is_zero).await {
+        let r = match &job.compress {
+            Some(q) => copy_compressed(&*src, q, e, &mut buf, job.target_is_zero).await,
+            None => copy_extent(&*src, &*dst, e, &mut buf, job.target_is_zero).await,
+        };
+        if let Err(err) = r {
             job.error.borrow_mut().get_or_insert(err);
             return;
         }
@@ -256,6 +291,35 @@ async fn copy_extent(
     dst.write_at(o, &buf[..n])
         .await
         .map_err(|err| Error::Msg(format!("error while writing at byte {o}: {err}")))
+}
+
+/// Copies a cluster-aligned extent into compressed clusters of `q`.
+async fn copy_compressed(
+    src: &dyn BlockDriver,
+    q: &oxemu_qcow2::Qcow2,
+    e: Extent,
+    buf: &mut [u8],
+    target_is_zero: bool,
+) -> Result<(), Error> {
+    let o = e.off;
+    let n = e.len as usize;
+    src.read_at(o, &mut buf[..n])
+        .await
+        .map_err(|err| Error::Msg(format!("error while reading at byte {o}: {err}")))?;
+    let cs = q.cluster_size() as usize;
+    for (k, piece) in buf[..n].chunks(cs).enumerate() {
+        if target_is_zero && is_zero_buf(piece) {
+            continue;
+        }
+        let at = o + (k * cs) as u64;
+        q.write_compressed(at, piece).await.map_err(|err| {
+            Error::Msg(format!(
+                "error while compressing sector {}: {err}",
+                at / 512
+            ))
+        })?;
+    }
+    Ok(())
 }
 
 const RESIZE_SPEC: &[Opt] = &[

@@ -1,5 +1,6 @@
 //! `oxemu-img`: qemu-img's command line on oxemu's block layer.
 
+mod amend;
 mod args;
 mod bench;
 mod check;
@@ -94,6 +95,7 @@ fn run(argv: &[String]) -> Result<(), Error> {
         "check" => check::run(rest),
         "commit" => commit::run(rest),
         "rebase" => rebase::run(rest),
+        "amend" => amend::run(rest),
         "-h" | "--help" => {
             print!("{HELP}");
             Ok(())

@@ -296,3 +296,88 @@ fn commit_moves_top_data_into_backing_file() {
         assert!(c.status.success(), "{img}: {}", out(&c));
     }
 }
+
+#[test]
+fn convert_c_writes_compressed_clusters_qemu_img_reads_back() {
+    let d = tmp();
+    let src = path(&d, "src.raw");
+    assert!(qemu_img(&["create", "-f", "raw", &src, "8M"])
+        .status
+        .success());
+    // Compressible data, some incompressible-looking data, and a hole.
+    let o = run(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x61 0 3M",
+            "-c",
+            "write -P 0x7e 5M 1M",
+            &src,
+        ],
+    );
+    assert!(o.status.success(), "{}", err(&o));
+    for ty in ["zlib", "zstd"] {
+        let dst = path(&d, &format!("c-{ty}.qcow2"));
+        let o = oxemu(&[
+            "convert",
+            "-c",
+            "-O",
+            "qcow2",
+            "-o",
+            &format!("compression_type={ty}"),
+            &src,
+            &dst,
+        ]);
+        assert!(o.status.success(), "{ty}: {}", err(&o));
+        let c = qemu_img(&["check", &dst]);
+        assert!(c.status.success(), "{ty}: {}{}", out(&c), err(&c));
+        let cmp = qemu_img(&["compare", "-f", "raw", "-F", "qcow2", &src, &dst]);
+        assert!(cmp.status.success(), "{ty}: {}", out(&cmp));
+        // 4 MiB of data in one-byte patterns compress to far less.
+        let len = std::fs::metadata(&dst).unwrap().len();
+        assert!(len < 1 << 20, "{ty}: compressed image is {len} bytes");
+        let info = json(&qemu_img(&["info", "--output=json", &dst]));
+        assert_eq!(info["format-specific"]["data"]["compression-type"], ty);
+    }
+    let o = oxemu(&["convert", "-c", "-O", "raw", &src, &path(&d, "x.raw")]);
+    assert!(!o.status.success() && err(&o).contains("Compression not supported"));
+}
+
+#[test]
+fn amend_changes_compat_and_lazy_refcounts_as_qemu_img_sees_them() {
+    let d = tmp();
+    let img = path(&d, "a.qcow2");
+    assert!(
+        qemu_img(&["create", "-f", "qcow2", "-o", "compat=0.10", &img, "4M"])
+            .status
+            .success()
+    );
+    assert!(run(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 0x42 0 64k", &img]
+    )
+    .status
+    .success());
+    let o = oxemu(&[
+        "amend",
+        "-f",
+        "qcow2",
+        "-o",
+        "compat=1.1,lazy_refcounts=on",
+        &img,
+    ]);
+    assert!(o.status.success(), "{}", err(&o));
+    let info = json(&qemu_img(&["info", "--output=json", &img]));
+    assert_eq!(info["format-specific"]["data"]["compat"], "1.1");
+    assert_eq!(info["format-specific"]["data"]["lazy-refcounts"], true);
+    assert!(qemu_img(&["check", &img]).status.success());
+    let r = run(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "read -P 0x42 0 64k", &img],
+    );
+    assert!(!out(&r).contains("verification failed"), "{}", out(&r));
+    let o = oxemu(&["amend", "-o", "cluster_size=4096", &img]);
+    assert!(!o.status.success() && err(&o).contains("cluster_size"));
+}
