@@ -22,9 +22,41 @@ pub struct CacheOptions {
     pub no_flush: bool,
 }
 
+/// Declares a blockdev driver's options: its own fields plus the options every
+/// driver takes (node-name, read-only, auto-read-only, force-share, cache, discard,
+/// detect-zeroes). serde's `flatten` cannot be combined with `deny_unknown_fields`,
+/// so the common fields are spliced in here instead.
+macro_rules! blockdev_options {
+    ($(#[$doc:meta])* pub struct $name:ident { $($(#[$fm:meta])* pub $f:ident : $t:ty),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Deserialize, Debug, Clone)]
+        #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+        pub struct $name {
+            $($(#[$fm])* pub $f: $t,)*
+            /// Node name; generated for implicit children.
+            pub node_name: Option<String>,
+            /// Open read-only.
+            #[serde(default, deserialize_with = "flex_bool")]
+            pub read_only: bool,
+            /// Fall back to read-only if writing is not permitted.
+            #[serde(default, deserialize_with = "flex_bool")]
+            pub auto_read_only: bool,
+            /// Share all permissions.
+            #[serde(default, deserialize_with = "flex_bool")]
+            pub force_share: bool,
+            /// Cache mode (format drivers pass it to an implicit child).
+            #[serde(default)]
+            pub cache: CacheOptions,
+            /// `ignore` (default) or `unmap`.
+            pub discard: Option<String>,
+            /// `off` only.
+            pub detect_zeroes: Option<String>,
+        }
+    };
+}
+
+blockdev_options! {
 /// `driver=file` / `driver=host_device`.
-#[derive(Deserialize, Debug, Clone)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct FileBlockdev {
     /// Always `file` or `host_device`.
     pub driver: String,
@@ -37,29 +69,11 @@ pub struct FileBlockdev {
     /// Accepted for compatibility; batching is automatic.
     #[serde(default, deserialize_with = "flex_opt_u64")]
     pub aio_max_batch: Option<u64>,
-    /// Common options.
-    pub node_name: Option<String>,
-    #[serde(default, deserialize_with = "flex_bool")]
-    #[doc = "Open read-only."]
-    pub read_only: bool,
-    #[serde(default, deserialize_with = "flex_bool")]
-    #[doc = "Fall back to read-only."]
-    pub auto_read_only: bool,
-    #[serde(default, deserialize_with = "flex_bool")]
-    #[doc = "Share all permissions."]
-    pub force_share: bool,
-    #[serde(default)]
-    #[doc = "Cache mode."]
-    pub cache: CacheOptions,
-    #[doc = "`ignore` or `unmap`."]
-    pub discard: Option<String>,
-    #[doc = "`off` only."]
-    pub detect_zeroes: Option<String>,
+}
 }
 
+blockdev_options! {
 /// `driver=raw`.
-#[derive(Deserialize, Debug, Clone)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawBlockdev {
     /// Always `raw`.
     pub driver: String,
@@ -71,24 +85,7 @@ pub struct RawBlockdev {
     /// Window size.
     #[serde(default, deserialize_with = "flex_opt_u64")]
     pub size: Option<u64>,
-    #[doc = "Node name."]
-    pub node_name: Option<String>,
-    #[serde(default, deserialize_with = "flex_bool")]
-    #[doc = "Open read-only."]
-    pub read_only: bool,
-    #[serde(default, deserialize_with = "flex_bool")]
-    #[doc = "Fall back to read-only."]
-    pub auto_read_only: bool,
-    #[serde(default, deserialize_with = "flex_bool")]
-    #[doc = "Share all permissions."]
-    pub force_share: bool,
-    #[serde(default)]
-    #[doc = "Cache mode (passed to the child)."]
-    pub cache: CacheOptions,
-    #[doc = "`ignore` or `unmap`."]
-    pub discard: Option<String>,
-    #[doc = "`off` only."]
-    pub detect_zeroes: Option<String>,
+}
 }
 
 /// `SocketAddress` in its flat form (`addr.type=unix,addr.path=...`) or QMP's legacy
@@ -231,9 +228,8 @@ pub struct NbdServerOptions {
     pub max_connections: Option<u64>,
 }
 
+blockdev_options! {
 /// `driver=qcow2`.
-#[derive(Deserialize, Debug, Clone)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Qcow2Blockdev {
     /// Always `qcow2`.
     pub driver: String,
@@ -248,24 +244,7 @@ pub struct Qcow2Blockdev {
     /// Accepted for compatibility (the image header decides).
     #[serde(default, deserialize_with = "flex_opt_bool")]
     pub lazy_refcounts: Option<bool>,
-    #[doc = "Node name."]
-    pub node_name: Option<String>,
-    #[serde(default, deserialize_with = "flex_bool")]
-    #[doc = "Open read-only."]
-    pub read_only: bool,
-    #[serde(default, deserialize_with = "flex_bool")]
-    #[doc = "Fall back to read-only."]
-    pub auto_read_only: bool,
-    #[serde(default, deserialize_with = "flex_bool")]
-    #[doc = "Share all permissions."]
-    pub force_share: bool,
-    #[serde(default)]
-    #[doc = "Cache mode (passed to the child)."]
-    pub cache: CacheOptions,
-    #[doc = "`ignore` or `unmap`."]
-    pub discard: Option<String>,
-    #[doc = "`off` only."]
-    pub detect_zeroes: Option<String>,
+}
 }
 
 /// Distinguishes an explicit `null` (Some(Null)) from an absent field (None).
