@@ -2,14 +2,17 @@
 //!
 //! convert walks the source's block status, skips ranges that read as zeroes (the
 //! freshly created target is sparse, so they are already zero) and copies the rest in
-//! 2 MiB chunks, 8 requests in flight, skipping chunks whose contents are all zero.
+//! 2 MiB chunks, 8 requests in flight (`-m`). As in qemu-img, reads run in parallel
+//! but writes go one at a time in offset order unless `-W` is given, and zero runs
+//! of `-S` bytes (4 KiB, at least a target cluster) inside the data are not written.
 
 use std::cell::{Cell, RefCell};
-use std::io::Write;
+use std::collections::HashMap;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use futures::channel::oneshot;
 use oxemu_block::aio::spawn_local;
 use oxemu_block::buffer::is_zero as is_zero_buf;
 use oxemu_block::{AlignedBuf, BlockDriver, BlockDriverExt, FileDriver};
@@ -17,6 +20,7 @@ use oxemu_block::{AlignedBuf, BlockDriver, BlockDriverExt, FileDriver};
 use crate::args::{opt, parse, Opt};
 use crate::image::{self, Cache, OpenOpts};
 use crate::map::event_loop;
+use crate::progress::Progress;
 use crate::Error;
 
 const CONVERT_SPEC: &[Opt] = &[
@@ -30,11 +34,15 @@ const CONVERT_SPEC: &[Opt] = &[
     opt(Some('U'), Some("force-share"), false),
     opt(Some('t'), None, true),
     opt(Some('T'), None, true),
+    opt(Some('m'), None, true),
+    opt(Some('W'), None, false),
+    opt(Some('S'), None, true),
 ];
 
 const CHUNK: usize = 2 << 20;
 
-/// Runs `convert [-f fmt] [-O fmt] [-p] [-q] [-n] [-U] [-t cache] [-T src_cache] src dst`.
+/// Runs `convert [-f fmt] [-O fmt] [-o opts] [-c] [-p] [-q] [-n] [-U] [-W] [-m num]
+/// [-S size] [-t cache] [-T src_cache] src dst`.
 pub fn run_convert(argv: &[String]) -> Result<(), Error> {
     let p = parse(argv, CONVERT_SPEC)?;
     let [src, dst] = p.args.as_slice() else {
@@ -101,33 +109,56 @@ pub fn run_convert(argv: &[String]) -> Result<(), Error> {
             "Could not convert: target '{dst}' is smaller than the source"
         )));
     }
-    let progress = p.has("p") && !p.has("q");
+    let coroutines = match p.get("m") {
+        None => 8,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n @ 1..=16) => n,
+            _ => return Err(Error::Msg(
+                "Invalid number of coroutines. Allowed number of coroutines is between 1 and 16"
+                    .into(),
+            )),
+        },
+    };
+    let sparse = match p.get("S") {
+        None => 4096,
+        Some(v) => match crate::create::image_size(v) {
+            Ok(n) if n % 512 == 0 && n <= (CHUNK as u64) => n,
+            _ => {
+                return Err(Error::Msg(format!(
+                    "Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 up to {}. Select 0 to disable sparse detection (fully allocates output).",
+                    CHUNK
+                )))
+            }
+        },
+    };
     // -c: every non-zero cluster is written compressed (zlib or zstd, as the target's
     // compression_type says).
-    let compress = match p.has("c") {
-        false => None,
-        true => Some(
-            d.qcow2
-                .as_ref()
-                .and_then(|i| i.qcow2.clone())
-                .ok_or_else(|| {
-                    Error::Msg("Compression not supported for this file format".into())
-                })?,
-        ),
+    let target = d.qcow2.as_ref().and_then(|i| i.qcow2.clone());
+    let compress =
+        match p.has("c") {
+            false => None,
+            true => Some(target.clone().ok_or_else(|| {
+                Error::Msg("Compression not supported for this file format".into())
+            })?),
+        };
+    // Zero detection on a qcow2 target works on whole clusters, which is what can be
+    // left unallocated.
+    let sparse = match (&target, sparse) {
+        (_, 0) => 0,
+        (Some(q), s) => s.max(q.cluster_size()),
+        (None, s) => s,
+    };
+    let opts = CopyOpts {
+        coroutines,
+        out_of_order: p.has("W"),
+        sparse,
+        target_is_zero: !p.has("n"),
+        progress: p.has("p") && !p.has("q"),
+        compress,
     };
     let lp = event_loop()?;
-    lp.block_on(copy(
-        s.node.clone(),
-        d.node.clone(),
-        size,
-        !p.has("n"),
-        progress,
-        compress,
-    ))
+    lp.block_on(copy(s.node.clone(), d.node.clone(), size, opts))
 }
-
-/// Copy requests in flight at once.
-const IN_FLIGHT: usize = 8;
 
 /// One range of the source to copy: data (read and write) or zeroes.
 #[derive(Clone, Copy)]
@@ -137,17 +168,33 @@ struct Extent {
     data: bool,
 }
 
+/// How the copy runs (`-m`, `-W`, `-S`, `-c`, `-n`).
+struct CopyOpts {
+    /// Copy requests in flight (`-m`, default 8).
+    coroutines: usize,
+    /// Writes may complete out of order (`-W`); otherwise each write waits for the
+    /// one before it, as in qemu-img.
+    out_of_order: bool,
+    /// Bytes of zeroes that are skipped rather than written (`-S`, 0: write all);
+    /// rounded up to the target's cluster size.
+    sparse: u64,
+    /// The target is known to read as zeroes (a fresh image, not `-n`).
+    target_is_zero: bool,
+    /// Show progress (`-p` without `-q`).
+    progress: bool,
+    /// The target, for `-c`.
+    compress: Option<Arc<oxemu_qcow2::Qcow2>>,
+}
+
 async fn copy(
     src: Arc<dyn BlockDriver>,
     dst: Arc<dyn BlockDriver>,
     size: u64,
-    target_is_zero: bool,
-    progress: bool,
-    compress: Option<Arc<oxemu_qcow2::Qcow2>>,
+    o: CopyOpts,
 ) -> Result<(), Error> {
     let mut extents = Vec::new();
     let mut off = 0u64;
-    if compress.is_some() {
+    if o.compress.is_some() {
         // Compressed clusters are written whole: walk a cluster-aligned grid (CHUNK is
         // a multiple of every cluster size) and let all-zero clusters be skipped.
         while off < size {
@@ -170,38 +217,52 @@ async fn copy(
                 ))
             })?;
         let len = st.len.max(1).min(size - off);
-        let data = st.data && !st.zero;
-        // Split data into CHUNK-sized requests so several run in parallel.
-        let step = if data { CHUNK as u64 } else { len };
-        let mut o = off;
-        while o < off + len {
-            let n = step.min(off + len - o);
-            if data || !target_is_zero {
+        // -S 0 fully allocates the target: zero ranges are copied as data too.
+        let data = (st.data && !st.zero) || o.sparse == 0;
+        // Split data into CHUNK-aligned requests so several run in parallel.
+        let mut e = off;
+        while e < off + len {
+            let n = if data {
+                (CHUNK as u64 - e % CHUNK as u64).min(off + len - e)
+            } else {
+                off + len - e
+            };
+            if data || !o.target_is_zero {
                 extents.push(Extent {
-                    off: o,
+                    off: e,
                     len: n,
                     data,
                 });
             }
-            o += n;
+            e += n;
         }
         off += len;
     }
+    let skipped = size - extents.iter().map(|e| e.len).sum::<u64>();
+    let mut progress = Progress::new(o.progress, size);
+    progress.set(skipped);
     let job = Rc::new(Job {
         extents,
         next: Cell::new(0),
-        done: Cell::new(0),
-        size,
-        progress,
-        target_is_zero,
-        compress,
+        done: Cell::new(skipped),
+        progress: RefCell::new(progress),
+        turn: Turn {
+            ordered: !o.out_of_order,
+            next: Cell::new(0),
+            waiters: RefCell::new(HashMap::new()),
+        },
         error: RefCell::new(None),
     });
-    job.done
-        .set(size - job.extents.iter().map(|e| e.len).sum::<u64>());
-    job.show();
-    let workers: Vec<_> = (0..IN_FLIGHT)
-        .map(|_| spawn_local(copy_worker(src.clone(), dst.clone(), job.clone())))
+    let o = Rc::new(o);
+    let workers: Vec<_> = (0..o.coroutines)
+        .map(|_| {
+            spawn_local(copy_worker(
+                src.clone(),
+                dst.clone(),
+                job.clone(),
+                o.clone(),
+            ))
+        })
         .collect();
     for w in workers {
         w.await;
@@ -212,9 +273,7 @@ async fn copy(
     dst.flush()
         .await
         .map_err(|e| Error::Msg(format!("error while flushing: {e}")))?;
-    if progress {
-        println!("    (100.00/100%)");
-    }
+    job.progress.borrow_mut().finish();
     Ok(())
 }
 
@@ -223,29 +282,48 @@ struct Job {
     extents: Vec<Extent>,
     next: Cell<usize>,
     done: Cell<u64>,
-    size: u64,
-    progress: bool,
-    target_is_zero: bool,
-    /// The target, for `-c`.
-    compress: Option<Arc<oxemu_qcow2::Qcow2>>,
+    progress: RefCell<Progress>,
+    turn: Turn,
     error: RefCell<Option<Error>>,
 }
 
-impl Job {
-    fn show(&self) {
-        if self.progress {
-            let pct = if self.size == 0 {
-                100.0
-            } else {
-                self.done.get() as f64 * 100.0 / self.size as f64
-            };
-            print!("    ({pct:.2}/100%)\r");
-            let _ = std::io::stdout().flush();
+/// Hands out write turns in extent order (unless writes may go out of order).
+struct Turn {
+    ordered: bool,
+    /// The extent whose write may go now.
+    next: Cell<usize>,
+    waiters: RefCell<HashMap<usize, oneshot::Sender<()>>>,
+}
+
+impl Turn {
+    /// Waits until extent `i` may write.
+    async fn wait(&self, i: usize) {
+        if !self.ordered || self.next.get() >= i {
+            return;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.waiters.borrow_mut().insert(i, tx);
+        let _ = rx.await;
+    }
+
+    /// Extent `i` (whose turn it was) is finished: let the next one write.
+    fn done(&self, i: usize) {
+        if !self.ordered {
+            return;
+        }
+        self.next.set(i + 1);
+        if let Some(tx) = self.waiters.borrow_mut().remove(&(i + 1)) {
+            let _ = tx.send(());
         }
     }
 }
 
-async fn copy_worker(src: Arc<dyn BlockDriver>, dst: Arc<dyn BlockDriver>, job: Rc<Job>) {
+async fn copy_worker(
+    src: Arc<dyn BlockDriver>,
+    dst: Arc<dyn BlockDriver>,
+    job: Rc<Job>,
+    o: Rc<CopyOpts>,
+) {
     let mut buf = AlignedBuf::new(CHUNK);
     loop {
         let i = job.next.get();
@@ -254,16 +332,20 @@ async fn copy_worker(src: Arc<dyn BlockDriver>, dst: Arc<dyn BlockDriver>, job: 
         }
         job.next.set(i + 1);
         let e = job.extents[i];
-        let r = match &job.compress {
-            Some(q) => copy_compressed(&*src, q, e, &mut buf, job.target_is_zero).await,
-            None => copy_extent(&*src, &*dst, e, &mut buf, job.target_is_zero).await,
+        let r = match &o.compress {
+            Some(q) => copy_compressed(&*src, q, e, &mut buf, &o, &job.turn, i).await,
+            None => copy_extent(&*src, &*dst, e, &mut buf, &o, &job.turn, i).await,
         };
+        // Every extent takes its turn, even a failed one, so that no worker waits
+        // forever for a write that will not come.
+        job.turn.wait(i).await;
+        job.turn.done(i);
         if let Err(err) = r {
             job.error.borrow_mut().get_or_insert(err);
             return;
         }
         job.done.set(job.done.get() + e.len);
-        job.show();
+        job.progress.borrow_mut().set(job.done.get());
     }
 }
 
@@ -272,25 +354,59 @@ async fn copy_extent(
     dst: &dyn BlockDriver,
     e: Extent,
     buf: &mut [u8],
-    target_is_zero: bool,
+    o: &CopyOpts,
+    turn: &Turn,
+    i: usize,
 ) -> Result<(), Error> {
-    let o = e.off;
+    let at = e.off;
+    let werr = |off: u64, err: std::io::Error| {
+        Error::Msg(format!("error while writing at byte {off}: {err}"))
+    };
     if !e.data {
+        turn.wait(i).await;
         return dst
-            .write_zeroes(o, e.len, Default::default())
+            .write_zeroes(at, e.len, Default::default())
             .await
-            .map_err(|err| Error::Msg(format!("error while writing at byte {o}: {err}")));
+            .map_err(|err| werr(at, err));
     }
     let n = e.len as usize;
-    src.read_at(o, &mut buf[..n])
+    src.read_at(at, &mut buf[..n])
         .await
-        .map_err(|err| Error::Msg(format!("error while reading at byte {o}: {err}")))?;
-    if target_is_zero && is_zero_buf(&buf[..n]) {
-        return Ok(());
+        .map_err(|err| Error::Msg(format!("error while reading at byte {at}: {err}")))?;
+    turn.wait(i).await;
+    if !o.target_is_zero || o.sparse == 0 {
+        return dst
+            .write_at(at, &buf[..n])
+            .await
+            .map_err(|err| werr(at, err));
     }
-    dst.write_at(o, &buf[..n])
-        .await
-        .map_err(|err| Error::Msg(format!("error while writing at byte {o}: {err}")))
+    // Write the non-zero runs; zero pieces of `sparse` bytes (aligned to it on the
+    // target) are left as they are, already zero.
+    for (s, l) in data_runs(at, &buf[..n], o.sparse) {
+        dst.write_at(at + s as u64, &buf[s..s + l])
+            .await
+            .map_err(|err| werr(at + s as u64, err))?;
+    }
+    Ok(())
+}
+
+/// The runs of `buf` (which starts at image offset `at`) that must be written: the
+/// buffer is cut at multiples of `unit` in the image, and pieces that are all zeroes
+/// are left out. Returns `(start, len)` pairs relative to `buf`.
+fn data_runs(at: u64, buf: &[u8], unit: u64) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    let mut s = 0usize;
+    while s < buf.len() {
+        let l = ((unit - (at + s as u64) % unit) as usize).min(buf.len() - s);
+        if !is_zero_buf(&buf[s..s + l]) {
+            match runs.last_mut() {
+                Some((rs, rl)) if *rs + *rl == s => *rl += l,
+                _ => runs.push((s, l)),
+            }
+        }
+        s += l;
+    }
+    runs
 }
 
 /// Copies a cluster-aligned extent into compressed clusters of `q`.
@@ -299,24 +415,24 @@ async fn copy_compressed(
     q: &oxemu_qcow2::Qcow2,
     e: Extent,
     buf: &mut [u8],
-    target_is_zero: bool,
+    o: &CopyOpts,
+    turn: &Turn,
+    i: usize,
 ) -> Result<(), Error> {
-    let o = e.off;
+    let at = e.off;
     let n = e.len as usize;
-    src.read_at(o, &mut buf[..n])
+    src.read_at(at, &mut buf[..n])
         .await
-        .map_err(|err| Error::Msg(format!("error while reading at byte {o}: {err}")))?;
+        .map_err(|err| Error::Msg(format!("error while reading at byte {at}: {err}")))?;
+    turn.wait(i).await;
     let cs = q.cluster_size() as usize;
     for (k, piece) in buf[..n].chunks(cs).enumerate() {
-        if target_is_zero && is_zero_buf(piece) {
+        if o.target_is_zero && is_zero_buf(piece) {
             continue;
         }
-        let at = o + (k * cs) as u64;
-        q.write_compressed(at, piece).await.map_err(|err| {
-            Error::Msg(format!(
-                "error while compressing sector {}: {err}",
-                at / 512
-            ))
+        let c = at + (k * cs) as u64;
+        q.write_compressed(c, piece).await.map_err(|err| {
+            Error::Msg(format!("error while compressing sector {}: {err}", c / 512))
         })?;
     }
     Ok(())

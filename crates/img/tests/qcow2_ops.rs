@@ -381,3 +381,89 @@ fn amend_changes_compat_and_lazy_refcounts_as_qemu_img_sees_them() {
     let o = oxemu(&["amend", "-o", "cluster_size=4096", &img]);
     assert!(!o.status.success() && err(&o).contains("cluster_size"));
 }
+
+/// The guest ranges `qemu-img map` reports as data, with neighbours merged.
+fn data_ranges(img: &str) -> Vec<(u64, u64)> {
+    let m = json(&qemu_img(&["map", "--output=json", img]));
+    let mut v: Vec<(u64, u64)> = Vec::new();
+    for e in m.as_array().unwrap() {
+        if e["data"] != true {
+            continue;
+        }
+        let (s, l) = (e["start"].as_u64().unwrap(), e["length"].as_u64().unwrap());
+        match v.last_mut() {
+            Some((ps, pl)) if *ps + *pl == s => *pl += l,
+            _ => v.push((s, l)),
+        }
+    }
+    v
+}
+
+#[test]
+fn convert_sparse_detection_and_coroutine_options_match_qemu_img() {
+    let d = tmp();
+    let src = path(&d, "src.raw");
+    assert!(qemu_img(&["create", "-q", "-f", "raw", &src, "8M"])
+        .status
+        .success());
+    // Data, explicit zeroes (allocated in the raw file), a lone 4 KiB of data in a
+    // zero megabyte, then a hole.
+    for cmd in [
+        "write -P 5 0 1M",
+        "write -P 0 1M 1M",
+        "write -P 0 2M 1M",
+        "write -P 9 2304k 4k",
+    ] {
+        assert!(run("qemu-io", &["-f", "raw", "-c", cmd, &src])
+            .status
+            .success());
+    }
+    for sparse in [None, Some("0"), Some("64k")] {
+        let ours = path(&d, "ours.qcow2");
+        let theirs = path(&d, "theirs.qcow2");
+        let mut args = vec!["convert", "-f", "raw", "-O", "qcow2"];
+        if let Some(s) = sparse {
+            args.extend(["-S", s]);
+        }
+        let o = oxemu(&[&args[..], &[&src, &ours]].concat());
+        assert!(o.status.success(), "{}", err(&o));
+        let o = qemu_img(&[&args[..], &[&src, &theirs]].concat());
+        assert!(o.status.success(), "{}", err(&o));
+        assert!(qemu_img(&["check", &ours]).status.success());
+        let c = qemu_img(&["compare", &src, &ours]);
+        assert!(c.status.success(), "{}", out(&c));
+        assert_eq!(
+            data_ranges(&ours),
+            data_ranges(&theirs),
+            "allocation after convert -S {sparse:?}"
+        );
+    }
+    // Any number of copy requests, in order or not, gives the same image.
+    for extra in [
+        &["-m", "1"][..],
+        &["-m", "16", "-W"][..],
+        &["-m", "3", "-W"][..],
+    ] {
+        let dst = path(&d, "m.raw");
+        let o = oxemu(
+            &[
+                &["convert", "-f", "raw", "-O", "raw"][..],
+                extra,
+                &[&src, &dst],
+            ]
+            .concat(),
+        );
+        assert!(o.status.success(), "{extra:?}: {}", err(&o));
+        let c = qemu_img(&["compare", "-f", "raw", "-F", "raw", &src, &dst]);
+        assert!(c.status.success(), "{extra:?}: {}", out(&c));
+    }
+    for (bad, msg) in [
+        (["-m", "0"], "Invalid number of coroutines"),
+        (["-m", "17"], "Invalid number of coroutines"),
+        (["-S", "100"], "Invalid buffer size for sparse output"),
+    ] {
+        let o = oxemu(&[&["convert"][..], &bad, &[&src, &path(&d, "x.raw")]].concat());
+        assert!(!o.status.success());
+        assert!(err(&o).contains(msg), "{bad:?}: {}", err(&o));
+    }
+}

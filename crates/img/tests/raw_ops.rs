@@ -170,7 +170,7 @@ fn convert_into_existing_target_with_n_zeroes_stale_data() {
     );
     let o = oxemu(&["convert", "-n", "-p", "-O", "raw", &img, &dst]);
     assert!(o.status.success(), "{}", err(&o));
-    assert!(out(&o).ends_with("(100.00/100%)\n"), "{}", out(&o));
+    assert!(out(&o).ends_with("    (100.00/100%)\r\n"), "{}", out(&o));
     let c = qemu_img(&["compare", &img, &dst]);
     assert!(c.status.success(), "{}", out(&c));
 }

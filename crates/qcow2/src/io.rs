@@ -40,6 +40,31 @@ impl Qcow2 {
         m.interpret(gc, e, b, off & (cs - 1), max)
     }
 
+    /// Like [`Self::lookup`], but extends the mapping over the following clusters that
+    /// map the same way (host-contiguous data, zeroes, unallocated), up to `max` bytes,
+    /// so that one host request covers them all.
+    async fn lookup_run(&self, m: &mut Meta, off: u64, max: u64) -> io::Result<(Mapping, u64)> {
+        let cs = self.cluster_size();
+        let (first, mut n) = self.lookup(m, off, max).await?;
+        if matches!(first, Mapping::Compressed(..)) {
+            return Ok((first, n));
+        }
+        while n < max {
+            let (next, k) = self.lookup(m, off + n, max - n).await?;
+            let same = match (first, next) {
+                (Mapping::Data(h0), Mapping::Data(h1)) => {
+                    h1 + ((off + n) & (cs - 1)) == h0 + (off & (cs - 1)) + n
+                }
+                (x, y) => x == y,
+            };
+            if !same {
+                break;
+            }
+            n += k;
+        }
+        Ok((first, n))
+    }
+
     /// Reads guest data at `offset` into `iov`.
     pub(crate) async fn read_guest(&self, offset: u64, iov: &mut IoVecMut<'_>) -> io::Result<()> {
         let len = iov.len() as u64;
@@ -48,7 +73,7 @@ impl Qcow2 {
             let off = offset + done;
             let (map, n) = {
                 let mut m = self.meta.lock().await;
-                self.lookup(&mut m, off, len - done).await?
+                self.lookup_run(&mut m, off, len - done).await?
             };
             if done == 0 && n == len {
                 return self.read_mapped(map, off, iov).await;
@@ -101,13 +126,24 @@ impl Qcow2 {
         Ok(())
     }
 
-    /// Writes guest data at `offset`, cluster by cluster.
+    /// Writes guest data at `offset`. Runs of whole clusters go through
+    /// [`Self::write_run`] (one host request per run); partial clusters, and clusters
+    /// that need copy-on-write or wait for another allocation, go cluster by cluster.
     pub(crate) async fn write_guest(&self, offset: u64, iov: &IoVec<'_>) -> io::Result<()> {
         let cs = self.cluster_size();
         let len = iov.len() as u64;
         let mut done = 0u64;
         while done < len {
             let off = offset + done;
+            let whole = (len - done) / cs;
+            if off & (cs - 1) == 0 && whole >= 2 {
+                let part = iov.slice(done as usize, (whole * cs) as usize);
+                let n = self.write_run(off, whole, &part).await?;
+                if n > 0 {
+                    done += n;
+                    continue;
+                }
+            }
             let n = (cs - (off & (cs - 1))).min(len - done);
             if done == 0 && n == len {
                 return self.write_cluster(off, iov).await;
@@ -117,6 +153,138 @@ impl Qcow2 {
             done += n;
         }
         Ok(())
+    }
+
+    /// How a whole-cluster overwrite of guest cluster `gc` can go in a run: in place
+    /// at a host offset (`Some(Some(host))`), into a freshly allocated cluster
+    /// (`Some(None)`), or not in a run at all (`None`: an allocation is in flight, the
+    /// cluster is a preallocated zero cluster or partly allocated subclusters, or its
+    /// entry is malformed; the cluster-by-cluster path deals with those).
+    async fn run_kind(&self, m: &mut Meta, gc: u64) -> io::Result<Option<Option<u64>>> {
+        if m.inflight.contains_key(&gc) {
+            return Ok(None);
+        }
+        let (e, bm) = m.entry(gc).await?;
+        let host = e & OFFSET_MASK;
+        if e & COMPRESSED != 0 || host == 0 || e & COPIED == 0 {
+            return Ok(Some(None));
+        }
+        let in_place = host % m.cs == 0
+            && if self.ext {
+                bm & 0xffff_ffff == 0xffff_ffff
+            } else {
+                e & ZERO == 0 || self.version.load(Ordering::Acquire) == 2
+            };
+        Ok(in_place.then_some(Some(host)))
+    }
+
+    /// Writes up to `count` whole clusters at cluster-aligned `off` with one host
+    /// request: either clusters already allocated at contiguous host offsets
+    /// (overwritten in place), or clusters that need new storage (allocated
+    /// contiguously, written, then mapped, as QEMU does for multi-cluster writes).
+    /// Returns the bytes written; 0 when the first cluster cannot start a run.
+    async fn write_run(&self, off: u64, count: u64, data: &IoVec<'_>) -> io::Result<u64> {
+        let cs = self.cluster_size();
+        let gc0 = off >> self.cluster_bits;
+        let mut m = self.meta.lock().await;
+        if m.corrupt {
+            return Err(os(libc::EIO));
+        }
+        let r = self.plan_run(&mut m, gc0, count).await;
+        let (host, k, old) = match r {
+            Ok(Some(run)) => run,
+            Ok(None) => return Ok(0),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                return Err(self.signal_corruption(&mut m, e).await)
+            }
+            Err(e) => return Err(e),
+        };
+        drop(m);
+        let bytes = k * cs;
+        let res = self
+            .file
+            .writev(host, &data.slice(0, bytes as usize), WriteFlags::default())
+            .await;
+        let Some(old) = old else {
+            return res.map(|()| bytes);
+        };
+        // Fresh clusters: map them (or give them back) and wake anyone waiting.
+        let mut m = self.meta.lock().await;
+        let mut out = res;
+        for (i, &e) in old.iter().enumerate() {
+            let gc = gc0 + i as u64;
+            if out.is_ok() {
+                let bitmap = if self.ext { 0xffff_ffff } else { 0 };
+                out = m
+                    .set_entry(gc, (host + i as u64 * cs) | COPIED, bitmap)
+                    .await;
+                if out.is_ok() {
+                    self.release_old(&mut m, e);
+                }
+            }
+            if out.is_err() && i == 0 {
+                m.free_later(host, bytes);
+            }
+            for w in m.inflight.remove(&gc).unwrap_or_default() {
+                let _ = w.send(());
+            }
+        }
+        out.map(|()| bytes)
+    }
+
+    /// Decides the run [`Self::write_run`] makes: `(host offset, clusters, old L2
+    /// entries)`, the entries being `None` for an in-place overwrite. Fresh clusters
+    /// are allocated and marked in flight.
+    #[allow(clippy::type_complexity)]
+    async fn plan_run(
+        &self,
+        m: &mut Meta,
+        gc0: u64,
+        count: u64,
+    ) -> io::Result<Option<(u64, u64, Option<Vec<u64>>)>> {
+        let cs = m.cs;
+        match self.run_kind(m, gc0).await? {
+            None => Ok(None),
+            Some(Some(h0)) => {
+                let mut k = 1;
+                while k < count && self.run_kind(m, gc0 + k).await? == Some(Some(h0 + k * cs)) {
+                    k += 1;
+                }
+                Ok(Some((h0, k, None)))
+            }
+            Some(None) => {
+                let mut k = 1;
+                while k < count && self.run_kind(m, gc0 + k).await? == Some(None) {
+                    k += 1;
+                }
+                // Create the L2 tables first so that they do not split the data run.
+                let per = m.l2_entries;
+                for t in gc0 / per..=(gc0 + k - 1) / per {
+                    m.l2_table(t * per, true).await?;
+                }
+                let mut old = Vec::with_capacity(k as usize);
+                for i in 0..k {
+                    old.push(m.entry(gc0 + i).await?.0);
+                }
+                // Take free clusters while they are contiguous with the first one.
+                let host = m.alloc_cluster().await?;
+                let mut got = 1;
+                while got < k {
+                    let c = m.alloc_cluster().await?;
+                    if c != host + got * cs {
+                        m.add_ref(c / cs, -1).await?;
+                        m.rewind_free_hint(c / cs);
+                        break;
+                    }
+                    got += 1;
+                }
+                old.truncate(got as usize);
+                for i in 0..got {
+                    m.inflight.insert(gc0 + i, Vec::new());
+                }
+                Ok(Some((host, got, Some(old))))
+            }
+        }
     }
 
     async fn plan(&self, m: &mut Meta, gc: u64, a: u64, b: u64) -> io::Result<Plan> {
@@ -414,21 +582,8 @@ impl Qcow2 {
         let len = len.min(self.size() - offset).max(1);
         let cs = self.cluster_size();
         let mut m = self.meta.lock().await;
-        let (first, mut n) = self.lookup(&mut m, offset, len).await?;
-        // Extend over following clusters with the same status (contiguous host data).
-        while n < len && n < 64 * cs {
-            let (next, k) = self.lookup(&mut m, offset + n, len - n).await?;
-            let same = match (first, next) {
-                (Mapping::Data(h0), Mapping::Data(h1)) => {
-                    h1 + ((offset + n) & (cs - 1)) == h0 + (offset & (cs - 1)) + n
-                }
-                (x, y) => x == y && !matches!(x, Mapping::Compressed(..)),
-            };
-            if !same {
-                break;
-            }
-            n += k;
-        }
+        // Bound the walk (and the time the metadata lock is held) to 512 clusters.
+        let (first, n) = self.lookup_run(&mut m, offset, len.min(512 * cs)).await?;
         drop(m);
         let in_off = offset & (cs - 1);
         Ok(match first {

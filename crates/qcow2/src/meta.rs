@@ -453,6 +453,12 @@ impl Meta {
         }
     }
 
+    /// Makes the allocator look for free clusters from cluster index `c` on again
+    /// (after a cluster it handed out was given back).
+    pub fn rewind_free_hint(&mut self, c: u64) {
+        self.free_hint = self.free_hint.min(c);
+    }
+
     /// Allocates `n` contiguous clusters at the end of the image.
     pub async fn alloc_contiguous(&mut self, n: u64) -> io::Result<u64> {
         loop {

@@ -11,15 +11,20 @@ use oxemu_qcow2::{create, CompressionType, Qcow2CreateOptions};
 use rand::{Rng, SeedableRng};
 
 /// Applies a seeded mix of writes, zero writes and discards through oxemu and to `model`,
-/// with many requests in flight at once.
+/// with many requests in flight at once; requests are 1 to 96 sectors long.
 fn exercise(img: &Path, model: &mut [u8], seed: u64, ops: usize) {
+    exercise_sized(img, model, seed, ops, 96)
+}
+
+/// [`exercise`] with requests of 1 to `max_sectors` sectors.
+fn exercise_sized(img: &Path, model: &mut [u8], seed: u64, ops: usize, max_sectors: u64) {
     let lp = EventLoop::with_defaults().unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let size = model.len() as u64;
     let mut plan = Vec::new();
     for _ in 0..ops {
         let kind = rng.gen_range(0..10);
-        let len = rng.gen_range(1..=96u64) * 512;
+        let len = rng.gen_range(1..=max_sectors) * 512;
         let off = rng.gen_range(0..size / 512) * 512;
         let len = len.min(size - off);
         let fill: u8 = rng.gen();
@@ -134,6 +139,62 @@ fn random_writes_zeroes_and_discards_pass_qemu_check_for_every_refcount_width() 
         let img = new_image(d.path(), &format!("rc{bits}.qcow2"), o);
         let mut model = vec![0u8; 8 << 20];
         exercise(&img, &mut model, bits as u64, 200);
+        verify(&img, &model, d.path());
+    }
+}
+
+/// Requests spanning many clusters take the multi-cluster paths (one host request for
+/// a run of clusters, contiguous allocation) across every kind of old cluster.
+#[test]
+fn multi_cluster_writes_over_mixed_clusters_pass_qemu_check() {
+    let d = tempfile::tempdir().unwrap();
+    let base = d.path().join("base.raw");
+    run(
+        "qemu-img",
+        &["create", "-q", "-f", "raw", base.to_str().unwrap(), "8M"],
+    );
+    run(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x33 0 8M",
+            base.to_str().unwrap(),
+        ],
+    );
+    for (i, (cs, ext, backing)) in [
+        (4096u64, false, false),
+        (65536, false, false),
+        (65536, true, false),
+        (65536, false, true),
+        (65536, true, true),
+        (512, false, true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let img = d.path().join(format!("m{i}.qcow2"));
+        let mut args = vec!["create", "-q", "-f", "qcow2"];
+        let o = format!(
+            "cluster_size={cs},extended_l2={}",
+            if ext { "on" } else { "off" }
+        );
+        args.extend(["-o", &o]);
+        if backing {
+            args.extend(["-b", "base.raw", "-F", "raw"]);
+        }
+        args.extend([img.to_str().unwrap(), "8M"]);
+        run("qemu-img", &args);
+        // Allocated, compressed, zero and discarded clusters, and holes.
+        let p = img.to_str().unwrap();
+        run("qemu-io", &["-c", "write -P 0x11 0 2M", p]);
+        run("qemu-io", &["-c", "write -c -P 0x22 2M 1M", p]);
+        run("qemu-io", &["-c", "write -z 3M 1M", p]);
+        run("qemu-io", &["-c", "write -P 0x44 5M 1M", p]);
+        run("qemu-io", &["-c", "discard 5M 512k", p]);
+        let mut model = qemu_raw(&img, d.path());
+        exercise_sized(&img, &mut model, 500 + i as u64, 120, 1024);
         verify(&img, &model, d.path());
     }
 }
