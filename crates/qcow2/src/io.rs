@@ -18,12 +18,14 @@ enum Plan {
     /// Wait for an allocating write to the same cluster.
     Wait(oneshot::Receiver<()>),
     /// Write `fill_start..fill_end` of the cluster at `target`, filling around the
-    /// request with the old content; `fresh` when `target` was just allocated.
+    /// request with the old content; `fresh` when `target` was just allocated; `sub`
+    /// when only the subclusters written become allocated (extended L2).
     Allocate {
         target: u64,
         fill_start: u64,
         fill_end: u64,
         fresh: bool,
+        sub: bool,
         old: (u64, u64),
     },
 }
@@ -310,9 +312,9 @@ impl Qcow2 {
         if normal && !self.ext && (e & ZERO == 0 || self.version.load(Ordering::Acquire) == 2) {
             return Ok(Plan::Direct(host));
         }
-        let (mut fill_start, mut fill_end, target, fresh) = if normal && self.ext {
-            let scs = cs / 32;
-            let (s0, s1) = (a / scs, (b - 1) / scs);
+        let scs = cs / 32;
+        let (s0, s1) = (a / scs, (b - 1) / scs);
+        let (mut fill_start, mut fill_end, target, fresh, sub) = if normal && self.ext {
             if bm & sub_mask(s0, s1) == sub_mask(s0, s1) {
                 return Ok(Plan::Direct(host));
             }
@@ -322,12 +324,18 @@ impl Qcow2 {
             } else {
                 (s1 + 1) * scs
             };
-            (fs, fe, host, false)
+            (fs, fe, host, false, true)
         } else if normal {
             // Preallocated zero cluster: reuse it, zeroing around the request.
-            (0, cs, host, false)
+            (0, cs, host, false, false)
+        } else if self.ext && e & COMPRESSED == 0 && host == 0 {
+            // Extended L2, no storage yet: the new cluster gets only the subclusters
+            // the request touches; the others keep reading from the backing file or
+            // as zeroes, with no copy-on-write.
+            let target = m.alloc_cluster().await?;
+            (s0 * scs, (s1 + 1) * scs, target, true, true)
         } else {
-            (0, cs, m.alloc_cluster().await?, true)
+            (0, cs, m.alloc_cluster().await?, true, false)
         };
         fill_start = fill_start.min(a);
         fill_end = fill_end.max(b);
@@ -346,6 +354,7 @@ impl Qcow2 {
             fill_start,
             fill_end,
             fresh,
+            sub,
             old: (e, bm),
         })
     }
@@ -381,13 +390,14 @@ impl Qcow2 {
                     fill_start,
                     fill_end,
                     fresh,
+                    sub,
                     old,
                 } => {
                     let res = self
                         .fill_and_write(gc, target, fill_start, fill_end, a, data, old.0)
                         .await;
                     return self
-                        .finish_allocation(gc, target, fresh, old, res, a, b)
+                        .finish_allocation(gc, target, (fresh, sub), old, res, a, b)
                         .await;
                 }
             }
@@ -450,7 +460,7 @@ impl Qcow2 {
         &self,
         gc: u64,
         target: u64,
-        fresh: bool,
+        (fresh, sub): (bool, bool),
         old: (u64, u64),
         res: io::Result<()>,
         a: u64,
@@ -461,7 +471,7 @@ impl Qcow2 {
             Ok(()) => {
                 let bitmap = if !self.ext {
                     0
-                } else if fresh {
+                } else if !sub {
                     0xffff_ffff
                 } else {
                     let scs = m.cs / 32;

@@ -427,3 +427,60 @@ fn preallocated_images_pass_qemu_check_and_read_zeroes() {
         verify(&img, &vec![0u8; 3 << 20], d.path());
     }
 }
+
+/// A small write into an extended-L2 image allocates only the subclusters it touches:
+/// the rest of the cluster still reads from the backing file, as `qemu-img map` shows.
+#[test]
+fn extended_l2_small_write_allocates_only_its_subclusters() {
+    let d = tempfile::tempdir().unwrap();
+    let base = d.path().join("b.raw");
+    let top = d.path().join("t.qcow2");
+    run(
+        "qemu-img",
+        &["create", "-q", "-f", "raw", base.to_str().unwrap(), "1M"],
+    );
+    run(
+        "qemu-io",
+        &["-f", "raw", "-c", "write -P 7 0 1M", base.to_str().unwrap()],
+    );
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "extended_l2=on",
+            "-b",
+            "b.raw",
+            "-F",
+            "raw",
+            top.to_str().unwrap(),
+        ],
+    );
+    let lp = EventLoop::with_defaults().unwrap();
+    lp.block_on(async {
+        let im = open(&top, false).await;
+        // 2 KiB subclusters: this write touches subclusters 4 and 5.
+        im.driver.write_at(9 << 10, &[9u8; 2048]).await.unwrap();
+        im.driver.close().await.unwrap();
+    });
+    qemu_check_clean(&top);
+    let map: serde_json::Value = serde_json::from_str(&run(
+        "qemu-img",
+        &["map", "--output=json", top.to_str().unwrap()],
+    ))
+    .unwrap();
+    let own: Vec<(u64, u64)> = map
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["depth"] == 0)
+        .map(|e| (e["start"].as_u64().unwrap(), e["length"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(own, vec![(8 << 10, 4 << 10)], "{map}");
+    let mut model = vec![7u8; 1 << 20];
+    model[9 << 10..11 << 10].fill(9);
+    verify(&top, &model, d.path());
+}
