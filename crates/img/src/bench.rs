@@ -349,7 +349,7 @@ fn execute(
             h.await;
         }
         if prm.write && run.error.borrow().is_none() {
-            if let Err(e) = node.flush().await {
+            if let Err(e) = node.close().await {
                 run.error.borrow_mut().get_or_insert(e);
             }
         }

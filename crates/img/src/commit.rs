@@ -1,6 +1,6 @@
-//! `oxemu-img commit [-f fmt] [-d] [-q] filename`: copies what the image allocates
-//! into its backing file. Unlike qemu-img, the image is not emptied afterwards (as if
-//! `-d` were given); see NOTES.md.
+//! `oxemu-img commit [-f fmt] [-d] [-p] [-q] filename`: copies what the image
+//! allocates into its backing file, then (unless `-d`) empties the image so that it
+//! reads through to the backing file again, as qemu-img does.
 
 use std::path::Path;
 
@@ -8,6 +8,7 @@ use oxemu_block::{AlignedBuf, BlockDriver, BlockDriverExt};
 
 use crate::args::{opt, parse, Opt};
 use crate::image::{self, Cache, OpenOpts};
+use crate::progress::Progress;
 use crate::Error;
 
 const SPEC: &[Opt] = &[
@@ -58,17 +59,26 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
         h.backing_format().as_deref(),
         false,
     )?;
-    lp.block_on(copy_allocated(&*top.node, &*base.node))?;
-    // The top image keeps its clusters (as with -d): oxemu-qcow2's discard leaves zero
-    // clusters, which would hide the backing data, and it has no "make empty" yet. The
-    // guest-visible content of both images is what qemu-img commit leaves.
+    let mut progress = Progress::new(p.has("p") && !p.has("q"), top.node.size());
+    lp.block_on(copy_allocated(&*top.node, &*base.node, &mut progress))?;
+    if !p.has("d") {
+        lp.block_on(q.make_empty())
+            .map_err(|e| Error::Msg(format!("Could not empty {file}: {e}")))?;
+    }
+    lp.block_on(top.node.close())
+        .map_err(|e| Error::Msg(format!("Could not close {file}: {e}")))?;
+    progress.finish();
     if !p.has("q") {
         println!("Image committed.");
     }
     Ok(())
 }
 
-async fn copy_allocated(top: &dyn BlockDriver, base: &dyn BlockDriver) -> Result<(), Error> {
+async fn copy_allocated(
+    top: &dyn BlockDriver,
+    base: &dyn BlockDriver,
+    progress: &mut Progress,
+) -> Result<(), Error> {
     let size = top.size().min(base.size());
     let mut buf = AlignedBuf::new(CHUNK);
     let io = |what: &str, off: u64, e: std::io::Error| {
@@ -95,6 +105,7 @@ async fn copy_allocated(top: &dyn BlockDriver, base: &dyn BlockDriver) -> Result
             }
         }
         off += len;
+        progress.set(off);
     }
-    base.flush().await.map_err(|e| io("flushing", size, e))
+    base.close().await.map_err(|e| io("flushing", size, e))
 }

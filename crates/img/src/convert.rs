@@ -270,7 +270,7 @@ async fn copy(
     if let Some(e) = job.error.borrow_mut().take() {
         return Err(e);
     }
-    dst.flush()
+    dst.close()
         .await
         .map_err(|e| Error::Msg(format!("error while flushing: {e}")))?;
     job.progress.borrow_mut().finish();

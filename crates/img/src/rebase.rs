@@ -81,7 +81,7 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
                 "Could not change the backing file to '{new_backing}': {e}"
             ))
         })?;
-    lp.block_on(img.node.flush())
+    lp.block_on(img.node.close())
         .map_err(|e| Error::Msg(format!("Could not flush '{file}': {e}")))?;
     Ok(())
 }

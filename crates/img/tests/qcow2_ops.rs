@@ -287,9 +287,36 @@ fn commit_moves_top_data_into_backing_file() {
     assert!(qemu_img(&["convert", "-O", "raw", &top, &before])
         .status
         .success());
+    let top_len = std::fs::metadata(&top).unwrap().len();
     let o = oxemu(&["commit", &top]);
     assert!(o.status.success(), "{}", err(&o));
     assert_eq!(out(&o), "Image committed.\n");
+    for img in [&base, &top] {
+        assert!(qemu_img(&["check", img]).status.success());
+        let c = qemu_img(&["compare", &before, img]);
+        assert!(c.status.success(), "{img}: {}", out(&c));
+    }
+    // As with qemu-img, the top image is emptied: nothing is allocated in it any more
+    // and the storage its data took is given back.
+    let m = json(&qemu_img(&["map", "--output=json", &top]));
+    assert!(m.as_array().unwrap().iter().all(|e| e["depth"] != 0), "{m}");
+    assert!(std::fs::metadata(&top).unwrap().len() < top_len);
+}
+
+#[test]
+fn commit_d_keeps_the_top_image_and_p_shows_progress() {
+    let d = tmp();
+    let (base, top) = chain(&d);
+    let before = path(&d, "before.raw");
+    assert!(qemu_img(&["convert", "-O", "raw", &top, &before])
+        .status
+        .success());
+    let o = oxemu(&["commit", "-d", "-p", &top]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(out(&o).contains("    (100.00/100%)\r\n"), "{}", out(&o));
+    assert!(out(&o).ends_with("Image committed.\n"), "{}", out(&o));
+    let m = json(&qemu_img(&["map", "--output=json", &top]));
+    assert_eq!(m[0]["depth"], 0, "{m}");
     for img in [&base, &top] {
         assert!(qemu_img(&["check", img]).status.success());
         let c = qemu_img(&["compare", &before, img]);

@@ -498,7 +498,7 @@ impl Qcow2 {
     }
 
     /// Queues the refcount drop of the cluster an old L2 entry pointed to.
-    fn release_old(&self, m: &mut Meta, e: u64) {
+    pub(crate) fn release_old(&self, m: &mut Meta, e: u64) {
         if e & COMPRESSED != 0 {
             let x = 62 - (self.cluster_bits - 8);
             let host = e & ((1u64 << x) - 1);

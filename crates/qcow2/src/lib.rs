@@ -18,6 +18,7 @@ pub mod chain;
 pub mod check;
 pub mod compress;
 pub mod create;
+mod empty;
 pub mod header;
 mod io;
 pub mod meta;
