@@ -13,7 +13,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use futures::channel::oneshot;
-use oxemu_block::aio::spawn_local;
+use oxemu_block::aio::{run_blocking, spawn_local};
 use oxemu_block::buffer::is_zero as is_zero_buf;
 use oxemu_block::{AlignedBuf, BlockDriver, BlockDriverExt, FileDriver};
 
@@ -270,6 +270,11 @@ async fn copy(
     if let Some(e) = job.error.borrow_mut().take() {
         return Err(e);
     }
+    if let Some(q) = &o.compress {
+        q.pad_file_end()
+            .await
+            .map_err(|e| Error::Msg(format!("error while padding the target: {e}")))?;
+    }
     dst.close()
         .await
         .map_err(|e| Error::Msg(format!("error while flushing: {e}")))?;
@@ -409,7 +414,9 @@ fn data_runs(at: u64, buf: &[u8], unit: u64) -> Vec<(usize, usize)> {
     runs
 }
 
-/// Copies a cluster-aligned extent into compressed clusters of `q`.
+/// Copies a cluster-aligned extent into compressed clusters of `q`. The clusters are
+/// compressed on the CPU worker pool while other extents are read and written; only
+/// the writes wait for their turn.
 async fn copy_compressed(
     src: &dyn BlockDriver,
     q: &oxemu_qcow2::Qcow2,
@@ -424,16 +431,32 @@ async fn copy_compressed(
     src.read_at(at, &mut buf[..n])
         .await
         .map_err(|err| Error::Msg(format!("error while reading at byte {at}: {err}")))?;
-    turn.wait(i).await;
     let cs = q.cluster_size() as usize;
-    for (k, piece) in buf[..n].chunks(cs).enumerate() {
-        if o.target_is_zero && is_zero_buf(piece) {
-            continue;
-        }
+    let c = q.compressor();
+    let skip_zero = o.target_is_zero;
+    let data = buf[..n].to_vec();
+    // Per cluster: None to skip (zeroes on a zero target), else the compressed form
+    // (itself None when the cluster does not compress).
+    let packed = run_blocking(move || {
+        data.chunks(cs)
+            .map(|piece| match skip_zero && is_zero_buf(piece) {
+                true => Ok(None),
+                false => c.compress(piece).map(Some),
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|err| Error::Msg(format!("error while compressing at byte {at}: {err}")))?;
+    turn.wait(i).await;
+    for (k, (piece, p)) in buf[..n].chunks(cs).zip(packed).enumerate() {
         let c = at + (k * cs) as u64;
-        q.write_compressed(c, piece).await.map_err(|err| {
+        let err = |err: std::io::Error| {
             Error::Msg(format!("error while compressing sector {}: {err}", c / 512))
-        })?;
+        };
+        let Some(p) = p.map_err(err)? else { continue };
+        q.write_compressed_prepared(c, piece, p)
+            .await
+            .map_err(err)?;
     }
     Ok(())
 }

@@ -35,6 +35,7 @@ pub use chain::{open_image, Image, ImageOptions};
 pub use check::{CheckReport, Repair};
 pub use create::{create, Preallocation, Qcow2CreateOptions};
 pub use header::{CompressionType, Header};
+pub use io::Compressor;
 
 use header::{bad, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY};
 use meta::Meta;

@@ -11,6 +11,7 @@
 //! Loops are entered with [`EventLoop::block_on`] or [`EventLoop::run`]; inside, the
 //! free functions ([`spawn_local`], [`poll_fd`], [`sleep`]) act on the current loop.
 
+pub mod blocking;
 mod executor;
 mod iothread;
 pub mod net;
@@ -28,6 +29,7 @@ use std::time::Duration;
 
 use io_uring::{opcode, types};
 
+pub use blocking::run_blocking;
 pub use executor::JoinHandle;
 pub use iothread::{IoThread, IoThreadHandle};
 
