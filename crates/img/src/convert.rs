@@ -37,12 +37,16 @@ const CONVERT_SPEC: &[Opt] = &[
     opt(Some('m'), None, true),
     opt(Some('W'), None, false),
     opt(Some('S'), None, true),
+    opt(Some('B'), None, true),
+    opt(Some('F'), None, true),
+    opt(None, Some("target-is-zero"), false),
 ];
 
 const CHUNK: usize = 2 << 20;
 
-/// Runs `convert [-f fmt] [-O fmt] [-o opts] [-c] [-p] [-q] [-n] [-U] [-W] [-m num]
-/// [-S size] [-t cache] [-T src_cache] src dst`.
+/// Runs `convert [-f fmt] [-O fmt] [-o opts] [-B backing -F backing_fmt] [-c] [-p]
+/// [-q] [-n] [--target-is-zero] [-U] [-W] [-m num] [-S size] [-t cache]
+/// [-T src_cache] src dst`.
 pub fn run_convert(argv: &[String]) -> Result<(), Error> {
     let p = parse(argv, CONVERT_SPEC)?;
     let [src, dst] = p.args.as_slice() else {
@@ -53,6 +57,28 @@ pub fn run_convert(argv: &[String]) -> Result<(), Error> {
     let out_fmt = p.get("O").unwrap_or("raw");
     if out_fmt != "raw" && out_fmt != "qcow2" {
         return Err(Error::Msg(format!("Unknown file format '{out_fmt}'")));
+    }
+    if let Some(b) = p.get("B") {
+        if out_fmt != "qcow2" {
+            return Err(Error::Msg(format!(
+                "Backing file not supported for file format '{out_fmt}'"
+            )));
+        }
+        if p.get("F").is_none() {
+            return Err(Error::Msg(
+                "Use of backing file requires explicit backing format".into(),
+            ));
+        }
+        if p.has("n") {
+            return Err(Error::Msg(format!(
+                "Specifying backing image makes no sense when not creating an output image (backing '{b}')"
+            )));
+        }
+    }
+    if p.has("target-is-zero") && !p.has("n") {
+        return Err(Error::Msg(
+            "--target-is-zero requires use of -n flag".into(),
+        ));
     }
     if p.has("c") && out_fmt != "qcow2" {
         return Err(Error::Msg(
@@ -87,7 +113,7 @@ pub fn run_convert(argv: &[String]) -> Result<(), Error> {
     let size = s.node.size();
     if !p.has("n") {
         if out_fmt == "qcow2" {
-            crate::create_qcow2::run(dst, Some(size), &create_opts, None, None, true)?;
+            crate::create_qcow2::run(dst, Some(size), &create_opts, p.get("B"), p.get("F"), true)?;
         } else {
             FileDriver::create(Path::new(dst), size, false)
                 .map_err(|e| Error::Msg(format!("{dst}: error while converting raw: {e}")))?;
@@ -148,15 +174,22 @@ pub fn run_convert(argv: &[String]) -> Result<(), Error> {
         (Some(q), s) => s.max(q.cluster_size()),
         (None, s) => s,
     };
+    let lp = event_loop()?;
+    // A target with a backing file (-B, or -o backing_file, or an existing one with
+    // -n) gets only what the source's top layer allocates, zeroes written as zeroes.
+    let target_has_backing = match &target {
+        Some(q) => lp.block_on(q.header()).backing_file.is_some(),
+        None => false,
+    };
     let opts = CopyOpts {
         coroutines,
         out_of_order: p.has("W"),
         sparse,
-        target_is_zero: !p.has("n"),
+        target_has_backing,
+        target_is_zero: (!p.has("n") || p.has("target-is-zero")) && !target_has_backing,
         progress: p.has("p") && !p.has("q"),
         compress,
     };
-    let lp = event_loop()?;
     lp.block_on(copy(s.node.clone(), d.node.clone(), size, opts))
 }
 
@@ -178,8 +211,12 @@ struct CopyOpts {
     /// Bytes of zeroes that are skipped rather than written (`-S`, 0: write all);
     /// rounded up to the target's cluster size.
     sparse: u64,
-    /// The target is known to read as zeroes (a fresh image, not `-n`).
+    /// The target is known to read as zeroes (a fresh image without a backing file,
+    /// or `--target-is-zero`).
     target_is_zero: bool,
+    /// The target has a backing file: ranges the source's top layer does not
+    /// allocate are left to it.
+    target_has_backing: bool,
     /// Show progress (`-p` without `-q`).
     progress: bool,
     /// The target, for `-c`.
@@ -217,6 +254,10 @@ async fn copy(
                 ))
             })?;
         let len = st.len.max(1).min(size - off);
+        if o.target_has_backing && st.depth != 1 {
+            off += len;
+            continue;
+        }
         // -S 0 fully allocates the target: zero ranges are copied as data too.
         let data = (st.data && !st.zero) || o.sparse == 0;
         // Split data into CHUNK-aligned requests so several run in parallel.
@@ -379,18 +420,32 @@ async fn copy_extent(
         .await
         .map_err(|err| Error::Msg(format!("error while reading at byte {at}: {err}")))?;
     turn.wait(i).await;
-    if !o.target_is_zero || o.sparse == 0 {
+    if o.sparse == 0 {
         return dst
             .write_at(at, &buf[..n])
             .await
             .map_err(|err| werr(at, err));
     }
-    // Write the non-zero runs; zero pieces of `sparse` bytes (aligned to it on the
-    // target) are left as they are, already zero.
-    for (s, l) in data_runs(at, &buf[..n], o.sparse) {
-        dst.write_at(at + s as u64, &buf[s..s + l])
-            .await
-            .map_err(|err| werr(at + s as u64, err))?;
+    // Write the non-zero runs. Zero pieces of `sparse` bytes (aligned to it on the
+    // target) are left alone when the target already reads as zeroes, and written as
+    // zeroes otherwise.
+    let mut pos = 0;
+    for (s, l) in data_runs(at, &buf[..n], o.sparse)
+        .into_iter()
+        .chain([(n, 0)])
+    {
+        if s > pos && !o.target_is_zero {
+            let z = at + pos as u64;
+            dst.write_zeroes(z, (s - pos) as u64, Default::default())
+                .await
+                .map_err(|err| werr(z, err))?;
+        }
+        if l > 0 {
+            dst.write_at(at + s as u64, &buf[s..s + l])
+                .await
+                .map_err(|err| werr(at + s as u64, err))?;
+        }
+        pos = s + l;
     }
     Ok(())
 }

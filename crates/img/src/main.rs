@@ -59,7 +59,7 @@ Command syntax:
   check [-f fmt] [--output=ofmt] [-r leaks|all] [-U] filename
   commit [-f fmt] [-d] [-q] filename
   compare [-f fmt] [-F fmt] [-q] [-s] [-U] filename1 filename2
-  convert [-c] [-f fmt] [-O output_fmt] [-o options] [-m num] [-W] [-S size] [-n] [-p] [-q] [-t cache] [-T src_cache] [-U] filename output_filename
+  convert [-c] [-f fmt] [-O output_fmt] [-o options] [-B backing_file -F backing_fmt] [--target-is-zero] [-m num] [-W] [-S size] [-n] [-p] [-q] [-t cache] [-T src_cache] [-U] filename output_filename
   create [-q] [-f fmt] [-o options] filename [size]
   info [-f fmt] [--output=ofmt] [-U] filename
   map [-f fmt] [--output=ofmt] [--start-offset=OFFSET] [--max-length=LEN] [-U] filename

@@ -494,3 +494,73 @@ fn convert_sparse_detection_and_coroutine_options_match_qemu_img() {
         assert!(err(&o).contains(msg), "{bad:?}: {}", err(&o));
     }
 }
+
+/// `qemu-img map` entries reduced to what must match: range, depth, zero, data.
+fn layout(img: &str) -> Vec<(u64, u64, u64, bool, bool)> {
+    let m = json(&qemu_img(&["map", "--output=json", img]));
+    m.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["start"].as_u64().unwrap(),
+                e["length"].as_u64().unwrap(),
+                e["depth"].as_u64().unwrap(),
+                e["zero"] == true,
+                e["data"] == true,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn convert_b_copies_only_the_top_layer_onto_a_backing_file_like_qemu_img() {
+    let d = tmp();
+    let (base, top) = chain(&d);
+    assert!(run("qemu-io", &["-c", "write -z 2M 64k", &top])
+        .status
+        .success());
+    let ours = path(&d, "ours.qcow2");
+    let theirs = path(&d, "theirs.qcow2");
+    for (tool, dst) in [
+        (env!("CARGO_BIN_EXE_oxemu-img"), &ours),
+        ("qemu-img", &theirs),
+    ] {
+        let o = run(
+            tool,
+            &[
+                "convert", "-B", &base, "-F", "qcow2", "-O", "qcow2", &top, dst,
+            ],
+        );
+        assert!(o.status.success(), "{tool}: {}", err(&o));
+    }
+    assert!(qemu_img(&["check", &ours]).status.success());
+    let c = qemu_img(&["compare", &top, &ours]);
+    assert!(c.status.success(), "{}", out(&c));
+    assert_eq!(layout(&ours), layout(&theirs));
+    let info = json(&qemu_img(&["info", "--output=json", &ours]));
+    assert_eq!(info["backing-filename"], base.as_str());
+    // --target-is-zero with -n: zero ranges of the source are not written.
+    let dst = path(&d, "z.raw");
+    assert!(qemu_img(&["create", "-q", "-f", "raw", &dst, "16M"])
+        .status
+        .success());
+    let o = oxemu(&["convert", "-n", "--target-is-zero", "-O", "raw", &top, &dst]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(qemu_img(&["compare", &top, &dst]).status.success());
+    for (args, msg) in [
+        (
+            &["-B", &base, "-O", "qcow2"][..],
+            "requires explicit backing format",
+        ),
+        (
+            &["-B", &base, "-F", "qcow2", "-O", "raw"][..],
+            "not supported for file format 'raw'",
+        ),
+        (&["--target-is-zero", "-O", "raw"][..], "requires use of -n"),
+    ] {
+        let o = oxemu(&[&["convert"][..], args, &[&top, &path(&d, "e.img")]].concat());
+        assert!(!o.status.success(), "{args:?}");
+        assert!(err(&o).contains(msg), "{args:?}: {}", err(&o));
+    }
+}
