@@ -87,6 +87,8 @@ pub struct FileDriver {
     size: AtomicU64,
     request_align: u32,
     mem_align: usize,
+    /// On tmpfs or ramfs (see `engine::Target::in_memory`).
+    in_memory: bool,
 }
 
 impl std::fmt::Debug for FileDriver {
@@ -182,6 +184,7 @@ impl FileDriver {
             size: AtomicU64::new(size),
             request_align,
             mem_align,
+            in_memory: !block_device && in_memory_fs(fd),
         })
     }
 
@@ -229,6 +232,7 @@ impl FileDriver {
         Target {
             fd: self.file.as_raw_fd(),
             id: self.id,
+            in_memory: self.in_memory,
         }
     }
 
@@ -585,6 +589,18 @@ fn seek_extent(fd: RawFd, offset: u64, size: u64) -> (bool, u64) {
         return (true, size);
     }
     (true, (hole as u64).max(offset + 1))
+}
+
+/// True when `fd` is on tmpfs or ramfs.
+fn in_memory_fs(fd: RawFd) -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    // SAFETY: fstatfs writes into the zeroed struct we own.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatfs(fd, &mut st) } != 0 {
+        return false;
+    }
+    matches!(st.f_type as i64, TMPFS_MAGIC | RAMFS_MAGIC)
 }
 
 fn blkdev_size(fd: RawFd) -> io::Result<u64> {

@@ -66,6 +66,9 @@ impl FromStr for Aio {
 pub(crate) struct Target {
     pub fd: RawFd,
     pub id: u64,
+    /// The file lives in memory (tmpfs, ramfs): its requests never wait for a
+    /// device, so the io_uring engine runs them inline (see [`execute`]).
+    pub in_memory: bool,
 }
 
 /// One kernel-level request.
@@ -86,6 +89,11 @@ impl Req<'_> {
 /// Runs `req` on `t` through `aio`. Resolves to bytes transferred or `-errno`.
 pub(crate) async fn execute(aio: Aio, t: Target, req: Req<'_>) -> i64 {
     match aio {
+        // io_uring completes page-cache hits inline for filesystems that support
+        // non-blocking I/O, but tmpfs does not advertise it (reads and writes fail
+        // RWF_NOWAIT with EOPNOTSUPP), so the kernel hands every tmpfs request to an
+        // io-wq worker thread. The copy costs less than that hand-off: do it here.
+        Aio::IoUring if t.in_memory => run_sync(t, &req),
         Aio::IoUring => uring::execute(t, req).await,
         Aio::Native => match req {
             Req::Read { .. } | Req::Write { .. } | Req::Fdatasync => native::execute(t, req).await,
