@@ -2,6 +2,7 @@
 qemu-storage-daemon, and compared with the real qemu-storage-daemon 7.2."""
 
 import asyncio
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -280,3 +281,91 @@ def test_qcow2_blockdev_with_backing_chain_served_over_nbd(oxemu, tmp_path):
     out = subprocess.run(["qemu-io", "-f", "qcow2", "-c", "read -P 0x11 0 512k", "-c", "read -P 0x22 512k 64k",
                           "-c", "read -P 0x11 576k 448k", str(top)], capture_output=True, text=True, check=True)
     assert "Pattern verification failed" not in out.stdout, out.stdout
+
+
+async def backing_sequence(sock, d: Path):
+    """blockdev-add/del of qcow2 nodes whose backing is another node; returns what
+    each step answered and the named nodes' backing depths."""
+    q = await client(sock)
+    log = []
+
+    async def x(cmd, args):
+        try:
+            await q.execute(cmd, args)
+            log.append((cmd, "ok"))
+        except ExecuteError as e:
+            log.append((cmd, e.error.error.class_, e.error.error.desc))
+
+    async def depths():
+        nodes = await q.execute("query-named-block-nodes")
+        log.append(sorted((n["node-name"], n["backing_file_depth"])
+                          for n in nodes if not n["node-name"].startswith("#")))
+        log.append(sum(n["node-name"].startswith("#") for n in nodes))
+
+    top_file = {"driver": "file", "filename": str(d / "top.qcow2")}
+    await x("blockdev-add", {"driver": "file", "node-name": "bf", "filename": str(d / "base.qcow2")})
+    await x("blockdev-add", {"driver": "qcow2", "node-name": "base", "file": "bf"})
+    await x("blockdev-add", {"driver": "qcow2", "node-name": "top", "file": top_file, "backing": "base"})
+    await x("blockdev-add", {"driver": "qcow2", "node-name": "t2",
+                             "file": {**top_file, "locking": "off"}, "backing": "nope"})
+    await x("blockdev-add", {"driver": "qcow2", "node-name": "t3",
+                             "file": {**top_file, "locking": "off"}, "backing": 5})
+    await depths()
+    await x("blockdev-del", {"node-name": "base"})
+    await x("blockdev-del", {"node-name": "top"})
+    await x("blockdev-del", {"node-name": "base"})
+    # Nested options: the backing node is created with the image and goes with it.
+    await x("blockdev-add", {"driver": "qcow2", "node-name": "top", "file": top_file,
+                             "backing": {"driver": "qcow2", "file": {"driver": "file",
+                                                                     "filename": str(d / "base.qcow2")}}})
+    await depths()
+    await x("blockdev-del", {"node-name": "top"})
+    await depths()
+    await q.disconnect()
+    return log
+
+
+def test_qcow2_backing_node_references_behave_like_qemu_storage_daemon(oxemu, qsd, tmp_path):
+    logs = []
+    for start, name in ((oxemu, "ox"), (qsd, "qsd")):
+        d = tmp_path / f"images-{name}"
+        d.mkdir()
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(d / "base.qcow2"), "4M"], check=True)
+        subprocess.run(["qemu-io", "-c", "write -P 0x11 0 4M", str(d / "base.qcow2")],
+                       check=True, capture_output=True)
+        # The overlay names no backing file: the node reference supplies it.
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(d / "top.qcow2"), "4M"], check=True)
+        s = start()
+        try:
+            logs.append(run(backing_sequence(s.qmp[0], d)))
+        finally:
+            s.stop()
+    assert logs[0] == logs[1], f"oxemu {logs[0]}\nqemu {logs[1]}"
+
+
+def test_backing_node_reference_reads_through_and_takes_writes_over_nbd(oxemu, tmp_path):
+    base = tmp_path / "base.qcow2"
+    top = tmp_path / "top.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "4M"], check=True)
+    subprocess.run(["qemu-io", "-c", "write -P 0x11 0 4M", str(base)], check=True, capture_output=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(top), "4M"], check=True)
+    nbd = tmp_path / "n.sock"
+    d = oxemu(["--blockdev", f"driver=file,node-name=bf,filename={base},read-only=on",
+               "--blockdev", "driver=qcow2,node-name=base,file=bf,read-only=on",
+               "--blockdev", f"driver=qcow2,node-name=top,file.driver=file,file.filename={top},backing=base",
+               "--nbd-server", f"addr.type=unix,addr.path={nbd}",
+               "--export", "type=nbd,id=e0,node-name=top,name=disk,writable=on"])
+    uri = f"nbd+unix:///disk?socket={nbd}"
+    subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0x22 1M 64k", uri], check=True, capture_output=True)
+    out = subprocess.run(["qemu-io", "-f", "raw", "-c", "read -P 0x11 0 1M", "-c", "read -P 0x22 1M 64k",
+                          "-c", "read -P 0x11 1088k 2944k", uri], capture_output=True, text=True, check=True)
+    assert "Pattern verification failed" not in out.stdout, out.stdout
+    assert d.stop() == 0
+    # The write went to the overlay only; the base is untouched.
+    chk = subprocess.run(["qemu-io", "-f", "qcow2", "-c", "read -P 0x11 0 4M", str(base)],
+                         capture_output=True, text=True, check=True)
+    assert "Pattern verification failed" not in chk.stdout
+    m = subprocess.run(["qemu-img", "map", "--output=json", "-f", "qcow2", str(top)],
+                       capture_output=True, text=True, check=True)
+    data = [e for e in json.loads(m.stdout) if e["data"]]
+    assert [(e["start"], e["length"]) for e in data] == [(1 << 20, 65536)], m.stdout

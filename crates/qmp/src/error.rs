@@ -74,6 +74,15 @@ impl QmpError {
 impl From<std::io::Error> for QmpError {
     fn from(e: std::io::Error) -> Self {
         let m = e.to_string();
-        QmpError::generic(m.split(" (os error").next().unwrap_or(&m).to_string())
+        // Lines after the first are hints for people at a terminal (QEMU's
+        // error_append_hint), which QEMU leaves out of QMP replies.
+        let first = m.lines().next().unwrap_or(&m);
+        QmpError::generic(
+            first
+                .split(" (os error")
+                .next()
+                .unwrap_or(first)
+                .to_string(),
+        )
     }
 }

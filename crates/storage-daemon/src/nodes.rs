@@ -24,6 +24,10 @@ pub struct Node {
     pub node: Arc<dyn BlockDriver>,
     /// Name of the `file` child, if any.
     pub child: Option<String>,
+    /// Name of the `backing` child given as a node (qcow2 only), if any.
+    pub backing: Option<String>,
+    /// Depth of the backing chain below this node (`backing_file_depth`).
+    pub backing_depth: u32,
     /// Created implicitly as a child; deleted with its parent.
     pub implicit: bool,
     /// Image file name (of the protocol node at the bottom).
@@ -40,6 +44,8 @@ pub struct Node {
 #[derive(Default)]
 pub struct Graph {
     nodes: BTreeMap<String, Node>,
+    /// The qcow2 drivers of qcow2 nodes, by node name (for use as backing images).
+    qcow2s: BTreeMap<String, Arc<oxemu_qcow2::Qcow2>>,
     next_implicit: u32,
 }
 
@@ -58,7 +64,51 @@ impl Graph {
     fn is_child(&self, name: &str) -> bool {
         self.nodes
             .values()
-            .any(|n| n.child.as_deref() == Some(name))
+            .any(|n| n.child.as_deref() == Some(name) || n.backing.as_deref() == Some(name))
+    }
+
+    /// Resolves a qcow2 node's `backing` given as a node: an existing node's name (which
+    /// may back several images, as a shared base does), or nested options opened as an
+    /// implicit read-only node. Returns the node's name and the image to read from.
+    fn backing_child(&mut self, v: &Value) -> Result<(String, oxemu_qcow2::Image, u32), QmpError> {
+        let name = match v {
+            Value::String(s) => {
+                if !self.nodes.contains_key(s) {
+                    return Err(QmpError::generic(format!(
+                        "Could not open backing file: Cannot find device='{s}' nor node-name='{s}'"
+                    )));
+                }
+                s.clone()
+            }
+            Value::Object(m) => {
+                let mut m = m.clone();
+                m.entry("read-only").or_insert(Value::Bool(true));
+                self.add_inner(Value::Object(m), true).map_err(|e| {
+                    QmpError::generic(format!("Could not open backing file: {}", e.desc))
+                })?
+            }
+            _ => {
+                return Err(QmpError::generic(
+                    "Invalid parameter type for 'backing', expected: BlockdevRefOrNull",
+                ))
+            }
+        };
+        let n = &self.nodes[&name];
+        let qcow2 = (n.driver == "qcow2")
+            .then(|| self.qcow2_of(&name))
+            .flatten();
+        let image = oxemu_qcow2::Image {
+            format: if qcow2.is_some() { "qcow2" } else { "raw" },
+            path: PathBuf::from(&n.filename),
+            driver: n.node.clone(),
+            qcow2,
+        };
+        Ok((name, image, n.backing_depth + 1))
+    }
+
+    /// The qcow2 driver behind a qcow2 node.
+    fn qcow2_of(&self, name: &str) -> Option<Arc<oxemu_qcow2::Qcow2>> {
+        self.qcow2s.get(name).cloned()
     }
 
     fn check_name(&self, name: &str) -> Result<(), QmpError> {
@@ -183,6 +233,8 @@ impl Graph {
             driver,
             node: Arc::new(f),
             child: None,
+            backing: None,
+            backing_depth: 0,
             implicit,
             filename: o.filename,
             read_only: ro,
@@ -253,22 +305,39 @@ impl Graph {
             )
         };
         let read_only = o.read_only || cro;
+        // `backing`: null (none), a node (by name or nested options), or absent (the
+        // chain the image header names).
+        let mut backing_node = None;
+        let explicit: Option<Option<oxemu_qcow2::Image>> = match &o.backing {
+            None => None,
+            Some(Value::Null) => Some(None),
+            Some(v) => match self.backing_child(v) {
+                Ok((n, image, _)) => {
+                    backing_node = Some(n);
+                    Some(Some(image))
+                }
+                Err(e) => {
+                    if cimplicit {
+                        self.nodes.remove(&child);
+                    }
+                    return Err(e);
+                }
+            },
+        };
         let r = (|| -> std::io::Result<Arc<oxemu_qcow2::Qcow2>> {
             let lp = oxemu_block::EventLoop::with_defaults()?;
             lp.block_on(async {
-                let backing = match &o.backing {
-                    Some(Value::Null) => None,
-                    Some(_) => {
-                        return Err(std::io::Error::new(
-                            std::io::ErrorKind::InvalidInput,
-                            "backing references to other nodes are not supported: omit 'backing' to open the chain named in the image, or use null",
-                        ))
-                    }
+                let backing = match explicit {
+                    Some(b) => b,
                     None => {
                         // Peek at the header for the backing file name and format.
                         let peek = oxemu_qcow2::Qcow2::open(
                             cnode.clone(),
-                            oxemu_qcow2::Qcow2OpenOptions { read_only: true, backing: None, l2_cache_size: 0 },
+                            oxemu_qcow2::Qcow2OpenOptions {
+                                read_only: true,
+                                backing: None,
+                                l2_cache_size: 0,
+                            },
                         )
                         .await?;
                         let h = peek.header().await;
@@ -277,7 +346,10 @@ impl Graph {
                         match b {
                             None => None,
                             Some((f, fmt)) => {
-                                let path = oxemu_qcow2::chain::backing_path(std::path::Path::new(&cfile), &f);
+                                let path = oxemu_qcow2::chain::backing_path(
+                                    std::path::Path::new(&cfile),
+                                    &f,
+                                );
                                 let file = FileOptions {
                                     read_only: true,
                                     direct: cdirect,
@@ -288,7 +360,11 @@ impl Graph {
                                     oxemu_qcow2::open_image(
                                         &path,
                                         fmt.as_deref(),
-                                        &oxemu_qcow2::ImageOptions { file, no_backing: false, l2_cache_size: 0 },
+                                        &oxemu_qcow2::ImageOptions {
+                                            file,
+                                            no_backing: false,
+                                            l2_cache_size: 0,
+                                        },
                                     )
                                     .await?,
                                 )
@@ -313,14 +389,34 @@ impl Graph {
                 if cimplicit {
                     self.nodes.remove(&child);
                 }
+                if let Some(b) = &backing_node {
+                    if self.nodes.get(b).is_some_and(|n| n.implicit) {
+                        self.remove_tree(b);
+                    }
+                }
                 return Err(QmpError::from(e));
             }
         };
+        let backing_depth = match &backing_node {
+            Some(b) => self.nodes[b].backing_depth + 1,
+            None => {
+                let mut d = 0;
+                let mut cur = q.backing();
+                while let Some(i) = cur {
+                    d += 1;
+                    cur = i.backing();
+                }
+                d
+            }
+        };
+        self.qcow2s.insert(name.to_string(), q.clone());
         Ok(Node {
             name: name.into(),
             driver: "qcow2".into(),
             node: q,
             child: Some(child),
+            backing: backing_node,
+            backing_depth,
             implicit,
             filename: cfile,
             read_only,
@@ -350,6 +446,8 @@ impl Graph {
             driver: "raw".into(),
             node: Arc::new(node),
             child: Some(child.clone()),
+            backing: None,
+            backing_depth: 0,
             implicit,
             filename: c.filename.clone(),
             read_only: o.read_only || c.read_only,
@@ -371,6 +469,16 @@ impl Graph {
         if in_use(name) {
             return Err(QmpError::generic(format!("Node {name} is in use")));
         }
+        if let Some(p) = self
+            .nodes
+            .values()
+            .find(|n| n.backing.as_deref() == Some(name))
+        {
+            return Err(QmpError::generic(format!(
+                "Node '{name}' is busy: node is used as backing hd of '{}'",
+                p.name
+            )));
+        }
         if self.is_child(name) {
             return Err(QmpError::generic(format!("Block device {name} is in use")));
         }
@@ -379,26 +487,28 @@ impl Graph {
                 "Node {name} is not owned by the monitor"
             )));
         }
-        let mut out = Vec::new();
-        let mut cur = Some(name.to_string());
-        let mut first = true;
-        while let Some(c) = cur {
-            let Some(node) = self.nodes.get(&c) else {
-                break;
-            };
-            if !first && !node.implicit {
-                break;
+        Ok(self.remove_tree(name))
+    }
+
+    /// Removes node `name`, then each of its children that was created implicitly and
+    /// has no other parent, recursively. Returns the removed drivers.
+    fn remove_tree(&mut self, name: &str) -> Vec<Arc<dyn BlockDriver>> {
+        let Some(node) = self.nodes.remove(name) else {
+            return Vec::new();
+        };
+        self.qcow2s.remove(name);
+        let mut out = vec![node.node];
+        for c in [node.child, node.backing].into_iter().flatten() {
+            if self.nodes.get(&c).is_some_and(|n| n.implicit) && !self.is_child(&c) {
+                out.extend(self.remove_tree(&c));
             }
-            let node = self.nodes.remove(&c).expect("checked above");
-            out.push(node.node);
-            cur = node.child;
-            first = false;
         }
-        Ok(out)
+        out
     }
 
     /// Every node's driver, for shutdown.
     pub fn drain(&mut self) -> Vec<Arc<dyn BlockDriver>> {
+        self.qcow2s.clear();
         std::mem::take(&mut self.nodes)
             .into_values()
             .map(|n| n.node)
@@ -419,7 +529,7 @@ impl Graph {
                     "file": n.filename,
                     "ro": n.read_only,
                     "encrypted": false,
-                    "backing_file_depth": 0,
+                    "backing_file_depth": n.backing_depth,
                     "detect_zeroes": "off",
                     "bps": 0, "bps_rd": 0, "bps_wr": 0, "iops": 0, "iops_rd": 0, "iops_wr": 0,
                     "write_threshold": 0,
