@@ -3,7 +3,8 @@
 #   read:    4 KiB reads at QD32 on a fully allocated 1 GiB qcow2 on tmpfs
 #   write:   allocating 4 KiB writes at QD32 into an empty qcow2 on tmpfs
 #   convert: 1 GiB qcow2 -> raw and raw -> qcow2 (wall time)
-#   convert -c: 256 MiB of compressible text, raw -> compressed qcow2 (zlib)
+#   convert -c: 256 MiB of compressible text, raw -> compressed qcow2 (zlib), and
+#   that compressed qcow2 (made by qemu-img) back to raw
 # Both bench tools walk sequentially by step (qemu-img bench cannot do random offsets).
 # Each cell is the median of $RUNS runs (default 5) with the (min-max) spread.
 set -euo pipefail
@@ -29,6 +30,7 @@ with open(sys.argv[1], 'wb') as f:
         f.write(block)
     f.truncate(256 * 1024 * 1024)
 PY
+qemu-img convert -c -f raw -O qcow2 "$d/text.raw" "$d/text.qcow2"
 
 # Each cell: the median of the runs, then the range (min-max).
 median() { sort -g | awk '{a[NR]=$1} END {printf "%s %s %s\n", a[int((NR+1)/2)], a[1], a[NR]}'; }
@@ -75,6 +77,9 @@ C2_OX=$OXR; C2_QI=$QIR
 pair 'secs "$OX" convert -c -f raw -O qcow2 "$d/text.raw" "$d/out"' \
     'secs qemu-img convert -c -f raw -O qcow2 "$d/text.raw" "$d/out"'
 C3_OX=$OXR; C3_QI=$QIR
+pair 'secs "$OX" convert -O raw "$d/text.qcow2" "$d/out"' \
+    'secs qemu-img convert -O raw "$d/text.qcow2" "$d/out"'
+C4_OX=$OXR; C4_QI=$QIR
 
 echo "qcow2 on tmpfs, 1 GiB, median of $RUNS (min-max); bench: 4 KiB, QD32, io_uring, sequential by step"
 printf '%-32s %-30s %-30s %s\n' case oxemu-img qemu-img ratio
@@ -90,3 +95,4 @@ row "allocating write, empty image" IOPS "$W_OX" "$W_QI" up
 row "convert qcow2 -> raw" s "$C1_OX" "$C1_QI" down
 row "convert raw -> qcow2" s "$C2_OX" "$C2_QI" down
 row "convert -c text -> qcow2 (zlib)" s "$C3_OX" "$C3_QI" down
+row "convert compressed -> raw" s "$C4_OX" "$C4_QI" down

@@ -100,8 +100,14 @@ impl Qcow2 {
             Mapping::Compressed(host, clen) => {
                 let mut c = vec![0u8; clen as usize];
                 self.file.read_at(host, &mut c).await?;
-                let mut d = vec![0u8; cs as usize];
-                compress::decompress(self.compression, &c, &mut d, host)?;
+                // Inflate on the CPU worker pool, so that several clusters (from
+                // concurrent requests) decompress in parallel off the event loop.
+                let kind = self.compression;
+                let d = oxemu_block::aio::run_blocking(move || {
+                    let mut d = vec![0u8; cs as usize];
+                    compress::decompress(kind, &c, &mut d, host).map(|()| d)
+                })
+                .await??;
                 iov.copy_from_slice(&d[in_off as usize..in_off as usize + iov.len()]);
                 Ok(())
             }
