@@ -86,6 +86,11 @@ impl Req<'_> {
     }
 }
 
+thread_local! {
+    /// Requests this thread ran inline (for the periodic yield in [`execute`]).
+    static INLINE_RUN: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 /// Runs `req` on `t` through `aio`. Resolves to bytes transferred or `-errno`.
 pub(crate) async fn execute(aio: Aio, t: Target, req: Req<'_>) -> i64 {
     match aio {
@@ -93,7 +98,18 @@ pub(crate) async fn execute(aio: Aio, t: Target, req: Req<'_>) -> i64 {
         // non-blocking I/O, but tmpfs does not advertise it (reads and writes fail
         // RWF_NOWAIT with EOPNOTSUPP), so the kernel hands every tmpfs request to an
         // io-wq worker thread. The copy costs less than that hand-off: do it here.
-        Aio::IoUring if t.in_memory => run_sync(t, &req),
+        Aio::IoUring if t.in_memory => {
+            let r = run_sync(t, &req);
+            // Inline requests complete without the task ever waiting; let the loop's
+            // other tasks run now and then so that a busy one cannot starve them.
+            if INLINE_RUN.with(|n| {
+                n.set(n.get().wrapping_add(1));
+                n.get() % 32 == 0
+            }) {
+                crate::aio::yield_now().await;
+            }
+            r
+        }
         Aio::IoUring => uring::execute(t, req).await,
         Aio::Native => match req {
             Req::Read { .. } | Req::Write { .. } | Req::Fdatasync => native::execute(t, req).await,
