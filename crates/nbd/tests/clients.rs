@@ -264,3 +264,69 @@ fn qcow2_image_is_exported_byte_identical() {
     let _ = child.wait();
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&exp).unwrap());
 }
+
+/// Bytes the file takes on disk.
+fn disk_usage(p: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).unwrap().blocks() * 512
+}
+
+/// Trims pass down to the file only with `--discard=unmap`, as with qemu-nbd: then a
+/// qcow2 image gives the freed clusters' storage back to the file system.
+#[test]
+fn discard_mode_decides_whether_trims_free_storage_in_a_qcow2_image() {
+    let d = tempfile::tempdir().unwrap();
+    for (mode, freed) in [
+        (None, false),
+        (Some("--discard=ignore"), false),
+        (Some("--discard=unmap"), true),
+    ] {
+        let q = d.path().join("t.qcow2");
+        let _ = std::fs::remove_file(&q);
+        run_ok(
+            "qemu-img",
+            &["create", "-q", "-f", "qcow2", q.to_str().unwrap(), "16M"],
+        );
+        let mut args = vec!["-t", "-f", "qcow2"];
+        args.extend(mode);
+        let srv = start(d.path(), false, &args, &q);
+        let uri = srv.uri("");
+        run_ok("qemu-io", &["-f", "raw", "-c", "write -P 7 0 8M", &uri]);
+        run_ok("qemu-io", &["-f", "raw", "-c", "flush", &uri]);
+        let before = disk_usage(&q);
+        run_ok("qemu-io", &["-f", "raw", "-c", "discard 0 4M", "-c", "flush", &uri]);
+        let out = run_ok(
+            "qemu-io",
+            &[
+                "-f",
+                "raw",
+                "-c",
+                "read -P 0 0 4M",
+                "-c",
+                "read -P 7 4M 4M",
+                &uri,
+            ],
+        );
+        assert!(!out.contains("verification failed"), "{mode:?}: {out}");
+        drop(srv);
+        let after = disk_usage(&q);
+        if freed {
+            assert!(
+                after + (3 << 20) < before,
+                "{mode:?}: {before} -> {after} bytes on disk"
+            );
+        } else {
+            assert!(
+                after >= before,
+                "{mode:?}: {before} -> {after} bytes on disk"
+            );
+        }
+        run_ok("qemu-img", &["check", q.to_str().unwrap()]);
+        // The freed clusters are reused: new data lands and reads back.
+        run_ok("qemu-io", &["-c", "write -P 9 0 4M", q.to_str().unwrap()]);
+        run_ok("qemu-img", &["check", q.to_str().unwrap()]);
+    }
+    let o = run(BIN, &["--discard=bogus", "x.img"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("Invalid discard mode"));
+}

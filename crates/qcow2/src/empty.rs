@@ -29,7 +29,7 @@ impl Qcow2 {
                 let (e, bm) = m.entry(gc).await?;
                 if e != 0 || bm != 0 {
                     m.set_entry(gc, 0, 0).await?;
-                    self.release_old(&mut m, e);
+                    self.release_discarded(&mut m, e);
                 }
             }
         }

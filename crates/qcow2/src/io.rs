@@ -505,13 +505,30 @@ impl Qcow2 {
 
     /// Queues the refcount drop of the cluster an old L2 entry pointed to.
     pub(crate) fn release_old(&self, m: &mut Meta, e: u64) {
-        if e & COMPRESSED != 0 {
+        self.release(m, e, false)
+    }
+
+    /// [`Self::release_old`] for clusters a discard (or a write of zeroes that may
+    /// unmap) drops: their storage is given back to the file system once free.
+    pub(crate) fn release_discarded(&self, m: &mut Meta, e: u64) {
+        self.release(m, e, true)
+    }
+
+    fn release(&self, m: &mut Meta, e: u64, discard: bool) {
+        let (host, len) = if e & COMPRESSED != 0 {
             let x = 62 - (self.cluster_bits - 8);
             let host = e & ((1u64 << x) - 1);
             let sectors = ((e >> x) & ((1u64 << (62 - x)) - 1)) + 1;
-            m.free_later(host, sectors * 512 - (host & 511));
+            (host, sectors * 512 - (host & 511))
         } else if e & OFFSET_MASK != 0 {
-            m.free_later(e & OFFSET_MASK, 1);
+            (e & OFFSET_MASK, 1)
+        } else {
+            return;
+        };
+        if discard {
+            m.free_later_discard(host, len);
+        } else {
+            m.free_later(host, len);
         }
     }
 
@@ -522,7 +539,7 @@ impl Qcow2 {
         offset: u64,
         len: u64,
         discard: bool,
-        _unmap: bool,
+        unmap: bool,
     ) -> io::Result<()> {
         let cs = self.cluster_size();
         let end = offset + len;
@@ -533,7 +550,7 @@ impl Qcow2 {
             let n = (cs - a).min(end - off);
             let whole = a == 0 && (n == cs || off + n == self.size());
             if whole {
-                self.zero_cluster(gc, discard).await?;
+                self.zero_cluster(gc, discard, discard || unmap).await?;
             } else if !discard {
                 let z = vec![0u8; n as usize];
                 self.write_cluster(off, &IoVec::from_slice(&z)).await?;
@@ -543,7 +560,9 @@ impl Qcow2 {
         Ok(())
     }
 
-    async fn zero_cluster(&self, gc: u64, discard: bool) -> io::Result<()> {
+    /// Makes guest cluster `gc` read as zeroes (or, for `discard` without a backing
+    /// file, unallocated); with `unmap`, its old storage goes back to the file system.
+    async fn zero_cluster(&self, gc: u64, discard: bool, unmap: bool) -> io::Result<()> {
         loop {
             let mut m = self.meta.lock().await;
             if m.corrupt {
@@ -585,7 +604,11 @@ impl Qcow2 {
                 return Ok(());
             }
             m.set_entry(gc, ne, nb).await?;
-            self.release_old(&mut m, e);
+            if unmap {
+                self.release_discarded(&mut m, e);
+            } else {
+                self.release_old(&mut m, e);
+            }
             return Ok(());
         }
     }

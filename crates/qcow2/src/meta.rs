@@ -130,6 +130,9 @@ pub struct Meta {
     old_reftable: Option<(u64, u64)>,
     refblocks: Cache<Vec<u8>>,
     pending_free: Vec<u64>,
+    /// Clusters among `pending_free` whose storage is given back to the file system
+    /// (a hole is punched) once they are free: those freed by guest discards.
+    pending_discard: Vec<u64>,
     free_hint: u64,
     top: u64,
     free_byte: u64,
@@ -181,6 +184,7 @@ impl Meta {
             old_reftable: None,
             refblocks: Cache::new((cache_bytes / 4 / cs).max(16) as usize),
             pending_free: Vec::new(),
+            pending_discard: Vec::new(),
             free_hint: 0,
             top: 0,
             free_byte: 0,
@@ -582,6 +586,16 @@ impl Meta {
         self.pending_free.extend(first..=last);
     }
 
+    /// [`Self::free_later`], and punch a hole where the clusters were once they are
+    /// free (the file node's `discard` option decides whether the hole is made), as
+    /// QEMU passes discard requests down.
+    pub fn free_later_discard(&mut self, off: u64, len: u64) {
+        let first = off / self.cs;
+        let last = (off + len.max(1) - 1) / self.cs;
+        self.pending_free.extend(first..=last);
+        self.pending_discard.extend(first..=last);
+    }
+
     /// Writes all dirty metadata in crash-safe order (module documentation).
     pub async fn writeback(&mut self) -> io::Result<()> {
         let f = self.file.clone();
@@ -618,6 +632,30 @@ impl Meta {
                 self.free_hint = self.free_hint.min(c);
             }
             self.write_refcounts().await?;
+            self.punch_freed().await?;
+        }
+        Ok(())
+    }
+
+    /// Punches holes where clusters freed by discards were, if they are still free.
+    /// Runs under the metadata lock, right after the refcounts drop, so no new
+    /// allocation can have taken a cluster in between.
+    async fn punch_freed(&mut self) -> io::Result<()> {
+        let mut cs = std::mem::take(&mut self.pending_discard);
+        cs.sort_unstable();
+        cs.dedup();
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for c in cs {
+            if self.refcount(c).await? != 0 {
+                continue;
+            }
+            match runs.last_mut() {
+                Some((s, n)) if *s + *n == c => *n += 1,
+                _ => runs.push((c, 1)),
+            }
+        }
+        for (c, n) in runs {
+            self.file.discard(c * self.cs, n * self.cs).await?;
         }
         Ok(())
     }

@@ -31,6 +31,7 @@ Block device options:
   -r, --read-only           export read-only
       --cache=MODE          cache mode (none, writeback, writethrough, directsync, unsafe)
       --aio=MODE            AIO mode (threads, native, io_uring)
+      --discard=MODE        what trim requests do: ignore (default) or unmap
 ";
 
 #[derive(Debug)]
@@ -46,6 +47,7 @@ struct Args {
     shared: u32,
     cache: String,
     aio: Aio,
+    discard: oxemu_block::file::Discard,
     objects: Vec<X509Creds>,
     tls_creds: Option<String>,
     description: String,
@@ -71,6 +73,8 @@ fn parse_args(argv: Vec<String>) -> Result<Parsed, String> {
         shared: 1,
         cache: "writeback".into(),
         aio: Aio::Threads,
+        // qemu-nbd's default: trims succeed but leave the image as it is.
+        discard: oxemu_block::file::Discard::Ignore,
         objects: Vec::new(),
         tls_creds: None,
         description: String::new(),
@@ -113,6 +117,13 @@ fn parse_args(argv: Vec<String>) -> Result<Parsed, String> {
             "-b" | "--bind" => a.bind = value(&key)?,
             "-f" | "--format" => a.format = Some(value(&key)?),
             "--cache" => a.cache = value(&key)?,
+            "--discard" => {
+                a.discard = match value(&key)?.as_str() {
+                    "ignore" | "off" => oxemu_block::file::Discard::Ignore,
+                    "unmap" | "on" => oxemu_block::file::Discard::Unmap,
+                    v => return Err(format!("Invalid discard mode `{v}'")),
+                }
+            }
             "--pid-file" => a.pid_file = Some(value(&key)?.into()),
             "--tls-creds" => a.tls_creds = Some(value(&key)?),
             "--object" => a.objects.push(X509Creds::parse_object(&value(&key)?)?),
@@ -183,6 +194,7 @@ fn open_node(a: &Args) -> Result<Arc<dyn BlockDriver>, String> {
         direct,
         no_flush,
         aio: a.aio,
+        discard: a.discard,
         ..Default::default()
     };
     if format != "raw" && format != "qcow2" {
