@@ -655,7 +655,11 @@ impl Meta {
             }
         }
         for (c, n) in runs {
-            self.file.discard(c * self.cs, n * self.cs).await?;
+            // Advisory: the metadata is already consistent, so a file system that
+            // refuses the hole must not fail the flush.
+            if let Err(e) = self.file.discard(c * self.cs, n * self.cs).await {
+                tracing::debug!("qcow2: punching freed clusters at {:#x}: {e}", c * self.cs);
+            }
         }
         Ok(())
     }
