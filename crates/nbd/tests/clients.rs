@@ -294,7 +294,10 @@ fn discard_mode_decides_whether_trims_free_storage_in_a_qcow2_image() {
         run_ok("qemu-io", &["-f", "raw", "-c", "write -P 7 0 8M", &uri]);
         run_ok("qemu-io", &["-f", "raw", "-c", "flush", &uri]);
         let before = disk_usage(&q);
-        run_ok("qemu-io", &["-f", "raw", "-c", "discard 0 4M", "-c", "flush", &uri]);
+        run_ok(
+            "qemu-io",
+            &["-f", "raw", "-c", "discard 0 4M", "-c", "flush", &uri],
+        );
         let out = run_ok(
             "qemu-io",
             &[

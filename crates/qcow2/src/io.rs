@@ -214,6 +214,7 @@ impl Qcow2 {
             .writev(host, &data.slice(0, bytes as usize), WriteFlags::default())
             .await;
         let Some(old) = old else {
+            self.meta.lock().await.unpin(host, k);
             return res.map(|()| bytes);
         };
         // Fresh clusters: map them (or give them back) and wake anyone waiting.
@@ -258,6 +259,7 @@ impl Qcow2 {
                 while k < count && self.run_kind(m, gc0 + k).await? == Some(Some(h0 + k * cs)) {
                     k += 1;
                 }
+                m.pin(h0, k);
                 Ok(Some((h0, k, None)))
             }
             Some(None) => {
@@ -316,12 +318,14 @@ impl Qcow2 {
             ));
         }
         if normal && !self.ext && (e & ZERO == 0 || self.version.load(Ordering::Acquire) == 2) {
+            m.pin(host, 1);
             return Ok(Plan::Direct(host));
         }
         let scs = cs / 32;
         let (s0, s1) = (a / scs, (b - 1) / scs);
         let (mut fill_start, mut fill_end, target, fresh, sub) = if normal && self.ext {
             if bm & sub_mask(s0, s1) == sub_mask(s0, s1) {
+                m.pin(host, 1);
                 return Ok(Plan::Direct(host));
             }
             let fs = if bm & (1 << s0) != 0 { a } else { s0 * scs };
@@ -383,10 +387,12 @@ impl Qcow2 {
             };
             match plan {
                 Plan::Direct(host) => {
-                    return self
+                    let r = self
                         .file
                         .writev(host + a, data, WriteFlags::default())
-                        .await
+                        .await;
+                    self.meta.lock().await.unpin(host, 1);
+                    return r;
                 }
                 Plan::Wait(rx) => {
                     let _ = rx.await;

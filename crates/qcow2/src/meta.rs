@@ -136,6 +136,10 @@ pub struct Meta {
     free_hint: u64,
     top: u64,
     free_byte: u64,
+    /// Host clusters (by index) with in-place data writes in flight, and how many.
+    /// Their frees wait for a later writeback, so that a cluster is never handed out
+    /// again while an old write to it may still land.
+    pinned: HashMap<u64, u32>,
     /// Corruption was detected; writes fail with EIO.
     pub corrupt: bool,
     /// Guest clusters with an allocating write in flight, and who waits for them.
@@ -189,6 +193,7 @@ impl Meta {
             top: 0,
             free_byte: 0,
             corrupt: false,
+            pinned: HashMap::new(),
             inflight: HashMap::new(),
             file,
             h,
@@ -596,6 +601,25 @@ impl Meta {
         self.pending_discard.extend(first..=last);
     }
 
+    /// Marks the `n` host clusters from byte offset `host` as written in place.
+    pub fn pin(&mut self, host: u64, n: u64) {
+        for c in host / self.cs..host / self.cs + n {
+            *self.pinned.entry(c).or_insert(0) += 1;
+        }
+    }
+
+    /// Ends what [`Self::pin`] started.
+    pub fn unpin(&mut self, host: u64, n: u64) {
+        for c in host / self.cs..host / self.cs + n {
+            if let Some(k) = self.pinned.get_mut(&c) {
+                *k -= 1;
+                if *k == 0 {
+                    self.pinned.remove(&c);
+                }
+            }
+        }
+    }
+
     /// Writes all dirty metadata in crash-safe order (module documentation).
     pub async fn writeback(&mut self) -> io::Result<()> {
         let f = self.file.clone();
@@ -624,7 +648,12 @@ impl Meta {
             self.l1_dirty = false;
         }
         if !self.pending_free.is_empty() {
+            let mut deferred = Vec::new();
             for c in std::mem::take(&mut self.pending_free) {
+                if self.pinned.contains_key(&c) {
+                    deferred.push(c);
+                    continue;
+                }
                 if self.free_byte / self.cs == c {
                     self.free_byte = 0;
                 }
@@ -632,7 +661,8 @@ impl Meta {
                 self.free_hint = self.free_hint.min(c);
             }
             self.write_refcounts().await?;
-            self.punch_freed().await?;
+            self.punch_freed(&deferred).await?;
+            self.pending_free = deferred;
         }
         Ok(())
     }
@@ -640,12 +670,17 @@ impl Meta {
     /// Punches holes where clusters freed by discards were, if they are still free.
     /// Runs under the metadata lock, right after the refcounts drop, so no new
     /// allocation can have taken a cluster in between.
-    async fn punch_freed(&mut self) -> io::Result<()> {
+    /// Clusters in `deferred` are still to be freed: they stay on the list.
+    async fn punch_freed(&mut self, deferred: &[u64]) -> io::Result<()> {
         let mut cs = std::mem::take(&mut self.pending_discard);
         cs.sort_unstable();
         cs.dedup();
         let mut runs: Vec<(u64, u64)> = Vec::new();
         for c in cs {
+            if deferred.contains(&c) {
+                self.pending_discard.push(c);
+                continue;
+            }
             if self.refcount(c).await? != 0 {
                 continue;
             }
