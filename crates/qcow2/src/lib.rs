@@ -17,12 +17,14 @@ pub mod amend;
 pub mod chain;
 pub mod check;
 pub mod compress;
+mod compressed_write;
 pub mod create;
 mod empty;
 pub mod header;
 mod io;
 pub mod meta;
 pub mod refcount;
+mod resize;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -33,9 +35,9 @@ use oxemu_block::{BlockDriver, BlockDriverExt, NodeInfo};
 pub use amend::AmendOptions;
 pub use chain::{open_image, Image, ImageOptions};
 pub use check::{CheckReport, Repair};
+pub use compressed_write::Compressor;
 pub use create::{create, Preallocation, Qcow2CreateOptions};
 pub use header::{CompressionType, Header};
-pub use io::Compressor;
 
 use header::{bad, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY};
 use meta::Meta;
