@@ -249,7 +249,7 @@ impl FileDriver {
 
     fn is_aligned(&self, offset: u64, len: usize) -> bool {
         let a = self.request_align as u64;
-        offset % a == 0 && (len as u64) % a == 0
+        offset.is_multiple_of(a) && (len as u64).is_multiple_of(a)
     }
 
     /// Reads with retries for short transfers, EINTR and EAGAIN; zero-fills past EOF.

@@ -275,7 +275,7 @@ async fn worker(
             return;
         }
         run.next.set(idx + 1);
-        if prm.flush_interval > 0 && idx > 0 && idx % prm.flush_interval == 0 {
+        if prm.flush_interval > 0 && idx > 0 && idx.is_multiple_of(prm.flush_interval) {
             if prm.drain {
                 run.flushing.set(true);
                 run.wait_drained().await;

@@ -142,7 +142,7 @@ pub fn validate(req: &Request, payload: &[u8], s: &Session, size: u64) -> Result
     let len = if req.ty == cmd::WRITE {
         payload.len() as u64
     } else if req.ty == cmd::BLOCK_STATUS && req.flags & cflag::PAYLOAD_LEN != 0 {
-        if payload.len() < 8 || (payload.len() - 8) % 4 != 0 {
+        if payload.len() < 8 || !(payload.len() - 8).is_multiple_of(4) {
             return Err(refuse(err::EINVAL, "malformed block status payload"));
         }
         be64(payload)

@@ -59,10 +59,7 @@ impl<T> Cache<T> {
     fn get_mut(&mut self, off: u64) -> Option<&mut Slot<T>> {
         self.tick += 1;
         let t = self.tick;
-        self.map.get_mut(&off).map(|s| {
-            s.tick = t;
-            s
-        })
+        self.map.get_mut(&off).inspect(|s| s.tick = t)
     }
     /// True when there is room for one more entry (after evicting a clean one).
     fn make_room(&mut self) -> bool {

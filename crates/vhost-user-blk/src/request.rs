@@ -288,7 +288,7 @@ pub fn parse_request(
     };
     let range_ok = |offset: u64, len: u64| -> Result<(), ParseError> {
         let bs = limits.block_size as u64;
-        if offset % bs != 0 || len % bs != 0 {
+        if !offset.is_multiple_of(bs) || !len.is_multiple_of(bs) {
             return Err(fail(
                 st,
                 status::IOERR,

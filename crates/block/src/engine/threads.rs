@@ -58,7 +58,6 @@ impl Pool {
                     if let Some(j) = job {
                         j();
                     }
-                    return;
                 }
             }
         } else {
