@@ -59,7 +59,9 @@ impl<T> Cache<T> {
     fn get_mut(&mut self, off: u64) -> Option<&mut Slot<T>> {
         self.tick += 1;
         let t = self.tick;
-        self.map.get_mut(&off).inspect(|s| s.tick = t)
+        let s = self.map.get_mut(&off)?;
+        s.tick = t;
+        Some(s)
     }
     /// True when there is room for one more entry (after evicting a clean one).
     fn make_room(&mut self) -> bool {
