@@ -521,6 +521,8 @@ impl Qcow2 {
         self.release(m, e, true)
     }
 
+    /// Queues the refcount drop of the cluster an old L2 entry pointed to; with
+    /// `discard`, its storage is given back to the file system once free.
     fn release(&self, m: &mut Meta, e: u64, discard: bool) {
         let (host, len) = if e & COMPRESSED != 0 {
             let x = 62 - (self.cluster_bits - 8);
@@ -611,11 +613,7 @@ impl Qcow2 {
                 return Ok(());
             }
             m.set_entry(gc, ne, nb).await?;
-            if unmap {
-                self.release_discarded(&mut m, e);
-            } else {
-                self.release_old(&mut m, e);
-            }
+            self.release(&mut m, e, unmap);
             return Ok(());
         }
     }

@@ -585,19 +585,22 @@ impl Meta {
     /// Drops one reference to each host cluster of `[off, off+len)` after the next
     /// writeback of L2 tables (see the module documentation).
     pub fn free_later(&mut self, off: u64, len: u64) {
-        let first = off / self.cs;
-        let last = (off + len.max(1) - 1) / self.cs;
-        self.pending_free.extend(first..=last);
+        let r = self.clusters_of(off, len);
+        self.pending_free.extend(r);
+    }
+
+    /// Indices of the host clusters that bytes `[off, off+len)` touch (at least one).
+    fn clusters_of(&self, off: u64, len: u64) -> std::ops::RangeInclusive<u64> {
+        off / self.cs..=(off + len.max(1) - 1) / self.cs
     }
 
     /// [`Self::free_later`], and punch a hole where the clusters were once they are
     /// free (the file node's `discard` option decides whether the hole is made), as
     /// QEMU passes discard requests down.
     pub fn free_later_discard(&mut self, off: u64, len: u64) {
-        let first = off / self.cs;
-        let last = (off + len.max(1) - 1) / self.cs;
-        self.pending_free.extend(first..=last);
-        self.pending_discard.extend(first..=last);
+        self.free_later(off, len);
+        let r = self.clusters_of(off, len);
+        self.pending_discard.extend(r);
     }
 
     /// Marks the `n` host clusters from byte offset `host` as written in place.
