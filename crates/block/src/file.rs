@@ -60,6 +60,12 @@ pub struct FileOptions {
     /// Share the write permission with other processes when locking (`-U`,
     /// `force-share=on`): read-only opens then do not block writers.
     pub force_share: bool,
+    /// The permissions (`lock::perm` bits) this open lets other processes hold, when
+    /// the user of the node knows them better than the default: `None` refuses to
+    /// share writing, which is what QEMU does for the file under a format with
+    /// metadata (qcow2) and for guest devices. qemu-img shares everything for a raw
+    /// image it reads or writes, except a `convert` source. `force_share` wins.
+    pub shared_perms: Option<u64>,
 }
 
 impl FileOptions {
@@ -156,17 +162,24 @@ impl FileDriver {
                 .custom_flags(libc::O_CLOEXEC)
                 .open(path)
                 .map_err(|e| with_path(path, e))?;
-            // Like QEMU's tools, readers take only the "consistent read" byte and share
-            // everything. Writers also refuse to share writing, so that QEMU and oxemu
-            // never write one image at the same time, whichever opened it first.
+            // As in QEMU, readers take the "consistent read" byte and refuse to share
+            // writing, so that a reader never sees an image change under it: a reader
+            // and a writer conflict, whichever opened the image first. `-U`
+            // (`force_share`) shares everything, for looking at an image in use.
             let (held, mut shared) = if opts.read_only {
-                (lock::perm::CONSISTENT_READ, lock::perm::ALL)
+                (
+                    lock::perm::CONSISTENT_READ,
+                    lock::perm::ALL & !lock::perm::WRITE,
+                )
             } else {
                 (
                     lock::perm::CONSISTENT_READ | lock::perm::WRITE,
                     lock::perm::ALL & !lock::perm::WRITE,
                 )
             };
+            if let Some(p) = opts.shared_perms {
+                shared = p & lock::perm::ALL;
+            }
             if opts.force_share {
                 shared = lock::perm::ALL;
             }
@@ -190,19 +203,11 @@ impl FileDriver {
 
     /// Creates (or truncates) a regular file of `size` bytes, as `qemu-img create -f raw`.
     /// With `preallocate`, blocks are allocated with `posix_fallocate`.
+    /// Like QEMU, it takes the image locks before emptying the file, so it refuses to
+    /// touch an image that another process has open.
     pub fn create(path: &Path, size: u64, preallocate: bool) -> io::Result<()> {
-        let f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)
-            .map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("Could not create '{}': {}", path.display(), e),
-                )
-            })?;
-        f.set_len(size).map_err(|e| {
+        let f = Self::open_for_create(path)?;
+        f.set_len(0).and_then(|()| f.set_len(size)).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("Could not resize '{}': {}", path.display(), e),
@@ -216,6 +221,28 @@ impl FileDriver {
             }
         }
         Ok(())
+    }
+
+    /// Opens (creating it if needed, but not yet emptying it) the file that an image is
+    /// about to be created in, and takes QEMU's creation locks on it
+    /// ([`lock::lock_for_create`]). The caller empties and fills it; the locks are held
+    /// until the returned file is closed.
+    pub fn open_for_create(path: &Path) -> io::Result<File> {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("Could not create '{}': {}", path.display(), e),
+                )
+            })?;
+        lock::lock_for_create(f.as_raw_fd(), &path.display().to_string())?;
+        Ok(f)
     }
 
     /// The options the node was opened with.

@@ -109,3 +109,20 @@ fn conflict(path: &str, bit: usize, shared: bool) -> io::Error {
 pub fn ofd_supported(fd: RawFd) -> bool {
     byte_taken(fd, PERM_BASE).is_ok()
 }
+
+/// Takes the locks QEMU takes before it empties a file to create an image in it:
+/// "write" and "resize" held, "resize" not shared. Fails, with QEMU's message, when
+/// another process uses the image, so that creating over an image in use never
+/// destroys it. Does nothing where OFD locks are unsupported (QEMU's `locking=auto`).
+/// The locks live as long as the open file description behind `fd`.
+pub fn lock_for_create(fd: RawFd, path: &str) -> io::Result<()> {
+    if !ofd_supported(fd) {
+        return Ok(());
+    }
+    lock_image(
+        fd,
+        path,
+        perm::WRITE | perm::RESIZE,
+        perm::ALL & !perm::RESIZE,
+    )
+}

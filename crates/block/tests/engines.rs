@@ -396,9 +396,28 @@ fn second_writer_is_refused_by_image_lock() {
         e.to_string().contains("Failed to get \"write\" lock"),
         "{e}"
     );
-    // Readers share everything, as qemu-img info does.
+    // By default readers refuse to share writing, as QEMU does under a qcow2 node...
+    let e = FileDriver::open(&FileOptions {
+        read_only: true,
+        ..FileOptions::new(&path)
+    })
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("Failed to get shared \"write\" lock"),
+        "{e}"
+    );
+    // ...and a reader that shares everything (qemu-img on a raw image), or one with
+    // force-share, is let in.
     FileDriver::open(&FileOptions {
         read_only: true,
+        shared_perms: Some(oxemu_block::lock::perm::ALL),
+        ..FileOptions::new(&path)
+    })
+    .unwrap();
+    FileDriver::open(&FileOptions {
+        read_only: true,
+        force_share: true,
         ..FileOptions::new(&path)
     })
     .unwrap();
