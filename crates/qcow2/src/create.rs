@@ -9,7 +9,6 @@ use std::sync::Arc;
 use oxemu_block::{BlockDriver, FileDriver, FileOptions};
 
 use crate::header::{self, CompressionType, Extension, Header};
-use crate::meta::COPIED;
 use crate::{refcount, Qcow2, Qcow2OpenOptions};
 
 /// `preallocation=` of `qemu-img create`.
@@ -219,18 +218,9 @@ pub async fn create(path: &Path, o: &Qcow2CreateOptions) -> io::Result<()> {
     let nb = (h.l1_table_offset / cs) - 1 - rt;
     let used = h.l1_table_offset / cs + (h.l1_size as u64 * 8).div_ceil(cs);
     let epb = refcount::entries_per_block(bits, h.refcount_order);
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("Could not create '{}': {e}", path.display()),
-            )
-        })?;
+    // Lock before emptying, so that an image in use elsewhere is refused, not destroyed.
+    let f = FileDriver::open_for_create(path)?;
+    f.set_len(0)?;
     f.write_all_at(&head, 0)?;
     let mut table = vec![0u8; (rt * cs) as usize];
     for i in 0..nb {
@@ -255,54 +245,8 @@ pub async fn create(path: &Path, o: &Qcow2CreateOptions) -> io::Result<()> {
 
 async fn preallocate(path: &Path, mode: Preallocation) -> io::Result<()> {
     let file: Arc<dyn BlockDriver> = Arc::new(FileDriver::open(&FileOptions::new(path))?);
-    let q = Qcow2::open(file.clone(), Qcow2OpenOptions::default()).await?;
-    let cs = q.cluster_size();
-    let clusters = q.size().div_ceil(cs);
-    let mut first_data = None;
-    {
-        let mut m = q.meta.lock().await;
-        for gc in 0..clusters {
-            m.l2_table(gc, true).await?;
-            let host = m.alloc_cluster().await?;
-            first_data.get_or_insert(host);
-            let bitmap = if m.ext { 0xffff_ffff } else { 0 };
-            m.set_entry(gc, host | COPIED, bitmap).await?;
-        }
-        let top = m.top_end().max(file.size());
-        drop(m);
-        file.truncate(top).await?;
-        if mode != Preallocation::Metadata {
-            let start = first_data.unwrap_or(top);
-            let zf = oxemu_block::ZeroFlags {
-                may_unmap: mode == Preallocation::Falloc,
-                ..Default::default()
-            };
-            if mode == Preallocation::Full {
-                let z = vec![0u8; 1 << 20];
-                let mut off = start;
-                while off < top {
-                    let n = (top - off).min(z.len() as u64) as usize;
-                    oxemu_block::BlockDriverExt::write_at(&*file, off, &z[..n]).await?;
-                    off += n as u64;
-                }
-            } else {
-                let _ = zf;
-                let f = std::fs::OpenOptions::new().write(true).open(path)?;
-                // SAFETY: plain fallocate on an fd we own; mode 0 only allocates blocks.
-                let r = unsafe {
-                    libc::fallocate(
-                        std::os::fd::AsRawFd::as_raw_fd(&f),
-                        0,
-                        start as i64,
-                        (top - start) as i64,
-                    )
-                };
-                if r != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-        }
-    }
-    q.flush().await?;
+    let q = Qcow2::open(file, Qcow2OpenOptions::default()).await?;
+    let clusters = q.size().div_ceil(q.cluster_size());
+    q.preallocate(0, clusters, mode, false).await?;
     oxemu_block::BlockDriver::close(&*q).await
 }

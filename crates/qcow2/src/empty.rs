@@ -4,7 +4,7 @@
 
 use std::io;
 
-use crate::meta::OFFSET_MASK;
+use crate::meta::{Meta, OFFSET_MASK};
 use crate::{os, Qcow2};
 
 impl Qcow2 {
@@ -35,6 +35,12 @@ impl Qcow2 {
         }
         // Unmapped clusters get refcount 0 only after the L2 tables are on disk.
         m.writeback().await?;
+        self.truncate_unused_tail(&mut m).await
+    }
+
+    /// Truncates the file after the last cluster with a non-zero refcount (metadata
+    /// already written back), as QEMU does after emptying or shrinking an image.
+    pub(crate) async fn truncate_unused_tail(&self, m: &mut Meta) -> io::Result<()> {
         let cs = m.cs;
         let mut end = self.file.size().div_ceil(cs);
         while end > 1 && m.refcount(end - 1).await? == 0 {

@@ -728,6 +728,45 @@ impl Meta {
         Ok(())
     }
 
+    /// Drops refcount blocks that describe no cluster in use but, perhaps, their own
+    /// (QEMU's reftable shrink after an image shrink), so that the file can then be
+    /// truncated behind the last cluster in use. The reftable entry goes first; a
+    /// block described by another block is freed after that, so a crash leaks at most.
+    pub async fn drop_unused_refblocks(&mut self) -> io::Result<()> {
+        self.writeback().await?;
+        let epb = refcount::entries_per_block(self.h.cluster_bits, self.h.refcount_order);
+        let o = self.h.refcount_order;
+        let mut freed_elsewhere = Vec::new();
+        for rt in 0..self.reftable.len() {
+            let Some(off) = self.refblock(rt, None).await? else {
+                continue;
+            };
+            let own = off / self.cs;
+            let first = rt as u64 * epb;
+            let block = &self.refblocks.get_mut(off).unwrap().val;
+            let unused = (0..epb).all(|i| {
+                let v = refcount::get(block, o, i as usize);
+                v == 0 || (first + i == own && v == 1)
+            });
+            if !unused {
+                continue;
+            }
+            self.refblocks.map.remove(&off);
+            self.reftable[rt] = 0;
+            self.reftable_dirty = true;
+            if !(first..first + epb).contains(&own) {
+                freed_elsewhere.push(own);
+            }
+            self.free_hint = self.free_hint.min(first);
+        }
+        self.write_refcounts().await?;
+        for c in freed_elsewhere {
+            self.add_ref(c, -1).await?;
+            self.free_hint = self.free_hint.min(c);
+        }
+        self.write_refcounts().await
+    }
+
     /// Rewrites the header cluster from `self.h` (extensions preserved).
     pub async fn write_header(&mut self) -> io::Result<()> {
         let b = self.h.serialize()?;
