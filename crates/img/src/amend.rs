@@ -73,6 +73,7 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
             read_only: false,
             force_share: false,
             no_backing: true,
+            no_share: false,
         },
     )?;
     let q = img

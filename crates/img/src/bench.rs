@@ -142,6 +142,7 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
             read_only: !prm.write,
             force_share: p.has("force-share"),
             no_backing: false,
+            no_share: false,
         },
     )?;
     let node = img.node.clone();

@@ -43,6 +43,7 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
             read_only: repair == Repair::None,
             force_share: p.has("force-share"),
             no_backing: true,
+            no_share: false,
         },
     )?;
     let q = img.qcow2.as_ref().and_then(|c| c.qcow2.clone());

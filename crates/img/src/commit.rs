@@ -37,6 +37,7 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
                 read_only: false,
                 force_share: false,
                 no_backing,
+                no_share: false,
             },
         )
     };
@@ -79,7 +80,14 @@ async fn copy_allocated(
     base: &dyn BlockDriver,
     progress: &mut Progress,
 ) -> Result<(), Error> {
-    let size = top.size().min(base.size());
+    let size = top.size();
+    if base.size() < size {
+        // As QEMU's commit job: a smaller backing image grows first, or what the top
+        // image holds past its end would be lost when the top image is emptied.
+        base.truncate(size)
+            .await
+            .map_err(|e| Error::Msg(format!("Could not resize the backing image: {e}")))?;
+    }
     let mut buf = AlignedBuf::new(CHUNK);
     let io = |what: &str, off: u64, e: std::io::Error| {
         Error::Msg(format!("error while {what} at offset {off}: {e}"))

@@ -18,7 +18,7 @@ use oxemu_block::buffer::is_zero as is_zero_buf;
 use oxemu_block::{AlignedBuf, BlockDriver, BlockDriverExt, FileDriver};
 
 use crate::args::{opt, parse, Opt};
-use crate::image::{self, Cache, OpenOpts};
+use crate::image::{self, OpenOpts};
 use crate::map::event_loop;
 use crate::progress::Progress;
 use crate::Error;
@@ -108,6 +108,7 @@ pub fn run_convert(argv: &[String]) -> Result<(), Error> {
             read_only: true,
             force_share: p.has("force-share"),
             no_backing: false,
+            no_share: true,
         },
     )?;
     let size = s.node.size();
@@ -128,6 +129,7 @@ pub fn run_convert(argv: &[String]) -> Result<(), Error> {
             read_only: false,
             force_share: false,
             no_backing: false,
+            no_share: false,
         },
     )?;
     if d.node.size() < size {
@@ -512,69 +514,6 @@ async fn copy_compressed(
         q.write_compressed_prepared(c, piece, p)
             .await
             .map_err(err)?;
-    }
-    Ok(())
-}
-
-const RESIZE_SPEC: &[Opt] = &[
-    opt(Some('f'), None, true),
-    opt(Some('q'), None, false),
-    opt(Some('U'), Some("force-share"), false),
-    opt(None, Some("shrink"), false),
-    opt(None, Some("preallocation"), true),
-];
-
-/// Runs `resize [-f fmt] [-q] [--shrink] filename [+|-]size`.
-pub fn run_resize(argv: &[String]) -> Result<(), Error> {
-    // "-1M" looks like an option: take the last argument as the size first.
-    let Some((size_arg, rest)) = argv.split_last() else {
-        return Err(Error::Usage("Not enough arguments".into()));
-    };
-    let p = parse(rest, RESIZE_SPEC)?;
-    let [file] = p.args.as_slice() else {
-        return Err(Error::Usage("Expecting image file name and size".into()));
-    };
-    let img = image::open(
-        Path::new(file),
-        &OpenOpts {
-            format: p.get("f"),
-            cache: Cache::default(),
-            aio: Default::default(),
-            read_only: false,
-            force_share: false,
-            no_backing: false,
-        },
-    )?;
-    let cur = img.node.size();
-    let bad = || {
-        Error::Msg("Invalid image size specified. You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.".into())
-    };
-    let new = if let Some(s) = size_arg.strip_prefix('+') {
-        cur.checked_add(crate::create::image_size(s).map_err(|_| bad())?)
-            .ok_or_else(bad)?
-    } else if let Some(s) = size_arg.strip_prefix('-') {
-        let d = crate::create::image_size(s).map_err(|_| bad())?;
-        cur.checked_sub(d)
-            .ok_or_else(|| Error::Msg("New image size must be positive".into()))?
-    } else {
-        crate::create::image_size(size_arg).map_err(|_| bad())?
-    };
-    if new == 0 {
-        return Err(Error::Msg("New image size must be positive".into()));
-    }
-    if new < cur && !p.has("shrink") {
-        return Err(Error::Msg(
-            "Use the --shrink option to perform a shrink operation.".into(),
-        ));
-    }
-    if new < cur && !p.has("q") {
-        eprintln!("oxemu-img: warning: Shrinking an image will delete all data beyond the shrunken image's end. Before performing such an operation, make sure there is no important data there.");
-    }
-    let lp = event_loop()?;
-    lp.block_on(async { img.node.truncate(new).await })
-        .map_err(|e| Error::Msg(format!("Error resizing image: {e}")))?;
-    if !p.has("q") {
-        println!("Image resized.");
     }
     Ok(())
 }

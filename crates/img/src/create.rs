@@ -83,6 +83,7 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
     if !p.has("q") {
         println!("Formatting '{file}', fmt={fmt} size={size}");
     }
-    FileDriver::create(Path::new(file), size, prealloc).map_err(|e| Error::Msg(e.to_string()))?;
+    FileDriver::create(Path::new(file), size, prealloc)
+        .map_err(|e| Error::Msg(format!("{file}: {e}")))?;
     Ok(())
 }

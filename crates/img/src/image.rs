@@ -67,7 +67,7 @@ pub fn probe_format(path: &Path) -> Result<&'static str, Error> {
 
 fn open_error(path: &Path, e: std::io::Error) -> Error {
     let msg = e.to_string();
-    if msg.starts_with("Could not open") || msg.starts_with("Failed to get") {
+    if msg.starts_with("Could not open") {
         Error::Msg(msg)
     } else {
         let shown = path.display();
@@ -98,6 +98,20 @@ pub struct OpenOpts<'a> {
     pub force_share: bool,
     /// Do not open backing files (`rebase -u`, `info` without `--backing-chain`).
     pub no_backing: bool,
+    /// Refuse to let other processes write while the image is open (a `convert`
+    /// source). Otherwise qemu-img's rule applies: a raw image is shared with other
+    /// users; qcow2 metadata never is.
+    pub no_share: bool,
+}
+
+/// The lock permissions a raw image opened with `o` shares, as qemu-img.
+fn raw_shared_perms(o: &OpenOpts<'_>) -> u64 {
+    use oxemu_block::lock::perm;
+    if o.no_share {
+        perm::CONSISTENT_READ | perm::WRITE_UNCHANGED
+    } else {
+        perm::ALL
+    }
 }
 
 /// An opened image: the format node and its name.
@@ -163,6 +177,7 @@ pub fn open(path: &Path, o: &OpenOpts<'_>) -> Result<Image, Error> {
         no_flush: o.cache.no_flush,
         aio: o.aio,
         force_share: o.force_share,
+        shared_perms: (format == "raw").then(|| raw_shared_perms(o)),
         ..FileOptions::new(path)
     })
     .map_err(|e| open_error(path, e))?;

@@ -32,6 +32,7 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
             read_only: true,
             force_share: p.has("force-share"),
             no_backing: false,
+            no_share: false,
         },
     )?;
     let mut entries = vec![describe(file, &img.node, img.qcow2.as_ref(), &img.file)?];

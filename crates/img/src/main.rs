@@ -13,10 +13,12 @@ mod info;
 mod map;
 mod progress;
 mod rebase;
+mod resize;
 
 use std::process::ExitCode;
 
-/// What can go wrong in a subcommand. Printed as one line prefixed with `oxemu-img: `.
+/// What can go wrong in a subcommand. Printed prefixed with the program's name (see
+/// [`prog_name`]); lines after the first are hints and printed as they are.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Bad command line; a hint to `--help` follows.
@@ -28,6 +30,55 @@ pub enum Error {
     /// A message and a specific exit code (`check`: 63 = unsupported; `compare`: 2).
     #[error("{1}")]
     Exit(u8, String),
+    /// An error followed by a warning line (`resize` of a shrink without `--shrink`).
+    #[error("{0}")]
+    Warned(String, String),
+}
+
+/// The name messages are prefixed with: the basename of `argv[0]`, as QEMU's tools do,
+/// so that a `qemu-img` symlink to oxemu-img reads as qemu-img.
+pub fn prog_name() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        std::env::args_os()
+            .next()
+            .map(|a| {
+                let a = a.to_string_lossy().into_owned();
+                a.rsplit('/').next().unwrap_or(&a).to_string()
+            })
+            .filter(|a| !a.is_empty())
+            .unwrap_or_else(|| "oxemu-img".into())
+    })
+}
+
+/// Prints `msg` to stderr as QEMU's `error_report` does: `prog: msg`. Rust's
+/// " (os error N)" suffixes are dropped: QEMU prints just the strerror text.
+pub fn report(msg: &str) {
+    eprintln!("{}: {}", prog_name(), strip_os_errors(msg));
+}
+
+/// `msg` without the " (os error N)" that `std::io::Error` appends to strerror.
+fn strip_os_errors(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(i) = rest.find(" (os error ") {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i + " (os error ".len()..];
+        match tail.find(')') {
+            Some(j) if tail[..j].bytes().all(|b| b.is_ascii_digit()) => rest = &tail[j + 1..],
+            _ => {
+                out.push_str(" (os error ");
+                rest = tail;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Prints a warning as QEMU's `warn_report` does: `prog: warning: msg`.
+pub fn warn(msg: &str) {
+    eprintln!("{}: warning: {msg}", prog_name());
 }
 
 impl From<std::io::Error> for Error {
@@ -57,14 +108,14 @@ Command syntax:
         [-S step_size] [-t cache] [-w] [-U] [--random] filename
         (--random is an oxemu extension: uniformly random offsets, multiples of the step)
   check [-f fmt] [--output=ofmt] [-r leaks|all] [-U] filename
-  commit [-f fmt] [-d] [-q] filename
+  commit [-f fmt] [-d] [-p] [-q] filename
   compare [-f fmt] [-F fmt] [-q] [-s] [-U] filename1 filename2
   convert [-c] [-f fmt] [-O output_fmt] [-o options] [-B backing_file -F backing_fmt] [--target-is-zero] [-m num] [-W] [-S size] [-n] [-p] [-q] [-t cache] [-T src_cache] [-U] filename output_filename
   create [-q] [-f fmt] [-o options] filename [size]
   info [-f fmt] [--output=ofmt] [-U] filename
   map [-f fmt] [--output=ofmt] [--start-offset=OFFSET] [--max-length=LEN] [-U] filename
   rebase [-f fmt] [-q] [-u] [-b backing_file] [-F backing_fmt] filename
-  resize [-f fmt] [-q] [--shrink] filename [+ | -]size
+  resize [-f fmt] [-q] [--preallocation=prealloc] [--shrink] filename [+ | -]size
 
 Parameters:
   'cache' is none, writeback (default), writethrough, directsync or unsafe
@@ -92,13 +143,13 @@ fn run(argv: &[String]) -> Result<(), Error> {
         "bench" => bench::run(rest),
         "map" => map::run_map(rest),
         "convert" => convert::run_convert(rest),
-        "resize" => convert::run_resize(rest),
+        "resize" => resize::run(rest),
         "check" => check::run(rest),
         "commit" => commit::run(rest),
         "rebase" => rebase::run(rest),
         "amend" => amend::run(rest),
         "-h" | "--help" => {
-            print!("{HELP}");
+            print!("{HELP}\nSupported formats: qcow2 raw\n");
             Ok(())
         }
         "-V" | "--version" => {
@@ -117,19 +168,23 @@ fn main() -> ExitCode {
     match run(&argv) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Error::Usage(m)) => {
-            eprintln!("oxemu-img: {m}");
-            eprintln!("Try 'oxemu-img --help' for more information");
+            report(&m);
+            eprintln!("Try '{} --help' for more information", prog_name());
             ExitCode::FAILURE
         }
         Err(Error::Exit(code, m)) => {
             if !m.is_empty() {
-                eprintln!("oxemu-img: {}", m.replace('\n', " "));
+                report(&m);
             }
             ExitCode::from(code)
         }
         Err(Error::Msg(m)) => {
-            // One line: fold multi-line kernel/driver messages.
-            eprintln!("oxemu-img: {}", m.replace('\n', " "));
+            report(&m);
+            ExitCode::FAILURE
+        }
+        Err(Error::Warned(m, w)) => {
+            report(&m);
+            warn(&w);
             ExitCode::FAILURE
         }
     }

@@ -20,6 +20,7 @@ pub fn open_ro(file: &str, format: Option<&str>, force_share: bool) -> Result<Im
             read_only: true,
             force_share,
             no_backing: false,
+            no_share: false,
         },
     )
 }

@@ -54,6 +54,7 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
             read_only: false,
             force_share: false,
             no_backing: unsafe_mode,
+            no_share: false,
         },
     )?;
     let Some(q) = img.qcow2.as_ref().and_then(|c| c.qcow2.clone()) else {

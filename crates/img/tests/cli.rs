@@ -208,22 +208,33 @@ fn bad_input_gives_one_line_errors() {
 }
 
 #[test]
-fn write_bench_on_image_locked_by_qemu_io_is_refused() {
+fn write_bench_on_image_held_by_qemu_io_follows_qemu_img_locking() {
     let d = disk_dir();
-    let img = p(&d, "l.img");
-    assert!(oxemu(&["create", "-f", "raw", &img, "1M"]).status.success());
-    // qemu-io keeps the image open read-write while it waits on stdin.
-    let mut child = Command::new("qemu-io")
-        .args(["-f", "raw", &img])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let o = oxemu(&["bench", "-w", "-c", "10", &img]);
-    drop(child.stdin.take());
-    let _ = child.wait();
-    // qemu-io holds the write byte: we refuse to share writing with it.
-    assert_one_line_error(&o, "Failed to get shared \"write\" lock");
-    assert!(stderr(&o).contains("Is another process using the image"));
+    for fmt in ["raw", "qcow2"] {
+        let img = p(&d, &format!("l.{fmt}"));
+        assert!(oxemu(&["create", "-f", fmt, &img, "1M"]).status.success());
+        // qemu-io keeps the image open read-write while it waits on stdin.
+        let mut child = Command::new("qemu-io")
+            .args(["-f", fmt, &img])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let args = ["bench", "-f", fmt, "-w", "-c", "10", &img];
+        let o = oxemu(&args);
+        let q = Command::new("qemu-img").args(args).output().unwrap();
+        drop(child.stdin.take());
+        let _ = child.wait();
+        if fmt == "raw" {
+            // qemu-io shares a raw image's write permission, so qemu-img may write too.
+            assert!(q.status.success());
+            assert!(o.status.success(), "{}", stderr(&o));
+        } else {
+            // qcow2 metadata is never shared: both refuse.
+            assert!(!q.status.success());
+            assert_one_line_error(&o, "Failed to get \"write\" lock");
+            assert!(stderr(&o).contains("Is another process using the image"));
+        }
+    }
 }
