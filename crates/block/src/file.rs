@@ -61,10 +61,10 @@ pub struct FileOptions {
     /// `force-share=on`): read-only opens then do not block writers.
     pub force_share: bool,
     /// The permissions (`lock::perm` bits) this open lets other processes hold, when
-    /// the user of the node knows them better than the default: `None` refuses to
-    /// share writing, which is what QEMU does for the file under a format with
-    /// metadata (qcow2) and for guest devices. qemu-img shares everything for a raw
-    /// image it reads or writes, except a `convert` source. `force_share` wins.
+    /// the user of the node knows them better than the default (`None`: readers share
+    /// everything, writers everything but writing). qemu-img, for example, never
+    /// shares writing or resizing of the file under a qcow2 image, and shares
+    /// everything of a raw image but a `convert` source. `force_share` wins.
     pub shared_perms: Option<u64>,
 }
 
@@ -162,15 +162,13 @@ impl FileDriver {
                 .custom_flags(libc::O_CLOEXEC)
                 .open(path)
                 .map_err(|e| with_path(path, e))?;
-            // As in QEMU, readers take the "consistent read" byte and refuse to share
-            // writing, so that a reader never sees an image change under it: a reader
-            // and a writer conflict, whichever opened the image first. `-U`
-            // (`force_share`) shares everything, for looking at an image in use.
+            // By default readers take only the "consistent read" byte and share
+            // everything; writers also refuse to share writing, so that QEMU and oxemu
+            // never write one image at the same time, whichever opened it first.
+            // `shared_perms` overrides what is shared (qemu-img refuses writers under
+            // a qcow2 reader); `force_share` (`-U`) shares everything.
             let (held, mut shared) = if opts.read_only {
-                (
-                    lock::perm::CONSISTENT_READ,
-                    lock::perm::ALL & !lock::perm::WRITE,
-                )
+                (lock::perm::CONSISTENT_READ, lock::perm::ALL)
             } else {
                 (
                     lock::perm::CONSISTENT_READ | lock::perm::WRITE,

@@ -11,48 +11,84 @@ pub enum SizeError {
     TooLarge(String),
 }
 
-/// Parses `1024`, `64k`, `1.5G`, `2M`, `10T`... Suffixes are binary multiples and
-/// case-insensitive; `B` means bytes. Fractions are allowed with a suffix, as in QEMU.
+/// Parses a size as QEMU's `qemu_strtosz` does: a decimal number (`1024`, `1024.0`),
+/// or `0x` and hex digits, with an optional suffix `B`, `k`, `M`, `G`, `T`, `P` or `E`
+/// (binary multiples, either case). A fraction needs a suffix unless it is zero
+/// (`1.5G`, `1.k`); it is exact to 2^-64 and rounds half up. Hex takes no fraction, and
+/// an exponent (`1e3`) is refused. Leading blanks are skipped; a minus sign is refused.
 pub fn parse_size(s: &str) -> Result<u64, SizeError> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, suffix) = t.split_at(split);
-    if num.is_empty() || num.starts_with('.') {
-        return Err(SizeError::Invalid(s.into()));
+    let invalid = || SizeError::Invalid(s.into());
+    let t = s.trim_start();
+    if t.starts_with('-') || t.starts_with('+') {
+        return Err(invalid());
     }
-    let shift = match suffix {
-        "" | "b" | "B" => 0,
-        "k" | "K" => 10,
-        "m" | "M" => 20,
-        "g" | "G" => 30,
-        "t" | "T" => 40,
-        "p" | "P" => 50,
-        "e" | "E" => 60,
-        _ => return Err(SizeError::Invalid(s.into())),
-    };
-    let mult = 1u128 << shift;
-    let value: u128 = if let Some((int, frac)) = num.split_once('.') {
-        if shift == 0 || frac.contains('.') || frac.is_empty() {
-            return Err(SizeError::Invalid(s.into()));
-        }
-        let i: u128 = int.parse().map_err(|_| SizeError::TooLarge(s.into()))?;
-        let f: f64 = format!("0.{frac}")
-            .parse()
-            .map_err(|_| SizeError::Invalid(s.into()))?;
-        i.checked_mul(mult)
-            .ok_or_else(|| SizeError::TooLarge(s.into()))?
-            + (f * mult as f64) as u128
-    } else {
-        let i: u128 = num.parse().map_err(|_| SizeError::TooLarge(s.into()))?;
-        i.checked_mul(mult)
-            .ok_or_else(|| SizeError::TooLarge(s.into()))?
-    };
-    if value > i64::MAX as u128 {
+    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return Err(invalid());
+    }
+    let (int, mut rest) = t.split_at(digits);
+    let mut val: u128 = int.parse().map_err(|_| SizeError::TooLarge(s.into()))?;
+    if val > u64::MAX as u128 {
         return Err(SizeError::TooLarge(s.into()));
     }
-    Ok(value as u64)
+    // The fraction as 64.64 fixed point.
+    let mut frac: u128 = 0;
+    if val == 0 && (rest.starts_with('x') || rest.starts_with('X')) {
+        let h = &rest[1..];
+        let n = h.bytes().take_while(u8::is_ascii_hexdigit).count();
+        if n == 0 {
+            return Err(invalid());
+        }
+        val = u128::from_str_radix(&h[..n], 16).map_err(|_| SizeError::TooLarge(s.into()))?;
+        if val > u64::MAX as u128 {
+            return Err(SizeError::TooLarge(s.into()));
+        }
+        rest = &h[n..];
+        if rest.starts_with('.') {
+            return Err(invalid());
+        }
+    } else if let Some(f) = rest.strip_prefix('.') {
+        let n = f.bytes().take_while(u8::is_ascii_digit).count();
+        if f[n..].starts_with(['e', 'E']) {
+            return Err(invalid());
+        }
+        // Exact decimal to binary fixed point: floor(digits * 2^64 / 10^n), with at
+        // most 38 digits kept (far below 2^-64).
+        let kept = &f[..n.min(38)];
+        if !kept.is_empty() {
+            let num: u128 = kept.parse().map_err(|_| invalid())?;
+            let den = 10u128.pow(kept.len() as u32);
+            // num < den <= 10^38 < 2^127; split to avoid overflow of num << 64.
+            let hi = (num << 32) / den;
+            let rem = (num << 32) % den;
+            frac = (hi << 32) + (rem << 32) / den;
+        }
+        rest = &f[n..];
+    }
+    let (shift, rest) = match rest.as_bytes().first() {
+        Some(b'b' | b'B') => (0, &rest[1..]),
+        Some(b'k' | b'K') => (10, &rest[1..]),
+        Some(b'm' | b'M') => (20, &rest[1..]),
+        Some(b'g' | b'G') => (30, &rest[1..]),
+        Some(b't' | b'T') => (40, &rest[1..]),
+        Some(b'p' | b'P') => (50, &rest[1..]),
+        Some(b'e' | b'E') => (60, &rest[1..]),
+        _ => (0, rest),
+    };
+    if !rest.is_empty() {
+        return Err(invalid());
+    }
+    if shift == 0 && frac != 0 {
+        return Err(invalid());
+    }
+    // val * 2^shift + frac * 2^shift, rounding the fraction's half up.
+    let whole = val << shift;
+    let f = frac << shift; // < 2^124
+    let total = whole + (f >> 64) + ((f >> 63) & 1);
+    if total > i64::MAX as u128 {
+        return Err(SizeError::TooLarge(s.into()));
+    }
+    Ok(total as u64)
 }
 
 /// Formats a byte count as `qemu-img info` does: `1 GiB`, `1.5 MiB`, `512 B`.
@@ -95,6 +131,24 @@ mod tests {
         assert_eq!(parse_size("1G").unwrap(), 1 << 30);
         assert_eq!(parse_size("1.5M").unwrap(), 3 << 19);
         assert_eq!(parse_size("2t").unwrap(), 2 << 40);
+    }
+
+    #[test]
+    fn hex_zero_fractions_and_rounding_follow_qemu_strtosz() {
+        assert_eq!(parse_size("0x10000").unwrap(), 65536);
+        assert_eq!(parse_size("1024.0").unwrap(), 1024);
+        assert_eq!(parse_size("1.k").unwrap(), 1024);
+        assert_eq!(parse_size(" 12").unwrap(), 12);
+        assert_eq!(parse_size("1.5M").unwrap(), 1572864);
+        assert_eq!(parse_size("0.5").is_err(), true);
+        assert_eq!(parse_size("12.5").is_err(), true);
+        assert_eq!(parse_size("1e3").is_err(), true);
+        assert_eq!(parse_size("0x1.8p1k").is_err(), true);
+        assert_eq!(parse_size("0x").is_err(), true);
+        // 1/3 KiB is 341.33 bytes and 2/3 KiB is 682.67: half rounds up.
+        assert_eq!(parse_size("0.3333333333333333333k").unwrap(), 341);
+        assert_eq!(parse_size("0.6666666666666666666k").unwrap(), 683);
+        assert_eq!(parse_size("8E").is_err(), true);
     }
 
     #[test]

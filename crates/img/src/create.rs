@@ -40,6 +40,7 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
         _ => return Err(Error::Usage(format!("Unexpected argument: {}", p.args[2]))),
     };
     let mut prealloc = false;
+    let mut prealloc_given = None;
     let mut size = size.map(|s| image_size(s)).transpose()?;
     if fmt == "qcow2" {
         let opts: Vec<&str> = p
@@ -58,8 +59,14 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
     {
         match o.split_once('=') {
             Some(("size", v)) => size = Some(image_size(v)?),
-            Some(("preallocation", "off")) => prealloc = false,
-            Some(("preallocation", "falloc" | "full")) => prealloc = true,
+            Some(("preallocation", v @ "off")) => {
+                prealloc = false;
+                prealloc_given = Some(v);
+            }
+            Some(("preallocation", v @ ("falloc" | "full"))) => {
+                prealloc = true;
+                prealloc_given = Some(v);
+            }
             Some(("preallocation", v)) => {
                 return Err(Error::Msg(format!(
                     "Invalid parameter 'preallocation': '{v}' (expected off, falloc or full)"
@@ -81,7 +88,10 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
         return Err(Error::Msg("Image creation needs a size parameter".into()));
     };
     if !p.has("q") {
-        println!("Formatting '{file}', fmt={fmt} size={size}");
+        match prealloc_given {
+            Some(p) => println!("Formatting '{file}', fmt={fmt} size={size} preallocation={p}"),
+            None => println!("Formatting '{file}', fmt={fmt} size={size}"),
+        }
     }
     FileDriver::create(Path::new(file), size, prealloc)
         .map_err(|e| Error::Msg(format!("{file}: {e}")))?;

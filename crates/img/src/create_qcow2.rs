@@ -89,8 +89,13 @@ pub fn run(
     let mut size = size;
     c.backing_file = backing.map(str::to_string);
     c.backing_fmt = backing_fmt.map(str::to_string);
+    // Options QEMU shows in "Formatting" only when given, with the value as given.
+    let mut given = std::collections::HashMap::new();
     for kv in opts.iter().flat_map(|o| o.split(',')) {
         apply(file, &mut c, &mut size, kv)?;
+        if let Some((k @ ("preallocation" | "compat"), v)) = kv.split_once('=') {
+            given.insert(k, v);
+        }
     }
     let cs = c.cluster_size;
     if !cs.is_power_of_two() || !(512..=2 << 20).contains(&cs) {
@@ -113,27 +118,34 @@ pub fn run(
         (None, Some(b)) => backing_size(file, b, c.backing_fmt.as_deref())?,
         (None, None) => return Err(Error::Msg("Image creation needs a size parameter".into())),
     };
-    if size % 512 != 0 {
-        return Err(Error::Msg(format!(
-            "{file}: Image size must be a multiple of 512 bytes"
-        )));
-    }
-    c.size = size;
+    // As QEMU's qcow2 driver: the virtual size is rounded up to whole sectors, and
+    // "Formatting" shows the size as given.
+    c.size = size
+        .checked_next_multiple_of(512)
+        .ok_or_else(|| Error::Msg("Image size must be less than 8 EiB!".into()))?;
     if !quiet {
         let mut line = format!(
-            "Formatting '{file}', fmt=qcow2 cluster_size={cs} extended_l2={} compression_type={}",
+            "Formatting '{file}', fmt=qcow2 cluster_size={cs} extended_l2={}",
             if c.extended_l2 { "on" } else { "off" },
+        );
+        if let Some(p) = given.get("preallocation") {
+            line += &format!(" preallocation={p}");
+        }
+        line += &format!(
+            " compression_type={} size={size}",
             match c.compression_type {
                 CompressionType::Zlib => "zlib",
                 CompressionType::Zstd => "zstd",
             }
         );
-        line += &format!(" size={size}");
         if let Some(b) = &c.backing_file {
             line += &format!(" backing_file={b}");
         }
         if let Some(f) = &c.backing_fmt {
             line += &format!(" backing_fmt={f}");
+        }
+        if let Some(v) = given.get("compat") {
+            line += &format!(" compat={v}");
         }
         line += &format!(
             " lazy_refcounts={} refcount_bits={}",

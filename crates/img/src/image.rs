@@ -104,13 +104,20 @@ pub struct OpenOpts<'a> {
     pub no_share: bool,
 }
 
-/// The lock permissions a raw image opened with `o` shares, as qemu-img.
-fn raw_shared_perms(o: &OpenOpts<'_>) -> u64 {
+/// The lock permissions an image of `format` opened with `o` shares, as qemu-img:
+/// everything for raw (but a convert source), never writing or resizing the file
+/// under qcow2 metadata.
+fn shared_perms(format: &str, o: &OpenOpts<'_>) -> u64 {
     use oxemu_block::lock::perm;
-    if o.no_share {
+    let user = if o.no_share {
         perm::CONSISTENT_READ | perm::WRITE_UNCHANGED
     } else {
         perm::ALL
+    };
+    if format == "raw" {
+        user
+    } else {
+        user & !(perm::WRITE | perm::RESIZE)
     }
 }
 
@@ -138,6 +145,7 @@ fn open_qcow2(path: &Path, o: &OpenOpts<'_>, file: Arc<FileDriver>) -> Result<Im
             no_flush: o.cache.no_flush,
             aio: o.aio,
             force_share: o.force_share,
+            shared_perms: Some(shared_perms("qcow2", o)),
             ..FileOptions::new(path)
         },
         no_backing: o.no_backing,
@@ -177,7 +185,7 @@ pub fn open(path: &Path, o: &OpenOpts<'_>) -> Result<Image, Error> {
         no_flush: o.cache.no_flush,
         aio: o.aio,
         force_share: o.force_share,
-        shared_perms: (format == "raw").then(|| raw_shared_perms(o)),
+        shared_perms: Some(shared_perms(format, o)),
         ..FileOptions::new(path)
     })
     .map_err(|e| open_error(path, e))?;

@@ -71,27 +71,46 @@ fn describe(
     chain: Option<&oxemu_qcow2::Image>,
     file: &oxemu_block::FileDriver,
 ) -> Result<serde_json::Value, Error> {
+    use serde_json::{Map, Value};
     let size = node.size();
-    let mut v = serde_json::json!({
-        "virtual-size": size,
-        "filename": name,
-        "format": chain.map_or("raw", |c| c.format),
-        "actual-size": file.allocated_size().unwrap_or(0),
-        "dirty-flag": false,
-    });
+    let format = chain.map_or("raw", |c| c.format);
+    let actual = file.allocated_size().unwrap_or(0);
+    // Keys in the order qemu-img prints them.
+    let mut o = Map::new();
     let Some(q) = chain.and_then(|c| c.qcow2.as_ref()) else {
-        return Ok(v);
+        o.insert("virtual-size".into(), size.into());
+        o.insert("filename".into(), name.into());
+        o.insert("format".into(), format.into());
+        o.insert("actual-size".into(), actual.into());
+        o.insert("dirty-flag".into(), false.into());
+        return Ok(Value::Object(o));
     };
     let lp = crate::map::event_loop()?;
     let (h, fs) = lp.block_on(async { (q.header().await, q.format_specific().await) });
-    let o = v.as_object_mut().expect("built as an object");
+    if let Some(f) = h.backing_format().filter(|_| h.backing_file.is_some()) {
+        o.insert("backing-filename-format".into(), f.into());
+    }
+    o.insert("virtual-size".into(), size.into());
+    o.insert("filename".into(), name.into());
     o.insert("cluster-size".into(), h.cluster_size().into());
-    o.insert(
-        "dirty-flag".into(),
-        (h.incompatible_features & 1 != 0).into(),
-    );
+    o.insert("format".into(), format.into());
+    o.insert("actual-size".into(), actual.into());
+    let mut data = Map::new();
+    data.insert("compat".into(), fs.compat.into());
+    data.insert("compression-type".into(), fs.compression_type.into());
+    if fs.compat != "0.10" {
+        data.insert("lazy-refcounts".into(), fs.lazy_refcounts.into());
+    }
+    data.insert("refcount-bits".into(), fs.refcount_bits.into());
+    if fs.compat != "0.10" {
+        data.insert("corrupt".into(), fs.corrupt.into());
+        data.insert("extended-l2".into(), fs.extended_l2.into());
+    }
+    let mut specific = Map::new();
+    specific.insert("type".into(), "qcow2".into());
+    specific.insert("data".into(), Value::Object(data));
+    o.insert("format-specific".into(), Value::Object(specific));
     if let Some(b) = &h.backing_file {
-        o.insert("backing-filename".into(), b.clone().into());
         let full = chain
             .and_then(|c| c.backing())
             .map(|b| b.path.display().to_string())
@@ -101,26 +120,13 @@ fn describe(
                     .to_string()
             });
         o.insert("full-backing-filename".into(), full.into());
-        if let Some(f) = h.backing_format() {
-            o.insert("backing-filename-format".into(), f.into());
-        }
-    }
-    let mut data = serde_json::json!({
-        "compat": fs.compat,
-        "compression-type": fs.compression_type,
-        "refcount-bits": fs.refcount_bits,
-    });
-    if fs.compat != "0.10" {
-        let d = data.as_object_mut().expect("built as an object");
-        d.insert("lazy-refcounts".into(), fs.lazy_refcounts.into());
-        d.insert("corrupt".into(), fs.corrupt.into());
-        d.insert("extended-l2".into(), fs.extended_l2.into());
+        o.insert("backing-filename".into(), b.clone().into());
     }
     o.insert(
-        "format-specific".into(),
-        serde_json::json!({"type": "qcow2", "data": data}),
+        "dirty-flag".into(),
+        (h.incompatible_features & 1 != 0).into(),
     );
-    Ok(v)
+    Ok(Value::Object(o))
 }
 
 /// qemu-img 7.2's human-readable block for one image.
