@@ -65,9 +65,15 @@ impl BlockDriver for RawFormat {
             ..self.file.info()
         }
     }
+    /// Without an explicit `size`, the file's length rounded up to whole 512-byte
+    /// sectors, as QEMU counts every node's length: the tail reads as zeroes.
     fn size(&self) -> u64 {
-        self.size
-            .unwrap_or_else(|| self.file.size().saturating_sub(self.offset))
+        self.size.unwrap_or_else(|| {
+            self.file
+                .size()
+                .saturating_sub(self.offset)
+                .next_multiple_of(512)
+        })
     }
     fn request_alignment(&self) -> u32 {
         self.file.request_alignment()

@@ -180,6 +180,16 @@ pub fn run_compare(argv: &[String]) -> Result<u8, Error> {
     let lp = event_loop()?;
     let r = lp.block_on(compare(&*a.node, &*b.node, p.has("s")))?;
     let quiet = p.has("q");
+    // qemu-img warns once the common part matched and it goes on to the longer tail.
+    let (sa, sb) = (a.node.size(), b.node.size());
+    let reached_tail = match r {
+        Compared::Identical => true,
+        Compared::Differ(Some(off)) => off >= sa.min(sb),
+        Compared::Differ(None) => false,
+    };
+    if sa != sb && reached_tail && !quiet {
+        println!("Warning: Image size mismatch!");
+    }
     Ok(match r {
         Compared::Identical => {
             if !quiet {

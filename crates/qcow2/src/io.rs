@@ -6,7 +6,7 @@ use std::io;
 use std::sync::atomic::Ordering;
 
 use futures::channel::oneshot;
-use oxemu_block::{BlockDriver, BlockDriverExt, BlockStatus, IoVec, IoVecMut, WriteFlags};
+use oxemu_block::{BlockDriver, BlockDriverExt, IoVec, IoVecMut, WriteFlags};
 
 use crate::compress;
 use crate::meta::{Mapping, Meta, ALL_ZERO_BITMAP, COMPRESSED, COPIED, OFFSET_MASK, ZERO};
@@ -46,7 +46,12 @@ impl Qcow2 {
     /// Like [`Self::lookup`], but extends the mapping over the following clusters that
     /// map the same way (host-contiguous data, zeroes, unallocated), up to `max` bytes,
     /// so that one host request covers them all.
-    async fn lookup_run(&self, m: &mut Meta, off: u64, max: u64) -> io::Result<(Mapping, u64)> {
+    pub(crate) async fn lookup_run(
+        &self,
+        m: &mut Meta,
+        off: u64,
+        max: u64,
+    ) -> io::Result<(Mapping, u64)> {
         let cs = self.cluster_size();
         let (first, mut n) = self.lookup(m, off, max).await?;
         if matches!(first, Mapping::Compressed(..)) {
@@ -179,6 +184,7 @@ impl Qcow2 {
             return Ok(Some(None));
         }
         let in_place = host % m.cs == 0
+            && host < self.file.size()
             && if self.ext {
                 bm & 0xffff_ffff == 0xffff_ffff
             } else {
@@ -311,11 +317,11 @@ impl Qcow2 {
         let host = e & OFFSET_MASK;
         let cs = m.cs;
         let normal = e & COMPRESSED == 0 && host != 0 && e & COPIED != 0;
-        if normal && host % cs != 0 {
+        if normal && (host % cs != 0 || host >= self.file.size().next_multiple_of(cs)) {
             return Err(crate::invalid(
                 "L2 entry",
                 gc * cs,
-                format!("data cluster {host:#x} is unaligned"),
+                format!("data cluster {host:#x} is unaligned or past the end of the file"),
             ));
         }
         if normal && !self.ext && (e & ZERO == 0 || self.version.load(Ordering::Acquire) == 2) {
@@ -616,59 +622,5 @@ impl Qcow2 {
             self.release(&mut m, e, unmap);
             return Ok(());
         }
-    }
-
-    /// Allocation status at `offset` (see [`oxemu_block::BlockDriver::block_status`]).
-    pub(crate) async fn status(&self, offset: u64, len: u64) -> io::Result<BlockStatus> {
-        if offset >= self.size() {
-            return Err(os(libc::EINVAL));
-        }
-        let len = len.min(self.size() - offset).max(1);
-        let cs = self.cluster_size();
-        let mut m = self.meta.lock().await;
-        // Bound the walk (and the time the metadata lock is held) to 512 clusters.
-        let (first, n) = self.lookup_run(&mut m, offset, len.min(512 * cs)).await?;
-        drop(m);
-        let in_off = offset & (cs - 1);
-        Ok(match first {
-            Mapping::Data(h) => BlockStatus {
-                len: n,
-                data: true,
-                zero: false,
-                depth: 1,
-                offset: Some(h + in_off),
-            },
-            Mapping::Compressed(..) => BlockStatus {
-                len: n,
-                data: true,
-                zero: false,
-                depth: 1,
-                offset: None,
-            },
-            Mapping::Zero => BlockStatus {
-                len: n,
-                data: false,
-                zero: true,
-                depth: 1,
-                offset: None,
-            },
-            Mapping::Unallocated => match &self.backing {
-                Some(b) if offset < b.driver.size() => {
-                    let n = n.min(b.driver.size() - offset);
-                    let s = b.driver.block_status(offset, n).await?;
-                    BlockStatus {
-                        depth: if s.depth == 0 { 0 } else { s.depth + 1 },
-                        ..s
-                    }
-                }
-                _ => BlockStatus {
-                    len: n,
-                    data: false,
-                    zero: true,
-                    depth: 0,
-                    offset: None,
-                },
-            },
-        })
     }
 }

@@ -25,8 +25,9 @@ mod io;
 pub mod meta;
 pub mod refcount;
 mod resize;
+mod status;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use futures::lock::Mutex;
@@ -83,6 +84,8 @@ pub struct Qcow2 {
     read_only: bool,
     lazy: AtomicBool,
     dirty_set: AtomicBool,
+    /// Whether the image looks metadata-preallocated (`status::PREALLOC_*`).
+    prealloc_state: AtomicU8,
 }
 
 fn os(e: i32) -> std::io::Error {
@@ -162,6 +165,7 @@ impl Qcow2 {
             read_only: opts.read_only,
             lazy: AtomicBool::new(h.compatible_features & header::COMPAT_LAZY_REFCOUNTS != 0),
             dirty_set: AtomicBool::new(dirty),
+            prealloc_state: AtomicU8::new(status::PREALLOC_UNKNOWN),
             meta: Mutex::new(meta),
         });
         if !opts.read_only {

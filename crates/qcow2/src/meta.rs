@@ -310,12 +310,14 @@ impl Meta {
             }
             return Ok((Mapping::Compressed(host, len), rest));
         }
+        // A data cluster past the end of the file (a truncated image) reads as
+        // zeroes, as in QEMU; writes refuse it (`Qcow2::plan`).
         let host = e & OFFSET_MASK;
-        if host != 0 && (host % cs != 0 || host >= self.file_end()) {
+        if host != 0 && host % cs != 0 {
             return Err(bad(
                 "L2 entry",
                 gc * cs,
-                format!("data cluster {host:#x} is unaligned or past the end of the file"),
+                format!("data cluster {host:#x} is unaligned"),
             ));
         }
         if !self.ext {

@@ -94,7 +94,27 @@ fn l2_entry_past_eof_names_the_l2_entry() {
     let l1 = be64_at(&p, 40);
     let l2 = be64_at(&p, l1) & 0x00ff_ffff_ffff_fe00;
     patch(&p, l2, &(0x8000_0000_4000_0000u64).to_be_bytes());
-    let e = open_and_read_err(&p);
+    // Reads of it see zeroes, as QEMU's do (a truncated image stays readable)...
+    let o = std::process::Command::new("qemu-io")
+        .args(["-c", "read -P 0 0 64k", p.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success() && !String::from_utf8_lossy(&o.stdout).contains("failed"));
+    let lp = EventLoop::with_defaults().unwrap();
+    let e = lp.block_on(async {
+        let mut o = ImageOptions::default();
+        o.file = FileOptions::new(&p);
+        let img = open_image(&p, None, &o).await.unwrap();
+        let mut buf = vec![1u8; 65536];
+        img.driver.read_at(0, &mut buf).await.unwrap();
+        assert!(buf.iter().all(|&b| b == 0));
+        // ...but a write in place, which would grow the file to 1 GiB, is refused.
+        img.driver
+            .write_at(0, &[2u8; 4096])
+            .await
+            .unwrap_err()
+            .to_string()
+    });
     assert!(e.contains("L2 entry") && e.contains("past the end"), "{e}");
 }
 
