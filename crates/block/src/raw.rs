@@ -16,7 +16,20 @@ pub struct RawFormat {
     file: Arc<dyn BlockDriver>,
     offset: u64,
     size: Option<u64>,
+    probed: bool,
 }
+
+/// Magic numbers at the start of image formats that a probe would recognise; a write
+/// that puts one into sector 0 of a probed raw image is refused, as in QEMU, so that
+/// a guest cannot turn its disk into an image that points at host files.
+const FORMAT_MAGICS: [&[u8]; 6] = [
+    b"QFI\xfb",
+    b"KDMV",
+    b"conectix",
+    b"LUKS\xba\xbe",
+    b"QED\0",
+    b"cxsparse",
+];
 
 impl RawFormat {
     /// Wraps `file`, exposing all of it.
@@ -25,7 +38,16 @@ impl RawFormat {
             file,
             offset: 0,
             size: None,
+            probed: false,
         }
+    }
+
+    /// Marks the format as guessed by probing rather than given: writes to the first
+    /// sector that would make the image probe as another format fail with EPERM, as
+    /// QEMU restricts them.
+    pub fn probed(mut self) -> Self {
+        self.probed = true;
+        self
     }
 
     /// Wraps `file`, exposing `size` bytes from `offset` (QEMU's raw `offset`/`size`).
@@ -41,7 +63,12 @@ impl RawFormat {
                 format!("The sum of offset ({offset}) and size ({}) has to be smaller or equal to the actual size of the containing file ({fsize})", size.unwrap_or(0)),
             ));
         }
-        Ok(RawFormat { file, offset, size })
+        Ok(RawFormat {
+            file,
+            offset,
+            size,
+            probed: false,
+        })
     }
 
     /// The protocol node below.
@@ -87,6 +114,24 @@ impl BlockDriver for RawFormat {
     }
     async fn writev(&self, offset: u64, iov: &IoVec<'_>, flags: WriteFlags) -> BlockResult<()> {
         let o = self.check(offset, iov.len() as u64)?;
+        if self.probed && offset < 512 {
+            // What the first bytes of the image would be after the write.
+            let n = (8u64.saturating_sub(offset) as usize).min(iov.len());
+            let mut head = [0u8; 8];
+            if n > 0 {
+                let have = self.size().min(8) as usize;
+                crate::BlockDriverExt::read_at(&*self.file, self.offset, &mut head[..have]).await?;
+                iov.slice(0, n)
+                    .copy_to_slice(&mut head[offset as usize..offset as usize + n]);
+            }
+            let data = &head[..];
+            if FORMAT_MAGICS
+                .iter()
+                .any(|m| data.len() >= m.len() && data.starts_with(m))
+            {
+                return Err(errno(libc::EPERM));
+            }
+        }
         self.file.writev(o, iov, flags).await
     }
     async fn flush(&self) -> BlockResult<()> {
@@ -117,5 +162,32 @@ impl BlockDriver for RawFormat {
     }
     async fn close(&self) -> BlockResult<()> {
         self.file.close().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{BlockDriverExt, EventLoop, FileDriver, FileOptions};
+
+    #[test]
+    fn a_probed_raw_image_refuses_writing_a_format_magic_into_sector_0() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("r.img");
+        FileDriver::create(&p, 4096, false).unwrap();
+        let file: Arc<dyn BlockDriver> = Arc::new(FileDriver::open(&FileOptions::new(&p)).unwrap());
+        let lp = EventLoop::with_defaults().unwrap();
+        let probed = RawFormat::new(file.clone()).probed();
+        let given = RawFormat::new(file);
+        lp.block_on(async {
+            let e = probed.write_at(0, b"QFI\xfb\0\0\0\x03").await.unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+            // Split over two writes the magic is still caught.
+            probed.write_at(0, b"QF").await.unwrap();
+            assert!(probed.write_at(2, b"I\xfb").await.is_err());
+            probed.write_at(512, b"QFI\xfb").await.unwrap();
+            probed.write_at(0, b"hello").await.unwrap();
+            given.write_at(0, b"QFI\xfb").await.unwrap();
+        });
     }
 }

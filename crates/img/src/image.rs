@@ -190,7 +190,15 @@ pub fn open(path: &Path, o: &OpenOpts<'_>) -> Result<Image, Error> {
     })
     .map_err(|e| open_error(path, e))?;
     let file = Arc::new(file);
+    let probed = o.format.is_none();
+    if probed && format == "raw" && !o.read_only {
+        eprintln!(
+            "WARNING: Image format was not specified for '{}' and probing guessed raw.\n         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n         Specify the 'raw' format explicitly to remove the restrictions.",
+            path.display()
+        );
+    }
     let node: Arc<dyn BlockDriver> = match format {
+        "raw" if probed => Arc::new(RawFormat::new(file.clone()).probed()),
         "raw" => Arc::new(RawFormat::new(file.clone())),
         _ => return open_qcow2(path, o, file),
     };
