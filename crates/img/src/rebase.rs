@@ -76,7 +76,8 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
             }
             None => None,
         };
-        lp.block_on(copy_differences(&*img.node, new.as_deref()))?;
+        let old_size = q.backing().map_or(0, |b| b.driver.size());
+        lp.block_on(copy_differences(&*img.node, old_size, new.as_deref()))?;
     }
     lp.block_on(q.set_backing_file(new_name, new_fmt.filter(|_| new_name.is_some())))
         .map_err(|e| {
@@ -91,6 +92,7 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
 
 async fn copy_differences(
     top: &dyn BlockDriver,
+    old_size: u64,
     new: Option<&dyn BlockDriver>,
 ) -> Result<(), Error> {
     let size = top.size();
@@ -123,10 +125,32 @@ async fn copy_differences(
                     }
                     _ => new_buf[..n].fill(0),
                 }
-                if old_buf[..n] != new_buf[..n] {
-                    top.write_at(o, &old_buf[..n])
-                        .await
-                        .map_err(|e| io("writing", o, e))?;
+                // As qemu-img: only the sectors that differ are written, and those
+                // past the end of the old backing file become zero writes.
+                let mut i = 0;
+                while i < n {
+                    let differ = |j: usize| {
+                        let e = (j + 512).min(n);
+                        old_buf[j..e] != new_buf[j..e]
+                    };
+                    let d = differ(i);
+                    let mut j = i;
+                    while j < n && differ(j) == d {
+                        j = (j + 512).min(n);
+                    }
+                    if d {
+                        let at = o + i as u64;
+                        if o >= old_size {
+                            top.write_zeroes(at, (j - i) as u64, Default::default())
+                                .await
+                                .map_err(|e| io("writing zeroes", at, e))?;
+                        } else {
+                            top.write_at(at, &old_buf[i..j])
+                                .await
+                                .map_err(|e| io("writing", at, e))?;
+                        }
+                    }
+                    i = j;
                 }
                 o += n as u64;
             }
