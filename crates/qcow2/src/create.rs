@@ -233,7 +233,8 @@ pub async fn create(path: &Path, o: &Qcow2CreateOptions) -> io::Result<()> {
         f.write_all_at(&block, at)?;
     }
     f.write_all_at(&table, cs)?;
-    f.set_len(used * cs)?;
+    // As QEMU, the file ends right after the L1 table (its cluster is still counted).
+    f.set_len(h.l1_table_offset + h.l1_size as u64 * 8)?;
     (&f).flush()?;
     f.sync_data()?;
     drop(f);
