@@ -25,6 +25,7 @@ mod io;
 pub mod meta;
 pub mod refcount;
 mod resize;
+pub mod snapshot;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -83,6 +84,8 @@ pub struct Qcow2 {
     read_only: bool,
     lazy: AtomicBool,
     dirty_set: AtomicBool,
+    /// Opened by [`Qcow2::open_for_check`]: guest writes are refused.
+    check_only: bool,
 }
 
 fn os(e: i32) -> std::io::Error {
@@ -98,6 +101,30 @@ impl Qcow2 {
     pub async fn open(
         file: Arc<dyn BlockDriver>,
         opts: Qcow2OpenOptions,
+    ) -> std::io::Result<Arc<Qcow2>> {
+        Self::open_mode(file, opts, false).await
+    }
+
+    /// Opens an image for [`Qcow2::check`] only, as qemu-img check does (QEMU's
+    /// `BDRV_O_CHECK`): a read-write open is allowed even when the image is marked
+    /// corrupt or has internal snapshots, a dirty image is not repaired at open (the
+    /// check reports and repairs it), and guest writes are refused. A repair that leaves
+    /// no corruption clears the dirty and corrupt bits.
+    pub async fn open_for_check(
+        file: Arc<dyn BlockDriver>,
+        read_only: bool,
+    ) -> std::io::Result<Arc<Qcow2>> {
+        let opts = Qcow2OpenOptions {
+            read_only,
+            ..Default::default()
+        };
+        Self::open_mode(file, opts, true).await
+    }
+
+    async fn open_mode(
+        file: Arc<dyn BlockDriver>,
+        opts: Qcow2OpenOptions,
+        check: bool,
     ) -> std::io::Result<Arc<Qcow2>> {
         let fsize = file.size();
         let mut head = vec![0u8; 104.min(fsize as usize)];
@@ -129,13 +156,13 @@ impl Qcow2 {
                 "qcow2: encrypted images are not supported",
             ));
         }
-        if !opts.read_only && h.incompatible_features & INCOMPAT_CORRUPT != 0 {
+        if !opts.read_only && !check && h.incompatible_features & INCOMPAT_CORRUPT != 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 "qcow2: Image is corrupt; cannot be opened read/write",
             ));
         }
-        if !opts.read_only && h.nb_snapshots > 0 {
+        if !opts.read_only && !check && h.nb_snapshots > 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::Unsupported,
                 "qcow2: images with internal snapshots can only be opened read-only",
@@ -161,13 +188,15 @@ impl Qcow2 {
             compression: h.compression_type,
             read_only: opts.read_only,
             lazy: AtomicBool::new(h.compatible_features & header::COMPAT_LAZY_REFCOUNTS != 0),
-            dirty_set: AtomicBool::new(dirty),
+            // In check mode the dirty bit is the check's to clear, not close()'s.
+            dirty_set: AtomicBool::new(dirty && !check),
+            check_only: check,
             meta: Mutex::new(meta),
         });
         if !opts.read_only {
-            if dirty {
+            if dirty && !check {
                 let r = q.check(Repair::All).await?;
-                if r.corruptions > r.corruptions_fixed {
+                if r.corruptions > 0 || r.check_errors > 0 {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::InvalidData,
                         "qcow2: dirty image could not be repaired",
@@ -231,7 +260,7 @@ impl Qcow2 {
 
     /// Called before the first write: with lazy refcounts, marks the image dirty.
     async fn before_write(&self) -> std::io::Result<()> {
-        if self.read_only {
+        if self.read_only || self.check_only {
             return Err(os(libc::EROFS));
         }
         if self.lazy.load(Ordering::Acquire)
