@@ -34,34 +34,43 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
             )))
         }
     };
-    let img = image::open(
-        Path::new(file),
-        &OpenOpts {
-            format: p.get("f"),
-            cache: Cache::default(),
-            aio: Default::default(),
-            read_only: repair == Repair::None,
-            force_share: p.has("force-share"),
-            no_backing: true,
-            no_share: false,
-        },
-    )?;
-    let q = img.qcow2.as_ref().and_then(|c| c.qcow2.clone());
-    let (Some(q), "qcow2") = (q, img.format) else {
+    let quiet = p.has("q");
+    let format = match p.get("f") {
+        Some(f) => f,
+        None => image::probe_format(Path::new(file))?,
+    };
+    if format != "qcow2" {
+        // Opened only for qemu-img's errors (missing file, unknown format).
+        image::open(
+            Path::new(file),
+            &OpenOpts {
+                format: p.get("f"),
+                cache: Cache::default(),
+                aio: Default::default(),
+                read_only: true,
+                force_share: p.has("force-share"),
+                no_backing: true,
+                no_share: false,
+            },
+        )?;
         return Err(Error::Exit(
             63,
             "This image format does not support checks".into(),
         ));
-    };
-    let lp = crate::map::event_loop()?;
-    let fail = |e: std::io::Error| Error::Exit(1, format!("Check failed: {e}"));
-    let mut r = lp.block_on(q.check(repair)).map_err(fail)?;
-    let quiet = p.has("q");
-    for m in &r.messages {
-        if !quiet {
-            eprintln!("{m}");
-        }
     }
+    let lp = crate::map::event_loop()?;
+    let q = open_for_check(&lp, file, repair == Repair::None, p.has("force-share"))?;
+    let print = |r: &CheckReport| {
+        if !quiet {
+            for m in &r.messages {
+                eprintln!("{m}");
+            }
+        }
+    };
+    let fail = |e: &std::io::Error| Error::Exit(1, format!("Check failed: {}", strerror(e)));
+    let (mut r, res) = lp.block_on(q.check_with_messages(repair));
+    print(&r);
+    res.map_err(|e| fail(&e))?;
     let fixed = r.corruptions_fixed + r.leaks_fixed > 0;
     if fixed && !json && !quiet {
         println!(
@@ -71,17 +80,21 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
     }
     if fixed {
         let (lf, cf) = (r.leaks_fixed, r.corruptions_fixed);
-        r = lp.block_on(q.check(Repair::None)).map_err(fail)?;
+        let (again, res) = lp.block_on(q.check_with_messages(Repair::None));
+        print(&again);
+        res.map_err(|e| fail(&e))?;
+        r = again;
         r.leaks_fixed = lf;
         r.corruptions_fixed = cf;
     }
+    let _ = lp.block_on(oxemu_block::BlockDriver::close(q.as_ref()));
     if json {
         println!("{}", crate::json_pretty(&to_json(file, &r)));
     } else if !quiet {
         print!("{}", human(&r));
     }
     let code = if r.check_errors > 0 {
-        1
+        return Err(Error::Exit(1, "Check failed".into()));
     } else if r.corruptions > 0 {
         2
     } else if r.leaks > 0 {
@@ -96,29 +109,72 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
     }
 }
 
+/// Opens the image the way qemu-img check does (QEMU's `BDRV_O_CHECK`): read-write
+/// only to repair, allowed even when the image is marked corrupt, with no repair of a
+/// dirty image at open.
+fn open_for_check(
+    lp: &oxemu_block::EventLoop,
+    file: &str,
+    read_only: bool,
+    force_share: bool,
+) -> Result<std::sync::Arc<oxemu_qcow2::Qcow2>, Error> {
+    let path = Path::new(file);
+    let could_not = |e: std::io::Error| {
+        let m = e.to_string();
+        if m.starts_with("Could not open") {
+            Error::Msg(m)
+        } else {
+            Error::Msg(format!("Could not open '{file}': {}", strip_os_error(&m)))
+        }
+    };
+    use oxemu_block::lock::perm;
+    let f = oxemu_block::FileDriver::open(&oxemu_block::FileOptions {
+        read_only,
+        force_share,
+        // As every qemu-img open of a qcow2 image: its file is not shared for writing.
+        shared_perms: Some(perm::ALL & !(perm::WRITE | perm::RESIZE)),
+        ..oxemu_block::FileOptions::new(path)
+    })
+    .map_err(could_not)?;
+    lp.block_on(oxemu_qcow2::Qcow2::open_for_check(
+        std::sync::Arc::new(f),
+        read_only,
+    ))
+    .map_err(could_not)
+}
+
+fn strip_os_error(m: &str) -> &str {
+    m.split(" (os error").next().unwrap_or(m)
+}
+
+/// qemu-img prints `strerror(errno)`; other errors as they are.
+fn strerror(e: &std::io::Error) -> String {
+    strip_os_error(&e.to_string()).to_string()
+}
+
 fn to_json(file: &str, r: &CheckReport) -> serde_json::Value {
-    let mut v = serde_json::json!({
-        "image-end-offset": r.image_end_offset,
-        "total-clusters": r.total_clusters,
-        "check-errors": r.check_errors,
-        "allocated-clusters": r.allocated_clusters,
-        "filename": file,
-        "format": "qcow2",
-    });
-    let o = v.as_object_mut().expect("built as an object");
-    for (k, n) in [
-        ("fragmented-clusters", r.fragmented_clusters),
-        ("compressed-clusters", r.compressed_clusters),
-        ("leaks", r.leaks),
-        ("corruptions", r.corruptions),
-        ("leaks-fixed", r.leaks_fixed),
-        ("corruptions-fixed", r.corruptions_fixed),
-    ] {
-        if n > 0 {
+    // qemu-img's key order (the order of its QDict), leaving out counters that are 0.
+    let mut o = serde_json::Map::new();
+    let mut put = |k: &str, n: u64, always: bool| {
+        if always || n > 0 {
             o.insert(k.into(), n.into());
         }
+    };
+    put("image-end-offset", r.image_end_offset, false);
+    put("compressed-clusters", r.compressed_clusters, false);
+    put("total-clusters", r.total_clusters, false);
+    put("corruptions", r.corruptions, false);
+    put("corruptions-fixed", r.corruptions_fixed, false);
+    put("check-errors", r.check_errors, true);
+    put("leaks", r.leaks, false);
+    put("leaks-fixed", r.leaks_fixed, false);
+    put("allocated-clusters", r.allocated_clusters, false);
+    o.insert("filename".into(), file.into());
+    o.insert("format".into(), "qcow2".into());
+    if r.fragmented_clusters > 0 {
+        o.insert("fragmented-clusters".into(), r.fragmented_clusters.into());
     }
-    v
+    serde_json::Value::Object(o)
 }
 
 fn human(r: &CheckReport) -> String {

@@ -25,6 +25,7 @@ mod io;
 pub mod meta;
 pub mod refcount;
 mod resize;
+pub mod snapshot;
 mod status;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -86,6 +87,8 @@ pub struct Qcow2 {
     dirty_set: AtomicBool,
     /// Whether the image looks metadata-preallocated (`status::PREALLOC_*`).
     prealloc_state: AtomicU8,
+    /// Opened by [`Qcow2::open_for_check`]: guest writes are refused.
+    check_only: bool,
 }
 
 fn os(e: i32) -> std::io::Error {
@@ -101,6 +104,30 @@ impl Qcow2 {
     pub async fn open(
         file: Arc<dyn BlockDriver>,
         opts: Qcow2OpenOptions,
+    ) -> std::io::Result<Arc<Qcow2>> {
+        Self::open_mode(file, opts, false).await
+    }
+
+    /// Opens an image for [`Qcow2::check`] only, as qemu-img check does (QEMU's
+    /// `BDRV_O_CHECK`): a read-write open is allowed even when the image is marked
+    /// corrupt or has internal snapshots, a dirty image is not repaired at open (the
+    /// check reports and repairs it), and guest writes are refused. A repair that leaves
+    /// no corruption clears the dirty and corrupt bits.
+    pub async fn open_for_check(
+        file: Arc<dyn BlockDriver>,
+        read_only: bool,
+    ) -> std::io::Result<Arc<Qcow2>> {
+        let opts = Qcow2OpenOptions {
+            read_only,
+            ..Default::default()
+        };
+        Self::open_mode(file, opts, true).await
+    }
+
+    async fn open_mode(
+        file: Arc<dyn BlockDriver>,
+        opts: Qcow2OpenOptions,
+        check: bool,
     ) -> std::io::Result<Arc<Qcow2>> {
         let fsize = file.size();
         let mut head = vec![0u8; 104.min(fsize as usize)];
@@ -132,13 +159,13 @@ impl Qcow2 {
                 "qcow2: encrypted images are not supported",
             ));
         }
-        if !opts.read_only && h.incompatible_features & INCOMPAT_CORRUPT != 0 {
+        if !opts.read_only && !check && h.incompatible_features & INCOMPAT_CORRUPT != 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 "qcow2: Image is corrupt; cannot be opened read/write",
             ));
         }
-        if !opts.read_only && h.nb_snapshots > 0 {
+        if !opts.read_only && !check && h.nb_snapshots > 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::Unsupported,
                 "qcow2: images with internal snapshots can only be opened read-only",
@@ -164,14 +191,16 @@ impl Qcow2 {
             compression: h.compression_type,
             read_only: opts.read_only,
             lazy: AtomicBool::new(h.compatible_features & header::COMPAT_LAZY_REFCOUNTS != 0),
-            dirty_set: AtomicBool::new(dirty),
             prealloc_state: AtomicU8::new(status::PREALLOC_UNKNOWN),
+            // In check mode the dirty bit is the check's to clear, not close()'s.
+            dirty_set: AtomicBool::new(dirty && !check),
+            check_only: check,
             meta: Mutex::new(meta),
         });
         if !opts.read_only {
-            if dirty {
+            if dirty && !check {
                 let r = q.check(Repair::All).await?;
-                if r.corruptions > r.corruptions_fixed {
+                if r.corruptions > 0 || r.check_errors > 0 {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::InvalidData,
                         "qcow2: dirty image could not be repaired",
@@ -235,7 +264,7 @@ impl Qcow2 {
 
     /// Called before the first write: with lazy refcounts, marks the image dirty.
     async fn before_write(&self) -> std::io::Result<()> {
-        if self.read_only {
+        if self.read_only || self.check_only {
             return Err(os(libc::EROFS));
         }
         if self.lazy.load(Ordering::Acquire)

@@ -797,4 +797,36 @@ impl Meta {
     pub fn l1_changed(&mut self) {
         self.l1_dirty = true;
     }
+
+    /// Forgets every cached table and reads the L1 and refcount tables again from the
+    /// locations in `self.h`: used after `check` rewrote metadata directly in the file.
+    /// Call only after [`Meta::writeback`] (nothing may be dirty).
+    pub async fn reload(&mut self) -> io::Result<()> {
+        let read = |off: u64, n: u64| {
+            let f = self.file.clone();
+            async move {
+                let mut raw = vec![0u8; n as usize];
+                f.read_at(off, &mut raw).await?;
+                Ok::<Vec<u64>, io::Error>(
+                    raw.chunks_exact(8)
+                        .map(|c| u64::from_be_bytes(c.try_into().unwrap()))
+                        .collect(),
+                )
+            }
+        };
+        self.l1 = read(self.h.l1_table_offset, self.h.l1_size as u64 * 8).await?;
+        self.reftable = read(
+            self.h.refcount_table_offset,
+            self.h.refcount_table_clusters as u64 * self.cs,
+        )
+        .await?;
+        self.l2.map.clear();
+        self.refblocks.map.clear();
+        self.l1_dirty = false;
+        self.reftable_dirty = false;
+        self.old_reftable = None;
+        self.free_hint = 0;
+        self.free_byte = 0;
+        Ok(())
+    }
 }
