@@ -177,7 +177,9 @@ impl Qcow2 {
             opts.l2_cache_size
         };
         let dirty = h.incompatible_features & INCOMPAT_DIRTY != 0;
-        if !opts.read_only && h.autoclear_features != 0 {
+        // A writer that does not keep the bitmaps up to date must say so (QEMU's
+        // rule). A check keeps them: it changes no guest data.
+        if !opts.read_only && !check && h.autoclear_features != 0 {
             h.autoclear_features = 0;
         }
         let meta = Meta::load(h.clone(), file.clone(), cache).await?;

@@ -21,6 +21,7 @@
 //! reloaded after, so a check of a 4 GiB image with 512-byte clusters (8 M clusters)
 //! takes seconds.
 
+mod bitmaps;
 mod compare;
 mod rebuild;
 mod walk;

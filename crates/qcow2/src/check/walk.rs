@@ -431,6 +431,7 @@ impl Ck {
             self.check_l1(off, size, false, fix, false).await?;
         }
         self.inc(self.snap_offset, self.snap_size)?;
+        self.count_bitmaps().await?;
         self.inc(
             self.h.refcount_table_offset,
             self.h.refcount_table_clusters as u64 * self.cs,
