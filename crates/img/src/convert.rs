@@ -58,13 +58,26 @@ pub fn run_convert(argv: &[String]) -> Result<(), Error> {
     if out_fmt != "raw" && out_fmt != "qcow2" {
         return Err(Error::Msg(format!("Unknown file format '{out_fmt}'")));
     }
-    if let Some(b) = p.get("B") {
+    // `-B`/`-F` and `-o backing_file=`/`-o backing_fmt=` are the same options.
+    let opt_value = |key: &str| {
+        p.opts
+            .iter()
+            .filter(|(k, _)| k == "o")
+            .flat_map(|(_, v)| v.split(','))
+            .filter_map(|kv| kv.split_once('='))
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+            .last()
+    };
+    let backing = opt_value("backing_file").or(p.get("B"));
+    let backing_fmt = opt_value("backing_fmt").or(p.get("F"));
+    if let Some(b) = backing {
         if out_fmt != "qcow2" {
             return Err(Error::Msg(format!(
                 "Backing file not supported for file format '{out_fmt}'"
             )));
         }
-        if p.get("F").is_none() {
+        if backing_fmt.is_none() {
             return Err(Error::Msg(
                 "Use of backing file requires explicit backing format".into(),
             ));
@@ -114,7 +127,15 @@ pub fn run_convert(argv: &[String]) -> Result<(), Error> {
     let size = s.node.size();
     if !p.has("n") {
         if out_fmt == "qcow2" {
-            crate::create_qcow2::run(dst, Some(size), &create_opts, p.get("B"), p.get("F"), true)?;
+            crate::create_qcow2::run(
+                dst,
+                Some(size),
+                &create_opts,
+                p.get("B"),
+                p.get("F"),
+                true,
+                true,
+            )?;
         } else {
             FileDriver::create(Path::new(dst), size, false)
                 .map_err(|e| Error::Msg(format!("{dst}: error while converting raw: {e}")))?;

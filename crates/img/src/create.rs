@@ -49,7 +49,15 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
             .filter(|(k, _)| k == "o")
             .map(|(_, v)| v.as_str())
             .collect();
-        return crate::create_qcow2::run(file, size, &opts, p.get("b"), p.get("F"), p.has("q"));
+        return crate::create_qcow2::run(
+            file,
+            size,
+            &opts,
+            p.get("b"),
+            p.get("F"),
+            p.has("u"),
+            p.has("q"),
+        );
     }
     for o in p
         .opts
@@ -82,6 +90,16 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
     if fmt != "raw" {
         return Err(Error::Msg(format!(
             "Formatting or formatter not found for format '{fmt}'"
+        )));
+    }
+    if p.get("b").is_some() {
+        return Err(Error::Msg(format!(
+            "{file}: Backing file not supported for file format 'raw'"
+        )));
+    }
+    if p.get("F").is_some() {
+        return Err(Error::Msg(format!(
+            "{file}: Backing file format not supported for file format 'raw'"
         )));
     }
     let Some(size) = size else {

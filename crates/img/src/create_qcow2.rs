@@ -83,6 +83,7 @@ pub fn run(
     opts: &[&str],
     backing: Option<&str>,
     backing_fmt: Option<&str>,
+    unsafe_backing: bool,
     quiet: bool,
 ) -> Result<(), Error> {
     let mut c = Qcow2CreateOptions::default();
@@ -108,15 +109,27 @@ pub fn run(
             "{file}: Refcount width must be a power of two and may not exceed 64 bits"
         )));
     }
-    if c.backing_file.is_some() && c.backing_fmt.is_none() {
-        return Err(Error::Msg(format!(
-            "{file}: Backing file specified without backing format"
-        )));
+    // As qemu-img: the backing file is opened (unless -u) for its format and size.
+    let mut size = size;
+    if let Some(b) = &c.backing_file {
+        if unsafe_backing {
+            if c.backing_fmt.is_none() {
+                return Err(Error::Msg(format!(
+                    "{file}: Backing file specified without backing format"
+                )));
+            }
+        } else {
+            let (found, bsize) = open_backing(file, b, c.backing_fmt.as_deref())?;
+            if c.backing_fmt.is_none() {
+                return Err(Error::Msg(format!(
+                    "{file}: Backing file specified without backing format\nDetected format of {found}."
+                )));
+            }
+            size.get_or_insert(bsize);
+        }
     }
-    let size = match (size, &c.backing_file) {
-        (Some(s), _) => s,
-        (None, Some(b)) => backing_size(file, b, c.backing_fmt.as_deref())?,
-        (None, None) => return Err(Error::Msg("Image creation needs a size parameter".into())),
+    let Some(size) = size else {
+        return Err(Error::Msg("Image creation needs a size parameter".into()));
     };
     // As QEMU's qcow2 driver: the virtual size is rounded up to whole sectors, and
     // "Formatting" shows the size as given.
@@ -156,13 +169,23 @@ pub fn run(
     }
     let lp = crate::map::event_loop()?;
     lp.block_on(oxemu_qcow2::create(Path::new(file), &c))
-        .map_err(|e| Error::Msg(format!("{file}: {e}")))
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::EFBIG) => Error::Msg(format!(
+                "{file}: The image size is too large for file format 'qcow2' (try using a larger cluster size)"
+            )),
+            _ => Error::Msg(format!("{file}: {e}")),
+        })
 }
 
-/// The virtual size of the backing file, for `create -b` without a size.
-fn backing_size(file: &str, backing: &str, fmt: Option<&str>) -> Result<u64, Error> {
+/// Opens the backing file of `create -b` as qemu-img does (format given or probed,
+/// shared with everyone): its format and virtual size.
+fn open_backing(
+    file: &str,
+    backing: &str,
+    fmt: Option<&str>,
+) -> Result<(&'static str, u64), Error> {
     let path = oxemu_qcow2::chain::backing_path(Path::new(file), backing);
     let img = crate::map::open_ro(&path.display().to_string(), fmt, true)
-        .map_err(|e| Error::Msg(format!("{file}: Could not open backing file: {e}")))?;
-    Ok(oxemu_block::BlockDriver::size(&*img.node))
+        .map_err(|e| Error::Msg(format!("{file}: {e}\nCould not open backing image.")))?;
+    Ok((img.format, oxemu_block::BlockDriver::size(&*img.node)))
 }

@@ -99,12 +99,11 @@ fn validate(o: &Qcow2CreateOptions) -> io::Result<u32> {
     if o.size % 512 != 0 {
         return Err(inval("Image size must be a multiple of 512 bytes"));
     }
-    if o.size > header::MAX_SIZE {
-        return Err(inval(format!(
-            "Image size {} is too large (maximum {})",
-            o.size,
-            header::MAX_SIZE
-        )));
+    // Too large for the format (its L1 table would pass QEMU's 32 MiB limit): EFBIG,
+    // which qemu-img words as "The image size is too large for file format".
+    let l2_entries = cs / if o.extended_l2 { 16 } else { 8 };
+    if o.size > header::MAX_SIZE || o.size.div_ceil(cs * l2_entries) * 8 > header::MAX_L1_BYTES {
+        return Err(io::Error::from_raw_os_error(libc::EFBIG));
     }
     if !o.refcount_bits.is_power_of_two() || o.refcount_bits > 64 {
         return Err(inval(
@@ -133,7 +132,7 @@ fn validate(o: &Qcow2CreateOptions) -> io::Result<u32> {
     if o.backing_fmt.is_some() && o.backing_file.is_none() {
         return Err(inval("Backing format cannot be used without backing file"));
     }
-    if o.backing_file.is_some() && o.preallocation != Preallocation::Off {
+    if o.backing_file.is_some() && o.preallocation != Preallocation::Off && !o.extended_l2 {
         return Err(inval(
             "Backing file and preallocation can only be used at the same time if extended_l2 is on",
         ));

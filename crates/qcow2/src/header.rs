@@ -140,8 +140,10 @@ impl Header {
 
     /// Backing format from the backing-format extension.
     pub fn backing_format(&self) -> Option<String> {
+        // When there are several, the last one counts, as in QEMU.
         self.extensions
             .iter()
+            .rev()
             .find(|e| e.kind == EXT_BACKING_FORMAT)
             .map(|e| String::from_utf8_lossy(&e.data).into_owned())
     }
@@ -149,29 +151,32 @@ impl Header {
     /// Names of set incompatible feature bits this driver does not know, resolved via
     /// the feature-name table when present.
     pub fn unknown_incompatible(&self) -> Vec<String> {
-        let unknown = self.incompatible_features & !INCOMPAT_KNOWN;
-        (0..64)
-            .filter(|b| unknown & (1 << b) != 0)
-            .map(|b| {
-                self.feature_name(0, b)
-                    .unwrap_or_else(|| format!("Unknown incompatible feature: {:x}", 1u64 << b))
-            })
-            .collect()
-    }
-
-    fn feature_name(&self, kind: u8, bit: u8) -> Option<String> {
-        let t = self
+        let mut mask = self.incompatible_features & !INCOMPAT_KNOWN;
+        let mut out = Vec::new();
+        // As QEMU: the last feature table counts; its entries in order up to the first
+        // without a name, then whatever bits are left as one mask.
+        if let Some(t) = self
             .extensions
             .iter()
-            .find(|e| e.kind == EXT_FEATURE_TABLE)?;
-        t.data
-            .chunks_exact(48)
-            .find(|e| e[0] == kind && e[1] == bit)
-            .map(|e| {
-                let n = &e[2..];
-                let end = n.iter().position(|&c| c == 0).unwrap_or(n.len());
-                String::from_utf8_lossy(&n[..end]).into_owned()
-            })
+            .rev()
+            .find(|e| e.kind == EXT_FEATURE_TABLE)
+        {
+            for e in t.data.chunks_exact(48) {
+                if e[2] == 0 {
+                    break;
+                }
+                if e[0] == 0 && e[1] < 64 && mask & (1u64 << e[1]) != 0 {
+                    let n = &e[2..];
+                    let end = n.iter().position(|&c| c == 0).unwrap_or(n.len());
+                    out.push(String::from_utf8_lossy(&n[..end]).into_owned());
+                    mask &= !(1u64 << e[1]);
+                }
+            }
+        }
+        if mask != 0 {
+            out.push(format!("Unknown incompatible feature: {mask:x}"));
+        }
+        out
     }
 
     /// Parses the header from the first cluster of the image (`buf` holds at least the
@@ -273,6 +278,14 @@ impl Header {
                     "does not match the compression incompatible feature bit",
                 ));
             }
+        }
+        let l2_per = cs / if h.extended_l2() { 16 } else { 8 };
+        if h.size.div_ceil(cs * l2_per) > i32::MAX as u64 {
+            // QEMU's words for a size whose L1 index would not fit an int.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "Image is too big",
+            ));
         }
         if h.size > MAX_SIZE {
             return Err(bad(
