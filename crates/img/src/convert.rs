@@ -302,13 +302,15 @@ async fn copy(
         }
         off += len;
     }
-    let skipped = size - extents.iter().map(|e| e.len).sum::<u64>();
-    let mut progress = Progress::new(o.progress, size);
-    progress.set(skipped);
+    // As qemu-img, progress counts the data to copy, and moves when a worker takes
+    // an extent.
+    let to_copy: u64 = extents.iter().filter(|e| e.data).map(|e| e.len).sum();
+    let mut progress = Progress::new(o.progress, to_copy);
+    progress.set(0);
     let job = Rc::new(Job {
         extents,
         next: Cell::new(0),
-        done: Cell::new(skipped),
+        done: Cell::new(0),
         progress: RefCell::new(progress),
         turn: Turn {
             ordered: !o.out_of_order,
@@ -401,6 +403,10 @@ async fn copy_worker(
         }
         job.next.set(i + 1);
         let e = job.extents[i];
+        if e.data {
+            job.done.set(job.done.get() + e.len);
+            job.progress.borrow_mut().set(job.done.get());
+        }
         let r = match &o.compress {
             Some(q) => copy_compressed(&*src, q, e, &mut buf, &o, &job.turn, i).await,
             None => copy_extent(&*src, &*dst, e, &mut buf, &o, &job.turn, i).await,
@@ -413,8 +419,6 @@ async fn copy_worker(
             job.error.borrow_mut().get_or_insert(err);
             return;
         }
-        job.done.set(job.done.get() + e.len);
-        job.progress.borrow_mut().set(job.done.get());
     }
 }
 

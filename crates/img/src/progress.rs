@@ -47,8 +47,11 @@ impl Progress {
                     0 => 10_000,
                     t => (done.min(t) as u128 * 10_000 / t as u128) as u64,
                 };
-                // qemu-img prints when the value moves by at least 1%.
-                if last.is_some_and(|l| hundredths < l + 100 && hundredths != 10_000) {
+                // qemu-img prints when the value moves by more than 1%, and always at
+                // 0% and 100%.
+                if last.is_some_and(|l| {
+                    hundredths <= l + 100 && hundredths + 100 >= l && hundredths % 10_000 != 0
+                }) {
                     return;
                 }
                 *last = Some(hundredths);
