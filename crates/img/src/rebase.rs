@@ -26,7 +26,8 @@ const SPEC: &[Opt] = &[
 ];
 
 /// Granularity of the content comparison.
-const STEP: usize = 64 << 10;
+/// As qemu-img rebase's buffer.
+const STEP: usize = 2 << 20;
 
 /// Runs `rebase`.
 pub fn run(argv: &[String]) -> Result<(), Error> {

@@ -349,9 +349,12 @@ impl Qcow2 {
             // Extended L2, no storage yet: the new cluster gets only the subclusters
             // the request touches; the others keep reading from the backing file or
             // as zeroes, with no copy-on-write.
+            m.l2_table(gc, true).await?;
             let target = m.alloc_cluster().await?;
             (s0 * scs, (s1 + 1) * scs, target, true, true)
         } else {
+            // The L2 table first, then the data cluster, as QEMU lays them out.
+            m.l2_table(gc, true).await?;
             (0, cs, m.alloc_cluster().await?, true, false)
         };
         fill_start = fill_start.min(a);
