@@ -82,8 +82,19 @@ fn describe(
         return Ok(v);
     };
     let lp = crate::map::event_loop()?;
-    let (h, fs) = lp.block_on(async { (q.header().await, q.format_specific().await) });
+    let (h, fs, snaps) = lp.block_on(async {
+        (
+            q.header().await,
+            q.format_specific().await,
+            q.snapshot_list().await,
+        )
+    });
+    let snaps = snaps.map_err(|e| Error::Msg(format!("Could not read snapshots: {e}")))?;
     let o = v.as_object_mut().expect("built as an object");
+    if !snaps.is_empty() {
+        let list = snaps.iter().map(crate::snapshot::to_json).collect();
+        o.insert("snapshots".into(), serde_json::Value::Array(list));
+    }
     o.insert("cluster-size".into(), h.cluster_size().into());
     o.insert(
         "dirty-flag".into(),
@@ -147,6 +158,10 @@ fn human(v: &serde_json::Value) -> String {
     }
     if v["dirty-flag"] == true {
         s += "cleanly shut down: no\n";
+    }
+    if let Some(list) = v["snapshots"].as_array() {
+        let snaps: Vec<_> = list.iter().map(crate::snapshot::from_json).collect();
+        s += &crate::snapshot::dump(&snaps);
     }
     if let Some(d) = v["format-specific"]["data"].as_object() {
         s += "Format specific information:\n";

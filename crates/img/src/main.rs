@@ -13,6 +13,7 @@ mod info;
 mod map;
 mod progress;
 mod rebase;
+mod snapshot;
 
 use std::process::ExitCode;
 
@@ -65,6 +66,7 @@ Command syntax:
   map [-f fmt] [--output=ofmt] [--start-offset=OFFSET] [--max-length=LEN] [-U] filename
   rebase [-f fmt] [-q] [-u] [-b backing_file] [-F backing_fmt] filename
   resize [-f fmt] [-q] [--shrink] filename [+ | -]size
+  snapshot [-U] [-q] [-l | -a snapshot | -c snapshot | -d snapshot] filename
 
 Parameters:
   'cache' is none, writeback (default), writethrough, directsync or unsafe
@@ -97,6 +99,7 @@ fn run(argv: &[String]) -> Result<(), Error> {
         "commit" => commit::run(rest),
         "rebase" => rebase::run(rest),
         "amend" => amend::run(rest),
+        "snapshot" => snapshot::run(rest),
         "-h" | "--help" => {
             print!("{HELP}");
             Ok(())

@@ -26,6 +26,7 @@ pub mod meta;
 pub mod refcount;
 mod resize;
 pub mod snapshot;
+pub mod snapshot_ops;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -39,6 +40,7 @@ pub use check::{CheckReport, Repair};
 pub use compressed_write::Compressor;
 pub use create::{create, Preallocation, Qcow2CreateOptions};
 pub use header::{CompressionType, Header};
+pub use snapshot_ops::NewSnapshot;
 
 use header::{bad, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY};
 use meta::Meta;
@@ -160,12 +162,6 @@ impl Qcow2 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 "qcow2: Image is corrupt; cannot be opened read/write",
-            ));
-        }
-        if !opts.read_only && !check && h.nb_snapshots > 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::Unsupported,
-                "qcow2: images with internal snapshots can only be opened read-only",
             ));
         }
         let cache = if opts.l2_cache_size == 0 {
