@@ -244,7 +244,10 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
                 q.snapshot_delete(Some(&sn.id), Some(&sn.name))
                     .await
                     .map_err(|e| {
-                        Error::Msg(format!("Could not delete snapshot '{name}': {}", reason(&e)))
+                        Error::Msg(format!(
+                            "Could not delete snapshot '{name}': {}",
+                            reason(&e)
+                        ))
                     })
             }
         };

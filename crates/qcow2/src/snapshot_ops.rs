@@ -101,9 +101,9 @@ pub fn find_by_id_and_name(
     if id.is_none() && name.is_none() {
         return None;
     }
-    snaps
-        .iter()
-        .position(|s| id.map_or(true, |i| s.id == i) && name.map_or(true, |n| s.name == n))
+    snaps.iter().position(|s| {
+        !matches!(id, Some(i) if s.id != i) && !matches!(name, Some(n) if s.name != n)
+    })
 }
 
 fn enoent() -> io::Error {

@@ -17,7 +17,6 @@
 use std::collections::HashMap;
 use std::io;
 
-
 use super::{Meta, COMPRESSED, COPIED, OFFSET_MASK};
 use crate::header::bad;
 use crate::refcount;
@@ -145,7 +144,8 @@ impl Meta {
             }
         }
         for (c, n) in add {
-            if self.refcount(c).await?.checked_add(n).map_or(true, |v| v > max) {
+            let now = self.refcount(c).await?;
+            if !matches!(now.checked_add(n), Some(v) if v <= max) {
                 tracing::debug!("qcow2: refcount of cluster {c:#x} would overflow");
                 return Err(io::Error::from_raw_os_error(libc::EINVAL));
             }
