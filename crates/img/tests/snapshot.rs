@@ -210,8 +210,12 @@ fn snapshot_errors_match_qemu_img() {
         same_failure(args);
     }
     assert_eq!(ok(oxemu(&["snapshot", "-l", &raw])), "");
-    // A refused snapshot leaves no trace (qemu-img would leak its L1 copy).
-    check_clean(&r1);
+    // A refused snapshot leaves no trace (qemu-img leaks its L1 copy).
+    let r2 = path(&d, "r2.qcow2");
+    ok(qemu_img(&["create", "-q", "-f", "qcow2", "-o", "refcount_bits=1", &r2, "1M"]));
+    qemu_io(&r2, &["write 0 64k"]);
+    assert!(!oxemu(&["snapshot", "-c", "x", &r2]).status.success());
+    check_clean(&r2);
     let o = oxemu(&["snapshot", "--object", "secret,id=s,data=x", "-c", "x", &img]);
     assert!(!o.status.success() && err(&o).contains("--object"), "{}", err(&o));
     let o = oxemu(&["snapshot", "--image-opts", "-l", &img]);
