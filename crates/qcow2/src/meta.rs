@@ -238,28 +238,6 @@ impl Meta {
         Ok(Some(off))
     }
 
-    /// Reads the L2 table at host offset `off` into the cache (it must not be cached
-    /// yet); `field_at` is the offset of the L1 entry naming it, for the error.
-    async fn load_l2(&mut self, off: u64, field_at: u64) -> io::Result<()> {
-        if off % self.cs != 0 || off + self.cs > self.file_end() {
-            self.corrupt = true;
-            return Err(bad(
-                "L1 entry",
-                field_at,
-                format!("L2 table offset {off:#x} is unaligned or past the end of the file"),
-            ));
-        }
-        let mut raw = vec![0u8; self.cs as usize];
-        self.file.read_at(off, &mut raw).await?;
-        let t = raw
-            .chunks_exact(8)
-            .map(|c| u64::from_be_bytes(c.try_into().unwrap()))
-            .collect();
-        self.ensure_room_l2().await?;
-        self.l2.insert(off, t, false);
-        Ok(())
-    }
-
     async fn ensure_room_l2(&mut self) -> io::Result<()> {
         if !self.l2.make_room() {
             self.writeback().await?;

@@ -1,8 +1,9 @@
 //! Internal snapshot operations: list, create, apply (goto) and delete, as QEMU 7.2's
 //! `block/qcow2-snapshot.c` does them.
 //!
-//! Each operation runs with the metadata lock held and no guest I/O in flight (the
-//! caller's duty, as QEMU drains the node). The writeback order keeps the image
+//! Each operation runs with the metadata lock held and no guest write in flight (the
+//! caller's duty, as QEMU drains the node; while a write is in flight an operation
+//! fails with `EBUSY`). The writeback order keeps the image
 //! consistent at every instant, leaks being the worst a crash can leave:
 //!
 //! - **create**: the active L1 table is copied to new clusters; every cluster it
@@ -125,6 +126,10 @@ impl Qcow2 {
         if m.corrupt {
             return Err(os(libc::EIO));
         }
+        if m.writes_in_flight() {
+            // QEMU drains the node first; here the caller must have waited.
+            return Err(os(libc::EBUSY));
+        }
         m.writeback().await?;
         Ok(m)
     }
@@ -191,7 +196,7 @@ impl Qcow2 {
     /// Writes `snaps` as the new snapshot table in new clusters, makes the header
     /// point to it once the table and its refcounts are durable, then frees the old
     /// table (`old`: offset and size).
-    async fn write_snapshot_table(
+    pub(crate) async fn write_snapshot_table(
         &self,
         m: &mut Meta,
         mut snaps: Vec<Snapshot>,
@@ -327,5 +332,45 @@ impl Qcow2 {
             m.l1_changed();
         }
         m.writeback().await
+    }
+
+    /// Refuses a downgrade to compat=0.10 that would lose snapshot data: QEMU's
+    /// rule for snapshots whose disk size differs from the image's or whose VM state
+    /// needs 64 bits, and (QEMU would expand them; this driver does not) zero
+    /// clusters in snapshots' L2 tables, which v2 cannot express.
+    pub(crate) async fn check_snapshots_for_downgrade(&self, m: &Meta) -> io::Result<()> {
+        let table = read_table(self.file.as_ref(), &m.h).await?;
+        let size = self.size();
+        for sn in &table.snapshots {
+            if sn.vm_state_size > u32::MAX as u64 || sn.disk_size.unwrap_or(size) != size {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "Internal snapshots prevent downgrade of image",
+                ));
+            }
+        }
+        let stride = if m.ext { 2 } else { 1 };
+        for sn in &table.snapshots {
+            for t in self.snapshot_l1(m, sn).await? {
+                let t = t & crate::meta::OFFSET_MASK;
+                if t == 0 {
+                    continue;
+                }
+                let l2 = bytes_to_u64s(&m.read_raw(t, m.cs as usize).await?);
+                let zero = l2.iter().step_by(stride).any(|e| {
+                    e & crate::meta::COMPRESSED == 0 && e & crate::meta::ZERO != 0
+                });
+                if zero {
+                    return Err(io::Error::new(
+                        io::ErrorKind::Unsupported,
+                        format!(
+                            "Cannot downgrade an image with zero clusters in internal snapshot {}",
+                            sn.id
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }

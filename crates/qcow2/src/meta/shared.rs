@@ -17,11 +17,40 @@
 use std::collections::HashMap;
 use std::io;
 
+use oxemu_block::BlockDriverExt;
+
 use super::{Meta, COMPRESSED, COPIED, OFFSET_MASK};
 use crate::header::bad;
 use crate::refcount;
 
 impl Meta {
+    /// True while guest writes are in flight (allocating or in place).
+    pub(crate) fn writes_in_flight(&self) -> bool {
+        !self.inflight.is_empty() || !self.pinned.is_empty()
+    }
+
+    /// Reads the L2 table at host offset `off` into the cache (it must not be cached
+    /// yet); `field_at` is the offset of the L1 entry naming it, for the error.
+    pub(super) async fn load_l2(&mut self, off: u64, field_at: u64) -> io::Result<()> {
+        if off % self.cs != 0 || off + self.cs > self.file_end() {
+            self.corrupt = true;
+            return Err(bad(
+                "L1 entry",
+                field_at,
+                format!("L2 table offset {off:#x} is unaligned or past the end of the file"),
+            ));
+        }
+        let mut raw = vec![0u8; self.cs as usize];
+        self.file.read_at(off, &mut raw).await?;
+        let t = raw
+            .chunks_exact(8)
+            .map(|c| u64::from_be_bytes(c.try_into().unwrap()))
+            .collect();
+        self.ensure_room_l2().await?;
+        self.l2.insert(off, t, false);
+        Ok(())
+    }
+
     /// Copies the L2 table at `old` (named by active L1 entry `l1i`, without COPIED)
     /// to a new cluster, points the L1 entry at the copy with COPIED, and queues the
     /// refcount drop of the old table for after the next L1 writeback. Returns the
@@ -222,13 +251,13 @@ impl Meta {
     /// Writes `raw` at `off` in the image file (a snapshot table or L1 copy in
     /// clusters just allocated).
     pub(crate) async fn write_raw(&self, off: u64, raw: &[u8]) -> io::Result<()> {
-        oxemu_block::BlockDriverExt::write_at(&*self.file, off, raw).await
+        self.file.write_at(off, raw).await
     }
 
     /// Reads `len` bytes at `off` from the image file.
     pub(crate) async fn read_raw(&self, off: u64, len: usize) -> io::Result<Vec<u8>> {
         let mut b = vec![0u8; len];
-        oxemu_block::BlockDriverExt::read_at(&*self.file, off, &mut b).await?;
+        self.file.read_at(off, &mut b).await?;
         Ok(b)
     }
 
