@@ -351,3 +351,44 @@ fn apply_restores_the_disk_size_and_v2_images_with_snapshots_do_not_resize() {
     });
     assert!(e.to_string().contains("Can't resize a v2 image which has snapshots"), "{e}");
 }
+
+#[test]
+fn amend_downgrade_keeps_snapshots_or_refuses_like_qemu() {
+    let dir = tmp();
+    let amend_v2 = |img: &Path| {
+        with_rw(img, |q, _| {
+            Box::pin(async move {
+                q.amend(oxemu_qcow2::AmendOptions {
+                    compat_v3: Some(false),
+                    ..Default::default()
+                })
+                .await
+            })
+        })
+    };
+    let img = qemu_image(dir.path(), "d.qcow2", "cluster_size=4096", "1M");
+    qemu_io(&img, &["write -P 1 0 64k"]);
+    run("qemu-img", &["snapshot", "-c", "s", s(&img)]);
+    qemu_io(&img, &["write -P 2 0 4k"]);
+    amend_v2(&img).unwrap();
+    check_no_leaks(&img);
+    let info = run("qemu-img", &["info", s(&img)]);
+    assert!(info.contains("compat: 0.10") && info.contains("Snapshot list:"), "{info}");
+    qemu_io(&img, &["read -P 2 0 4k", "read -P 1 4k 60k"]);
+    run("qemu-img", &["snapshot", "-a", "s", s(&img)]);
+    qemu_io(&img, &["read -P 1 0 64k"]);
+
+    // Zero clusters inside a snapshot cannot be expressed by v2.
+    let z = qemu_image(dir.path(), "z.qcow2", "cluster_size=4096", "1M");
+    qemu_io(&z, &["write -P 1 0 64k", "write -z 0 4k"]);
+    run("qemu-img", &["snapshot", "-c", "s", s(&z)]);
+    let e = amend_v2(&z).unwrap_err();
+    assert!(e.to_string().contains("zero clusters in internal snapshot 1"), "{e}");
+    check_no_leaks(&z);
+    // A snapshot of another disk size: QEMU's rule and message.
+    let r = qemu_image(dir.path(), "r.qcow2", "cluster_size=4096", "1M");
+    run("qemu-img", &["snapshot", "-c", "s", s(&r)]);
+    run("qemu-img", &["resize", "-q", s(&r), "2M"]);
+    let e = amend_v2(&r).unwrap_err();
+    assert_eq!(e.to_string(), "Internal snapshots prevent downgrade of image");
+}
