@@ -49,7 +49,10 @@ fn qemu_io(img: &str, cmds: &[&str]) {
     }
     a.push(img);
     let out = ok(run("qemu-io", &a));
-    assert!(!out.contains("Pattern verification failed"), "{cmds:?}: {out}");
+    assert!(
+        !out.contains("Pattern verification failed"),
+        "{cmds:?}: {out}"
+    );
 }
 
 fn check_clean(img: &str) {
@@ -134,14 +137,25 @@ fn snapshot_list_and_info_match_qemu_img_byte_for_byte() {
     ok(qemu_img(&["create", "-q", "-f", "qcow2", &e, "1M"]));
     assert_eq!(ok(oxemu(&["snapshot", "-l", &e])), "");
     assert!(!ok(oxemu(&["info", &e])).contains("Snapshot list"));
-    assert!(ok(oxemu(&["info", "--output=json", &e])).find("snapshots").is_none());
+    assert!(ok(oxemu(&["info", "--output=json", &e]))
+        .find("snapshots")
+        .is_none());
 }
 
 #[test]
 fn snapshots_made_by_either_tool_are_applied_and_deleted_by_the_other() {
     let d = tmp();
     let img = path(&d, "b.qcow2");
-    ok(qemu_img(&["create", "-q", "-f", "qcow2", "-o", "cluster_size=4k", &img, "4M"]));
+    ok(qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "cluster_size=4k",
+        &img,
+        "4M",
+    ]));
     qemu_io(&img, &["write -P 1 0 3M"]);
     ok(oxemu(&["snapshot", "-c", "one", &img]));
     check_clean(&img);
@@ -151,7 +165,10 @@ fn snapshots_made_by_either_tool_are_applied_and_deleted_by_the_other() {
     // Both list the same table (ids 1 and 2).
     let q = ok(qemu_img(&["snapshot", "-l", &img]));
     assert_eq!(ok(oxemu(&["snapshot", "-l", &img])), q);
-    assert!(q.contains("\n1         one") && q.contains("\n2         two"), "{q}");
+    assert!(
+        q.contains("\n1         one") && q.contains("\n2         two"),
+        "{q}"
+    );
 
     ok(oxemu(&["snapshot", "-a", "one", &img]));
     check_clean(&img);
@@ -159,7 +176,10 @@ fn snapshots_made_by_either_tool_are_applied_and_deleted_by_the_other() {
     // By id too.
     ok(oxemu(&["snapshot", "-a", "2", &img]));
     check_clean(&img);
-    qemu_io(&img, &["read -P 1 0 1M", "read -P 2 1M 1M", "read -P 1 2M 1M"]);
+    qemu_io(
+        &img,
+        &["read -P 1 0 1M", "read -P 2 1M 1M", "read -P 1 2M 1M"],
+    );
     ok(qemu_img(&["snapshot", "-a", "one", &img]));
     qemu_io(&img, &["read -P 1 0 3M"]);
 
@@ -178,7 +198,10 @@ fn snapshots_made_by_either_tool_are_applied_and_deleted_by_the_other() {
     ok(oxemu(&["snapshot", "-c", "dup", &img]));
     ok(oxemu(&["snapshot", "-c", "dup", &img]));
     let l = ok(qemu_img(&["snapshot", "-l", &img]));
-    assert!(l.contains("\n1         dup") && l.contains("\n2         dup"), "{l}");
+    assert!(
+        l.contains("\n1         dup") && l.contains("\n2         dup"),
+        "{l}"
+    );
     check_clean(&img);
 }
 
@@ -191,7 +214,16 @@ fn snapshot_errors_match_qemu_img() {
     let raw = path(&d, "r.raw");
     ok(qemu_img(&["create", "-q", "-f", "raw", &raw, "1M"]));
     let r1 = path(&d, "r1.qcow2");
-    ok(qemu_img(&["create", "-q", "-f", "qcow2", "-o", "refcount_bits=1", &r1, "1M"]));
+    ok(qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "refcount_bits=1",
+        &r1,
+        "1M",
+    ]));
     qemu_io(&r1, &["write 0 64k"]);
     for args in [
         &["snapshot", "-a", "nope", &img][..],
@@ -212,12 +244,36 @@ fn snapshot_errors_match_qemu_img() {
     assert_eq!(ok(oxemu(&["snapshot", "-l", &raw])), "");
     // A refused snapshot leaves no trace (qemu-img leaks its L1 copy).
     let r2 = path(&d, "r2.qcow2");
-    ok(qemu_img(&["create", "-q", "-f", "qcow2", "-o", "refcount_bits=1", &r2, "1M"]));
+    ok(qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "refcount_bits=1",
+        &r2,
+        "1M",
+    ]));
     qemu_io(&r2, &["write 0 64k"]);
     assert!(!oxemu(&["snapshot", "-c", "x", &r2]).status.success());
     check_clean(&r2);
-    let o = oxemu(&["snapshot", "--object", "secret,id=s,data=x", "-c", "x", &img]);
-    assert!(!o.status.success() && err(&o).contains("--object"), "{}", err(&o));
+    let o = oxemu(&[
+        "snapshot",
+        "--object",
+        "secret,id=s,data=x",
+        "-c",
+        "x",
+        &img,
+    ]);
+    assert!(
+        !o.status.success() && err(&o).contains("--object"),
+        "{}",
+        err(&o)
+    );
     let o = oxemu(&["snapshot", "--image-opts", "-l", &img]);
-    assert!(!o.status.success() && err(&o).contains("--image-opts"), "{}", err(&o));
+    assert!(
+        !o.status.success() && err(&o).contains("--image-opts"),
+        "{}",
+        err(&o)
+    );
 }

@@ -99,7 +99,8 @@ impl Qcow2 {
     /// field and offset when the header or tables are malformed, and with an error
     /// listing them when the image uses features this driver does not implement.
     /// A read-write open of an image with the dirty bit set repairs its refcounts first,
-    /// as QEMU does.
+    /// as QEMU does. Images with internal snapshots open read-write too: clusters they
+    /// share are copied before they are written (see [`Qcow2::snapshot_create`]).
     pub async fn open(
         file: Arc<dyn BlockDriver>,
         opts: Qcow2OpenOptions,
@@ -109,7 +110,7 @@ impl Qcow2 {
 
     /// Opens an image for [`Qcow2::check`] only, as qemu-img check does (QEMU's
     /// `BDRV_O_CHECK`): a read-write open is allowed even when the image is marked
-    /// corrupt or has internal snapshots, a dirty image is not repaired at open (the
+    /// corrupt, a dirty image is not repaired at open (the
     /// check reports and repairs it), and guest writes are refused. A repair that leaves
     /// no corruption clears the dirty and corrupt bits.
     pub async fn open_for_check(

@@ -357,9 +357,10 @@ impl Qcow2 {
                     continue;
                 }
                 let l2 = bytes_to_u64s(&m.read_raw(t, m.cs as usize).await?);
-                let zero = l2.iter().step_by(stride).any(|e| {
-                    e & crate::meta::COMPRESSED == 0 && e & crate::meta::ZERO != 0
-                });
+                let zero = l2
+                    .iter()
+                    .step_by(stride)
+                    .any(|e| e & crate::meta::COMPRESSED == 0 && e & crate::meta::ZERO != 0);
                 if zero {
                     return Err(io::Error::new(
                         io::ErrorKind::Unsupported,

@@ -25,7 +25,10 @@ fn s(p: &Path) -> &str {
 
 fn qemu_image(dir: &Path, name: &str, opts: &str, size: &str) -> PathBuf {
     let p = dir.join(name);
-    run("qemu-img", &["create", "-q", "-f", "qcow2", "-o", opts, s(&p), size]);
+    run(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "-o", opts, s(&p), size],
+    );
     p
 }
 
@@ -37,14 +40,21 @@ fn qemu_io(img: &Path, cmds: &[&str]) -> String {
     }
     a.push(s(img));
     let out = run("qemu-io", &a);
-    assert!(!out.contains("Pattern verification failed"), "{cmds:?}: {out}");
+    assert!(
+        !out.contains("Pattern verification failed"),
+        "{cmds:?}: {out}"
+    );
     out
 }
 
 /// `qemu-img check` finds neither corruption nor leaks.
 fn check_no_leaks(img: &Path) {
     let v = qemu_check_clean(img);
-    assert_eq!(v.get("leaks").and_then(|l| l.as_u64()).unwrap_or(0), 0, "{v}");
+    assert_eq!(
+        v.get("leaks").and_then(|l| l.as_u64()).unwrap_or(0),
+        0,
+        "{v}"
+    );
 }
 
 fn new_snap(name: &str) -> NewSnapshot {
@@ -91,7 +101,9 @@ fn writes_after_a_qemu_snapshot_copy_on_write_and_leave_the_snapshot_intact() {
             // zeroes, a discard and a compressed cluster, all over shared clusters.
             d.write_at(512, &[3u8; 1024]).await.unwrap();
             d.write_at(64 << 10, &vec![4u8; 256 << 10]).await.unwrap();
-            d.write_at((2 << 20) - 8192, &vec![5u8; 16384]).await.unwrap();
+            d.write_at((2 << 20) - 8192, &vec![5u8; 16384])
+                .await
+                .unwrap();
             let z = ZeroFlags {
                 may_unmap: true,
                 ..Default::default()
@@ -125,7 +137,12 @@ fn writes_after_a_qemu_snapshot_copy_on_write_and_leave_the_snapshot_intact() {
     check_no_leaks(&img);
     qemu_io(
         &img,
-        &["read -P 1 0 1M", "read -P 0 1M 1M", "read -P 2 2M 64k", "read -P 0 3M 64k"],
+        &[
+            "read -P 1 0 1M",
+            "read -P 0 1M 1M",
+            "read -P 2 2M 64k",
+            "read -P 0 3M 64k",
+        ],
     );
     // Writing again after the revert copies again; deleting the snapshot leaves only
     // the active clusters.
@@ -158,7 +175,9 @@ async fn random_io(
             2 => {
                 let off = off / cs * cs;
                 let r = off as usize..(off + cs) as usize;
-                q.write_compressed(off, &vec![fill; cs as usize]).await.unwrap();
+                q.write_compressed(off, &vec![fill; cs as usize])
+                    .await
+                    .unwrap();
                 model[r].fill(fill);
             }
             0 => {
@@ -203,7 +222,10 @@ fn snapshot_model(opts: &str) {
             Box::pin(async move {
                 let rng = &mut rng;
                 random_io(q, d, &mut model, rng, 60).await;
-                let sn = q.snapshot_create(&new_snap(&format!("r{round}"))).await.unwrap();
+                let sn = q
+                    .snapshot_create(&new_snap(&format!("r{round}")))
+                    .await
+                    .unwrap();
                 saved.push((sn.id.clone(), model.clone()));
                 if round % 3 == 2 {
                     let i = rng.gen_range(0..saved.len());
@@ -272,7 +294,17 @@ fn snapshots_of_an_image_with_a_backing_file() {
     let top = dir.path().join("top.qcow2");
     run(
         "qemu-img",
-        &["create", "-q", "-f", "qcow2", "-b", s(&base), "-F", "qcow2", s(&top)],
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            s(&base),
+            "-F",
+            "qcow2",
+            s(&top),
+        ],
     );
     qemu_io(&top, &["write -P 1 4k 4k"]);
     with_rw(&top, |q, d| {
@@ -298,7 +330,10 @@ fn snapshots_of_an_image_with_a_backing_file() {
     );
     run("qemu-img", &["snapshot", "-a", "before", s(&top)]);
     check_no_leaks(&top);
-    qemu_io(&top, &["read -P 9 0 4k", "read -P 1 4k 4k", "read -P 9 8k 1016k"]);
+    qemu_io(
+        &top,
+        &["read -P 9 0 4k", "read -P 1 4k 4k", "read -P 9 8k 1016k"],
+    );
 }
 
 #[test]
@@ -349,7 +384,11 @@ fn apply_restores_the_disk_size_and_v2_images_with_snapshots_do_not_resize() {
     let e = with_rw(&v2, |q, _| {
         Box::pin(async move { q.resize(2 << 20).await.unwrap_err() })
     });
-    assert!(e.to_string().contains("Can't resize a v2 image which has snapshots"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("Can't resize a v2 image which has snapshots"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -373,7 +412,10 @@ fn amend_downgrade_keeps_snapshots_or_refuses_like_qemu() {
     amend_v2(&img).unwrap();
     check_no_leaks(&img);
     let info = run("qemu-img", &["info", s(&img)]);
-    assert!(info.contains("compat: 0.10") && info.contains("Snapshot list:"), "{info}");
+    assert!(
+        info.contains("compat: 0.10") && info.contains("Snapshot list:"),
+        "{info}"
+    );
     qemu_io(&img, &["read -P 2 0 4k", "read -P 1 4k 60k"]);
     run("qemu-img", &["snapshot", "-a", "s", s(&img)]);
     qemu_io(&img, &["read -P 1 0 64k"]);
@@ -383,12 +425,19 @@ fn amend_downgrade_keeps_snapshots_or_refuses_like_qemu() {
     qemu_io(&z, &["write -P 1 0 64k", "write -z 0 4k"]);
     run("qemu-img", &["snapshot", "-c", "s", s(&z)]);
     let e = amend_v2(&z).unwrap_err();
-    assert!(e.to_string().contains("zero clusters in internal snapshot 1"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("zero clusters in internal snapshot 1"),
+        "{e}"
+    );
     check_no_leaks(&z);
     // A snapshot of another disk size: QEMU's rule and message.
     let r = qemu_image(dir.path(), "r.qcow2", "cluster_size=4096", "1M");
     run("qemu-img", &["snapshot", "-c", "s", s(&r)]);
     run("qemu-img", &["resize", "-q", s(&r), "2M"]);
     let e = amend_v2(&r).unwrap_err();
-    assert_eq!(e.to_string(), "Internal snapshots prevent downgrade of image");
+    assert_eq!(
+        e.to_string(),
+        "Internal snapshots prevent downgrade of image"
+    );
 }
