@@ -3,8 +3,9 @@
 //!
 //! Each operation runs with the metadata lock held and no guest write in flight (the
 //! caller's duty, as QEMU drains the node; while a write is in flight an operation
-//! fails with `EBUSY`). The writeback order keeps the image
-//! consistent at every instant, leaks being the worst a crash can leave:
+//! fails with `EBUSY`). The writeback order makes sure that no
+//! refcount on disk is ever too low and that no cluster is freed while anything on
+//! disk reaches it:
 //!
 //! - **create**: the active L1 table is copied to new clusters; every cluster it
 //!   reaches gets one more reference and loses COPIED in the active tables; all of
@@ -19,13 +20,20 @@
 //!   snapshot's clusters lose their reference and its L1 copy is freed, and the
 //!   active entries whose clusters are no longer shared get COPIED back (their
 //!   refcounts reach the disk before the flags).
+//!
+//! COPIED flags and refcounts live in different clusters, so an operation cut short
+//! can leave flags that disagree with refcounts (as in QEMU), which `qemu-img check`
+//! reports; the disagreement is harmless (a missing flag only makes a needless copy,
+//! a flag on a cluster with an extra reference means that reference is a leak). To
+//! get it repaired, v3 images carry the dirty bit for the time of the operation: the
+//! next read-write open, by QEMU or by oxemu, repairs the refcounts and flags.
 
 use std::io;
 
 use oxemu_block::BlockDriver;
 
 use crate::meta::Meta;
-use crate::snapshot::{read_table, Snapshot, MAX_SNAPSHOTS, MAX_TABLE_BYTES};
+use crate::snapshot::{read_table, Snapshot, ENTRY_FIXED_BYTES, MAX_SNAPSHOTS, MAX_TABLE_BYTES};
 use crate::{os, Qcow2};
 
 /// What [`Qcow2::snapshot_create`] records besides the disk state.
@@ -107,6 +115,18 @@ pub fn find_by_id_and_name(
     })
 }
 
+/// True when a snapshot operation succeeded or was refused before it changed
+/// anything (the errors it returns for bad requests).
+fn ok_or_refused(err: Option<&io::Error>) -> bool {
+    match err {
+        None => true,
+        Some(e) => matches!(
+            e.raw_os_error(),
+            Some(libc::ENOENT | libc::EINVAL | libc::EFBIG | libc::EBUSY | libc::EROFS)
+        ),
+    }
+}
+
 fn enoent() -> io::Error {
     os(libc::ENOENT)
 }
@@ -116,6 +136,33 @@ impl Qcow2 {
     pub async fn snapshot_list(&self) -> io::Result<Vec<Snapshot>> {
         let m = self.meta.lock().await;
         Ok(read_table(self.file.as_ref(), &m.h).await?.snapshots)
+    }
+
+    /// Sets the dirty bit (v3) for the time of a snapshot operation, when it is not
+    /// set already; returns whether it did. Refcounts and COPIED flags live in
+    /// different clusters, so an operation cut short leaves some COPIED flags that
+    /// disagree with their refcounts (harmlessly: a flag is only ever missing where a
+    /// copy is made needlessly, or present on a cluster whose extra reference is a
+    /// leak); with the dirty bit the next read-write open repairs that, by QEMU or
+    /// by oxemu, as after a crash with lazy refcounts.
+    async fn mark_dirty(&self) -> io::Result<bool> {
+        self.before_write().await?;
+        if self.version.load(std::sync::atomic::Ordering::Acquire) < 3
+            || self.dirty_set.load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Ok(false);
+        }
+        self.set_dirty(true).await?;
+        Ok(true)
+    }
+
+    /// Ends what [`Self::mark_dirty`] started: clears the bit again after a
+    /// successful operation or one refused before it changed anything.
+    async fn unmark_dirty(&self, marked: bool, err: Option<&io::Error>) -> io::Result<()> {
+        if marked && ok_or_refused(err) {
+            self.set_dirty(false).await?;
+        }
+        Ok(())
     }
 
     /// Locks the metadata for a snapshot operation: the image must be writable and
@@ -141,6 +188,13 @@ impl Qcow2 {
     /// `EINVAL` when a refcount would overflow (always the case with
     /// `refcount_bits=1` once anything is allocated).
     pub async fn snapshot_create(&self, new: &NewSnapshot) -> io::Result<Snapshot> {
+        let mark = self.mark_dirty().await?;
+        let r = self.create_inner(new).await;
+        self.unmark_dirty(mark, r.as_ref().err()).await?;
+        r
+    }
+
+    async fn create_inner(&self, new: &NewSnapshot) -> io::Result<Snapshot> {
         let mut m = self.snapshot_lock().await?;
         let table = read_table(self.file.as_ref(), &m.h).await?;
         if table.snapshots.len() as u64 >= MAX_SNAPSHOTS as u64 {
@@ -153,6 +207,11 @@ impl Qcow2 {
                 n -= 1;
             }
             name.truncate(n);
+        }
+        let table_bytes: u64 = table.snapshots.iter().map(|s| s.entry_size() + 8).sum();
+        if table_bytes + (ENTRY_FIXED_BYTES as u64 + 24 + 20 + name.len() as u64) > MAX_TABLE_BYTES
+        {
+            return Err(os(libc::EFBIG));
         }
         let mut l1 = m.l1.clone();
         m.check_increment(&l1).await?;
@@ -264,6 +323,13 @@ impl Qcow2 {
     /// snapshot -a`). The virtual size becomes the snapshot's. `ENOENT` when there
     /// is no such snapshot.
     pub async fn snapshot_apply(&self, id_or_name: &str) -> io::Result<()> {
+        let mark = self.mark_dirty().await?;
+        let r = self.apply_inner(id_or_name).await;
+        self.unmark_dirty(mark, r.as_ref().err()).await?;
+        r
+    }
+
+    async fn apply_inner(&self, id_or_name: &str) -> io::Result<()> {
         let m = self.snapshot_lock().await?;
         let table = read_table(self.file.as_ref(), &m.h).await?;
         let sn = find_by_id_or_name(&table.snapshots, id_or_name)
@@ -308,6 +374,13 @@ impl Qcow2 {
     /// Deletes the snapshot matching `id` and `name` (either may be left out, not
     /// both): QEMU's `bdrv_snapshot_delete`. `ENOENT` when none matches.
     pub async fn snapshot_delete(&self, id: Option<&str>, name: Option<&str>) -> io::Result<()> {
+        let mark = self.mark_dirty().await?;
+        let r = self.delete_inner(id, name).await;
+        self.unmark_dirty(mark, r.as_ref().err()).await?;
+        r
+    }
+
+    async fn delete_inner(&self, id: Option<&str>, name: Option<&str>) -> io::Result<()> {
         let mut m = self.snapshot_lock().await?;
         let table = read_table(self.file.as_ref(), &m.h).await?;
         let i = find_by_id_and_name(&table.snapshots, id, name).ok_or_else(enoent)?;
