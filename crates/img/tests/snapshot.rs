@@ -113,6 +113,17 @@ fn snapshot_list_and_info_match_qemu_img_byte_for_byte() {
     let q = ok(qemu_img(&["snapshot", "-l", &img]));
     assert_eq!(ok(oxemu(&["snapshot", "-l", &img])), q);
     assert!(q.contains("01:02:03.456") && q.contains("1.5 KiB"), "{q}");
+    // Dates are local time, in whatever zone TZ names.
+    let tz = |prog: &str| {
+        ok(Command::new(prog)
+            .args(["snapshot", "-l", &img])
+            .env("TZ", "Asia/Kolkata")
+            .output()
+            .unwrap())
+    };
+    let qt = tz("qemu-img");
+    assert_ne!(qt, q);
+    assert_eq!(tz(env!("CARGO_BIN_EXE_oxemu-img")), qt);
     // -l opens read-only, so -U works next to a writer too.
     assert_eq!(ok(oxemu(&["snapshot", "-U", "-l", &img])), q);
     let qi = ok(qemu_img(&["info", &img]));
@@ -194,6 +205,12 @@ fn snapshots_made_by_either_tool_are_applied_and_deleted_by_the_other() {
     check_clean(&img);
     assert_eq!(ok(qemu_img(&["snapshot", "-l", &img])), "");
     qemu_io(&img, &["read -P 1 0 3M"]);
+    // Names are cut to 255 bytes, as qemu-img does.
+    let long = "x".repeat(300);
+    ok(oxemu(&["snapshot", "-c", &long, &img]));
+    let l = ok(qemu_img(&["snapshot", "-l", &img]));
+    assert!(l.contains(&format!(" {} ", "x".repeat(255))), "{l}");
+    ok(qemu_img(&["snapshot", "-d", &long[..255], &img]));
     // Duplicate names are allowed, as in qemu-img; ids stay unique.
     ok(oxemu(&["snapshot", "-c", "dup", &img]));
     ok(oxemu(&["snapshot", "-c", "dup", &img]));

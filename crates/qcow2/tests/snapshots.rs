@@ -441,3 +441,36 @@ fn amend_downgrade_keeps_snapshots_or_refuses_like_qemu() {
         "Internal snapshots prevent downgrade of image"
     );
 }
+
+#[test]
+fn make_empty_of_an_image_with_a_snapshot_keeps_the_snapshot() {
+    let dir = tmp();
+    let base = dir.path().join("base.qcow2");
+    run("qemu-img", &["create", "-q", "-f", "qcow2", s(&base), "1M"]);
+    qemu_io(&base, &["write -P 9 0 1M"]);
+    let top = dir.path().join("top.qcow2");
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            s(&base),
+            "-F",
+            "qcow2",
+            s(&top),
+        ],
+    );
+    qemu_io(&top, &["write -P 1 0 256k"]);
+    run("qemu-img", &["snapshot", "-c", "s", s(&top)]);
+    with_rw(&top, |q, _| {
+        Box::pin(async move { q.make_empty().await.unwrap() })
+    });
+    check_no_leaks(&top);
+    qemu_io(&top, &["read -P 9 0 1M"]);
+    run("qemu-img", &["snapshot", "-a", "s", s(&top)]);
+    check_no_leaks(&top);
+    qemu_io(&top, &["read -P 1 0 256k", "read -P 9 256k 768k"]);
+}
