@@ -52,10 +52,23 @@ impl Ck {
         self.disk_diff.clear();
         *highest = 0;
         let mut c = 0u64;
+        // Refcount blocks are read ahead in concurrent batches, one at a time when
+        // repairing (a repair could rewrite a block the table lists twice).
+        let batch = if fix.leaks() {
+            1
+        } else {
+            ((16 << 20) / self.cs).clamp(1, 256)
+        };
+        let mut ahead = std::collections::VecDeque::new();
         while c < nb {
             let rt = c / epb;
             let end = ((rt + 1) * epb).min(nb);
-            let mut block = self.load_block(rt as usize).await?;
+            if ahead.is_empty() {
+                let last = (rt + batch).min(nb.div_ceil(epb));
+                let reads = (rt..last).map(|k| self.load_block(k as usize));
+                ahead = futures::future::join_all(reads).await.into();
+            }
+            let mut block = ahead.pop_front().unwrap()?;
             let mut dirty = false;
             for i in c..end {
                 let r1 = match &block {
@@ -151,12 +164,28 @@ impl Ck {
         };
         let tag = if repair { "Repairing" } else { "ERROR" };
         let (cs, esize, ext) = (self.cs, self.esize, self.esize == 16);
+        let batch = ((16 << 20) / cs as usize).clamp(1, 256);
+        let mut next = 0usize;
+        let mut ahead = std::collections::VecDeque::new();
         for i in 0..self.l1.len() {
             let e = self.l1[i];
             let l2 = e & OFFSET_MASK;
             if l2 == 0 {
                 continue;
             }
+            if i >= next {
+                // Read the L2 tables of the next entries together; one at a time when
+                // repairing (a repair could rewrite a table listed twice).
+                let end = if repair { i + 1 } else { (i + batch).min(self.l1.len()) };
+                let idx: Vec<usize> = (i..end).filter(|&k| self.l1[k] & OFFSET_MASK != 0).collect();
+                let l1e: Vec<u64> = idx.iter().map(|&k| self.l1[k]).collect();
+                next = end;
+                ahead = idx.into_iter().zip(self.read_l2_batch(&l1e).await).collect();
+            }
+            let table = match ahead.pop_front() {
+                Some((k, t)) if k == i => t,
+                _ => Err(io::Error::other("L2 read-ahead out of step")),
+            };
             let Some(rc) = self.stored_refcount(l2 / cs).await? else {
                 continue;
             };
@@ -177,16 +206,15 @@ impl Ck {
                     self.r.corruptions_fixed += 1;
                 }
             }
-            let (mut t, n) = match self.read_l2(l2).await {
-                Ok(v) => v,
+            let mut t = match table {
+                Ok(t) => t,
                 Err(err) => {
-                    if err.raw_os_error() != Some(libc::EFBIG) {
-                        self.msg(format!("ERROR: Could not read L2 table: {err}"));
-                        self.r.check_errors += 1;
-                    }
+                    self.msg(format!("ERROR: Could not read L2 table: {err}"));
+                    self.r.check_errors += 1;
                     return Err(err);
                 }
             };
+            let n = self.l2_entries_inside(l2)?;
             let mut dirty = 0u64;
             for j in 0..n {
                 let (le, _) = l2_entry(&t, j, esize);

@@ -7,12 +7,12 @@
 //!    header, every entry of the active L1 table and of each snapshot's L1 table with
 //!    every entry of each L2 table they point to (VM state lives in L1 entries past the
 //!    virtual disk size), the snapshot table, the refcount table and the refcount
-//!    blocks ([`walk`]).
+//!    blocks (`walk.rs`).
 //! 3. It is compared with the refcount blocks; mismatches are leaks (refcount too
 //!    high) or corruptions (too low). `-r leaks`/`-r all` fix them in place; a cluster
 //!    in use with refcount 0 (or a broken refcount block) needs the refcount
 //!    structure to be rebuilt from the in-memory table, which only `-r all` does
-//!    ([`compare`], [`rebuild`]).
+//!    (`compare.rs`, `rebuild.rs`).
 //! 4. The COPIED flag of active L1 and L2 entries must be set exactly when the
 //!    refcount is 1.
 //!

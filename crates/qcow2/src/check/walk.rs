@@ -94,15 +94,13 @@ impl Ck {
         Ok(())
     }
 
-    /// Reads one whole L2 table (a cluster) at `off`, padded with zeroes past EOF;
-    /// returns it and how many of its entries lie inside the file.
-    pub(super) async fn read_l2(&mut self, off: u64) -> io::Result<(Vec<u8>, usize)> {
-        let mut t = vec![0u8; self.cs as usize];
-        self.read_padded(off, &mut t).await?;
+    /// How many entries of the L2 table at `off` lie inside the file (the rest read
+    /// as zeroes), taken from the scan budget.
+    pub(super) fn l2_entries_inside(&mut self, off: u64) -> io::Result<usize> {
         let inside = self.file_len.saturating_sub(off).min(self.cs) as usize;
         let n = inside.div_ceil(self.esize);
         self.spend(n as u64)?;
-        Ok((t, n))
+        Ok(n)
     }
 
     /// Counts an L1 table, its L2 tables and the clusters they map.
@@ -127,39 +125,67 @@ impl Ck {
             self.r.check_errors += 1;
             return Err(e);
         }
-        for c in raw.chunks_exact(8) {
-            let e = u64::from_be_bytes(c.try_into().unwrap());
-            if e == 0 {
-                continue;
+        let entries: Vec<u64> = raw
+            .chunks_exact(8)
+            .map(|c| u64::from_be_bytes(c.try_into().unwrap()))
+            .filter(|&e| e != 0)
+            .collect();
+        // L2 tables are read ahead in batches (concurrent reads), except when repairs
+        // may rewrite a table that a later entry points to again.
+        let batch = if fix.errors() {
+            1
+        } else {
+            ((16 << 20) / self.cs as usize).clamp(1, 256)
+        };
+        for chunk in entries.chunks(batch) {
+            let mut tables = self.read_l2_batch(chunk).await;
+            for (j, &e) in chunk.iter().enumerate() {
+                if e & L1E_RESERVED != 0 {
+                    self.msg(format!("ERROR found L1 entry with reserved bits set: {e:x}"));
+                    self.r.corruptions += 1;
+                }
+                let l2 = e & OFFSET_MASK;
+                self.inc(l2, self.cs)?;
+                if l2 % self.cs != 0 {
+                    self.msg(format!(
+                        "ERROR l2_offset={l2:x}: Table is not cluster aligned; L1 entry corrupted"
+                    ));
+                    self.r.corruptions += 1;
+                }
+                let t = std::mem::replace(&mut tables[j], Ok(Vec::new()));
+                self.check_l2(l2, t, frag, fix, active).await?;
             }
-            if e & L1E_RESERVED != 0 {
-                self.msg(format!("ERROR found L1 entry with reserved bits set: {e:x}"));
-                self.r.corruptions += 1;
-            }
-            let l2 = e & OFFSET_MASK;
-            self.inc(l2, self.cs)?;
-            if l2 % self.cs != 0 {
-                self.msg(format!(
-                    "ERROR l2_offset={l2:x}: Table is not cluster aligned; L1 entry corrupted"
-                ));
-                self.r.corruptions += 1;
-            }
-            self.check_l2(l2, frag, fix, active).await?;
         }
         Ok(())
     }
 
+    /// Reads the L2 tables of the L1 entries `l1e` concurrently.
+    pub(super) async fn read_l2_batch(&self, l1e: &[u64]) -> Vec<io::Result<Vec<u8>>> {
+        let reads = l1e.iter().map(|&e| async move {
+            let mut t = vec![0u8; self.cs as usize];
+            self.read_padded(e & OFFSET_MASK, &mut t).await.map(|()| t)
+        });
+        futures::future::join_all(reads).await
+    }
+
     /// Counts the clusters one L2 table maps, checking its entries.
-    async fn check_l2(&mut self, l2: u64, frag: bool, fix: Repair, active: bool) -> io::Result<()> {
-        let (mut t, n) = match self.read_l2(l2).await {
-            Ok(v) => v,
-            Err(e) if e.raw_os_error() == Some(libc::EFBIG) => return Err(e),
+    async fn check_l2(
+        &mut self,
+        l2: u64,
+        table: io::Result<Vec<u8>>,
+        frag: bool,
+        fix: Repair,
+        active: bool,
+    ) -> io::Result<()> {
+        let mut t = match table {
+            Ok(t) => t,
             Err(e) => {
                 self.msg("ERROR: I/O error in check_refcounts_l2".into());
                 self.r.check_errors += 1;
                 return Err(e);
             }
         };
+        let n = self.l2_entries_inside(l2)?;
         let (cs, esize, ext) = (self.cs, self.esize, self.esize == 16);
         let mut next_contiguous = 0u64;
         for i in 0..n {
