@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use oxemu_block::{BlockDriver, BlockDriverExt, EventLoop};
+use oxemu_block::{BlockDriverExt, EventLoop};
 use oxemu_qcow2::NewSnapshot;
 use rand::{Rng, SeedableRng};
 
