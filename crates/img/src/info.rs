@@ -86,7 +86,18 @@ fn describe(
         return Ok(Value::Object(o));
     };
     let lp = crate::map::event_loop()?;
-    let (h, fs) = lp.block_on(async { (q.header().await, q.format_specific().await) });
+    let (h, fs, snaps) = lp.block_on(async {
+        (
+            q.header().await,
+            q.format_specific().await,
+            q.snapshot_list().await,
+        )
+    });
+    let snaps = snaps.map_err(|e| Error::Msg(format!("Could not read snapshots: {e}")))?;
+    if !snaps.is_empty() {
+        let list = snaps.iter().map(crate::snapshot::to_json).collect();
+        o.insert("snapshots".into(), Value::Array(list));
+    }
     if let Some(f) = h.backing_format().filter(|_| h.backing_file.is_some()) {
         o.insert("backing-filename-format".into(), f.into());
     }
@@ -154,6 +165,10 @@ fn human(v: &serde_json::Value) -> String {
     }
     if v["dirty-flag"] == true {
         s += "cleanly shut down: no\n";
+    }
+    if let Some(list) = v["snapshots"].as_array() {
+        let snaps: Vec<_> = list.iter().map(crate::snapshot::from_json).collect();
+        s += &crate::snapshot::dump(&snaps);
     }
     if let Some(d) = v["format-specific"]["data"].as_object() {
         s += "Format specific information:\n";

@@ -14,6 +14,7 @@ mod map;
 mod progress;
 mod rebase;
 mod resize;
+mod snapshot;
 
 use std::process::ExitCode;
 
@@ -116,6 +117,7 @@ Command syntax:
   map [-f fmt] [--output=ofmt] [--start-offset=OFFSET] [--max-length=LEN] [-U] filename
   rebase [-f fmt] [-q] [-u] [-b backing_file] [-F backing_fmt] filename
   resize [-f fmt] [-q] [--preallocation=prealloc] [--shrink] filename [+ | -]size
+  snapshot [-U] [-q] [-l | -a snapshot | -c snapshot | -d snapshot] filename
 
 Parameters:
   'cache' is none, writeback (default), writethrough, directsync or unsafe
@@ -148,6 +150,7 @@ fn run(argv: &[String]) -> Result<(), Error> {
         "commit" => commit::run(rest),
         "rebase" => rebase::run(rest),
         "amend" => amend::run(rest),
+        "snapshot" => snapshot::run(rest),
         "-h" | "--help" => {
             print!("{HELP}\nSupported formats: qcow2 raw\n");
             Ok(())

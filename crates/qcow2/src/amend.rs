@@ -46,6 +46,7 @@ impl Qcow2 {
                     "Cannot downgrade an image with extended L2 entries or zstd compression",
                 ));
             }
+            self.check_snapshots_for_downgrade(&m).await?;
             let total = self.size().div_ceil(m.cs);
             for gc in 0..total {
                 if m.l2_table(gc, false).await?.is_none() {
@@ -78,6 +79,14 @@ impl Qcow2 {
             m.h.refcount_order = 4;
             m.h.header_length = 112;
             m.h.extensions.push(header::feature_table());
+            // v3 requires the 64-bit VM state size and disk size in every snapshot
+            // entry; a rewritten table has them.
+            let table = crate::snapshot::read_table(self.file.as_ref(), &m.h).await?;
+            if table.snapshots.iter().any(|s| s.extra_data_size < 16) {
+                let old = (table.offset, table.size);
+                self.write_snapshot_table(&mut m, table.snapshots, old)
+                    .await?;
+            }
         }
         if v3 {
             if lazy {

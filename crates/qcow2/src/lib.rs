@@ -26,6 +26,7 @@ pub mod meta;
 pub mod refcount;
 mod resize;
 pub mod snapshot;
+pub mod snapshot_ops;
 mod status;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -40,6 +41,7 @@ pub use check::{CheckReport, Repair};
 pub use compressed_write::Compressor;
 pub use create::{create, Preallocation, Qcow2CreateOptions};
 pub use header::{CompressionType, Header};
+pub use snapshot_ops::NewSnapshot;
 
 use header::{bad, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY};
 use meta::Meta;
@@ -100,7 +102,8 @@ impl Qcow2 {
     /// field and offset when the header or tables are malformed, and with an error
     /// listing them when the image uses features this driver does not implement.
     /// A read-write open of an image with the dirty bit set repairs its refcounts first,
-    /// as QEMU does.
+    /// as QEMU does. Images with internal snapshots open read-write too: clusters they
+    /// share are copied before they are written (see [`Qcow2::snapshot_create`]).
     pub async fn open(
         file: Arc<dyn BlockDriver>,
         opts: Qcow2OpenOptions,
@@ -110,7 +113,7 @@ impl Qcow2 {
 
     /// Opens an image for [`Qcow2::check`] only, as qemu-img check does (QEMU's
     /// `BDRV_O_CHECK`): a read-write open is allowed even when the image is marked
-    /// corrupt or has internal snapshots, a dirty image is not repaired at open (the
+    /// corrupt, a dirty image is not repaired at open (the
     /// check reports and repairs it), and guest writes are refused. A repair that leaves
     /// no corruption clears the dirty and corrupt bits.
     pub async fn open_for_check(
@@ -163,12 +166,6 @@ impl Qcow2 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 "qcow2: Image is corrupt; cannot be opened read/write",
-            ));
-        }
-        if !opts.read_only && !check && h.nb_snapshots > 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::Unsupported,
-                "qcow2: images with internal snapshots can only be opened read-only",
             ));
         }
         let cache = if opts.l2_cache_size == 0 {

@@ -24,6 +24,8 @@ use oxemu_block::{BlockDriver, BlockDriverExt};
 use crate::header::{bad, Header};
 use crate::refcount;
 
+mod shared;
+
 /// L2 entry flag: the cluster's refcount is exactly 1.
 pub const COPIED: u64 = 1 << 63;
 /// L2 entry flag: compressed cluster.
@@ -223,25 +225,16 @@ impl Meta {
             self.l1_dirty = true;
             return Ok(Some(off));
         }
-        if self.l2.get_mut(off).is_some() {
-            return Ok(Some(off));
+        if self.l2.get_mut(off).is_none() {
+            self.load_l2(off, self.h.l1_table_offset + 8 * l1i as u64)
+                .await?;
         }
-        if off % self.cs != 0 || off + self.cs > self.file_end() {
-            self.corrupt = true;
-            return Err(bad(
-                "L1 entry",
-                self.h.l1_table_offset + 8 * l1i as u64,
-                format!("L2 table offset {off:#x} is unaligned or past the end of the file"),
-            ));
+        if alloc && e & COPIED == 0 {
+            // Shared with a snapshot (or its refcount is not known to be 1): never
+            // modify it in place. The copy gets the L1 entry; the old table loses
+            // this reference once the new L1 entry is on disk.
+            return self.copy_l2_table(l1i, off).await.map(Some);
         }
-        let mut raw = vec![0u8; self.cs as usize];
-        self.file.read_at(off, &mut raw).await?;
-        let t = raw
-            .chunks_exact(8)
-            .map(|c| u64::from_be_bytes(c.try_into().unwrap()))
-            .collect();
-        self.ensure_room_l2().await?;
-        self.l2.insert(off, t, false);
         Ok(Some(off))
     }
 
@@ -661,8 +654,7 @@ impl Meta {
                 if self.free_byte / self.cs == c {
                     self.free_byte = 0;
                 }
-                self.add_ref(c, -1).await?;
-                self.free_hint = self.free_hint.min(c);
+                self.unref(c).await?;
             }
             self.write_refcounts().await?;
             self.punch_freed(&deferred).await?;

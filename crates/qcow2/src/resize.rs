@@ -5,8 +5,10 @@ use std::io;
 
 use oxemu_block::{BlockDriver, BlockDriverExt};
 
+use std::sync::atomic::Ordering;
+
 use crate::create::Preallocation;
-use crate::meta::{COPIED, OFFSET_MASK};
+use crate::meta::{Meta, COPIED, OFFSET_MASK};
 use crate::{os, Qcow2};
 
 impl Qcow2 {
@@ -34,6 +36,13 @@ impl Qcow2 {
                 ),
             ));
         }
+        if self.header().await.nb_snapshots > 0 && self.version.load(Ordering::Acquire) < 3 {
+            // Snapshots of v2 images need not record their disk size.
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "Can't resize a v2 image which has snapshots",
+            ));
+        }
         let cs = self.cluster_size();
         let old = self.size();
         if size < old {
@@ -49,38 +58,14 @@ impl Qcow2 {
         m.writeback().await?;
         let need = size.div_ceil(cs * m.l2_entries) as usize;
         if need > m.l1.len() {
-            if need as u64 * 8 > crate::header::MAX_L1_BYTES {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "qcow2: size needs an L1 table larger than 32 MiB",
-                ));
-            }
-            let clusters = (need as u64 * 8).div_ceil(cs);
-            let at = m.alloc_contiguous(clusters).await?;
-            let mut l1 = m.l1.clone();
-            l1.resize((clusters * cs / 8) as usize, 0);
-            let raw: Vec<u8> = l1.iter().flat_map(|v| v.to_be_bytes()).collect();
-            m.writeback().await?;
-            self.file.write_at(at, &raw).await?;
-            self.file.flush().await?;
-            let (old_off, old_len) = (m.h.l1_table_offset, m.h.l1_size as u64);
-            m.h.l1_table_offset = at;
-            m.h.l1_size = l1.len() as u32;
-            m.h.size = size;
-            m.set_l1(l1);
-            m.write_header().await?;
-            self.file.flush().await?;
-            if old_len > 0 {
-                m.free_later(old_off, old_len * 8);
-            }
-            m.writeback().await?;
+            self.grow_l1(&mut m, need, Some(size)).await?;
         } else {
             m.h.size = size;
             m.write_header().await?;
             self.file.flush().await?;
         }
         drop(m);
-        self.size.store(size, std::sync::atomic::Ordering::Release);
+        self.size.store(size, Ordering::Release);
         if size > old {
             self.fill_grown_area(old, size, prealloc).await?;
         }
@@ -270,6 +255,46 @@ impl Qcow2 {
             }
         }
         let mut m = self.meta.lock().await;
+        m.writeback().await
+    }
+
+    /// Moves the active L1 table to new clusters with room for `need` entries (and,
+    /// with `size`, sets the virtual size in the same header update): the new table
+    /// is written and flushed before the header points to it, the old one is freed
+    /// after. The caller holds the metadata lock and has written everything back.
+    pub(crate) async fn grow_l1(
+        &self,
+        m: &mut Meta,
+        need: usize,
+        size: Option<u64>,
+    ) -> io::Result<()> {
+        let cs = self.cluster_size();
+        if need as u64 * 8 > crate::header::MAX_L1_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "qcow2: size needs an L1 table larger than 32 MiB",
+            ));
+        }
+        let clusters = (need as u64 * 8).div_ceil(cs);
+        let at = m.alloc_contiguous(clusters).await?;
+        let mut l1 = m.l1.clone();
+        l1.resize((clusters * cs / 8) as usize, 0);
+        let raw: Vec<u8> = l1.iter().flat_map(|v| v.to_be_bytes()).collect();
+        m.writeback().await?;
+        self.file.write_at(at, &raw).await?;
+        self.file.flush().await?;
+        let (old_off, old_len) = (m.h.l1_table_offset, m.h.l1_size as u64);
+        m.h.l1_table_offset = at;
+        m.h.l1_size = l1.len() as u32;
+        if let Some(size) = size {
+            m.h.size = size;
+        }
+        m.set_l1(l1);
+        m.write_header().await?;
+        self.file.flush().await?;
+        if old_len > 0 {
+            m.free_later(old_off, old_len * 8);
+        }
         m.writeback().await
     }
 }
