@@ -11,6 +11,8 @@ mod create_qcow2;
 mod image;
 mod info;
 mod map;
+mod measure;
+mod opts;
 mod progress;
 mod rebase;
 mod resize;
@@ -113,6 +115,7 @@ Command syntax:
   convert [-c] [-f fmt] [-O output_fmt] [-o options] [-B backing_file -F backing_fmt] [--target-is-zero] [-m num] [-W] [-S size] [-n] [-p] [-q] [-t cache] [-T src_cache] [-U] filename output_filename
   create [-q] [-f fmt] [-o options] filename [size]
   info [-f fmt] [--output=ofmt] [-U] filename
+  measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [-f fmt] [-U] filename]
   map [-f fmt] [--output=ofmt] [--start-offset=OFFSET] [--max-length=LEN] [-U] filename
   rebase [-f fmt] [-q] [-u] [-b backing_file] [-F backing_fmt] filename
   resize [-f fmt] [-q] [--preallocation=prealloc] [--shrink] filename [+ | -]size
@@ -148,6 +151,7 @@ fn run(argv: &[String]) -> Result<(), Error> {
         "commit" => commit::run(rest),
         "rebase" => rebase::run(rest),
         "amend" => amend::run(rest),
+        "measure" => measure::run(rest),
         "-h" | "--help" => {
             print!("{HELP}\nSupported formats: qcow2 raw\n");
             Ok(())
