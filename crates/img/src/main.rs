@@ -8,6 +8,7 @@ mod commit;
 mod convert;
 mod create;
 mod create_qcow2;
+mod dd;
 mod image;
 mod info;
 mod map;
@@ -114,6 +115,7 @@ Command syntax:
   compare [-f fmt] [-F fmt] [-q] [-s] [-U] filename1 filename2
   convert [-c] [-f fmt] [-O output_fmt] [-o options] [-B backing_file -F backing_fmt] [--target-is-zero] [-m num] [-W] [-S size] [-n] [-p] [-q] [-t cache] [-T src_cache] [-U] filename output_filename
   create [-q] [-f fmt] [-o options] filename [size]
+  dd [-f fmt] [-O output_fmt] [-U] [bs=block_size] [count=blocks] [skip=blocks] if=input of=output
   info [-f fmt] [--output=ofmt] [-U] filename
   measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [-f fmt] [-U] filename]
   map [-f fmt] [--output=ofmt] [--start-offset=OFFSET] [--max-length=LEN] [-U] filename
@@ -152,6 +154,7 @@ fn run(argv: &[String]) -> Result<(), Error> {
         "rebase" => rebase::run(rest),
         "amend" => amend::run(rest),
         "measure" => measure::run(rest),
+        "dd" => dd::run(rest),
         "-h" | "--help" => {
             print!("{HELP}\nSupported formats: qcow2 raw\n");
             Ok(())
