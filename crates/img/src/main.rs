@@ -9,6 +9,7 @@ mod convert;
 mod create;
 mod create_qcow2;
 mod dd;
+mod file_hints;
 mod image;
 mod info;
 mod map;

@@ -169,12 +169,18 @@ pub fn print_create_help(fmt: &str, with_file: bool) -> Result<(), Error> {
 }
 
 /// Splits accumulated `-o` strings into `key=value` pairs (`key` alone means
-/// `key=on`), checking names against `list` and values against their types with
+/// `key=on`, `nokey` alone `key=off`), checking names against `list` and values against their types with
 /// QemuOpts' messages. Later values of a key win when looked up with [`last`].
 pub fn parse(opts: &[&str], list: &[Desc]) -> Result<Vec<(String, String)>, Error> {
     let mut out = Vec::new();
     for kv in opts.iter().flat_map(|o| o.split(',')).filter(|s| !s.is_empty()) {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, "on"));
+        let (k, v) = match kv.split_once('=') {
+            Some(kv) => kv,
+            None => match kv.strip_prefix("no") {
+                Some(k) => (k, "off"),
+                None => (kv, "on"),
+            },
+        };
         let Some(d) = list.iter().find(|d| d.name == k) else {
             return Err(Error::Msg(format!("Invalid parameter '{k}'")));
         };

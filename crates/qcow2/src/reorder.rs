@@ -7,7 +7,7 @@
 
 use std::io;
 
-use oxemu_block::{BlockDriver as _, BlockDriverExt};
+use oxemu_block::BlockDriverExt;
 
 use crate::meta::Meta;
 use crate::{refcount, Qcow2};
