@@ -49,6 +49,15 @@ const CHUNK: usize = 2 << 20;
 /// [-T src_cache] src dst`.
 pub fn run_convert(argv: &[String]) -> Result<(), Error> {
     let p = parse(argv, CONVERT_SPEC)?;
+    let ostrs: Vec<&str> = p
+        .opts
+        .iter()
+        .filter(|(k, _)| k == "o")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    if crate::opts::wants_help(&ostrs) {
+        return crate::opts::print_create_help(p.get("O").unwrap_or("raw"), p.args.len() >= 2);
+    }
     let [src, dst] = p.args.as_slice() else {
         return Err(Error::Usage(
             "Expecting one source and one destination file name".into(),

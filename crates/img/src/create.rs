@@ -33,12 +33,22 @@ pub fn image_size(s: &str) -> Result<u64, Error> {
 pub fn run(argv: &[String]) -> Result<(), Error> {
     let p = parse(argv, SPEC)?;
     let fmt = p.get("f").unwrap_or("raw");
+    let ostrs: Vec<&str> = p
+        .opts
+        .iter()
+        .filter(|(k, _)| k == "o")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    if crate::opts::wants_help(&ostrs) {
+        return crate::opts::print_create_help(fmt, !p.args.is_empty());
+    }
     let (file, size) = match p.args.as_slice() {
         [f] => (f, None),
         [f, s] => (f, Some(s)),
         [] => return Err(Error::Usage("Expecting image file name".into())),
         _ => return Err(Error::Usage(format!("Unexpected argument: {}", p.args[2]))),
     };
+    let mut hints = crate::file_hints::FileHints::default();
     let mut prealloc = false;
     let mut prealloc_given = None;
     let mut size = size.map(|s| image_size(s)).transpose()?;
@@ -80,10 +90,24 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
                     "Invalid parameter 'preallocation': '{v}' (expected off, falloc or full)"
                 )))
             }
+            Some((k, v)) if hints.apply_opt(file, k, v)? => {}
+            None if o.starts_with("no") => {
+                if !hints.apply_opt(file, &o[2..], "off")? {
+                    return Err(Error::Msg(format!(
+                        "{file}: Invalid parameter '{}'",
+                        &o[2..]
+                    )));
+                }
+            }
+            None if hints.apply_opt(file, o, "on")? => {}
             _ => {
-                return Err(Error::Msg(format!(
-                    "Invalid option '{o}' for format '{fmt}'"
-                )))
+                let k = o.split('=').next().unwrap_or(o);
+                let k = if o.contains('=') {
+                    k
+                } else {
+                    k.strip_prefix("no").unwrap_or(k)
+                };
+                return Err(Error::Msg(format!("{file}: Invalid parameter '{k}'")));
             }
         }
     }
@@ -106,11 +130,16 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
         return Err(Error::Msg("Image creation needs a size parameter".into()));
     };
     if !p.has("q") {
+        let extra = hints.formatting();
         match prealloc_given {
-            Some(p) => println!("Formatting '{file}', fmt={fmt} size={size} preallocation={p}"),
-            None => println!("Formatting '{file}', fmt={fmt} size={size}"),
+            Some(p) => {
+                println!("Formatting '{file}', fmt={fmt} size={size} preallocation={p}{extra}")
+            }
+            None => println!("Formatting '{file}', fmt={fmt} size={size}{extra}"),
         }
     }
+    hints.validate(file)?;
+    hints.set_on(Path::new(file));
     FileDriver::create(Path::new(file), size, prealloc)
         .map_err(|e| Error::Msg(format!("{file}: {e}")))?;
     Ok(())

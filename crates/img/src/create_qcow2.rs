@@ -22,9 +22,20 @@ fn apply(
     file: &str,
     c: &mut Qcow2CreateOptions,
     size: &mut Option<u64>,
+    hints: &mut crate::file_hints::FileHints,
     kv: &str,
 ) -> Result<(), Error> {
-    let (k, v) = kv.split_once('=').unwrap_or((kv, "on"));
+    // A bare `noX` means `X=off`, a bare `X` means `X=on`, as in QemuOpts.
+    let (k, v) = match kv.split_once('=') {
+        Some(kv) => kv,
+        None => match kv.strip_prefix("no") {
+            Some(k) => (k, "off"),
+            None => (kv, "on"),
+        },
+    };
+    if hints.apply_opt(file, k, v)? {
+        return Ok(());
+    }
     let bad = |what: &str| Error::Msg(format!("{file}: {what}"));
     match k {
         "size" => *size = Some(image_size(v)?),
@@ -92,8 +103,9 @@ pub fn run(
     c.backing_fmt = backing_fmt.map(str::to_string);
     // Options QEMU shows in "Formatting" only when given, with the value as given.
     let mut given = std::collections::HashMap::new();
+    let mut hints = crate::file_hints::FileHints::default();
     for kv in opts.iter().flat_map(|o| o.split(',')) {
-        apply(file, &mut c, &mut size, kv)?;
+        apply(file, &mut c, &mut size, &mut hints, kv)?;
         if let Some((k @ ("preallocation" | "compat"), v)) = kv.split_once('=') {
             given.insert(k, v);
         }
@@ -165,8 +177,10 @@ pub fn run(
             if c.lazy_refcounts { "on" } else { "off" },
             c.refcount_bits
         );
-        println!("{line}");
+        println!("{line}{}", hints.formatting());
     }
+    hints.validate(file)?;
+    hints.set_on(Path::new(file));
     let lp = crate::map::event_loop()?;
     lp.block_on(oxemu_qcow2::create(Path::new(file), &c))
         .map_err(|e| match e.raw_os_error() {

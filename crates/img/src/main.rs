@@ -8,9 +8,13 @@ mod commit;
 mod convert;
 mod create;
 mod create_qcow2;
+mod dd;
+mod file_hints;
 mod image;
 mod info;
 mod map;
+mod measure;
+mod opts;
 mod progress;
 mod rebase;
 mod resize;
@@ -113,7 +117,9 @@ Command syntax:
   compare [-f fmt] [-F fmt] [-q] [-s] [-U] filename1 filename2
   convert [-c] [-f fmt] [-O output_fmt] [-o options] [-B backing_file -F backing_fmt] [--target-is-zero] [-m num] [-W] [-S size] [-n] [-p] [-q] [-t cache] [-T src_cache] [-U] filename output_filename
   create [-q] [-f fmt] [-o options] filename [size]
+  dd [-f fmt] [-O output_fmt] [-U] [bs=block_size] [count=blocks] [skip=blocks] if=input of=output
   info [-f fmt] [--output=ofmt] [-U] filename
+  measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [-f fmt] [-U] filename]
   map [-f fmt] [--output=ofmt] [--start-offset=OFFSET] [--max-length=LEN] [-U] filename
   rebase [-f fmt] [-q] [-u] [-b backing_file] [-F backing_fmt] filename
   resize [-f fmt] [-q] [--preallocation=prealloc] [--shrink] filename [+ | -]size
@@ -151,6 +157,8 @@ fn run(argv: &[String]) -> Result<(), Error> {
         "rebase" => rebase::run(rest),
         "amend" => amend::run(rest),
         "snapshot" => snapshot::run(rest),
+        "measure" => measure::run(rest),
+        "dd" => dd::run(rest),
         "-h" | "--help" => {
             print!("{HELP}\nSupported formats: qcow2 raw\n");
             Ok(())

@@ -24,6 +24,7 @@ pub mod header;
 mod io;
 pub mod meta;
 pub mod refcount;
+mod reorder;
 mod resize;
 pub mod snapshot;
 pub mod snapshot_ops;

@@ -390,6 +390,7 @@ fn amend_changes_compat_and_lazy_refcounts_as_qemu_img_info_shows() {
         q.amend(oxemu_qcow2::AmendOptions {
             compat_v3: Some(false),
             lazy_refcounts: Some(false),
+            ..Default::default()
         })
         .await
         .unwrap();
