@@ -94,6 +94,9 @@ fn describe(
         )
     });
     let snaps = snaps.map_err(|e| Error::Msg(format!("Could not read snapshots: {e}")))?;
+    let bitmaps = lp
+        .block_on(q.bitmaps())
+        .map_err(|e| Error::Msg(format!("Could not read bitmaps: {e}")))?;
     if !snaps.is_empty() {
         let list = snaps.iter().map(crate::snapshot::to_json).collect();
         o.insert("snapshots".into(), Value::Array(list));
@@ -111,6 +114,19 @@ fn describe(
     data.insert("compression-type".into(), fs.compression_type.into());
     if fs.compat != "0.10" {
         data.insert("lazy-refcounts".into(), fs.lazy_refcounts.into());
+        if !bitmaps.is_empty() {
+            let list = bitmaps
+                .iter()
+                .map(|b| {
+                    let mut e = Map::new();
+                    e.insert("flags".into(), b.flag_names().into());
+                    e.insert("name".into(), b.name.clone().into());
+                    e.insert("granularity".into(), b.granularity().into());
+                    Value::Object(e)
+                })
+                .collect();
+            data.insert("bitmaps".into(), Value::Array(list));
+        }
     }
     data.insert("refcount-bits".into(), fs.refcount_bits.into());
     if fs.compat != "0.10" {
@@ -138,6 +154,20 @@ fn describe(
         (h.incompatible_features & 1 != 0).into(),
     );
     Ok(Value::Object(o))
+}
+
+/// The "bitmaps:" block of `Format specific information`, indented as qemu-img's.
+fn human_bitmaps(list: &[serde_json::Value]) -> String {
+    let mut s = String::from("    bitmaps:\n");
+    for (i, b) in list.iter().enumerate() {
+        s += &format!("        [{i}]:\n            flags:\n");
+        for (j, f) in b["flags"].as_array().into_iter().flatten().enumerate() {
+            s += &format!("                [{j}]: {}\n", f.as_str().unwrap_or(""));
+        }
+        s += &format!("            name: {}\n", b["name"].as_str().unwrap_or(""));
+        s += &format!("            granularity: {}\n", b["granularity"]);
+    }
+    s
 }
 
 /// qemu-img 7.2's human-readable block for one image.
@@ -184,6 +214,11 @@ fn human(v: &serde_json::Value) -> String {
             if let Some(x) = d.get(k) {
                 let x = x.as_str().map_or_else(|| x.to_string(), str::to_string);
                 s += &format!("    {label}: {x}\n");
+            }
+            if k == "lazy-refcounts" {
+                if let Some(list) = d.get("bitmaps").and_then(|b| b.as_array()) {
+                    s += &human_bitmaps(list);
+                }
             }
         }
     }

@@ -100,7 +100,25 @@ pub fn json_pretty(v: &serde_json::Value) -> String {
     let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
     v.serialize(&mut ser)
         .expect("serializing a JSON value cannot fail");
-    String::from_utf8(out).expect("serde_json writes UTF-8")
+    let text = String::from_utf8(out).expect("serde_json writes UTF-8");
+    // QEMU prints an empty list over two lines, the bracket at the list's own indent.
+    let mut fixed = String::with_capacity(text.len());
+    for line in text.lines() {
+        let body = line.trim_end_matches(',');
+        if let Some(head) = body.strip_suffix("[]") {
+            let indent = line.len() - line.trim_start().len();
+            fixed += head;
+            fixed += "[\n";
+            fixed += &" ".repeat(indent);
+            fixed += "]";
+            fixed += &line[body.len()..];
+        } else {
+            fixed += line;
+        }
+        fixed.push('\n');
+    }
+    fixed.pop();
+    fixed
 }
 
 const HELP: &str = "\

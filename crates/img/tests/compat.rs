@@ -256,3 +256,30 @@ fn sizes_messages_and_formatting_lines_match_qemu_img() {
         assert_eq!(o, q, "{args:?}");
     }
 }
+
+#[test]
+fn info_lists_persistent_bitmaps_as_qemu_img() {
+    let setup = |d: &str| {
+        let i = format!("{d}/i.qcow2");
+        ok("qemu-img", &["create", "-q", "-f", "qcow2", &i, "64M"]);
+        ok("qemu-img", &["bitmap", "--add", &i, "b0"]);
+        ok(
+            "qemu-img",
+            &["bitmap", "--add", "-g", "512", "--disable", &i, "b1"],
+        );
+        ok("qemu-io", &["-c", "write -P 1 0 1M", &i]);
+    };
+    for args in [
+        vec!["info", "{d}/i.qcow2"],
+        vec!["info", "--output=json", "{d}/i.qcow2"],
+    ] {
+        let [q, o] = side_by_side(&setup, &args);
+        let strip = |s: &str| {
+            s.lines()
+                .filter(|l| !l.contains("actual-size") && !l.contains("disk size"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert_eq!((strip(&o.0), o.2), (strip(&q.0), q.2), "{args:?}");
+    }
+}

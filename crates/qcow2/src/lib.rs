@@ -14,6 +14,7 @@
 #![allow(clippy::manual_is_multiple_of)]
 
 pub mod amend;
+pub mod bitmaps;
 pub mod chain;
 pub mod check;
 pub mod compress;
@@ -233,6 +234,13 @@ impl Qcow2 {
     /// A copy of the current header.
     pub async fn header(&self) -> Header {
         self.meta.lock().await.h.clone()
+    }
+
+    /// The persistent dirty bitmaps (empty when there are none, or when they are not
+    /// consistent and QEMU would ignore them).
+    pub async fn bitmaps(&self) -> std::io::Result<Vec<bitmaps::Bitmap>> {
+        let h = self.header().await;
+        bitmaps::read_directory(self.file.as_ref(), &h).await
     }
 
     /// Format-specific information (`qemu-img info`).

@@ -8,45 +8,24 @@ use std::io;
 use oxemu_block::BlockDriverExt;
 
 use super::Ck;
-use crate::header::EXT_BITMAPS;
+use crate::bitmaps::{directory_location, parse_directory, MAX_TABLE_ENTRIES};
 
-/// Autoclear bit 0: the bitmaps extension is consistent.
-const AUTOCLEAR_BITMAPS: u64 = 1;
 /// Offset bits of a bitmap table entry; bit 0 means "all ones" when the offset is 0.
 const BME_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 /// Bits of a bitmap table entry that must be zero.
 const BME_RESERVED: u64 = 0xff00_0000_0000_01fe;
-/// Bounds on untrusted sizes (QEMU's limits: 64 MiB directory, 64 Ki bitmaps).
-const MAX_DIRECTORY: u64 = 64 << 20;
-const MAX_BITMAPS: u32 = 65535;
-const MAX_TABLE_ENTRIES: u64 = 1 << 27;
 
 impl Ck {
     /// Counts the bitmaps' clusters when the image has consistent bitmaps.
     pub(super) async fn count_bitmaps(&mut self) -> io::Result<()> {
-        if self.h.version < 3 || self.h.autoclear_features & AUTOCLEAR_BITMAPS == 0 {
-            return Ok(());
-        }
-        let Some(ext) = self.h.extensions.iter().find(|e| e.kind == EXT_BITMAPS) else {
-            return Ok(());
+        let (nb, dir_off, dir_size) = match directory_location(&self.h) {
+            Ok(Some(l)) => l,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                self.bitmap_error(e.to_string());
+                return Ok(());
+            }
         };
-        if ext.data.len() < 24 {
-            self.bitmap_error("bitmaps extension is too short".into());
-            return Ok(());
-        }
-        let d = &ext.data;
-        let nb = u32::from_be_bytes(d[0..4].try_into().unwrap());
-        let dir_size = u64::from_be_bytes(d[8..16].try_into().unwrap());
-        let dir_off = u64::from_be_bytes(d[16..24].try_into().unwrap());
-        if nb == 0 {
-            return Ok(());
-        }
-        if nb > MAX_BITMAPS || dir_size > MAX_DIRECTORY || dir_off % self.cs != 0 {
-            self.bitmap_error(format!(
-                "bitmap directory at {dir_off:#x} ({dir_size} bytes, {nb} bitmaps) is invalid"
-            ));
-            return Ok(());
-        }
         self.inc(dir_off, dir_size)?;
         if dir_off.saturating_add(dir_size) > self.file_len {
             self.bitmap_error(format!(
@@ -56,22 +35,16 @@ impl Ck {
         }
         let mut dir = vec![0u8; dir_size as usize];
         self.file.read_at(dir_off, &mut dir).await?;
-        let mut pos = 0usize;
-        for _ in 0..nb {
-            let Some(head) = dir.get(pos..pos + 24) else {
-                self.bitmap_error(format!("bitmap directory at {dir_off:#x} is truncated"));
-                return Ok(());
-            };
-            let table_off = u64::from_be_bytes(head[0..8].try_into().unwrap());
-            let table_size = u32::from_be_bytes(head[8..12].try_into().unwrap()) as u64;
-            let name_size = u16::from_be_bytes(head[18..20].try_into().unwrap()) as usize;
-            let extra = u32::from_be_bytes(head[20..24].try_into().unwrap()) as usize;
-            pos = (pos + 24 + extra + name_size).next_multiple_of(8);
-            if pos > dir.len() {
-                self.bitmap_error(format!("bitmap directory at {dir_off:#x} is truncated"));
+        let list = match parse_directory(&dir, nb, dir_off) {
+            Ok(l) => l,
+            Err(e) => {
+                self.bitmap_error(e.to_string());
                 return Ok(());
             }
-            self.count_bitmap_table(table_off, table_size).await?;
+        };
+        for b in list {
+            self.count_bitmap_table(b.table_offset, b.table_size)
+                .await?;
         }
         Ok(())
     }
