@@ -56,7 +56,14 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
         None => 0,
         Some(b) => chain
             .iter()
-            .position(|(path, name, _)| name == b || same_file(path, Path::new(b)))
+            // As QEMU: a relative name is taken relative to the top image's directory.
+            .position(|(path, name, _)| {
+                name == b
+                    || same_file(
+                        path,
+                        &oxemu_qcow2::chain::backing_path(Path::new(file.as_str()), b),
+                    )
+            })
             .ok_or_else(|| {
                 Error::Msg(format!(
                     "Did not find '{b}' in the backing chain of '{file}'"

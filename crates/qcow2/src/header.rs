@@ -161,7 +161,10 @@ impl Header {
             .rev()
             .find(|e| e.kind == EXT_FEATURE_TABLE)
         {
-            for e in t.data.chunks_exact(48) {
+            // A short last entry counts, padded with zeroes, as QEMU reads it.
+            let mut data = t.data.clone();
+            data.resize(t.data.len().next_multiple_of(48), 0);
+            for e in data.chunks_exact(48) {
                 if e[2] == 0 {
                     break;
                 }

@@ -176,10 +176,12 @@ impl Qcow2 {
             opts.l2_cache_size
         };
         let dirty = h.incompatible_features & INCOMPAT_DIRTY != 0;
-        // A writer that does not keep the bitmaps up to date must say so (QEMU's
-        // rule). A check keeps them: it changes no guest data.
-        if !opts.read_only && !check && h.autoclear_features != 0 {
-            h.autoclear_features = 0;
+        // A writer clears the autoclear bits of what it does not keep up to date
+        // (QEMU's rule): all of them, bitmaps included. A check changes no guest data,
+        // so it keeps the bitmaps bit and clears only unknown ones, as QEMU does.
+        if !opts.read_only {
+            let keep = if check { bitmaps::AUTOCLEAR_BITMAPS } else { 0 };
+            h.autoclear_features &= keep;
         }
         let meta = Meta::load(h.clone(), file.clone(), cache).await?;
         let q = Arc::new(Qcow2 {
