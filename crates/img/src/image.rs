@@ -173,6 +173,12 @@ fn open_qcow2(path: &Path, o: &OpenOpts<'_>, file: Arc<FileDriver>) -> Result<Im
 
 /// Opens `path` as qemu-img would.
 pub fn open(path: &Path, o: &OpenOpts<'_>) -> Result<Image, Error> {
+    if o.force_share && !o.read_only {
+        return Err(Error::Msg(format!(
+            "Could not open '{}': force-share=on can only be used with read-only images",
+            path.display()
+        )));
+    }
     let format = match o.format {
         Some("raw") => "raw",
         Some("qcow2") => "qcow2",

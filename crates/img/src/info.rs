@@ -31,7 +31,8 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
             aio: Default::default(),
             read_only: true,
             force_share: p.has("force-share"),
-            no_backing: false,
+            // As qemu-img: the backing chain is opened only to be shown.
+            no_backing: !p.has("backing-chain"),
             no_share: false,
         },
     )?;

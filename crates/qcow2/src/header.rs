@@ -185,6 +185,16 @@ impl Header {
     /// Parses the header from the first cluster of the image (`buf` holds at least the
     /// first min(file size, 64 KiB) bytes, or the whole first cluster).
     pub fn parse(buf: &[u8], file_size: u64) -> io::Result<Header> {
+        Self::parse_mode(buf, file_size, false)
+    }
+
+    /// [`Header::parse`] for `check`: as QEMU's `BDRV_O_CHECK`, an image without a
+    /// refcount table is accepted, so that a repair can rebuild it.
+    pub fn parse_for_check(buf: &[u8], file_size: u64) -> io::Result<Header> {
+        Self::parse_mode(buf, file_size, true)
+    }
+
+    fn parse_mode(buf: &[u8], file_size: u64, check: bool) -> io::Result<Header> {
         if buf.len() < 72 {
             return Err(bad(
                 "header",
@@ -320,7 +330,14 @@ impl Header {
                 format!("{:#x} is not cluster aligned", h.l1_table_offset),
             ));
         }
-        if h.refcount_table_offset % cs != 0 || h.refcount_table_offset == 0 {
+        if h.refcount_table_clusters == 0 && !check {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "Image does not contain a reference count table",
+            ));
+        }
+        let no_reftable = h.refcount_table_clusters == 0;
+        if h.refcount_table_offset % cs != 0 || (h.refcount_table_offset == 0 && !no_reftable) {
             return Err(bad(
                 "refcount_table_offset",
                 48,

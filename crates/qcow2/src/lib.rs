@@ -144,7 +144,11 @@ impl Qcow2 {
                 file.read_at(0, &mut head).await?;
             }
         }
-        let mut h = Header::parse(&head, fsize)?;
+        let mut h = if check {
+            Header::parse_for_check(&head, fsize)?
+        } else {
+            Header::parse(&head, fsize)?
+        };
         let unknown = h.unknown_incompatible();
         if !unknown.is_empty() {
             return Err(std::io::Error::new(
