@@ -64,7 +64,8 @@ pub async fn unlock(
 pub struct LuksDriver {
     file: Arc<dyn BlockDriver>,
     luks: Luks,
-    cipher: SectorCipher,
+    /// None when opened without the key (header only, as `qemu-img info` does).
+    cipher: Option<SectorCipher>,
     payload: u64,
     size: AtomicU64,
 }
@@ -75,7 +76,22 @@ impl LuksDriver {
     pub async fn open(file: Arc<dyn BlockDriver>, password: &[u8]) -> Result<Self, Error> {
         let luks = read_header(&*file).await?;
         let key = unlock(&luks, &*file, 0, password).await?;
-        let cipher = luks.payload_cipher(&key)?;
+        let cipher = Some(luks.payload_cipher(&key)?);
+        Self::with(file, luks, cipher)
+    }
+
+    /// Opens the volume on `file` without unlocking it: the header can be inspected
+    /// and the size is known, but every read or write fails with `EIO`.
+    pub async fn open_header_only(file: Arc<dyn BlockDriver>) -> Result<Self, Error> {
+        let luks = read_header(&*file).await?;
+        Self::with(file, luks, None)
+    }
+
+    fn with(
+        file: Arc<dyn BlockDriver>,
+        luks: Luks,
+        cipher: Option<SectorCipher>,
+    ) -> Result<Self, Error> {
         let payload = luks.payload_offset();
         let len = file.size();
         if payload > len {
@@ -117,7 +133,7 @@ impl LuksDriver {
             file.write_at(*at, b).await.map_err(werr)?;
         }
         file.flush().await.map_err(Error::Io)?;
-        let cipher = c.luks.payload_cipher(&c.master_key)?;
+        let cipher = Some(c.luks.payload_cipher(&c.master_key)?);
         Ok(LuksDriver {
             file,
             luks: c.luks,
@@ -141,9 +157,14 @@ impl LuksDriver {
 
     /// Reads and decrypts the whole sectors `start..start+buf.len()` (guest bytes).
     async fn read_plain(&self, start: u64, buf: &mut [u8]) -> BlockResult<()> {
+        let c = self.cipher()?;
         self.file.read_at(self.payload + start, buf).await?;
-        self.cipher.decrypt(start / SECTOR, buf);
+        c.decrypt(start / SECTOR, buf);
         Ok(())
+    }
+
+    fn cipher(&self) -> BlockResult<&SectorCipher> {
+        self.cipher.as_ref().ok_or_else(|| errno(libc::EIO))
     }
 }
 
@@ -190,6 +211,7 @@ impl BlockDriver for LuksDriver {
     async fn writev(&self, offset: u64, iov: &IoVec<'_>, flags: WriteFlags) -> BlockResult<()> {
         let len = iov.len() as u64;
         self.check(offset, len)?;
+        let cipher = self.cipher()?;
         let mut done = 0u64;
         while done < len {
             let pos = offset + done;
@@ -208,7 +230,7 @@ impl BlockDriver for LuksDriver {
             }
             iov.slice(done as usize, n)
                 .copy_to_slice(&mut buf[skip..skip + n]);
-            self.cipher.encrypt(start / SECTOR, &mut buf);
+            cipher.encrypt(start / SECTOR, &mut buf);
             self.file
                 .writev(self.payload + start, &IoVec::from_slice(&buf), flags)
                 .await?;

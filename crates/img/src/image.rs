@@ -171,8 +171,17 @@ fn open_qcow2(path: &Path, o: &OpenOpts<'_>, file: Arc<FileDriver>) -> Result<Im
     })
 }
 
-/// Opens `path` as qemu-img would.
+/// Opens `path` as qemu-img would: LUKS images and block options (`--image-opts`,
+/// `json:`) through [`crate::encryption`], the rest as a file name.
 pub fn open(path: &Path, o: &OpenOpts<'_>) -> Result<Image, Error> {
+    match crate::encryption::open_hook(path, o)? {
+        Some(img) => Ok(img),
+        None => open_file(path, o),
+    }
+}
+
+/// Opens the file `path` as a raw or qcow2 image.
+pub fn open_file(path: &Path, o: &OpenOpts<'_>) -> Result<Image, Error> {
     let format = match o.format {
         Some("raw") => "raw",
         Some("qcow2") => "qcow2",

@@ -8,9 +8,11 @@ mod commit;
 mod convert;
 mod create;
 mod create_qcow2;
+mod encryption;
 mod image;
 mod info;
 mod map;
+mod objects;
 mod progress;
 mod rebase;
 mod resize;
@@ -125,6 +127,9 @@ Parameters:
 ";
 
 fn run(argv: &[String]) -> Result<(), Error> {
+    let mut argv = argv.to_vec();
+    objects::take_global_options(&mut argv)?;
+    let argv = &argv[..];
     let Some(cmd) = argv.first() else {
         return Err(Error::Usage("Not enough arguments".into()));
     };
@@ -149,7 +154,7 @@ fn run(argv: &[String]) -> Result<(), Error> {
         "rebase" => rebase::run(rest),
         "amend" => amend::run(rest),
         "-h" | "--help" => {
-            print!("{HELP}\nSupported formats: qcow2 raw\n");
+            print!("{HELP}\nSupported formats: luks qcow2 raw\n");
             Ok(())
         }
         "-V" | "--version" => {
