@@ -109,10 +109,11 @@ fn text(b: &[u8], at: usize, len: usize, what: &str) -> Result<String, Error> {
     })
 }
 
+/// Stores `s` in a field of `len` bytes, cut to fit (parsed fields always fit).
 fn put_text(out: &mut [u8], at: usize, len: usize, s: &str) {
     let b = s.as_bytes();
-    assert!(b.len() < len, "header text field too long");
-    out[at..at + b.len()].copy_from_slice(b);
+    let n = b.len().min(len);
+    out[at..at + n].copy_from_slice(&b[..n]);
 }
 
 /// Sectors the key material of one slot takes: the split key rounded up to sectors,
