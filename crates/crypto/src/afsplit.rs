@@ -27,7 +27,12 @@ fn xor_into(acc: &mut [u8], other: &[u8]) {
 
 /// Splits `key` into `stripes` blocks of `key.len()` bytes, with randomness from
 /// `random`. `stripes` must be at least 1.
-pub fn split(hash: HashAlg, key: &[u8], stripes: usize, random: &mut dyn FnMut(&mut [u8])) -> Vec<u8> {
+pub fn split(
+    hash: HashAlg,
+    key: &[u8],
+    stripes: usize,
+    random: &mut dyn FnMut(&mut [u8]),
+) -> Vec<u8> {
     let n = key.len();
     let mut out = vec![0u8; n * stripes];
     let mut acc = vec![0u8; n];

@@ -77,9 +77,7 @@ impl CipherAlg {
         Self::ALL
             .into_iter()
             .find(|a| a.key_len() == n)
-            .ok_or_else(|| {
-                Error::Unsupported(format!("No AES cipher with key size {n} available"))
-            })
+            .ok_or_else(|| Error::Unsupported(format!("No AES cipher with key size {n} available")))
     }
 }
 
@@ -110,7 +108,11 @@ impl CipherMode {
             "ecb" => CipherMode::Ecb,
             "cbc" => CipherMode::Cbc,
             "xts" => CipherMode::Xts,
-            _ => return Err(Error::Unsupported(format!("Cipher mode '{s}' not supported"))),
+            _ => {
+                return Err(Error::Unsupported(format!(
+                    "Cipher mode '{s}' not supported"
+                )))
+            }
         })
     }
 }
@@ -142,7 +144,11 @@ impl IvGenAlg {
             "plain" => IvGenAlg::Plain,
             "plain64" => IvGenAlg::Plain64,
             "essiv" => IvGenAlg::Essiv,
-            _ => return Err(Error::Unsupported(format!("IV generator '{s}' not supported"))),
+            _ => {
+                return Err(Error::Unsupported(format!(
+                    "IV generator '{s}' not supported"
+                )))
+            }
         })
     }
 }

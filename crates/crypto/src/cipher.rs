@@ -187,7 +187,11 @@ impl SectorCipher {
     /// `first_sector`. The length must be a multiple of 16; a shorter last sector is
     /// encrypted as a unit of its own, as QEMU does for key material.
     pub fn encrypt(&self, first_sector: u64, data: &mut [u8]) {
-        assert_eq!(data.len() % 16, 0, "sector cipher input must be whole blocks");
+        assert_eq!(
+            data.len() % 16,
+            0,
+            "sector cipher input must be whole blocks"
+        );
         for (i, s) in data.chunks_mut(SECTOR_SIZE).enumerate() {
             self.crypt.encrypt(self.iv(first_sector + i as u64), s);
         }
@@ -196,7 +200,11 @@ impl SectorCipher {
     /// Decrypts `data` in place, sector by sector, as [`SectorCipher::encrypt`]
     /// encrypted it.
     pub fn decrypt(&self, first_sector: u64, data: &mut [u8]) {
-        assert_eq!(data.len() % 16, 0, "sector cipher input must be whole blocks");
+        assert_eq!(
+            data.len() % 16,
+            0,
+            "sector cipher input must be whole blocks"
+        );
         for (i, s) in data.chunks_mut(SECTOR_SIZE).enumerate() {
             self.crypt.decrypt(self.iv(first_sector + i as u64), s);
         }

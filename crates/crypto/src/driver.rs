@@ -9,8 +9,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use oxemu_block::driver::{
-    errno, BlockDriver, BlockDriverExt, BlockResult, BlockStatus, NodeInfo, WriteFlags,
-    ZeroFlags,
+    errno, BlockDriver, BlockDriverExt, BlockResult, BlockStatus, NodeInfo, WriteFlags, ZeroFlags,
 };
 use oxemu_block::iovec::{IoVec, IoVecMut};
 
@@ -226,7 +225,8 @@ impl BlockDriver for LuksDriver {
             }
             let tail = buf.len() - SECTOR as usize;
             if skip + n < buf.len() && (tail >= SECTOR as usize || skip == 0) {
-                self.read_plain(start + tail as u64, &mut buf[tail..]).await?;
+                self.read_plain(start + tail as u64, &mut buf[tail..])
+                    .await?;
             }
             iov.slice(done as usize, n)
                 .copy_to_slice(&mut buf[skip..skip + n]);

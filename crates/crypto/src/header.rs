@@ -99,9 +99,10 @@ fn be32(b: &[u8], at: usize) -> u32 {
 /// The NUL-terminated text of `field`, or an error naming it.
 fn text(b: &[u8], at: usize, len: usize, what: &str) -> Result<String, Error> {
     let f = &b[at..at + len];
-    let end = f.iter().position(|&c| c == 0).ok_or_else(|| {
-        Error::Corrupt(format!("LUKS header {what} is not NUL terminated"))
-    })?;
+    let end = f
+        .iter()
+        .position(|&c| c == 0)
+        .ok_or_else(|| Error::Corrupt(format!("LUKS header {what} is not NUL terminated")))?;
     String::from_utf8(f[..end].to_vec()).map_err(|_| {
         Error::Corrupt(format!(
             "LUKS header {what} at offset {at} is not valid UTF-8"
@@ -223,9 +224,7 @@ impl Header {
                 ));
             }
             if s.state != SLOT_ENABLED && s.state != SLOT_DISABLED {
-                return c(format!(
-                    "Keyslot {i} state (active/disable) is corrupted"
-                ));
+                return c(format!("Keyslot {i} state (active/disable) is corrupted"));
             }
             if s.active() && s.iterations == 0 {
                 return c(format!("Keyslot {i} iteration count is zero"));
@@ -307,6 +306,9 @@ mod tests {
             Header::parse(&b).unwrap_err().to_string(),
             "LUKS header cipher mode is not NUL terminated"
         );
-        assert!(Header::parse(&b[..100]).unwrap_err().to_string().contains("truncated"));
+        assert!(Header::parse(&b[..100])
+            .unwrap_err()
+            .to_string()
+            .contains("truncated"));
     }
 }

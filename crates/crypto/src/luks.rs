@@ -3,12 +3,12 @@
 
 use std::io;
 
-use crate::algo::{CipherAlg, CipherMode, HashAlg, IvGenAlg};
 use crate::afsplit;
+use crate::algo::{CipherAlg, CipherMode, HashAlg, IvGenAlg};
 use crate::cipher::{CipherSpec, SectorCipher};
 use crate::header::{
-    split_key_sectors, Header, KeySlot, DIGEST_LEN, KEY_SLOT_OFFSET, NUM_SLOTS, SALT_LEN,
-    SECTOR, SLOT_DISABLED, SLOT_ENABLED, STRIPES,
+    split_key_sectors, Header, KeySlot, DIGEST_LEN, KEY_SLOT_OFFSET, NUM_SLOTS, SALT_LEN, SECTOR,
+    SLOT_DISABLED, SLOT_ENABLED, STRIPES,
 };
 use crate::Error;
 
@@ -17,8 +17,11 @@ pub type ReadFn<'a> = dyn FnMut(u64, &mut [u8]) -> io::Result<()> + 'a;
 
 /// Fills a buffer with random bytes from the operating system.
 pub fn random_bytes(buf: &mut [u8]) -> Result<(), Error> {
-    getrandom::getrandom(buf)
-        .map_err(|e| Error::Io(io::Error::other(format!("Unable to read random bytes: {e}"))))
+    getrandom::getrandom(buf).map_err(|e| {
+        Error::Io(io::Error::other(format!(
+            "Unable to read random bytes: {e}"
+        )))
+    })
 }
 
 /// A LUKS1 volume whose header has been read and checked.
@@ -34,14 +37,18 @@ pub struct Luks {
 
 /// Splits `xts-plain64` / `cbc-essiv:sha256` into mode, IV generator and its hash.
 fn parse_mode(s: &str) -> Result<(CipherMode, IvGenAlg, Option<HashAlg>), Error> {
-    let (mode, iv) = s.split_once('-').ok_or_else(|| {
-        Error::Unsupported(format!("Unexpected cipher mode string format '{s}'"))
-    })?;
+    let (mode, iv) = s
+        .split_once('-')
+        .ok_or_else(|| Error::Unsupported(format!("Unexpected cipher mode string format '{s}'")))?;
     let (iv, ivhash) = match iv.split_once(':') {
         Some((a, h)) => (a, Some(HashAlg::from_name(h)?)),
         None => (iv, None),
     };
-    Ok((CipherMode::from_name(mode)?, IvGenAlg::from_name(iv)?, ivhash))
+    Ok((
+        CipherMode::from_name(mode)?,
+        IvGenAlg::from_name(iv)?,
+        ivhash,
+    ))
 }
 
 impl Luks {
@@ -163,10 +170,9 @@ pub struct Created {
 }
 
 fn scaled_iters(per_second: u64, iter_time_ms: u64, divide: u64) -> Result<u32, Error> {
-    let iters = per_second
-        .checked_mul(iter_time_ms)
-        .ok_or_else(|| Error::Unsupported(format!("PBKDF iterations {per_second} too large to scale")))?
-        / 1000
+    let iters = per_second.checked_mul(iter_time_ms).ok_or_else(|| {
+        Error::Unsupported(format!("PBKDF iterations {per_second} too large to scale"))
+    })? / 1000
         / divide;
     if iters > u32::MAX as u64 {
         return Err(Error::Unsupported(format!(

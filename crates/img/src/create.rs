@@ -52,7 +52,12 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
         return crate::create_qcow2::run(file, size, &opts, p.get("b"), p.get("F"), p.has("q"));
     }
     if fmt == "luks" {
-        let opts: Vec<&str> = p.opts.iter().filter(|(k, _)| k == "o").map(|(_, v)| v.as_str()).collect();
+        let opts: Vec<&str> = p
+            .opts
+            .iter()
+            .filter(|(k, _)| k == "o")
+            .map(|(_, v)| v.as_str())
+            .collect();
         return crate::encryption::create(file, size, &opts, p.has("q"));
     }
     for o in p

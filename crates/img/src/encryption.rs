@@ -52,7 +52,12 @@ fn json_name(spec: &ImageSpec, driver: &str) -> String {
     }
     let s = serde_json::to_string(&Value::Object(o)).expect("JSON");
     // QEMU separates members with ", " and keys from values with ": ".
-    format!("json:{}", s.replace("\",\"", "\", \"").replace("\":", "\": ").replace("},\"", "}, \""))
+    format!(
+        "json:{}",
+        s.replace("\",\"", "\", \"")
+            .replace("\":", "\": ")
+            .replace("},\"", "}, \"")
+    )
 }
 
 fn spec_driver(spec: &ImageSpec) -> Result<String, Error> {
@@ -92,7 +97,9 @@ pub fn open_hook(path: &Path, o: &OpenOpts<'_>) -> Result<Option<Image>, Error> 
             }),
             ..o.clone()
         };
-        return crate::image::open_file(&spec.filename, &inner).map(Some);
+        let img = crate::image::open_file(&spec.filename, &inner)?;
+        unlock_qcow2(&img, spec.key_secret.as_deref(), &name)?;
+        return Ok(Some(img));
     }
     let luks = match o.format {
         Some("luks") => true,
@@ -103,6 +110,31 @@ pub fn open_hook(path: &Path, o: &OpenOpts<'_>) -> Result<Option<Image>, Error> 
         return Ok(None);
     }
     open_luks(path, None, &name, o).map(Some)
+}
+
+/// Unlocks an encrypted qcow2 image with the secret `key_secret` (`info` goes on
+/// without one, as qemu-img opens images there without I/O).
+pub fn unlock_qcow2(img: &Image, key_secret: Option<&str>, name: &str) -> Result<(), Error> {
+    let Some(q) = img.qcow2.as_ref().and_then(|c| c.qcow2.as_ref()) else {
+        return Ok(());
+    };
+    if !q.encrypted() {
+        return Ok(());
+    }
+    let fail = |m: String| Error::Msg(format!("Could not open '{name}': {m}"));
+    let id = match key_secret {
+        Some(id) => id,
+        None if objects::command() == "info" => return Ok(()),
+        None => {
+            return Err(fail(
+                "Parameter 'encrypt.key-secret' is required for cipher".into(),
+            ))
+        }
+    };
+    let pw = objects::secret(id).map_err(|e| fail(e.to_string()))?;
+    event_loop()?
+        .block_on(q.unlock(&pw))
+        .map_err(|e| fail(e.to_string()))
 }
 
 fn open_luks(
@@ -278,7 +310,7 @@ pub fn create(file: &str, size: Option<u64>, opts: &[&str], quiet: bool) -> Resu
             "iter-time" => {
                 c.iter_time_ms = v
                     .parse()
-                    .map_err(|_| Error::Msg(format!("Parameter 'iter-time' expects a number")))?
+                    .map_err(|_| Error::Msg("Parameter 'iter-time' expects a number".into()))?
             }
             _ => {
                 return Err(Error::Msg(format!(
@@ -307,8 +339,8 @@ pub fn create(file: &str, size: Option<u64>, opts: &[&str], quiet: bool) -> Resu
         println!("{line}");
     }
     let fail = |m: String| Error::Msg(format!("{file}: {m}"));
-    let id = key_secret
-        .ok_or_else(|| fail("Parameter 'key-secret' is required for cipher".into()))?;
+    let id =
+        key_secret.ok_or_else(|| fail("Parameter 'key-secret' is required for cipher".into()))?;
     let pw = objects::secret(&id).map_err(|e| fail(e.to_string()))?;
     FileDriver::create(Path::new(file), 0, false).map_err(|e| fail(e.to_string()))?;
     let f = FileDriver::open(&FileOptions::new(file)).map_err(|e| fail(e.to_string()))?;

@@ -176,7 +176,11 @@ fn open_qcow2(path: &Path, o: &OpenOpts<'_>, file: Arc<FileDriver>) -> Result<Im
 pub fn open(path: &Path, o: &OpenOpts<'_>) -> Result<Image, Error> {
     match crate::encryption::open_hook(path, o)? {
         Some(img) => Ok(img),
-        None => open_file(path, o),
+        None => {
+            let img = open_file(path, o)?;
+            crate::encryption::unlock_qcow2(&img, None, &path.display().to_string())?;
+            Ok(img)
+        }
     }
 }
 

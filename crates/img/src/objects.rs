@@ -107,13 +107,17 @@ pub fn add_object(spec: &str) -> Result<(), Error> {
     let id = id.ok_or_else(|| Error::Msg("Parameter 'id' is missing".into()))?;
     let raw = match (data, file) {
         (Some(_), Some(_)) => {
-            return Err(Error::Msg("'file' and 'data' are mutually exclusive".into()))
+            return Err(Error::Msg(
+                "'file' and 'data' are mutually exclusive".into(),
+            ))
         }
         (Some(d), None) => d.into_bytes(),
         (None, Some(f)) => std::fs::read(&f).map_err(|e| {
             let m = e.to_string();
             let m = m.split(" (os error").next().unwrap_or(&m).to_string();
-            Error::Msg(format!("Unable to read {f}: Failed to open file “{f}”: {m}"))
+            Error::Msg(format!(
+                "Unable to read {f}: Failed to open file “{f}”: {m}"
+            ))
         })?,
         (None, None) => {
             return Err(Error::Msg(
@@ -179,7 +183,9 @@ pub fn take_global_options(argv: &mut Vec<String>) -> Result<(), Error> {
             add_object(&v)?;
         } else if a == "--object" {
             if i + 1 >= argv.len() {
-                return Err(Error::Usage("option '--object' requires an argument".into()));
+                return Err(Error::Usage(
+                    "option '--object' requires an argument".into(),
+                ));
             }
             let v = argv.remove(i + 1);
             argv.remove(i);
@@ -303,9 +309,11 @@ mod tests {
 
     #[test]
     fn json_names_are_image_specs() {
-        let s = image_spec(r#"json:{"driver":"luks","key-secret":"s","file":{"driver":"file","filename":"/a"}}"#)
-            .unwrap()
-            .unwrap();
+        let s = image_spec(
+            r#"json:{"driver":"luks","key-secret":"s","file":{"driver":"file","filename":"/a"}}"#,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(s.driver.as_deref(), Some("luks"));
         assert_eq!(s.key_secret.as_deref(), Some("s"));
         assert_eq!(s.filename, PathBuf::from("/a"));

@@ -45,7 +45,19 @@ fn opts(file: &str) -> String {
 fn decrypt(prog: &str, img: &str, pw: &str, out: &str) -> Vec<u8> {
     let s = secret(pw);
     let o = opts(img);
-    ok(prog, &["convert", "--object", &s, "--image-opts", &o, "-O", "raw", out]);
+    ok(
+        prog,
+        &[
+            "convert",
+            "--object",
+            &s,
+            "--image-opts",
+            &o,
+            "-O",
+            "raw",
+            out,
+        ],
+    );
     std::fs::read(out).unwrap()
 }
 
@@ -59,7 +71,12 @@ const SETTINGS: [&str; 4] = [
 fn create(prog: &str, img: &str, settings: &str, pw: &str) {
     let s = secret(pw);
     let o = format!("{settings}key-secret=sec0,iter-time=10");
-    ok(prog, &["create", "-q", "-f", "luks", "--object", &s, "-o", &o, img, "1M"]);
+    ok(
+        prog,
+        &[
+            "create", "-q", "-f", "luks", "--object", &s, "-o", &o, img, "1M",
+        ],
+    );
 }
 
 #[test]
@@ -73,10 +90,16 @@ fn luks_images_written_by_qemu_read_the_same_through_oxemu_img() {
         ok(
             "qemu-io",
             &[
-                "--object", &s, "--image-opts", &o,
-                "-c", "write -P 0xa5 0 64k",
-                "-c", "write -P 0x3c 300k 7k",
-                "-c", "write -P 0x11 1020k 4k",
+                "--object",
+                &s,
+                "--image-opts",
+                &o,
+                "-c",
+                "write -P 0xa5 0 64k",
+                "-c",
+                "write -P 0x3c 300k 7k",
+                "-c",
+                "write -P 0x11 1020k 4k",
             ],
         );
         let ours = decrypt(OXEMU, &img, "pw", &p(d.path(), "o.raw"));
@@ -90,7 +113,9 @@ fn luks_images_written_by_qemu_read_the_same_through_oxemu_img() {
 #[test]
 fn luks_images_created_and_written_by_oxemu_img_read_back_in_qemu() {
     let d = tmp();
-    let pattern: Vec<u8> = (0..1u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let pattern: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     let raw = p(d.path(), "pattern.raw");
     std::fs::write(&raw, &pattern).unwrap();
     for (i, settings) in SETTINGS.iter().enumerate() {
@@ -98,7 +123,20 @@ fn luks_images_created_and_written_by_oxemu_img_read_back_in_qemu() {
         create(OXEMU, &img, settings, "pass word");
         let s = secret("pass word");
         let o = opts(&img);
-        ok(OXEMU, &["convert", "-n", "-f", "raw", &raw, "--object", &s, "--image-opts", &o]);
+        ok(
+            OXEMU,
+            &[
+                "convert",
+                "-n",
+                "-f",
+                "raw",
+                &raw,
+                "--object",
+                &s,
+                "--image-opts",
+                &o,
+            ],
+        );
         let back = decrypt("qemu-img", &img, "pass word", &p(d.path(), "back.raw"));
         assert!(back == pattern, "{settings}: qemu-img reads other bytes");
         let info = ok("qemu-img", &["info", "--output=json", &img]);
@@ -122,7 +160,19 @@ fn wrong_password_and_missing_key_fail_with_qemus_messages() {
     let o = opts(&img);
     let out = p(d.path(), "out.raw");
     for prog in ["qemu-img", OXEMU] {
-        let r = run(prog, &["convert", "--object", &s, "--image-opts", &o, "-O", "raw", &out]);
+        let r = run(
+            prog,
+            &[
+                "convert",
+                "--object",
+                &s,
+                "--image-opts",
+                &o,
+                "-O",
+                "raw",
+                &out,
+            ],
+        );
         assert_eq!(r.status.code(), Some(1), "{prog}");
         let e = String::from_utf8_lossy(&r.stderr);
         assert!(
@@ -155,16 +205,40 @@ fn corrupted_luks_headers_give_clear_errors() {
     // (byte offset, new bytes, message qemu-img gives too)
     let cases: [(usize, &[u8], &str); 4] = [
         (0, b"LUKX", "Volume is not in LUKS format"),
-        (208 + 3 * 48 + 44, &[0, 0, 0, 7], "Keyslot 3 is corrupted (stripes 7 != 4000)"),
-        (40, &[b'x'; 32], "LUKS header cipher mode is not NUL terminated"),
-        (104, &[0, 0, 0, 16], "Keyslot 0 is overlapping with the encrypted payload"),
+        (
+            208 + 3 * 48 + 44,
+            &[0, 0, 0, 7],
+            "Keyslot 3 is corrupted (stripes 7 != 4000)",
+        ),
+        (
+            40,
+            &[b'x'; 32],
+            "LUKS header cipher mode is not NUL terminated",
+        ),
+        (
+            104,
+            &[0, 0, 0, 16],
+            "Keyslot 0 is overlapping with the encrypted payload",
+        ),
     ];
     for (at, bytes, msg) in cases {
         let mut b = good.clone();
         b[at..at + bytes.len()].copy_from_slice(bytes);
         std::fs::write(&img, &b).unwrap();
         for prog in ["qemu-img", OXEMU] {
-            let r = run(prog, &["convert", "--object", &s, "--image-opts", &o, "-O", "raw", &out]);
+            let r = run(
+                prog,
+                &[
+                    "convert",
+                    "--object",
+                    &s,
+                    "--image-opts",
+                    &o,
+                    "-O",
+                    "raw",
+                    &out,
+                ],
+            );
             let e = String::from_utf8_lossy(&r.stderr);
             assert_eq!(r.status.code(), Some(1), "{prog} {msg}: {e}");
             assert!(!e.contains("panicked"), "{e}");
@@ -176,7 +250,19 @@ fn corrupted_luks_headers_give_clear_errors() {
     }
     // A truncated file is an error, not a panic, too.
     std::fs::write(&img, &good[..300]).unwrap();
-    let r = run(OXEMU, &["convert", "--object", &s, "--image-opts", &o, "-O", "raw", &out]);
+    let r = run(
+        OXEMU,
+        &[
+            "convert",
+            "--object",
+            &s,
+            "--image-opts",
+            &o,
+            "-O",
+            "raw",
+            &out,
+        ],
+    );
     assert_eq!(r.status.code(), Some(1));
     assert!(!String::from_utf8_lossy(&r.stderr).contains("panicked"));
 }
@@ -210,9 +296,115 @@ fn secrets_come_from_files_and_base64_too() {
         format!("secret,id=sec0,file={pwfile}"),
         "secret,id=sec0,format=base64,data=ZnJvbSBmaWxl".to_string(),
     ] {
-        ok(OXEMU, &["convert", "--object", &s, "--image-opts", &o, "-O", "raw", &out]);
+        ok(
+            OXEMU,
+            &[
+                "convert",
+                "--object",
+                &s,
+                "--image-opts",
+                &o,
+                "-O",
+                "raw",
+                &out,
+            ],
+        );
     }
-    let r = run(OXEMU, &["convert", "--object", "secret,id=other,data=x", "--image-opts", &o, "-O", "raw", &out]);
+    let r = run(
+        OXEMU,
+        &[
+            "convert",
+            "--object",
+            "secret,id=other,data=x",
+            "--image-opts",
+            &o,
+            "-O",
+            "raw",
+            &out,
+        ],
+    );
     assert_eq!(r.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&r.stderr).contains("No secret with id 'sec0'"));
+}
+
+#[test]
+fn encrypted_qcow2_images_written_by_qemu_read_the_same_through_oxemu_img() {
+    let d = tmp();
+    let img = p(d.path(), "c.qcow2");
+    let s = secret("pw");
+    ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "--object",
+            &s,
+            "-o",
+            "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10",
+            &img,
+            "4M",
+        ],
+    );
+    let o = format!("driver=qcow2,encrypt.key-secret=sec0,file.filename={img}");
+    ok(
+        "qemu-io",
+        &[
+            "--object",
+            &s,
+            "--image-opts",
+            &o,
+            "-c",
+            "write -P 0x5a 0 100k",
+            "-c",
+            "write -P 0x77 2049k 3k",
+        ],
+    );
+    let mut outs = Vec::new();
+    for prog in [OXEMU, "qemu-img"] {
+        let out = p(d.path(), "out.raw");
+        ok(
+            prog,
+            &[
+                "convert",
+                "--object",
+                &s,
+                "--image-opts",
+                &o,
+                "-O",
+                "raw",
+                &out,
+            ],
+        );
+        outs.push(std::fs::read(&out).unwrap());
+    }
+    assert!(outs[0] == outs[1], "decrypted qcow2 data differ");
+    assert!(outs[0][..100 << 10].iter().all(|&b| b == 0x5a));
+    // Without the key, and with a wrong one: qemu-img's messages.
+    let r = run(
+        OXEMU,
+        &["convert", "-O", "raw", &img, &p(d.path(), "x.raw")],
+    );
+    assert_eq!(r.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&r.stderr)
+        .contains("Parameter 'encrypt.key-secret' is required for cipher"));
+    let bad = secret("bad");
+    let r = run(
+        OXEMU,
+        &[
+            "convert",
+            "--object",
+            &bad,
+            "--image-opts",
+            &o,
+            "-O",
+            "raw",
+            &p(d.path(), "x.raw"),
+        ],
+    );
+    assert_eq!(r.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("Invalid password, cannot unlock any keyslot")
+    );
 }

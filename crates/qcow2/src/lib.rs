@@ -19,6 +19,7 @@ pub mod check;
 pub mod compress;
 mod compressed_write;
 pub mod create;
+pub mod crypto;
 mod empty;
 pub mod header;
 mod io;
@@ -86,6 +87,10 @@ pub struct Qcow2 {
     dirty_set: AtomicBool,
     /// Whether the image looks metadata-preallocated (`status::PREALLOC_*`).
     prealloc_state: AtomicU8,
+    /// Header crypt method (2: LUKS, see [`crypto`]).
+    crypt_method: u32,
+    /// The data cipher of an encrypted image, once unlocked.
+    cipher: crypto::CipherSlot,
 }
 
 fn os(e: i32) -> std::io::Error {
@@ -126,10 +131,10 @@ impl Qcow2 {
                 "Unsupported qcow2 feature(s): external data file",
             ));
         }
-        if h.crypt_method != 0 {
+        if h.crypt_method != 0 && (h.crypt_method != crypto::CRYPT_LUKS || !opts.read_only) {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::Unsupported,
-                "qcow2: encrypted images are not supported",
+                "qcow2: encrypted images are only supported read-only, with LUKS",
             ));
         }
         if !opts.read_only && h.incompatible_features & INCOMPAT_CORRUPT != 0 {
@@ -166,6 +171,8 @@ impl Qcow2 {
             lazy: AtomicBool::new(h.compatible_features & header::COMPAT_LAZY_REFCOUNTS != 0),
             dirty_set: AtomicBool::new(dirty),
             prealloc_state: AtomicU8::new(status::PREALLOC_UNKNOWN),
+            crypt_method: h.crypt_method,
+            cipher: Default::default(),
             meta: Mutex::new(meta),
         });
         if !opts.read_only {
