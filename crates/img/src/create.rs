@@ -69,6 +69,15 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
             p.has("q"),
         );
     }
+    if fmt == "luks" {
+        let opts: Vec<&str> = p
+            .opts
+            .iter()
+            .filter(|(k, _)| k == "o")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        return crate::encryption::create(file, size, &opts, p.has("q"));
+    }
     for o in p
         .opts
         .iter()

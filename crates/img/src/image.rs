@@ -171,7 +171,8 @@ fn open_qcow2(path: &Path, o: &OpenOpts<'_>, file: Arc<FileDriver>) -> Result<Im
     })
 }
 
-/// Opens `path` as qemu-img would.
+/// Opens `path` as qemu-img would: LUKS images and block options (`--image-opts`,
+/// `json:`) through [`crate::encryption`], the rest as a file name.
 pub fn open(path: &Path, o: &OpenOpts<'_>) -> Result<Image, Error> {
     if o.force_share && !o.read_only {
         return Err(Error::Msg(format!(
@@ -179,6 +180,18 @@ pub fn open(path: &Path, o: &OpenOpts<'_>) -> Result<Image, Error> {
             path.display()
         )));
     }
+    match crate::encryption::open_hook(path, o)? {
+        Some(img) => Ok(img),
+        None => {
+            let img = open_file(path, o)?;
+            crate::encryption::unlock_qcow2(&img, None, &path.display().to_string())?;
+            Ok(img)
+        }
+    }
+}
+
+/// Opens the file `path` as a raw or qcow2 image.
+pub fn open_file(path: &Path, o: &OpenOpts<'_>) -> Result<Image, Error> {
     let format = match o.format {
         Some("raw") => "raw",
         Some("qcow2") => "qcow2",

@@ -36,6 +36,9 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
             no_share: false,
         },
     )?;
+    if img.format == "luks" {
+        return crate::encryption::info(&crate::encryption::shown_name(file), &img, json);
+    }
     let mut entries = vec![describe(file, &img.node, img.qcow2.as_ref(), &img.file)?];
     if p.has("backing-chain") {
         let mut cur = img.qcow2.as_ref().and_then(|c| c.backing());

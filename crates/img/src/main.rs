@@ -9,11 +9,13 @@ mod convert;
 mod create;
 mod create_qcow2;
 mod dd;
+mod encryption;
 mod file_hints;
 mod image;
 mod info;
 mod map;
 mod measure;
+mod objects;
 mod opts;
 mod progress;
 mod rebase;
@@ -151,6 +153,9 @@ Parameters:
 ";
 
 fn run(argv: &[String]) -> Result<(), Error> {
+    let mut argv = argv.to_vec();
+    objects::take_global_options(&mut argv)?;
+    let argv = &argv[..];
     let Some(cmd) = argv.first() else {
         return Err(Error::Usage("Not enough arguments".into()));
     };
@@ -178,7 +183,7 @@ fn run(argv: &[String]) -> Result<(), Error> {
         "measure" => measure::run(rest),
         "dd" => dd::run(rest),
         "-h" | "--help" => {
-            print!("{HELP}\nSupported formats: qcow2 raw\n");
+            print!("{HELP}\nSupported formats: luks qcow2 raw\n");
             Ok(())
         }
         "-V" | "--version" => {

@@ -97,7 +97,7 @@ impl Qcow2 {
         let cs = self.cluster_size();
         let in_off = off & (cs - 1);
         match map {
-            Mapping::Data(host) => self.file.readv(host + in_off, iov).await,
+            Mapping::Data(host) => self.read_data(host + in_off, off, iov).await,
             Mapping::Zero => {
                 iov.zero_range(0, iov.len());
                 Ok(())

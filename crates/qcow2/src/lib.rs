@@ -20,6 +20,7 @@ pub mod check;
 pub mod compress;
 mod compressed_write;
 pub mod create;
+pub mod crypto;
 mod empty;
 pub mod header;
 mod io;
@@ -93,6 +94,10 @@ pub struct Qcow2 {
     prealloc_state: AtomicU8,
     /// Opened by [`Qcow2::open_for_check`]: guest writes are refused.
     check_only: bool,
+    /// Header crypt method (2: LUKS, see [`crypto`]).
+    crypt_method: u32,
+    /// The data cipher of an encrypted image, once unlocked.
+    cipher: crypto::CipherSlot,
 }
 
 fn os(e: i32) -> std::io::Error {
@@ -162,10 +167,10 @@ impl Qcow2 {
                 "Unsupported qcow2 feature(s): external data file",
             ));
         }
-        if h.crypt_method != 0 {
+        if h.crypt_method != 0 && (h.crypt_method != crypto::CRYPT_LUKS || !opts.read_only) {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::Unsupported,
-                "qcow2: encrypted images are not supported",
+                "qcow2: encrypted images are only supported read-only, with LUKS",
             ));
         }
         if !opts.read_only && !check && h.incompatible_features & INCOMPAT_CORRUPT != 0 {
@@ -202,6 +207,8 @@ impl Qcow2 {
             // In check mode the dirty bit is the check's to clear, not close()'s.
             dirty_set: AtomicBool::new(dirty && !check),
             check_only: check,
+            crypt_method: h.crypt_method,
+            cipher: Default::default(),
             meta: Mutex::new(meta),
         });
         if !opts.read_only {
