@@ -3,6 +3,7 @@
 mod amend;
 mod args;
 mod bench;
+mod bitmap;
 mod check;
 mod commit;
 mod convert;
@@ -132,6 +133,7 @@ Command syntax:
         [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q] [-s buffer_size]
         [-S step_size] [-t cache] [-w] [-U] [--random] filename
         (--random is an oxemu extension: uniformly random offsets, multiples of the step)
+  bitmap (--merge SOURCE | --add | --remove | --clear | --enable | --disable)... [-b source_file [-F source_fmt]] [-g granularity] [-f fmt] filename bitmap
   check [-f fmt] [--output=ofmt] [-r leaks|all] [-U] filename
   commit [-f fmt] [-d] [-p] [-q] filename
   compare [-f fmt] [-F fmt] [-q] [-s] [-U] filename1 filename2
@@ -180,6 +182,7 @@ fn run(argv: &[String]) -> Result<(), Error> {
         "rebase" => rebase::run(rest),
         "amend" => amend::run(rest),
         "snapshot" => snapshot::run(rest),
+        "bitmap" => bitmap::run(rest),
         "measure" => measure::run(rest),
         "dd" => dd::run(rest),
         "-h" | "--help" => {

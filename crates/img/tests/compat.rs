@@ -283,3 +283,118 @@ fn info_lists_persistent_bitmaps_as_qemu_img() {
         assert_eq!((strip(&o.0), o.2), (strip(&q.0), q.2), "{args:?}");
     }
 }
+
+/// The dirty extents of bitmap `name`, read through qemu-nbd's
+/// `qemu:dirty-bitmap:` meta context with nbdinfo.
+fn bitmap_extents(img: &str, name: &str) -> String {
+    let d = tmp();
+    let sock = d.path().join("s");
+    let mut srv = Command::new("qemu-nbd")
+        .args([
+            "-r",
+            "-f",
+            "qcow2",
+            "-B",
+            name,
+            "-k",
+            sock.to_str().unwrap(),
+            img,
+        ])
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while !sock.exists() && t.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let uri = format!("nbd+unix:///?socket={}", sock.display());
+    let out = ok(
+        "nbdinfo",
+        &[&format!("--map=qemu:dirty-bitmap:{name}"), &uri],
+    );
+    let _ = srv.kill();
+    let _ = srv.wait();
+    out
+}
+
+#[test]
+fn bitmap_operations_match_qemu_img() {
+    let setup = |d: &str| {
+        let i = format!("{d}/i.qcow2");
+        let s = format!("{d}/src.qcow2");
+        for img in [&i, &s] {
+            ok("qemu-img", &["create", "-q", "-f", "qcow2", img, "64M"]);
+        }
+        ok("qemu-img", &["bitmap", "--add", &i, "b0"]);
+        ok("qemu-img", &["bitmap", "--add", "-g", "1k", &i, "b1"]);
+        ok("qemu-img", &["bitmap", "--add", &s, "sb"]);
+        for img in [&i, &s] {
+            ok(
+                "qemu-io",
+                &["-c", "write 1M 100k", "-c", "write 10M 4k", img],
+            );
+        }
+    };
+    let steps: Vec<Vec<&str>> = vec![
+        vec![
+            "bitmap",
+            "--add",
+            "-g",
+            "128k",
+            "{d}/i.qcow2",
+            "b5",
+            "--merge",
+            "b1",
+            "--disable",
+        ],
+        vec!["bitmap", "--remove", "{d}/i.qcow2", "b0"],
+        vec!["bitmap", "--clear", "{d}/i.qcow2", "b1"],
+        vec![
+            "bitmap",
+            "--add",
+            "{d}/i.qcow2",
+            "b6",
+            "--merge",
+            "sb",
+            "-b",
+            "{d}/src.qcow2",
+        ],
+        vec!["bitmap", "--enable", "{d}/i.qcow2", "b5"],
+    ];
+    let errors: Vec<Vec<&str>> = vec![
+        vec!["bitmap", "{d}/i.qcow2", "b0"],
+        vec!["bitmap", "--add", "{d}/i.qcow2", "b0"],
+        vec!["bitmap", "--remove", "{d}/i.qcow2", "nope"],
+        vec!["bitmap", "--merge", "nope", "{d}/i.qcow2", "b0"],
+        vec!["bitmap", "--add", "-g", "100", "{d}/i.qcow2", "b2"],
+        vec!["bitmap", "-g", "1k", "--enable", "{d}/i.qcow2", "b0"],
+        vec!["bitmap", "--add", "{d}/i.qcow2"],
+        vec!["bitmap", "--add", "-b", "x", "{d}/i.qcow2", "b4"],
+    ];
+    let mut results = Vec::new();
+    for tool in ["qemu-img", OXEMU] {
+        let d = tmp();
+        let dir = d.path().display().to_string();
+        setup(&dir);
+        let mut out = Vec::new();
+        for args in errors.iter().chain(&steps) {
+            let a: Vec<String> = args.iter().map(|s| s.replace("{d}", &dir)).collect();
+            let a: Vec<&str> = a.iter().map(String::as_str).collect();
+            let (o, e, c) = both(&run(tool, &a));
+            out.push((o.replace(&dir, "DIR"), e.replace(&dir, "DIR"), c));
+        }
+        let img = format!("{dir}/i.qcow2");
+        ok("qemu-img", &["check", &img]);
+        let info = ok("qemu-img", &["info", "--output=json", &img]);
+        let v: serde_json::Value = serde_json::from_str(&info).unwrap();
+        out.push((
+            v["format-specific"]["data"]["bitmaps"].to_string(),
+            String::new(),
+            None,
+        ));
+        for b in ["b1", "b5", "b6"] {
+            out.push((bitmap_extents(&img, b), String::new(), None));
+        }
+        results.push(out);
+    }
+    assert_eq!(results[0], results[1]);
+}

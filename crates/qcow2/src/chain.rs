@@ -178,6 +178,7 @@ async fn open_rec(
             read_only: fo.read_only,
             backing,
             l2_cache_size: opts.l2_cache_size,
+            keep_bitmaps: false,
         },
     )
     .await

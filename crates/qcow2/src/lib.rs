@@ -14,6 +14,7 @@
 #![allow(clippy::manual_is_multiple_of)]
 
 pub mod amend;
+mod bitmap_store;
 pub mod bitmaps;
 pub mod chain;
 pub mod check;
@@ -39,6 +40,7 @@ use futures::lock::Mutex;
 use oxemu_block::{BlockDriver, BlockDriverExt, NodeInfo};
 
 pub use amend::AmendOptions;
+pub use bitmap_store::BitmapData;
 pub use chain::{open_image, Image, ImageOptions};
 pub use check::{CheckReport, Repair};
 pub use compressed_write::Compressor;
@@ -58,6 +60,10 @@ pub struct Qcow2OpenOptions {
     pub backing: Option<Image>,
     /// Bytes of L2 tables to cache (0: 32 MiB, QEMU's maximum default).
     pub l2_cache_size: u64,
+    /// Keep persistent bitmaps consistent on a read-write open (their autoclear bit
+    /// stays set): only for a caller that changes no guest data before it stores the
+    /// bitmaps back ([`Qcow2::store_bitmaps`]), as `qemu-img bitmap`.
+    pub keep_bitmaps: bool,
 }
 
 /// QEMU's `ImageInfoSpecificQCow2`, for `qemu-img info`.
@@ -189,7 +195,11 @@ impl Qcow2 {
         // (QEMU's rule): all of them, bitmaps included. A check changes no guest data,
         // so it keeps the bitmaps bit and clears only unknown ones, as QEMU does.
         if !opts.read_only {
-            let keep = if check { bitmaps::AUTOCLEAR_BITMAPS } else { 0 };
+            let keep = if check || opts.keep_bitmaps {
+                bitmaps::AUTOCLEAR_BITMAPS
+            } else {
+                0
+            };
             h.autoclear_features &= keep;
         }
         let meta = Meta::load(h.clone(), file.clone(), cache).await?;

@@ -337,6 +337,7 @@ impl Graph {
                                 read_only: true,
                                 backing: None,
                                 l2_cache_size: 0,
+                                keep_bitmaps: false,
                             },
                         )
                         .await?;
@@ -378,6 +379,7 @@ impl Graph {
                         read_only,
                         backing,
                         l2_cache_size: o.l2_cache_size.unwrap_or(0),
+                        keep_bitmaps: false,
                     },
                 )
                 .await
