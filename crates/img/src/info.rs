@@ -100,7 +100,7 @@ fn describe(
     let snaps = snaps.map_err(|e| Error::Msg(format!("Could not read snapshots: {e}")))?;
     let bitmaps = lp
         .block_on(q.bitmaps())
-        .map_err(|e| Error::Msg(format!("Could not read bitmaps: {e}")))?;
+        .map_err(|e| Error::Msg(format!("Could not open '{name}': {e}")))?;
     if !snaps.is_empty() {
         let list = snaps.iter().map(crate::snapshot::to_json).collect();
         o.insert("snapshots".into(), Value::Array(list));

@@ -9,7 +9,9 @@ use std::io;
 
 use oxemu_block::{BlockDriver, BlockDriverExt};
 
-use crate::bitmaps::{read_directory, Bitmap, AUTOCLEAR_BITMAPS, MAX_TABLE_ENTRIES};
+use crate::bitmaps::{
+    read_directory, read_directory_unchecked, Bitmap, AUTOCLEAR_BITMAPS, MAX_TABLE_ENTRIES,
+};
 use crate::header::{bad, Extension, EXT_BITMAPS};
 use crate::meta::Meta;
 use crate::{os, Qcow2};
@@ -38,6 +40,7 @@ impl BitmapData {
                 granularity_bits,
                 table_offset: 0,
                 table_size: 0,
+                kind: 1,
             },
             bits: vec![0; nbits.div_ceil(8) as usize],
         }
@@ -118,7 +121,7 @@ impl Qcow2 {
         }
         let old_dir = {
             let h = self.header().await;
-            read_directory(self.file.as_ref(), &h)
+            read_directory_unchecked(self.file.as_ref(), &h)
                 .await
                 .unwrap_or_default()
         };

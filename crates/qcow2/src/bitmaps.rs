@@ -35,9 +35,39 @@ pub struct Bitmap {
     pub table_offset: u64,
     /// Entries in the bitmap table.
     pub table_size: u64,
+    /// Bitmap type (1: dirty tracking, the only one defined).
+    pub kind: u8,
 }
 
 impl Bitmap {
+    /// QEMU's checks of a directory entry (`check_dir_entry`) for an image of
+    /// `disk_len` bytes: an entry that fails them makes the image unusable, with
+    /// "Bitmap 'NAME' doesn't satisfy the constraints".
+    pub fn validate(&self, cluster_size: u64, disk_len: u64) -> io::Result<()> {
+        let phys = self.table_size.saturating_mul(cluster_size);
+        let fits = self.flags & FLAG_IN_USE != 0
+            || self.granularity_bits > 31
+            || disk_len <= (phys.saturating_mul(8)) << self.granularity_bits.min(31);
+        let ok = self.table_size != 0
+            && self.table_offset != 0
+            && self.table_offset % cluster_size == 0
+            && self.table_size <= MAX_TABLE_ENTRIES
+            && (9..=31).contains(&self.granularity_bits)
+            && self.flags & !(FLAG_IN_USE | FLAG_AUTO) == 0
+            && self.name.len() <= 1023
+            && self.kind == 1
+            && phys <= 0x2000_0000
+            && fits;
+        if ok {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("Bitmap '{}' doesn't satisfy the constraints", self.name),
+            ))
+        }
+    }
+
     /// Bytes one bit of the bitmap covers.
     pub fn granularity(&self) -> u64 {
         1u64 << self.granularity_bits.min(63)
@@ -96,6 +126,7 @@ pub fn parse_directory(dir: &[u8], nb: u32, at: u64) -> io::Result<Vec<Bitmap>> 
         let table_offset = u64::from_be_bytes(head[0..8].try_into().unwrap());
         let table_size = u32::from_be_bytes(head[8..12].try_into().unwrap()) as u64;
         let flags = u32::from_be_bytes(head[12..16].try_into().unwrap());
+        let kind = head[16];
         let granularity_bits = head[17];
         let name_size = u16::from_be_bytes(head[18..20].try_into().unwrap()) as usize;
         let extra = u32::from_be_bytes(head[20..24].try_into().unwrap()) as usize;
@@ -107,14 +138,28 @@ pub fn parse_directory(dir: &[u8], nb: u32, at: u64) -> io::Result<Vec<Bitmap>> 
             granularity_bits,
             table_offset,
             table_size,
+            kind,
         });
         pos = (name_at + name_size).next_multiple_of(8);
     }
     Ok(out)
 }
 
-/// Reads the bitmap directory of the image (empty when it has no consistent bitmaps).
+/// Reads the bitmap directory of the image (empty when it has no consistent bitmaps),
+/// each entry checked as QEMU checks it ([`Bitmap::validate`]).
 pub async fn read_directory(file: &dyn BlockDriver, h: &Header) -> io::Result<Vec<Bitmap>> {
+    let list = read_directory_unchecked(file, h).await?;
+    for b in &list {
+        b.validate(1u64 << h.cluster_bits, h.size)?;
+    }
+    Ok(list)
+}
+
+/// [`read_directory`] without the entry checks (for `check` and for freeing).
+pub async fn read_directory_unchecked(
+    file: &dyn BlockDriver,
+    h: &Header,
+) -> io::Result<Vec<Bitmap>> {
     let Some((nb, off, size)) = directory_location(h)? else {
         return Ok(Vec::new());
     };
@@ -142,6 +187,7 @@ mod tests {
         assert_eq!(b[0].name, "b0");
         assert_eq!(b[0].granularity(), 65536);
         assert_eq!(b[0].flag_names(), ["auto"]);
+        assert!(b[0].validate(65536, 1 << 20).is_err(), "table offset 0");
         assert!(parse_directory(&d, 2, 0).is_err());
         assert!(parse_directory(&d[..20], 1, 0).is_err());
     }
