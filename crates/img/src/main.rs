@@ -8,6 +8,7 @@ mod commit;
 mod convert;
 mod create;
 mod create_qcow2;
+mod filename;
 mod image;
 mod info;
 mod map;
