@@ -141,6 +141,12 @@ impl ServerShared {
 
     fn register(&self, fd: OwnedFd) -> u64 {
         let mut t = self.table();
+        if self.stopping.load(Ordering::SeqCst) {
+            // Accepted while `stop` ran: close the connection's input at once, so that
+            // it cannot sit idle in the handshake where `stop` no longer looks.
+            // SAFETY: shutdown(2) on a descriptor we own.
+            unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RD) };
+        }
         t.next_id += 1;
         let id = t.next_id;
         t.conns.insert(id, ConnEntry { fd, export: None });
@@ -154,7 +160,10 @@ impl ServerShared {
     }
 
     fn shutdown_conns(&self, export: Option<&str>, how: i32) {
-        let t = self.table();
+        Self::shutdown_in(&self.table(), export, how);
+    }
+
+    fn shutdown_in(t: &ConnTable, export: Option<&str>, how: i32) {
         for e in t.conns.values() {
             if export.is_none() || e.export.as_deref() == export {
                 // SAFETY: shutdown(2) on a descriptor the table owns.
@@ -163,15 +172,36 @@ impl ServerShared {
         }
     }
 
-    fn wait_until(&self, mut done: impl FnMut(&ConnTable) -> bool) {
+    fn wait_until(&self, done: impl FnMut(&ConnTable) -> bool) {
+        self.wait_until_deadline(done, None, |_| {});
+    }
+
+    /// Waits until `done` holds or `deadline` passes (false then). `tick` runs every
+    /// 100 ms with the table locked.
+    fn wait_until_deadline(
+        &self,
+        mut done: impl FnMut(&ConnTable) -> bool,
+        deadline: Option<std::time::Instant>,
+        mut tick: impl FnMut(&ConnTable),
+    ) -> bool {
         let mut t = self.table();
         while !done(&t) {
+            let mut step = Duration::from_millis(100);
+            if let Some(d) = deadline {
+                let now = std::time::Instant::now();
+                if now >= d {
+                    return false;
+                }
+                step = step.min(d - now);
+            }
             t = self
                 .changed
-                .wait_timeout(t, Duration::from_millis(100))
+                .wait_timeout(t, step)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
+            tick(&t);
         }
+        true
     }
 
     fn active(&self) -> usize {
@@ -341,8 +371,19 @@ impl NbdServer {
 
     /// Stops listening, disconnects all clients, waits for their requests to finish
     /// and removes the unix socket. Exports stay attached to the (stopped) server
-    /// object; the daemon drops them afterwards.
+    /// object; the daemon drops them afterwards. See [`NbdServer::stop_within`].
     pub fn stop(&self) {
+        self.stop_within(Duration::from_secs(5));
+    }
+
+    /// [`NbdServer::stop`] in bounded time. First only the clients' input is shut
+    /// down: idle connections (in the handshake or between requests) end at once,
+    /// and requests in flight finish and send their replies. Connections still open
+    /// after `grace` (a client that does not read its replies) are shut down
+    /// completely, and after another `grace` the server gives up waiting for them.
+    /// Returns false in that last case. Connections accepted while stopping are shut
+    /// down as they are registered.
+    pub fn stop_within(&self, grace: Duration) -> bool {
         self.shared.stopping.store(true, Ordering::SeqCst);
         // Wake the accept loop with a connection of our own; it sees `stopping`.
         match &self.addr {
@@ -361,12 +402,26 @@ impl NbdServer {
                 ));
             }
         }
-        self.shared.shutdown_conns(None, libc::SHUT_RDWR);
-        self.shared
-            .wait_until(|t| t.conns.is_empty() && !t.accepting);
+        let idle = |t: &ConnTable| t.conns.is_empty() && !t.accepting;
+        self.shared.shutdown_conns(None, libc::SHUT_RD);
+        let start = std::time::Instant::now();
+        let mut ok = self.shared.wait_until_deadline(idle, Some(start + grace), |t| {
+            ServerShared::shutdown_in(t, None, libc::SHUT_RD)
+        });
+        if !ok {
+            tracing::warn!("nbd: clients still connected after {grace:?}; disconnecting them");
+            self.shared.shutdown_conns(None, libc::SHUT_RDWR);
+            ok = self.shared.wait_until_deadline(idle, Some(start + 2 * grace), |t| {
+                ServerShared::shutdown_in(t, None, libc::SHUT_RDWR)
+            });
+        }
+        if !ok {
+            tracing::warn!("nbd: giving up on connections that do not close");
+        }
         if let Some(p) = &self.unix_path {
             let _ = std::fs::remove_file(p);
         }
+        ok
     }
 }
 
