@@ -229,6 +229,11 @@ pub struct NbdServer {
     addr: BoundAddr,
     unix_path: Option<PathBuf>,
     tcp_port: Option<u16>,
+    /// A duplicate of the listening socket: `stop` shuts it down to wake the accept
+    /// loop even when a wake-up connection cannot reach it (socket file removed).
+    listen_fd: OwnedFd,
+    /// Ends the accept loop from any thread.
+    abort: futures::future::AbortHandle,
 }
 
 impl std::fmt::Debug for NbdServer {
@@ -271,15 +276,17 @@ impl NbdServer {
             },
             source,
         };
-        let (bound, unix_path, tcp_port);
+        let (abort, reg) = futures::future::AbortHandle::new_pair();
+        let (bound, unix_path, tcp_port, listen_fd);
         match &opts.addr {
             NbdAddr::Unix(path) => {
                 let l = UnixListener::bind(path).map_err(listen_err)?;
+                listen_fd = dup(&l).map_err(listen_err)?;
                 bound = BoundAddr::Unix(path.clone());
                 unix_path = Some(path.clone());
                 tcp_port = None;
                 let sh = shared.clone();
-                io.spawn(move || accept_loop_unix(l, sh));
+                io.spawn(move || accepting(accept_loop_unix(l, sh.clone()), sh, reg));
             }
             NbdAddr::Inet { host, port } => {
                 let addr = (host.as_str(), *port)
@@ -288,12 +295,13 @@ impl NbdServer {
                     .next()
                     .ok_or_else(|| listen_err(io::ErrorKind::AddrNotAvailable.into()))?;
                 let l = TcpListener::bind(addr).map_err(listen_err)?;
+                listen_fd = dup(&l).map_err(listen_err)?;
                 let local = l.local_addr().map_err(listen_err)?;
                 bound = BoundAddr::Tcp(local);
                 unix_path = None;
                 tcp_port = Some(local.port());
                 let sh = shared.clone();
-                io.spawn(move || accept_loop_tcp(l, sh));
+                io.spawn(move || accepting(accept_loop_tcp(l, sh.clone()), sh, reg));
             }
         }
         Ok(NbdServer {
@@ -302,6 +310,8 @@ impl NbdServer {
             addr: bound,
             unix_path,
             tcp_port,
+            listen_fd,
+            abort,
         })
     }
 
@@ -385,7 +395,12 @@ impl NbdServer {
     /// down as they are registered.
     pub fn stop_within(&self, grace: Duration) -> bool {
         self.shared.stopping.store(true, Ordering::SeqCst);
-        // Wake the accept loop with a connection of our own; it sees `stopping`.
+        // End the accept loop: aborting it works even when no connection can reach
+        // the listener (its socket file was removed or replaced), ...
+        self.abort.abort();
+        // SAFETY: shutdown(2) on our duplicate of the listening socket.
+        unsafe { libc::shutdown(self.listen_fd.as_raw_fd(), libc::SHUT_RDWR) };
+        // ... and a connection of our own wakes it too; the loop then sees `stopping`.
         match &self.addr {
             BoundAddr::Unix(p) => drop(std::os::unix::net::UnixStream::connect(p)),
             BoundAddr::Tcp(a) => {
@@ -449,6 +464,16 @@ fn start_conn(sh: &Arc<ServerShared>, sock: Sock, fd: io::Result<OwnedFd>) {
     });
 }
 
+/// Runs an accept loop until it ends or [`NbdServer::stop`] aborts it.
+async fn accepting(
+    lp: impl std::future::Future<Output = ()>,
+    sh: Arc<ServerShared>,
+    reg: futures::future::AbortRegistration,
+) {
+    let _ = futures::future::Abortable::new(lp, reg).await;
+    finish_accepting(&sh);
+}
+
 async fn accept_loop_unix(l: UnixListener, sh: Arc<ServerShared>) {
     match Async::new(l) {
         Ok(l) => loop {
@@ -467,7 +492,6 @@ async fn accept_loop_unix(l: UnixListener, sh: Arc<ServerShared>) {
         },
         Err(e) => tracing::error!("nbd: listener setup failed: {e}"),
     }
-    finish_accepting(&sh);
 }
 
 async fn accept_loop_tcp(l: TcpListener, sh: Arc<ServerShared>) {
@@ -489,7 +513,6 @@ async fn accept_loop_tcp(l: TcpListener, sh: Arc<ServerShared>) {
         },
         Err(e) => tracing::error!("nbd: listener setup failed: {e}"),
     }
-    finish_accepting(&sh);
 }
 
 /// One export of a node over NBD.

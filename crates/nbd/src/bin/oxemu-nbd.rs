@@ -371,6 +371,7 @@ fn run(a: Args) -> Result<(), String> {
     if a.verbose {
         let _ = tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
+            .with_ansi(false)
             .with_max_level(tracing::Level::DEBUG)
             .try_init();
     }
@@ -476,7 +477,7 @@ fn run(a: Args) -> Result<(), String> {
         });
     }
     let _ = rx.recv();
-    server.stop();
+    server.stop_within(std::time::Duration::from_secs(2));
     let r = iothread
         .handle()
         .run(move || async move { node.close().await });
