@@ -246,9 +246,7 @@ fn nbd_from_json(o: &Map<String, Value>) -> Result<NbdSpec, String> {
                 Some("inet") => {
                     let host = json_str(s.get("host")).ok_or("Parameter 'host' is missing")?;
                     let p = json_str(s.get("port")).ok_or("Parameter 'port' is missing")?;
-                    let port = p
-                        .parse()
-                        .map_err(|_| format!("Service '{p}' unknown"))?;
+                    let port = p.parse().map_err(|_| format!("Service '{p}' unknown"))?;
                     NbdTarget::Tcp { host, port }
                 }
                 Some(t) => return Err(format!("Parameter 'type' does not accept value '{t}'")),
@@ -256,7 +254,9 @@ fn nbd_from_json(o: &Map<String, Value>) -> Result<NbdSpec, String> {
             }
         }
         None => match (path, host) {
-            (Some(_), Some(_)) => return Err("path and host may not be used at the same time".into()),
+            (Some(_), Some(_)) => {
+                return Err("path and host may not be used at the same time".into())
+            }
             (Some(p), None) => {
                 if port.is_some() {
                     return Err("port may not be used without host".into());
@@ -282,7 +282,8 @@ fn nbd_from_json(o: &Map<String, Value>) -> Result<NbdSpec, String> {
 
 /// `json:{...}` naming an NBD node, directly or as the `file` of a format.
 fn parse_json(text: &str) -> Result<Option<NbdSpec>, String> {
-    let v: Value = serde_json::from_str(text).map_err(|e| format!("Could not parse the JSON options: {e}"))?;
+    let v: Value =
+        serde_json::from_str(text).map_err(|e| format!("Could not parse the JSON options: {e}"))?;
     let Some(o) = v.as_object() else {
         return Err("Invalid JSON object given".into());
     };
@@ -342,15 +343,28 @@ pub fn open_nbd(name: &str, spec: &NbdSpec, o: &OpenOpts<'_>) -> Result<Image, E
         (None, None) => {
             let mut head = [0u8; 4];
             let n = client.size().min(4) as usize;
-            lp.block_on(oxemu_block::BlockDriverExt::read_at(&*client, 0, &mut head[..n]))
-                .map_err(|e| open_err(name, e))?;
-            if n == 4 && head == *b"QFI\xfb" { "qcow2" } else { "raw" }.to_string()
+            lp.block_on(oxemu_block::BlockDriverExt::read_at(
+                &*client,
+                0,
+                &mut head[..n],
+            ))
+            .map_err(|e| open_err(name, e))?;
+            if n == 4 && head == *b"QFI\xfb" {
+                "qcow2"
+            } else {
+                "raw"
+            }
+            .to_string()
         }
     };
     let node: Arc<dyn BlockDriver> = client.clone();
     let (format, node, qcow2): (&'static str, Arc<dyn BlockDriver>, _) = match format.as_str() {
         "nbd" => ("nbd", node, None),
-        "raw" => ("raw", Arc::new(oxemu_block::raw::RawFormat::new(node)), None),
+        "raw" => (
+            "raw",
+            Arc::new(oxemu_block::raw::RawFormat::new(node)),
+            None,
+        ),
         "qcow2" => {
             let q = lp
                 .block_on(oxemu_qcow2::Qcow2::open(
@@ -407,18 +421,33 @@ mod tests {
     #[test]
     fn uris_and_legacy_names() {
         let p = |s: &str| parse(s).unwrap().unwrap();
-        assert_eq!(p("nbd+unix:///foo?socket=/tmp/s"), unix("/tmp/s", Some("foo")));
+        assert_eq!(
+            p("nbd+unix:///foo?socket=/tmp/s"),
+            unix("/tmp/s", Some("foo"))
+        );
         assert_eq!(p("nbd+unix://?socket=/tmp/s"), unix("/tmp/s", None));
         assert_eq!(p("nbd://h:1234/e%20x"), tcp("h", 1234, Some("e x")));
         assert_eq!(p("nbd+tcp://h"), tcp("h", 10809, None));
         assert_eq!(p("nbd://[::1]:99/a/b"), tcp("::1", 99, Some("a/b")));
         assert_eq!(p("nbd:unix:/s:exportname=x"), unix("/s", Some("x")));
         assert_eq!(p("nbd:unix:/s"), unix("/s", None));
-        assert_eq!(p("nbd:localhost:10810:exportname=d"), tcp("localhost", 10810, Some("d")));
-        assert_eq!(p("nbd+unix:///foo?socket=/tmp/s").canonical(), "nbd+unix:///foo?socket=/tmp/s");
+        assert_eq!(
+            p("nbd:localhost:10810:exportname=d"),
+            tcp("localhost", 10810, Some("d"))
+        );
+        assert_eq!(
+            p("nbd+unix:///foo?socket=/tmp/s").canonical(),
+            "nbd+unix:///foo?socket=/tmp/s"
+        );
         assert_eq!(p("nbd:h:5").canonical(), "nbd://h:5");
         assert!(parse("disk.img").unwrap().is_none());
-        for bad in ["nbd://", "nbd+unix:///x", "nbd+unix:///x?socket=a&b=c", "nbd://h/x?a=b", "nbd+unix://h/x?socket=s"] {
+        for bad in [
+            "nbd://",
+            "nbd+unix:///x",
+            "nbd+unix:///x?socket=a&b=c",
+            "nbd://h/x?a=b",
+            "nbd+unix://h/x?socket=s",
+        ] {
             let e = parse(bad).unwrap_err().to_string();
             assert_eq!(e, format!("Could not open '{bad}': No valid URL specified"));
         }
@@ -431,9 +460,11 @@ mod tests {
             .unwrap();
         assert_eq!(s.format.as_deref(), Some("nbd"));
         assert_eq!(s.canonical(), "nbd+unix:///e?socket=/s");
-        let s = parse(r#"json:{"file":{"driver":"nbd","server":{"type":"inet","host":"h","port":"7"}}}"#)
-            .unwrap()
-            .unwrap();
+        let s = parse(
+            r#"json:{"file":{"driver":"nbd","server":{"type":"inet","host":"h","port":"7"}}}"#,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(s.format, None);
         assert_eq!(s.canonical(), "nbd://h:7");
         let s = parse(r#"json:{"driver":"qcow2","file.driver":"nbd","file.path":"/s"}"#)
@@ -441,6 +472,8 @@ mod tests {
             .unwrap();
         assert_eq!(s.format.as_deref(), Some("qcow2"));
         assert_eq!(s.target, NbdTarget::Unix("/s".into()));
-        assert!(parse(r#"json:{"driver":"file","filename":"x"}"#).unwrap().is_none());
+        assert!(parse(r#"json:{"driver":"file","filename":"x"}"#)
+            .unwrap()
+            .is_none());
     }
 }

@@ -79,7 +79,11 @@ fn describe(
     use serde_json::{Map, Value};
     let size = node.size();
     // Without a format layer, an NBD node reports its own driver.
-    let bare = if node.info().driver == "nbd" { "nbd" } else { "raw" };
+    let bare = if node.info().driver == "nbd" {
+        "nbd"
+    } else {
+        "raw"
+    };
     let format = chain.map_or(bare, |c| c.format);
     // NBD nodes have no disk size to report.
     let actual = file.map(|f| f.allocated_size().unwrap_or(0));

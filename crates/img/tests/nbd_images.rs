@@ -21,7 +21,10 @@ fn tool(prog: &str, args: &[&str]) -> Output {
 
 /// Runs both tools; returns (qemu-img, oxemu-img) outputs as text with the program
 /// name prefix of messages removed, plus both exit codes.
-fn both(args: &[&str]) -> ((String, String, Option<i32>), (String, String, Option<i32>)) {
+/// stdout, stderr and exit code of one run.
+type Run = (String, String, Option<i32>);
+
+fn both(args: &[&str]) -> (Run, Run) {
     let f = |o: Output, name: &str| {
         (
             String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -53,7 +56,11 @@ impl Drop for Qemu {
 fn wait_for(p: &Path) {
     let t = Instant::now();
     while !p.exists() {
-        assert!(t.elapsed() < Duration::from_secs(10), "no socket {}", p.display());
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no socket {}",
+            p.display()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -117,10 +124,22 @@ fn oxemu_nbd(addr: NbdAddr, name: &str, img: &Path, writable: bool) -> Oxemu {
 fn raw_image(dir: &Path, name: &str) -> PathBuf {
     let p = dir.join(name);
     let s = p.to_str().unwrap();
-    assert!(tool("qemu-img", &["create", "-f", "raw", s, "4M"]).status.success());
+    assert!(tool("qemu-img", &["create", "-f", "raw", s, "4M"])
+        .status
+        .success());
     let o = tool(
         "qemu-io",
-        &["-f", "raw", "-c", "write -P 0x5a 0 64k", "-c", "write -P 0x33 1M 192k", "-c", "write -P 1 3M 4k", s],
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x5a 0 64k",
+            "-c",
+            "write -P 0x33 1M 192k",
+            "-c",
+            "write -P 1 3M 4k",
+            s,
+        ],
     );
     assert!(o.status.success());
     p
@@ -134,7 +153,13 @@ fn compare_tools(uri: &str, local: &Path, dir: &Path) {
         vec!["info", "-f", "raw", uri],
         vec!["map", uri],
         vec!["map", "--output=json", uri],
-        vec!["map", "--output=json", "--start-offset=1M", "--max-length=1M", uri],
+        vec![
+            "map",
+            "--output=json",
+            "--start-offset=1M",
+            "--max-length=1M",
+            uri,
+        ],
         vec!["check", uri],
         vec!["compare", uri, local.to_str().unwrap()],
     ] {
@@ -146,8 +171,13 @@ fn compare_tools(uri: &str, local: &Path, dir: &Path) {
     // convert from NBD gives the same files.
     let (a, b) = (dir.join("q.raw"), dir.join("o.raw"));
     let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
-    assert!(tool("qemu-img", &["convert", "-O", "raw", uri, a]).status.success());
-    let o = tool(env!("CARGO_BIN_EXE_oxemu-img"), &["convert", "-O", "raw", uri, b]);
+    assert!(tool("qemu-img", &["convert", "-O", "raw", uri, a])
+        .status
+        .success());
+    let o = tool(
+        env!("CARGO_BIN_EXE_oxemu-img"),
+        &["convert", "-O", "raw", uri, b],
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
     same(&["map", "--output=json", b]);
@@ -164,9 +194,15 @@ fn qemu_img_output_through_qemu_nbd() {
     // The other spellings of the same export.
     for name in [
         format!("nbd:unix:{s}:exportname=disk"),
-        format!(r#"json:{{"driver":"nbd","server":{{"type":"unix","path":"{s}"}},"export":"disk"}}"#),
-        format!(r#"json:{{"file":{{"driver":"nbd","server":{{"type":"unix","path":"{s}"}},"export":"disk"}}}}"#),
-        format!(r#"json:{{"driver":"raw","file.driver":"nbd","file.path":"{s}","file.export":"disk"}}"#),
+        format!(
+            r#"json:{{"driver":"nbd","server":{{"type":"unix","path":"{s}"}},"export":"disk"}}"#
+        ),
+        format!(
+            r#"json:{{"file":{{"driver":"nbd","server":{{"type":"unix","path":"{s}"}},"export":"disk"}}}}"#
+        ),
+        format!(
+            r#"json:{{"driver":"raw","file.driver":"nbd","file.path":"{s}","file.export":"disk"}}"#
+        ),
     ] {
         same(&["info", &name]);
         same(&["map", "--output=json", &name]);
@@ -175,7 +211,10 @@ fn qemu_img_output_through_qemu_nbd() {
     same(&["info", &format!("nbd+unix:///nope?socket={s}")]);
     same(&["info", &format!("nbd+unix:///disk?socket={s}&x=y")]);
     same(&["info", "nbd://"]);
-    same(&["info", &format!("nbd+unix:///x?socket={}/none.sock", d.path().display())]);
+    same(&[
+        "info",
+        &format!("nbd+unix:///x?socket={}/none.sock", d.path().display()),
+    ]);
 }
 
 #[test]
@@ -197,7 +236,14 @@ fn qemu_img_output_through_oxemu_nbd_over_tcp() {
     // A read-only export refuses to be opened for writing.
     let src = d.path().join("src.raw");
     std::fs::write(&src, vec![7u8; 4 << 20]).unwrap();
-    same(&["convert", "-n", "-O", "raw", src.to_str().unwrap(), &format!("nbd://127.0.0.1:{port}/disk")]);
+    same(&[
+        "convert",
+        "-n",
+        "-O",
+        "raw",
+        src.to_str().unwrap(),
+        &format!("nbd://127.0.0.1:{port}/disk"),
+    ]);
     drop(srv);
     // Connection refused, with nothing listening any more.
     same(&["info", &format!("nbd://127.0.0.1:{port}/disk")]);
@@ -209,18 +255,40 @@ fn convert_into_nbd_and_qcow2_over_nbd() {
     let img = raw_image(d.path(), "a.img");
     // Writing through a writable export.
     let target = d.path().join("t.raw");
-    assert!(tool("qemu-img", &["create", "-f", "raw", target.to_str().unwrap(), "4M"]).status.success());
+    assert!(tool(
+        "qemu-img",
+        &["create", "-f", "raw", target.to_str().unwrap(), "4M"]
+    )
+    .status
+    .success());
     let sock = d.path().join("w.sock");
     let srv = oxemu_nbd(NbdAddr::Unix(sock.clone()), "", &target, true);
     let uri = format!("nbd+unix://?socket={}", sock.display());
-    let o = tool(env!("CARGO_BIN_EXE_oxemu-img"), &["convert", "-n", "-O", "raw", img.to_str().unwrap(), &uri]);
+    let o = tool(
+        env!("CARGO_BIN_EXE_oxemu-img"),
+        &["convert", "-n", "-O", "raw", img.to_str().unwrap(), &uri],
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     same(&["compare", &uri, img.to_str().unwrap()]);
     drop(srv);
-    assert_eq!(std::fs::read(&target).unwrap(), std::fs::read(&img).unwrap());
+    assert_eq!(
+        std::fs::read(&target).unwrap(),
+        std::fs::read(&img).unwrap()
+    );
     // A qcow2 image exported as raw bytes: qcow2 is probed (or given) on top.
     let q = d.path().join("a.qcow2");
-    assert!(tool("qemu-img", &["convert", "-O", "qcow2", img.to_str().unwrap(), q.to_str().unwrap()]).status.success());
+    assert!(tool(
+        "qemu-img",
+        &[
+            "convert",
+            "-O",
+            "qcow2",
+            img.to_str().unwrap(),
+            q.to_str().unwrap()
+        ]
+    )
+    .status
+    .success());
     let qs = d.path().join("qc.sock");
     let _q = qemu_nbd(&qs, &["-f", "raw"], &q);
     let uri = format!("nbd+unix://?socket={}", qs.display());

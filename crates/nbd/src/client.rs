@@ -1,7 +1,7 @@
 //! An NBD client as a [`BlockDriver`] (QEMU's `nbd` block driver).
 //!
 //! [`NbdClient::connect`] connects over TCP or a unix socket and negotiates with
-//! [`negotiate`](crate::negotiate::negotiate): fixed newstyle, structured replies,
+//! [`negotiate::negotiate`]: fixed newstyle, structured replies,
 //! `base:allocation` (and, when asked for, `qemu:allocation-depth`), then
 //! `NBD_OPT_GO`, falling back to `NBD_OPT_EXPORT_NAME`. The handshake is blocking;
 //! afterwards the socket is non-blocking and driven by whichever event loop runs
@@ -15,7 +15,7 @@
 //! payload straight into its own buffer. This keeps the driver independent of any
 //! particular loop: no task is tied to the loop the connection was opened on.
 //!
-//! Replies are validated with [`reply`](crate::reply): any protocol violation
+//! Replies are validated with the [`reply`] module: any protocol violation
 //! (unknown cookie, oversize or out-of-range chunks, short reads) breaks the
 //! connection, and every outstanding and later request fails with `EIO`.
 //!
@@ -37,14 +37,13 @@ use std::task::{Poll, Waker};
 use async_trait::async_trait;
 use oxemu_block::aio::net::Async;
 use oxemu_block::{
-    BlockDriver, BlockResult, BlockStatus, IoVec, IoVecMut, NodeInfo, WriteFlags,
-    ZeroFlags,
+    BlockDriver, BlockResult, BlockStatus, IoVec, IoVecMut, NodeInfo, WriteFlags, ZeroFlags,
 };
 
-use oxemu_block::driver::errno;
 use crate::negotiate::{self, ExportDetails, NegotiateError, NegotiateOptions};
 use crate::proto::{self, cflag, cmd, tflag, Request};
 use crate::reply::{self, Decoded, Expect, Payload, ReplyHeader};
+use oxemu_block::driver::errno;
 
 /// The `base:allocation` metadata context.
 pub const CONTEXT_BASE_ALLOCATION: &str = "base:allocation";
@@ -240,7 +239,11 @@ impl Conn {
         }
         // SAFETY: shutdown(2) on the socket this connection owns; wakes pending polls.
         unsafe { libc::shutdown(self.sock.fd(), libc::SHUT_RDWR) };
-        let mut wakers: Vec<Waker> = st.slots.values_mut().filter_map(|s| s.waker.take()).collect();
+        let mut wakers: Vec<Waker> = st
+            .slots
+            .values_mut()
+            .filter_map(|s| s.waker.take())
+            .collect();
         wakers.extend(st.send_waiters.drain(..));
         wakers.extend(st.slot_waiters.drain(..));
         drop(st);
@@ -259,7 +262,12 @@ impl Conn {
 
     /// Sends one request and collects its reply into `sink`. The result is the
     /// server's error for the request (as an errno) or a broken connection (`EIO`).
-    async fn call(&self, req: Request, payload: Option<&[u8]>, mut sink: Sink<'_>) -> io::Result<()> {
+    async fn call(
+        &self,
+        req: Request,
+        payload: Option<&[u8]>,
+        mut sink: Sink<'_>,
+    ) -> io::Result<()> {
         let expect = Expect {
             ty: req.ty,
             offset: req.offset,
@@ -371,7 +379,10 @@ impl Conn {
                 Some(h) => h,
                 None => continue,
             };
-            match self.consume(&h, &req_expect(&req), sink, &mut error, &mut filled).await {
+            match self
+                .consume(&h, &req_expect(&req), sink, &mut error, &mut filled)
+                .await
+            {
                 Ok(()) => {}
                 Err(why) => {
                     self.kill(&why);
@@ -445,53 +456,61 @@ impl Conn {
         if other == cookie {
             return Ok(Some(h));
         }
-        let mut st = self.lock();
-        match st.slots.get_mut(&other) {
-            Some(s) if s.sent && !s.abandoned => {
-                s.header = Some(h);
-                let w = s.waker.take();
-                st.recv_owner = Some(other);
-                drop(st);
-                if let Some(w) = w {
-                    w.wake();
-                }
-                Ok(None)
-            }
-            Some(s) if s.sent => {
-                // The owner is gone: drain the reply here.
-                let expect = s.expect;
-                drop(st);
-                let mut scratch = vec![0u8; if expect.ty == cmd::READ { expect.len as usize } else { 0 }];
-                let mut status = Vec::new();
-                let mut sink = if expect.ty == cmd::READ {
-                    Sink::Read(&mut scratch)
-                } else {
-                    Sink::Status(&mut status)
-                };
-                let (mut e, mut f) = (None, 0);
-                if let Err(why) = self.consume(&h, &expect, &mut sink, &mut e, &mut f).await {
-                    self.kill(&why);
-                    return Err(eio());
-                }
-                let mut st = self.lock();
-                st.recv_owner = None;
-                if h.is_last() {
-                    st.slots.remove(&other);
-                    if let Some(w) = st.slot_waiters.pop_front() {
+        // Decide under the lock, act without it.
+        let abandoned = {
+            let mut st = self.lock();
+            match st.slots.get_mut(&other) {
+                Some(s) if s.sent && !s.abandoned => {
+                    s.header = Some(h);
+                    let w = s.waker.take();
+                    st.recv_owner = Some(other);
+                    drop(st);
+                    if let Some(w) = w {
                         w.wake();
                     }
+                    return Ok(None);
                 }
-                let w = Self::wake_readers(&mut st);
-                drop(st);
-                w.into_iter().for_each(Waker::wake);
-                Ok(None)
+                Some(s) if s.sent => s.expect,
+                _ => {
+                    drop(st);
+                    self.kill(&reply::ReplyError::UnknownCookie(other).to_string());
+                    return Err(eio());
+                }
             }
-            _ => {
-                drop(st);
-                self.kill(&reply::ReplyError::UnknownCookie(other).to_string());
-                Err(eio())
+        };
+        // The owner is gone: drain its reply here.
+        let expect = abandoned;
+        let mut scratch = vec![
+            0u8;
+            if expect.ty == cmd::READ {
+                expect.len as usize
+            } else {
+                0
+            }
+        ];
+        let mut status = Vec::new();
+        let mut sink = if expect.ty == cmd::READ {
+            Sink::Read(&mut scratch)
+        } else {
+            Sink::Status(&mut status)
+        };
+        let (mut e, mut f) = (None, 0);
+        if let Err(why) = self.consume(&h, &expect, &mut sink, &mut e, &mut f).await {
+            self.kill(&why);
+            return Err(eio());
+        }
+        let mut st = self.lock();
+        st.recv_owner = None;
+        if h.is_last() {
+            st.slots.remove(&other);
+            if let Some(w) = st.slot_waiters.pop_front() {
+                w.wake();
             }
         }
+        let w = Self::wake_readers(&mut st);
+        drop(st);
+        w.into_iter().for_each(Waker::wake);
+        Ok(None)
     }
 
     async fn read_header(&self) -> Result<ReplyHeader, String> {
@@ -533,8 +552,8 @@ impl Conn {
                 let mut b = vec![0u8; small as usize];
                 self.sock.read_exact(&mut b).await.map_err(short)?;
                 if ty == proto::chunk::OFFSET_DATA {
-                    let rel = reply::check_data_offset(&b, len, req).map_err(|e| e.to_string())?
-                        as usize;
+                    let rel =
+                        reply::check_data_offset(&b, len, req).map_err(|e| e.to_string())? as usize;
                     let n = (len - 8) as usize;
                     let Sink::Read(buf) = sink else {
                         return Err("data for a request without a buffer".into());
@@ -665,11 +684,13 @@ impl Read for Blocking<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             let r = match self.0 {
-                Sock::Unix(s) => (&*s.get_ref()).read(buf),
-                Sock::Tcp(s) => (&*s.get_ref()).read(buf),
+                Sock::Unix(s) => s.get_ref().read(buf),
+                Sock::Tcp(s) => s.get_ref().read(buf),
             };
             match r {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_fd(self.0.fd(), libc::POLLIN)?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    wait_fd(self.0.fd(), libc::POLLIN)?
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 r => return r,
             }
@@ -681,11 +702,13 @@ impl Write for Blocking<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         loop {
             let r = match self.0 {
-                Sock::Unix(s) => (&*s.get_ref()).write(buf),
-                Sock::Tcp(s) => (&*s.get_ref()).write(buf),
+                Sock::Unix(s) => s.get_ref().write(buf),
+                Sock::Tcp(s) => s.get_ref().write(buf),
             };
             match r {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_fd(self.0.fd(), libc::POLLOUT)?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    wait_fd(self.0.fd(), libc::POLLOUT)?
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 r => return r,
             }
@@ -812,7 +835,11 @@ impl NbdClient {
     }
 
     async fn write_aligned(&self, offset: u64, buf: &[u8], fua: bool) -> BlockResult<()> {
-        let flags = if fua && self.has(tflag::SEND_FUA) { cflag::FUA } else { 0 };
+        let flags = if fua && self.has(tflag::SEND_FUA) {
+            cflag::FUA
+        } else {
+            0
+        };
         let mut done = 0usize;
         while done < buf.len() {
             let n = (buf.len() - done).min(self.max_payload as usize);
@@ -1026,7 +1053,7 @@ impl BlockDriver for NbdClient {
         };
         let a = self.align as u64;
         let mut n = len.min((i32::MAX as u64) / a * a);
-        if n % a != 0 && offset + n != size {
+        if !n.is_multiple_of(a) && offset + n != size {
             n = (n / a * a).max(a);
         }
         let mut replies = Vec::new();

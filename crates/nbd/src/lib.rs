@@ -24,8 +24,8 @@ pub mod stream;
 pub mod tls;
 pub mod transmission;
 
+pub use client::{NbdClient, NbdClientOptions, NbdTarget};
 pub use server::{
     NbdAddr, NbdExport, NbdExportOptions, NbdServer, NbdServerError, NbdServerOptions,
 };
 pub use tls::{TlsError, X509Creds};
-pub use client::{NbdClient, NbdClientOptions, NbdTarget};

@@ -178,9 +178,18 @@ fn reply_error(r: &OptReply) -> NResult<()> {
     let o = r.option;
     let n = opt_name(o);
     let (msg, errno) = match r.ty {
-        rep::ERR_POLICY => (format!("Denied by server for option {o} ({n})"), libc::EPERM),
-        rep::ERR_INVALID => (format!("Invalid parameters for option {o} ({n})"), libc::EINVAL),
-        rep::ERR_PLATFORM => (format!("Server lacks support for option {o} ({n})"), libc::ENOTSUP),
+        rep::ERR_POLICY => (
+            format!("Denied by server for option {o} ({n})"),
+            libc::EPERM,
+        ),
+        rep::ERR_INVALID => (
+            format!("Invalid parameters for option {o} ({n})"),
+            libc::EINVAL,
+        ),
+        rep::ERR_PLATFORM => (
+            format!("Server lacks support for option {o} ({n})"),
+            libc::ENOTSUP,
+        ),
         rep::ERR_TLS_REQD => (
             format!("TLS negotiation required before option {o} ({n})"),
             libc::EPERM,
@@ -414,7 +423,9 @@ fn info_or_go<S: Read + Write>(s: &mut S, option: u32, d: &mut ExportDetails) ->
 /// client does: structured replies, meta contexts, then GO (or EXPORT_NAME).
 pub fn negotiate<S: Read + Write>(s: &mut S, o: &NegotiateOptions) -> NResult<ExportDetails> {
     if o.export.len() > proto::MAX_STRING {
-        return Err(NegotiateError::new("export name too long to send to server"));
+        return Err(NegotiateError::new(
+            "export name too long to send to server",
+        ));
     }
     let (no_zeroes, fixed) = greet(s)?;
     let mut d = ExportDetails {
@@ -429,7 +440,10 @@ pub fn negotiate<S: Read + Write>(s: &mut S, o: &NegotiateOptions) -> NResult<Ex
             let q: Vec<&str> = o.contexts.iter().map(|c| c.as_str()).collect();
             if let Some(c) = meta_contexts(s, opt::SET_META_CONTEXT, &o.export, &q)? {
                 // Keep only answers to what was asked.
-                d.contexts = c.into_iter().filter(|(_, n)| o.contexts.contains(n)).collect();
+                d.contexts = c
+                    .into_iter()
+                    .filter(|(_, n)| o.contexts.contains(n))
+                    .collect();
             }
         }
         if info_or_go(s, opt::GO, &mut d)? {
@@ -514,8 +528,8 @@ pub fn list_exports<S: Read + Write>(s: &mut S) -> NResult<Vec<ExportDetails>> {
             break;
         }
         if structured {
-            let mut all = meta_contexts(s, opt::LIST_META_CONTEXT, &d.name.clone(), &[])?
-                .unwrap_or_default();
+            let mut all =
+                meta_contexts(s, opt::LIST_META_CONTEXT, &d.name.clone(), &[])?.unwrap_or_default();
             if !all.is_empty() && !all.iter().any(|(_, n)| n.starts_with("qemu:")) {
                 all.extend(
                     meta_contexts(s, opt::LIST_META_CONTEXT, &d.name.clone(), &["qemu:"])?

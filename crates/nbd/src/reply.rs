@@ -8,7 +8,7 @@
 //!
 //! [`ReplyStream`] combines these into a decoder of a whole reply stream for a set
 //! of outstanding requests; it is what the fuzz target drives, and the
-//! [`client`](crate::client) uses the same functions step by step.
+//! client module uses the same functions step by step.
 
 use std::collections::HashMap;
 
@@ -192,7 +192,9 @@ pub fn check_header(h: &ReplyHeader, req: &Expect) -> Result<Payload, ReplyError
                 }
                 chunk::BLOCK_STATUS => {
                     if req.ty != cmd::BLOCK_STATUS {
-                        return Err(invalid("status chunk for a request other than BLOCK_STATUS"));
+                        return Err(invalid(
+                            "status chunk for a request other than BLOCK_STATUS",
+                        ));
                     }
                     if len < 12 || (len - 4) % 8 != 0 || len > MAX_STATUS_PAYLOAD {
                         return Err(invalid(format!("status chunk of {len} bytes")));
@@ -264,7 +266,7 @@ pub fn parse_payload(ty: u16, b: &[u8], req: &Expect) -> Result<Decoded, ReplyEr
                 .ok_or_else(|| invalid(format!("hole chunk at {off} outside the request")))?;
             Ok(Decoded::Hole { rel, len })
         }
-        chunk::BLOCK_STATUS if b.len() >= 12 && (b.len() - 4) % 8 == 0 => {
+        chunk::BLOCK_STATUS if b.len() >= 12 && (b.len() - 4).is_multiple_of(8) => {
             let context = be32(b);
             let extents = b[4..]
                 .chunks_exact(8)
@@ -431,7 +433,9 @@ impl ReplyStream {
                         entry.2[rel as usize..rel as usize + len as usize].fill(0);
                         entry.1.filled += len as u64;
                     }
-                    Decoded::Status { context, extents } => entry.1.extents.push((context, extents)),
+                    Decoded::Status { context, extents } => {
+                        entry.1.extents.push((context, extents))
+                    }
                     Decoded::Error { code, .. } => {
                         entry.1.error.get_or_insert(code);
                     }
@@ -464,10 +468,26 @@ mod tests {
         let mut s = ReplyStream::new(true);
         s.expect(7, read_req(4096, 8));
         let mut b = Vec::new();
-        put_chunk_header(&mut b, ReplyMode::Structured, 0, chunk::OFFSET_DATA, 7, 0, 12);
+        put_chunk_header(
+            &mut b,
+            ReplyMode::Structured,
+            0,
+            chunk::OFFSET_DATA,
+            7,
+            0,
+            12,
+        );
         b.extend_from_slice(&4096u64.to_be_bytes());
         b.extend_from_slice(b"abcd");
-        put_chunk_header(&mut b, ReplyMode::Structured, chunk::FLAG_DONE, chunk::OFFSET_HOLE, 7, 0, 12);
+        put_chunk_header(
+            &mut b,
+            ReplyMode::Structured,
+            chunk::FLAG_DONE,
+            chunk::OFFSET_HOLE,
+            7,
+            0,
+            12,
+        );
         b.extend_from_slice(&4100u64.to_be_bytes());
         b.extend_from_slice(&4u32.to_be_bytes());
         // Byte by byte, to exercise partial input.
@@ -487,7 +507,15 @@ mod tests {
         let mut s = ReplyStream::new(true);
         s.expect(1, read_req(0, 4));
         let mut b = Vec::new();
-        put_chunk_header(&mut b, ReplyMode::Structured, 0, chunk::OFFSET_DATA, 1, 0, 12);
+        put_chunk_header(
+            &mut b,
+            ReplyMode::Structured,
+            0,
+            chunk::OFFSET_DATA,
+            1,
+            0,
+            12,
+        );
         b.extend_from_slice(&2u64.to_be_bytes());
         b.extend_from_slice(b"abcd");
         s.feed(&b);
@@ -500,9 +528,24 @@ mod tests {
         assert_eq!(s.error(), Some(&ReplyError::UnknownCookie(99)));
         // Huge chunk length claimed: refused before any allocation.
         let mut s = ReplyStream::new(true);
-        s.expect(2, Expect { ty: cmd::BLOCK_STATUS, offset: 0, len: 512 });
+        s.expect(
+            2,
+            Expect {
+                ty: cmd::BLOCK_STATUS,
+                offset: 0,
+                len: 512,
+            },
+        );
         let mut b = Vec::new();
-        put_chunk_header(&mut b, ReplyMode::Structured, 0, chunk::BLOCK_STATUS, 2, 0, u32::MAX as u64);
+        put_chunk_header(
+            &mut b,
+            ReplyMode::Structured,
+            0,
+            chunk::BLOCK_STATUS,
+            2,
+            0,
+            u32::MAX as u64,
+        );
         s.feed(&b);
         assert!(s.error().is_some());
         // Structured magic without structured replies negotiated.
@@ -518,7 +561,13 @@ mod tests {
     fn error_chunk_and_simple_error() {
         let mut s = ReplyStream::new(true);
         s.expect(5, read_req(0, 4));
-        let req = proto::Request { flags: 0, ty: cmd::READ, cookie: 5, offset: 0, len: 4 };
+        let req = proto::Request {
+            flags: 0,
+            ty: cmd::READ,
+            cookie: 5,
+            offset: 0,
+            len: 4,
+        };
         let mut b = Vec::new();
         proto::put_error_chunk(&mut b, ReplyMode::Structured, &req, proto::err::EPERM, "no");
         s.feed(&b);

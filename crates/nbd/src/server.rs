@@ -420,15 +420,19 @@ impl NbdServer {
         let idle = |t: &ConnTable| t.conns.is_empty() && !t.accepting;
         self.shared.shutdown_conns(None, libc::SHUT_RD);
         let start = std::time::Instant::now();
-        let mut ok = self.shared.wait_until_deadline(idle, Some(start + grace), |t| {
-            ServerShared::shutdown_in(t, None, libc::SHUT_RD)
-        });
+        let mut ok = self
+            .shared
+            .wait_until_deadline(idle, Some(start + grace), |t| {
+                ServerShared::shutdown_in(t, None, libc::SHUT_RD)
+            });
         if !ok {
             tracing::warn!("nbd: clients still connected after {grace:?}; disconnecting them");
             self.shared.shutdown_conns(None, libc::SHUT_RDWR);
-            ok = self.shared.wait_until_deadline(idle, Some(start + 2 * grace), |t| {
-                ServerShared::shutdown_in(t, None, libc::SHUT_RDWR)
-            });
+            ok = self
+                .shared
+                .wait_until_deadline(idle, Some(start + 2 * grace), |t| {
+                    ServerShared::shutdown_in(t, None, libc::SHUT_RDWR)
+                });
         }
         if !ok {
             tracing::warn!("nbd: giving up on connections that do not close");

@@ -21,14 +21,21 @@ impl Drop for Qemu {
 fn wait_for(p: &Path) {
     let t = Instant::now();
     while !p.exists() {
-        assert!(t.elapsed() < Duration::from_secs(10), "{} did not appear", p.display());
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{} did not appear",
+            p.display()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
 
 fn image(dir: &Path, name: &str) -> PathBuf {
     let p = dir.join(name);
-    run_ok("qemu-img", &["create", "-f", "raw", p.to_str().unwrap(), "2M"]);
+    run_ok(
+        "qemu-img",
+        &["create", "-f", "raw", p.to_str().unwrap(), "2M"],
+    );
     p
 }
 
@@ -37,7 +44,10 @@ fn list_both(args: &[&str]) -> (String, String) {
     let mine = run(BIN, &[&["-L"], args].concat());
     assert_eq!(theirs.status.code(), mine.status.code());
     let strip = |b: &[u8], name: &str| String::from_utf8_lossy(b).replace(&format!("{name}: "), "");
-    assert_eq!(strip(&theirs.stderr, "qemu-nbd"), strip(&mine.stderr, "oxemu-nbd"));
+    assert_eq!(
+        strip(&theirs.stderr, "qemu-nbd"),
+        strip(&mine.stderr, "oxemu-nbd")
+    );
     (
         String::from_utf8_lossy(&theirs.stdout).into_owned(),
         String::from_utf8_lossy(&mine.stdout).into_owned(),
@@ -54,7 +64,19 @@ fn list_prints_what_qemu_nbd_prints() {
         Command::new("qemu-nbd")
             .arg("-k")
             .arg(&qs)
-            .args(["-f", "raw", "-t", "-e", "0", "-x", "disk", "-D", "some text", "-A", "-r"])
+            .args([
+                "-f",
+                "raw",
+                "-t",
+                "-e",
+                "0",
+                "-x",
+                "disk",
+                "-D",
+                "some text",
+                "-A",
+                "-r",
+            ])
             .arg(&img)
             .stdin(Stdio::null())
             .spawn()
@@ -66,10 +88,18 @@ fn list_prints_what_qemu_nbd_prints() {
     assert!(mine.contains("qemu:allocation-depth"), "{mine}");
     // An oxemu-nbd server.
     let img2 = image(d.path(), "b.img");
-    let s = start(d.path(), false, &["-t", "-e", "0", "-x", "other", "-f", "raw"], &img2);
+    let s = start(
+        d.path(),
+        false,
+        &["-t", "-e", "0", "-x", "other", "-f", "raw"],
+        &img2,
+    );
     let (theirs, mine) = list_both(&["-k", s.sock.as_ref().unwrap().to_str().unwrap()]);
     assert_eq!(theirs, mine);
-    assert!(mine.starts_with("exports available: 1\n export: 'other'\n"), "{mine}");
+    assert!(
+        mine.starts_with("exports available: 1\n export: 'other'\n"),
+        "{mine}"
+    );
     // Errors.
     let missing = d.path().join("none.sock");
     list_both(&["-k", missing.to_str().unwrap()]);
@@ -100,7 +130,11 @@ fn fork_returns_once_the_server_is_listening() {
     assert!(st.success());
     // Ready as soon as the parent is gone: no waiting.
     assert!(sock.exists() && pid.exists());
-    let daemon: i32 = std::fs::read_to_string(&pid).unwrap().trim().parse().unwrap();
+    let daemon: i32 = std::fs::read_to_string(&pid)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     UnixStream::connect(&sock).expect("daemon accepts connections");
     let info = run_ok(
         "qemu-img",
@@ -158,7 +192,9 @@ fn sigterm_with_clients_connected_exits_promptly() {
                 .unwrap(),
         );
     }
-    let busy: Vec<String> = (0..50).flat_map(|_| ["-c".to_string(), "read 0 2M".to_string()]).collect();
+    let busy: Vec<String> = (0..50)
+        .flat_map(|_| ["-c".to_string(), "read 0 2M".to_string()])
+        .collect();
     peers.push(
         Command::new("qemu-io")
             .args(["-f", "raw"])
@@ -204,4 +240,45 @@ fn sigterm_exits_even_when_the_socket_file_is_gone() {
     let st = wait_gone(&mut srv, Duration::from_secs(4)).expect("oxemu-nbd ignored SIGTERM");
     assert!(st.success(), "{st}");
     drop(c);
+}
+
+#[test]
+fn sigterm_lets_requests_in_flight_finish() {
+    use std::io::{Read, Write};
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("big.img");
+    std::fs::write(&img, vec![0x42u8; 32 << 20]).unwrap();
+    let mut srv = start(d.path(), false, &["-t", "-f", "raw"], &img);
+    let mut s = UnixStream::connect(srv.sock.as_ref().unwrap()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let neg =
+        oxemu_nbd::negotiate::negotiate(&mut s, &oxemu_nbd::negotiate::NegotiateOptions::default())
+            .unwrap();
+    assert_eq!(neg.size, 32 << 20);
+    // A 32 MiB read whose reply cannot fit in the socket buffers: the server is
+    // still writing it when the signal comes.
+    let req = oxemu_nbd::proto::Request {
+        flags: 0,
+        ty: oxemu_nbd::proto::cmd::READ,
+        cookie: 77,
+        offset: 0,
+        len: 32 << 20,
+    };
+    s.write_all(&req.encode(false)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    term(&srv);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut hdr = [0u8; 16];
+    s.read_exact(&mut hdr).unwrap();
+    assert_eq!(
+        u32::from_be_bytes(hdr[4..8].try_into().unwrap()),
+        0,
+        "error reply"
+    );
+    assert_eq!(u64::from_be_bytes(hdr[8..16].try_into().unwrap()), 77);
+    let mut data = vec![0u8; 32 << 20];
+    s.read_exact(&mut data).expect("the whole reply arrives");
+    assert!(data.iter().all(|&b| b == 0x42));
+    let st = wait_gone(&mut srv, Duration::from_secs(4)).expect("oxemu-nbd ignored SIGTERM");
+    assert!(st.success(), "{st}");
 }

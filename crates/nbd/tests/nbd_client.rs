@@ -34,7 +34,10 @@ fn qemu_nbd(dir: &Path, args: &[&str], image: &Path) -> Qemu {
         .expect("qemu-nbd");
     let t = Instant::now();
     while !sock.exists() {
-        assert!(t.elapsed() < Duration::from_secs(10), "qemu-nbd did not start");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "qemu-nbd did not start"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     Qemu(child, sock)
@@ -42,10 +45,21 @@ fn qemu_nbd(dir: &Path, args: &[&str], image: &Path) -> Qemu {
 
 fn image(dir: &Path) -> PathBuf {
     let p = dir.join("disk.img");
-    run_ok("qemu-img", &["create", "-f", "raw", p.to_str().unwrap(), "4M"]);
+    run_ok(
+        "qemu-img",
+        &["create", "-f", "raw", p.to_str().unwrap(), "4M"],
+    );
     run_ok(
         "qemu-io",
-        &["-f", "raw", "-c", "write -P 0x11 0 64k", "-c", "write -P 0x22 1M 128k", p.to_str().unwrap()],
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x11 0 64k",
+            "-c",
+            "write -P 0x22 1M 128k",
+            p.to_str().unwrap(),
+        ],
     );
     p
 }
@@ -70,7 +84,9 @@ fn exercise(c: Arc<NbdClient>) {
         c.read_at(4096, &mut h).await.unwrap();
         assert_eq!(&h, b"\x11hello\x11");
         // Zeroes with and without unmap, trim, flush.
-        c.write_zeroes(1 << 20, 4096, ZeroFlags::default()).await.unwrap();
+        c.write_zeroes(1 << 20, 4096, ZeroFlags::default())
+            .await
+            .unwrap();
         c.write_zeroes(
             (1 << 20) + 8192,
             8192,
@@ -94,9 +110,9 @@ fn exercise(c: Arc<NbdClient>) {
             let c = c2.clone();
             async move {
                 let pat = vec![i as u8 + 1; 8192];
-                c.write_at(3 << 20 | i * 8192, &pat).await.unwrap();
+                c.write_at((3 << 20) + i * 8192, &pat).await.unwrap();
                 let mut r = vec![0u8; 8192];
-                c.read_at(3 << 20 | i * 8192, &mut r).await.unwrap();
+                c.read_at((3 << 20) + i * 8192, &mut r).await.unwrap();
                 assert_eq!(r, pat);
             }
         });
@@ -149,7 +165,10 @@ fn read_only_refuses_writes(c: Arc<NbdClient>) {
     lp.block_on(async {
         let e = c.write_at(0, b"x").await.unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EPERM));
-        let e = c.write_zeroes(0, 512, ZeroFlags::default()).await.unwrap_err();
+        let e = c
+            .write_zeroes(0, 512, ZeroFlags::default())
+            .await
+            .unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EPERM));
         let mut b = [0u8; 4];
         c.read_at(0, &mut b).await.unwrap();
@@ -176,12 +195,22 @@ fn client_against_qemu_nbd() {
 fn client_against_oxemu_nbd() {
     let d = tempfile::tempdir().unwrap();
     let img = image(d.path());
-    let s = start(d.path(), false, &["-x", "disk", "-t", "-e", "0", "-f", "raw"], &img);
+    let s = start(
+        d.path(),
+        false,
+        &["-x", "disk", "-t", "-e", "0", "-f", "raw"],
+        &img,
+    );
     let sock = s.sock.clone().unwrap();
     status_matches_qemu_img_map(&open(&sock, "disk", true), &s.uri("disk"));
     exercise(open(&sock, "disk", false));
     drop(s);
-    let s = start(d.path(), false, &["-x", "disk", "-t", "-r", "-f", "raw"], &img);
+    let s = start(
+        d.path(),
+        false,
+        &["-x", "disk", "-t", "-r", "-f", "raw"],
+        &img,
+    );
     read_only_refuses_writes(open(s.sock.as_ref().unwrap(), "disk", false));
 }
 
@@ -194,7 +223,10 @@ fn connection_errors_have_qemu_texts() {
         .unwrap_err();
     assert_eq!(
         e.to_string(),
-        format!("Failed to connect to '{}': No such file or directory", missing.display())
+        format!(
+            "Failed to connect to '{}': No such file or directory",
+            missing.display()
+        )
     );
     let q = qemu_nbd(d.path(), &["-x", "disk"], &img);
     let e = NbdClient::connect(&NbdClientOptions::new(NbdTarget::Unix(q.1.clone()), "nope"))

@@ -311,7 +311,10 @@ fn fork_daemon() -> Result<libc::c_int, String> {
     // program's start-up.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
-        return Err(format!("Failed to fork: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "Failed to fork: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     if pid == 0 {
         // SAFETY: descriptor juggling on descriptors this process owns.
