@@ -236,3 +236,176 @@ fn connection_errors_have_qemu_texts() {
         "Requested export not available\nserver reported: export 'nope' not present"
     );
 }
+
+/// A scripted server: answers the handshake (GO, or only EXPORT_NAME when `no_go`),
+/// then hands each request header to `reply`, which returns the bytes to send back
+/// (None: hang up). With `one_shot` it hangs up after the first reply.
+fn fake_server(
+    no_go: bool,
+    one_shot: bool,
+    mut reply: impl FnMut(&oxemu_nbd::proto::Request) -> Option<Vec<u8>> + Send + 'static,
+) -> (tempfile::TempDir, PathBuf, std::thread::JoinHandle<()>) {
+    use oxemu_nbd::proto::{self, opt, rep};
+    use std::io::{Read, Write};
+    let d = tempfile::tempdir().unwrap();
+    let sock = d.path().join("fake.sock");
+    let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let t = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        s.write_all(&proto::greeting()).unwrap();
+        let mut f = [0u8; 4];
+        s.read_exact(&mut f).unwrap();
+        let export_info = |out: &mut Vec<u8>| {
+            out.extend_from_slice(&(1u64 << 20).to_be_bytes());
+            out.extend_from_slice(&(proto::tflag::HAS_FLAGS | proto::tflag::SEND_FLUSH).to_be_bytes());
+        };
+        loop {
+            let mut h = [0u8; 16];
+            s.read_exact(&mut h).unwrap();
+            let h = proto::OptionHeader::parse(&h).unwrap();
+            let mut data = vec![0u8; h.len as usize];
+            s.read_exact(&mut data).unwrap();
+            let mut out = Vec::new();
+            match h.option {
+                opt::STRUCTURED_REPLY => proto::put_option_reply(&mut out, h.option, rep::ACK, &[]),
+                opt::GO if !no_go => {
+                    let mut i = vec![0u8, 0];
+                    export_info(&mut i);
+                    proto::put_option_reply(&mut out, h.option, rep::INFO, &i);
+                    proto::put_option_reply(&mut out, h.option, rep::ACK, &[]);
+                }
+                opt::EXPORT_NAME => {
+                    export_info(&mut out);
+                    s.write_all(&out).unwrap();
+                    break;
+                }
+                o => proto::put_option_reply(&mut out, o, rep::ERR_UNSUP, &[]),
+            }
+            s.write_all(&out).unwrap();
+            if h.option == opt::GO && !no_go {
+                break;
+            }
+        }
+        loop {
+            let mut r = [0u8; 28];
+            if s.read_exact(&mut r).is_err() {
+                return;
+            }
+            let req = proto::Request::parse(&r, false).unwrap();
+            if req.ty == proto::cmd::WRITE {
+                let mut p = vec![0u8; req.len as usize];
+                s.read_exact(&mut p).unwrap();
+            }
+            match reply(&req) {
+                Some(b) => {
+                    if s.write_all(&b).is_err() || one_shot {
+                        return;
+                    }
+                }
+                None => return,
+            }
+        }
+    });
+    (d, sock, t)
+}
+
+fn chunk(flags: u16, ty: u16, cookie: u64, payload: &[u8]) -> Vec<u8> {
+    let mut b = Vec::new();
+    oxemu_nbd::proto::put_chunk_header(
+        &mut b,
+        oxemu_nbd::proto::ReplyMode::Structured,
+        flags,
+        ty,
+        cookie,
+        0,
+        payload.len() as u64,
+    );
+    b.extend_from_slice(payload);
+    b
+}
+
+#[test]
+fn export_name_fallback_and_simple_replies() {
+    use oxemu_nbd::proto::put_simple_reply;
+    let (_d, sock, t) = fake_server(true, false, |r| {
+        let mut b = Vec::new();
+        put_simple_reply(&mut b, 0, r.cookie);
+        if r.ty == oxemu_nbd::proto::cmd::READ {
+            b.extend(std::iter::repeat_n(0xab, r.len as usize));
+        }
+        Some(b)
+    });
+    let c = open(&sock, "x", false);
+    assert_eq!(c.size(), 1 << 20);
+    EventLoop::with_defaults().unwrap().block_on(async {
+        let mut b = [0u8; 100];
+        c.read_at(10, &mut b).await.unwrap();
+        assert_eq!(b, [0xab; 100]);
+        c.flush().await.unwrap();
+        // No WRITE_ZEROES or TRIM offered: zeroes are written, trims ignored.
+        c.write_zeroes(0, 4096, ZeroFlags::default()).await.unwrap();
+        c.discard(0, 4096).await.unwrap();
+        let e = c
+            .write_zeroes(0, 4096, ZeroFlags { no_fallback: true, ..Default::default() })
+            .await
+            .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTSUP));
+    });
+    drop(c);
+    t.join().unwrap();
+}
+
+/// Each malicious reply fails the request with EIO, later requests too, and
+/// nothing panics.
+#[test]
+fn malicious_server_replies_are_eio() {
+    use oxemu_nbd::proto::{chunk as ct, put_simple_reply};
+    type Bad = fn(&oxemu_nbd::proto::Request) -> Option<Vec<u8>>;
+    let cases: [(&str, Bad); 7] = [
+        ("unknown cookie", |r| {
+            let mut b = Vec::new();
+            put_simple_reply(&mut b, 0, r.cookie + 1000);
+            Some(b)
+        }),
+        ("bad magic", |_| Some(vec![0x12; 32])),
+        ("short read then hang-up", |r| {
+            let mut b = Vec::new();
+            put_simple_reply(&mut b, 0, r.cookie);
+            b.extend_from_slice(&[1, 2, 3]);
+            Some(b)
+        }),
+        ("oversized data chunk", |r| {
+            let mut p = r.offset.to_be_bytes().to_vec();
+            p.extend(std::iter::repeat_n(0, r.len as usize + 1));
+            Some(chunk(ct::FLAG_DONE, ct::OFFSET_DATA, r.cookie, &p))
+        }),
+        ("huge claimed length", |r| {
+            let mut b = chunk(ct::FLAG_DONE, ct::BLOCK_STATUS, r.cookie, &[]);
+            b[16..20].copy_from_slice(&u32::MAX.to_be_bytes());
+            Some(b)
+        }),
+        ("hole outside the request", |r| {
+            let mut p = (r.offset + 1 << 30).to_be_bytes().to_vec();
+            p.extend_from_slice(&(r.len as u32).to_be_bytes());
+            Some(chunk(ct::FLAG_DONE, ct::OFFSET_HOLE, r.cookie, &p))
+        }),
+        ("read not covered", |r| {
+            let mut p = r.offset.to_be_bytes().to_vec();
+            p.push(7);
+            Some(chunk(ct::FLAG_DONE, ct::OFFSET_DATA, r.cookie, &p))
+        }),
+    ];
+    for (what, bad) in cases {
+        let (_d, sock, t) = fake_server(false, true, bad);
+        let c = open(&sock, "", false);
+        EventLoop::with_defaults().unwrap().block_on(async {
+            let mut b = vec![0u8; 4096];
+            let e = c.read_at(0, &mut b).await.unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EIO), "{what}");
+            let e = c.read_at(0, &mut b).await.unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EIO), "{what}: later request");
+        });
+        drop(c);
+        t.join().unwrap();
+    }
+}
