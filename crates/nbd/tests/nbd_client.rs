@@ -409,3 +409,40 @@ fn malicious_server_replies_are_eio() {
         t.join().unwrap();
     }
 }
+
+#[test]
+fn allocation_depth_through_oxemu_nbd() {
+    let d = tempfile::tempdir().unwrap();
+    let base = d.path().join("base.qcow2");
+    let top = d.path().join("top.qcow2");
+    let (b, t) = (base.to_str().unwrap(), top.to_str().unwrap());
+    run_ok("qemu-img", &["create", "-f", "qcow2", b, "1M"]);
+    run_ok("qemu-io", &["-f", "qcow2", "-c", "write -P 1 0 64k", b]);
+    run_ok("qemu-img", &["create", "-f", "qcow2", "-b", b, "-F", "qcow2", t]);
+    run_ok("qemu-io", &["-f", "qcow2", "-c", "write -P 2 64k 64k", t]);
+    let s = start(d.path(), false, &["-t", "-e", "0", "-A", "-r"], &top);
+    let mut o = NbdClientOptions::new(NbdTarget::Unix(s.sock.clone().unwrap()), "");
+    o.allocation_depth = true;
+    let c = NbdClient::connect(&o).unwrap();
+    let lp = EventLoop::with_defaults().unwrap();
+    let depths = lp.block_on(async {
+        let mut v = Vec::new();
+        let mut off = 0;
+        while off < c.size() {
+            let st = c.block_status(off, c.size() - off).await.unwrap();
+            v.push((off, st.len, st.depth));
+            off += st.len;
+        }
+        v
+    });
+    assert_eq!(
+        depths,
+        vec![(0, 65536, 2), (65536, 65536, 1), (131072, 1048576 - 131072, 0)]
+    );
+    // Without the option, the same export reports everything as present (qemu-img
+    // map's view of an NBD node).
+    o.allocation_depth = false;
+    let c = NbdClient::connect(&o).unwrap();
+    let st = lp.block_on(c.block_status(0, c.size())).unwrap();
+    assert_eq!(st.depth, 1);
+}
