@@ -35,16 +35,11 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
         }
     };
     let quiet = p.has("q");
-    let format = match p.get("f") {
-        Some(f) => f,
-        None => image::probe_format(Path::new(file))?,
-    };
-    if format != "qcow2" {
-        // Opened only for qemu-img's errors (missing file, unknown format).
+    let ro_open = |format| {
         image::open(
             Path::new(file),
             &OpenOpts {
-                format: p.get("f"),
+                format,
                 cache: Cache::default(),
                 aio: Default::default(),
                 read_only: true,
@@ -52,7 +47,17 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
                 no_backing: true,
                 no_share: false,
             },
-        )?;
+        )
+    };
+    let format = match p.get("f") {
+        Some(f) => f,
+        // An NBD export is probed through the connection.
+        None if crate::filename::parse(file)?.is_some() => ro_open(None)?.format,
+        None => image::probe_format(Path::new(file))?,
+    };
+    if format != "qcow2" {
+        // Opened only for qemu-img's errors (missing file, unknown format).
+        ro_open(p.get("f"))?;
         return Err(Error::Exit(
             63,
             "This image format does not support checks".into(),
@@ -118,6 +123,27 @@ fn open_for_check(
     read_only: bool,
     force_share: bool,
 ) -> Result<std::sync::Arc<oxemu_qcow2::Qcow2>, Error> {
+    if let Some(spec) = crate::filename::parse(file)? {
+        // An NBD export: the qcow2 node sits on the NBD client.
+        let img = crate::filename::open_nbd(
+            file,
+            &spec,
+            &OpenOpts {
+                format: Some("qcow2"),
+                cache: Cache::default(),
+                aio: Default::default(),
+                read_only,
+                force_share,
+                no_backing: true,
+                no_share: false,
+            },
+        )?;
+        return img
+            .qcow2
+            .as_ref()
+            .and_then(|c| c.qcow2.clone())
+            .ok_or_else(|| Error::Exit(63, "This image format does not support checks".into()));
+    }
     let path = Path::new(file);
     let could_not = |e: std::io::Error| {
         let m = e.to_string();

@@ -179,8 +179,9 @@ fn open_luks(
     Ok(Image {
         node: Arc::new(driver),
         format: "luks",
-        file,
+        file: Some(file),
         qcow2: None,
+        display: None,
     })
 }
 
@@ -245,12 +246,15 @@ pub fn luks_human(d: &Map<String, Value>, indent: usize) -> String {
 /// `format-specific` data of the volume.
 pub fn info(name: &str, img: &Image, json: bool) -> Result<(), Error> {
     let lp = event_loop()?;
-    let file: &dyn BlockDriver = &*img.file;
+    let Some(f) = img.file.as_deref() else {
+        return Err(Error::Msg(format!("Could not open '{name}': not a file")));
+    };
+    let file: &dyn BlockDriver = f;
     let luks = lp
         .block_on(oxemu_crypto::driver::read_header(file))
         .map_err(|e| Error::Msg(format!("Could not open '{name}': {e}")))?;
     let size = img.node.size();
-    let actual = img.file.allocated_size().unwrap_or(0);
+    let actual = f.allocated_size().unwrap_or(0);
     let data = luks_json(&luks);
     if json {
         let mut o = Map::new();

@@ -127,10 +127,20 @@ pub struct Image {
     pub node: Arc<dyn BlockDriver>,
     /// Format name (`raw`, `qcow2`).
     pub format: &'static str,
-    /// The protocol node below the format.
-    pub file: Arc<FileDriver>,
+    /// The protocol node below the format, when it is a local file (None for NBD).
+    pub file: Option<Arc<FileDriver>>,
     /// The qcow2 chain, when the format is qcow2.
     pub qcow2: Option<oxemu_qcow2::Image>,
+    /// The name qemu-img shows for the image when it differs from the one given
+    /// (the canonical URI of an NBD export).
+    pub display: Option<String>,
+}
+
+impl Image {
+    /// The name to show for an image opened as `given`.
+    pub fn name<'a>(&'a self, given: &'a str) -> &'a str {
+        self.display.as_deref().unwrap_or(given)
+    }
 }
 
 /// Opens a qcow2 image with its backing chain through oxemu-qcow2. The metadata is read
@@ -166,8 +176,9 @@ fn open_qcow2(path: &Path, o: &OpenOpts<'_>, file: Arc<FileDriver>) -> Result<Im
     Ok(Image {
         node: chain.driver.clone(),
         format: "qcow2",
-        file: Arc::new(file),
+        file: Some(Arc::new(file)),
         qcow2: Some(chain),
+        display: None,
     })
 }
 
@@ -179,6 +190,11 @@ pub fn open(path: &Path, o: &OpenOpts<'_>) -> Result<Image, Error> {
             "Could not open '{}': force-share=on can only be used with read-only images",
             path.display()
         )));
+    }
+    if let Some(name) = path.to_str() {
+        if let Some(spec) = crate::filename::parse(name)? {
+            return crate::filename::open_nbd(name, &spec, o);
+        }
     }
     match crate::encryption::open_hook(path, o)? {
         Some(img) => Ok(img),
@@ -224,7 +240,8 @@ pub fn open_file(path: &Path, o: &OpenOpts<'_>) -> Result<Image, Error> {
     Ok(Image {
         node,
         format,
-        file,
+        file: Some(file),
         qcow2: None,
+        display: None,
     })
 }

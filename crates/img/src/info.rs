@@ -39,7 +39,12 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
     if img.format == "luks" {
         return crate::encryption::info(&crate::encryption::shown_name(file), &img, json);
     }
-    let mut entries = vec![describe(file, &img.node, img.qcow2.as_ref(), &img.file)?];
+    let mut entries = vec![describe(
+        img.name(file),
+        &img.node,
+        img.qcow2.as_ref(),
+        img.file.as_deref(),
+    )?];
     if p.has("backing-chain") {
         let mut cur = img.qcow2.as_ref().and_then(|c| c.backing());
         while let Some(b) = cur {
@@ -50,7 +55,7 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
                 ..oxemu_block::FileOptions::new(&b.path)
             })
             .map_err(|e| Error::Msg(format!("Could not open '{name}': {e}")))?;
-            entries.push(describe(&name, &b.driver, Some(b), &f)?);
+            entries.push(describe(&name, &b.driver, Some(b), Some(&f))?);
             cur = b.backing();
         }
     }
@@ -73,20 +78,29 @@ fn describe(
     name: &str,
     node: &std::sync::Arc<dyn BlockDriver>,
     chain: Option<&oxemu_qcow2::Image>,
-    file: &oxemu_block::FileDriver,
+    file: Option<&oxemu_block::FileDriver>,
 ) -> Result<serde_json::Value, Error> {
     use serde_json::{Map, Value};
     let size = node.size();
-    let format = chain.map_or("raw", |c| c.format);
-    let actual = file.allocated_size().unwrap_or(0);
+    // Without a format layer, an NBD node reports its own driver.
+    let bare = if node.info().driver == "nbd" {
+        "nbd"
+    } else {
+        "raw"
+    };
+    let format = chain.map_or(bare, |c| c.format);
+    // NBD nodes have no disk size to report.
+    let actual = file.map(|f| f.allocated_size().unwrap_or(0));
     // Keys in the order qemu-img prints them.
     let mut o = Map::new();
     let Some(q) = chain.and_then(|c| c.qcow2.as_ref()) else {
         o.insert("virtual-size".into(), size.into());
         o.insert("filename".into(), name.into());
         o.insert("format".into(), format.into());
-        o.insert("actual-size".into(), actual.into());
-        o.insert("dirty-flag".into(), false.into());
+        if let Some(actual) = actual {
+            o.insert("actual-size".into(), actual.into());
+            o.insert("dirty-flag".into(), false.into());
+        }
         return Ok(Value::Object(o));
     };
     let lp = crate::map::event_loop()?;
@@ -112,7 +126,9 @@ fn describe(
     o.insert("filename".into(), name.into());
     o.insert("cluster-size".into(), h.cluster_size().into());
     o.insert("format".into(), format.into());
-    o.insert("actual-size".into(), actual.into());
+    if let Some(actual) = actual {
+        o.insert("actual-size".into(), actual.into());
+    }
     let mut data = Map::new();
     data.insert("compat".into(), fs.compat.into());
     data.insert("compression-type".into(), fs.compression_type.into());
@@ -182,7 +198,10 @@ fn human(v: &serde_json::Value) -> String {
     s += &format!("file format: {}\n", v["format"].as_str().unwrap_or(""));
     let size = u("virtual-size");
     s += &format!("virtual size: {} ({size} bytes)\n", human_size(size));
-    s += &format!("disk size: {}\n", human_size(u("actual-size")));
+    match v["actual-size"].as_u64() {
+        Some(a) => s += &format!("disk size: {}\n", human_size(a)),
+        None => s += "disk size: unavailable\n",
+    }
     if let Some(c) = v["cluster-size"].as_u64() {
         s += &format!("cluster_size: {c}\n");
     }

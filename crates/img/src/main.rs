@@ -12,6 +12,7 @@ mod create_qcow2;
 mod dd;
 mod encryption;
 mod file_hints;
+mod filename;
 mod image;
 mod info;
 mod map;

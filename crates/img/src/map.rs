@@ -56,7 +56,7 @@ pub fn run_map(argv: &[String]) -> Result<(), Error> {
         None => size,
     };
     // File names by depth: the image itself, then its backing files.
-    let mut names = vec![file.clone()];
+    let mut names = vec![img.name(file).to_string()];
     let mut cur = img.qcow2.as_ref().and_then(|c| c.backing());
     while let Some(b) = cur {
         names.push(b.path.display().to_string());

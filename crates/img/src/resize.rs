@@ -121,7 +121,10 @@ async fn resize_raw(
                 }
                 Ok(())
             } else {
-                let fd = img.file.raw_fd();
+                let Some(file) = &img.file else {
+                    return Err(unsupported("falloc"));
+                };
+                let fd = file.raw_fd();
                 // SAFETY: posix_fallocate on a descriptor the open image owns.
                 let r = unsafe {
                     libc::posix_fallocate(fd, cur as libc::off_t, (new - cur) as libc::off_t)

@@ -141,6 +141,12 @@ impl ServerShared {
 
     fn register(&self, fd: OwnedFd) -> u64 {
         let mut t = self.table();
+        if self.stopping.load(Ordering::SeqCst) {
+            // Accepted while `stop` ran: close the connection's input at once, so that
+            // it cannot sit idle in the handshake where `stop` no longer looks.
+            // SAFETY: shutdown(2) on a descriptor we own.
+            unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RD) };
+        }
         t.next_id += 1;
         let id = t.next_id;
         t.conns.insert(id, ConnEntry { fd, export: None });
@@ -154,7 +160,10 @@ impl ServerShared {
     }
 
     fn shutdown_conns(&self, export: Option<&str>, how: i32) {
-        let t = self.table();
+        Self::shutdown_in(&self.table(), export, how);
+    }
+
+    fn shutdown_in(t: &ConnTable, export: Option<&str>, how: i32) {
         for e in t.conns.values() {
             if export.is_none() || e.export.as_deref() == export {
                 // SAFETY: shutdown(2) on a descriptor the table owns.
@@ -163,15 +172,36 @@ impl ServerShared {
         }
     }
 
-    fn wait_until(&self, mut done: impl FnMut(&ConnTable) -> bool) {
+    fn wait_until(&self, done: impl FnMut(&ConnTable) -> bool) {
+        self.wait_until_deadline(done, None, |_| {});
+    }
+
+    /// Waits until `done` holds or `deadline` passes (false then). `tick` runs every
+    /// 100 ms with the table locked.
+    fn wait_until_deadline(
+        &self,
+        mut done: impl FnMut(&ConnTable) -> bool,
+        deadline: Option<std::time::Instant>,
+        mut tick: impl FnMut(&ConnTable),
+    ) -> bool {
         let mut t = self.table();
         while !done(&t) {
+            let mut step = Duration::from_millis(100);
+            if let Some(d) = deadline {
+                let now = std::time::Instant::now();
+                if now >= d {
+                    return false;
+                }
+                step = step.min(d - now);
+            }
             t = self
                 .changed
-                .wait_timeout(t, Duration::from_millis(100))
+                .wait_timeout(t, step)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
+            tick(&t);
         }
+        true
     }
 
     fn active(&self) -> usize {
@@ -199,6 +229,11 @@ pub struct NbdServer {
     addr: BoundAddr,
     unix_path: Option<PathBuf>,
     tcp_port: Option<u16>,
+    /// A duplicate of the listening socket: `stop` shuts it down to wake the accept
+    /// loop even when a wake-up connection cannot reach it (socket file removed).
+    listen_fd: OwnedFd,
+    /// Ends the accept loop from any thread.
+    abort: futures::future::AbortHandle,
 }
 
 impl std::fmt::Debug for NbdServer {
@@ -241,15 +276,17 @@ impl NbdServer {
             },
             source,
         };
-        let (bound, unix_path, tcp_port);
+        let (abort, reg) = futures::future::AbortHandle::new_pair();
+        let (bound, unix_path, tcp_port, listen_fd);
         match &opts.addr {
             NbdAddr::Unix(path) => {
                 let l = UnixListener::bind(path).map_err(listen_err)?;
+                listen_fd = dup(&l).map_err(listen_err)?;
                 bound = BoundAddr::Unix(path.clone());
                 unix_path = Some(path.clone());
                 tcp_port = None;
                 let sh = shared.clone();
-                io.spawn(move || accept_loop_unix(l, sh));
+                io.spawn(move || accepting(accept_loop_unix(l, sh.clone()), sh, reg));
             }
             NbdAddr::Inet { host, port } => {
                 let addr = (host.as_str(), *port)
@@ -258,12 +295,13 @@ impl NbdServer {
                     .next()
                     .ok_or_else(|| listen_err(io::ErrorKind::AddrNotAvailable.into()))?;
                 let l = TcpListener::bind(addr).map_err(listen_err)?;
+                listen_fd = dup(&l).map_err(listen_err)?;
                 let local = l.local_addr().map_err(listen_err)?;
                 bound = BoundAddr::Tcp(local);
                 unix_path = None;
                 tcp_port = Some(local.port());
                 let sh = shared.clone();
-                io.spawn(move || accept_loop_tcp(l, sh));
+                io.spawn(move || accepting(accept_loop_tcp(l, sh.clone()), sh, reg));
             }
         }
         Ok(NbdServer {
@@ -272,6 +310,8 @@ impl NbdServer {
             addr: bound,
             unix_path,
             tcp_port,
+            listen_fd,
+            abort,
         })
     }
 
@@ -341,10 +381,26 @@ impl NbdServer {
 
     /// Stops listening, disconnects all clients, waits for their requests to finish
     /// and removes the unix socket. Exports stay attached to the (stopped) server
-    /// object; the daemon drops them afterwards.
+    /// object; the daemon drops them afterwards. See [`NbdServer::stop_within`].
     pub fn stop(&self) {
+        self.stop_within(Duration::from_secs(5));
+    }
+
+    /// [`NbdServer::stop`] in bounded time. First only the clients' input is shut
+    /// down: idle connections (in the handshake or between requests) end at once,
+    /// and requests in flight finish and send their replies. Connections still open
+    /// after `grace` (a client that does not read its replies) are shut down
+    /// completely, and after another `grace` the server gives up waiting for them.
+    /// Returns false in that last case. Connections accepted while stopping are shut
+    /// down as they are registered.
+    pub fn stop_within(&self, grace: Duration) -> bool {
         self.shared.stopping.store(true, Ordering::SeqCst);
-        // Wake the accept loop with a connection of our own; it sees `stopping`.
+        // End the accept loop: aborting it works even when no connection can reach
+        // the listener (its socket file was removed or replaced), ...
+        self.abort.abort();
+        // SAFETY: shutdown(2) on our duplicate of the listening socket.
+        unsafe { libc::shutdown(self.listen_fd.as_raw_fd(), libc::SHUT_RDWR) };
+        // ... and a connection of our own wakes it too; the loop then sees `stopping`.
         match &self.addr {
             BoundAddr::Unix(p) => drop(std::os::unix::net::UnixStream::connect(p)),
             BoundAddr::Tcp(a) => {
@@ -361,12 +417,30 @@ impl NbdServer {
                 ));
             }
         }
-        self.shared.shutdown_conns(None, libc::SHUT_RDWR);
-        self.shared
-            .wait_until(|t| t.conns.is_empty() && !t.accepting);
+        let idle = |t: &ConnTable| t.conns.is_empty() && !t.accepting;
+        self.shared.shutdown_conns(None, libc::SHUT_RD);
+        let start = std::time::Instant::now();
+        let mut ok = self
+            .shared
+            .wait_until_deadline(idle, Some(start + grace), |t| {
+                ServerShared::shutdown_in(t, None, libc::SHUT_RD)
+            });
+        if !ok {
+            tracing::warn!("nbd: clients still connected after {grace:?}; disconnecting them");
+            self.shared.shutdown_conns(None, libc::SHUT_RDWR);
+            ok = self
+                .shared
+                .wait_until_deadline(idle, Some(start + 2 * grace), |t| {
+                    ServerShared::shutdown_in(t, None, libc::SHUT_RDWR)
+                });
+        }
+        if !ok {
+            tracing::warn!("nbd: giving up on connections that do not close");
+        }
         if let Some(p) = &self.unix_path {
             let _ = std::fs::remove_file(p);
         }
+        ok
     }
 }
 
@@ -394,6 +468,16 @@ fn start_conn(sh: &Arc<ServerShared>, sock: Sock, fd: io::Result<OwnedFd>) {
     });
 }
 
+/// Runs an accept loop until it ends or [`NbdServer::stop`] aborts it.
+async fn accepting(
+    lp: impl std::future::Future<Output = ()>,
+    sh: Arc<ServerShared>,
+    reg: futures::future::AbortRegistration,
+) {
+    let _ = futures::future::Abortable::new(lp, reg).await;
+    finish_accepting(&sh);
+}
+
 async fn accept_loop_unix(l: UnixListener, sh: Arc<ServerShared>) {
     match Async::new(l) {
         Ok(l) => loop {
@@ -412,7 +496,6 @@ async fn accept_loop_unix(l: UnixListener, sh: Arc<ServerShared>) {
         },
         Err(e) => tracing::error!("nbd: listener setup failed: {e}"),
     }
-    finish_accepting(&sh);
 }
 
 async fn accept_loop_tcp(l: TcpListener, sh: Arc<ServerShared>) {
@@ -434,7 +517,6 @@ async fn accept_loop_tcp(l: TcpListener, sh: Arc<ServerShared>) {
         },
         Err(e) => tracing::error!("nbd: listener setup failed: {e}"),
     }
-    finish_accepting(&sh);
 }
 
 /// One export of a node over NBD.

@@ -12,6 +12,7 @@ Export FILE (a raw or qcow2 image) over NBD.
 
   -h, --help                display this help and exit
   -V, --version             output version information and exit
+  -v, --verbose             display extra debugging information
 
 Connection properties:
   -p, --port=PORT           port to listen on (default '10809')
@@ -19,6 +20,9 @@ Connection properties:
   -k, --socket=PATH         path to the unix socket
   -e, --shared=NUM          serve NUM clients at once (default '1', 0 = unlimited)
   -t, --persistent          don't exit on the last connection
+  -L, --list                list exports available from another NBD server
+      --fork                fork off the server process and exit the parent
+                            once the server is running
   -x, --export-name=NAME    expose export by name (default '')
   -D, --description=TEXT    export a human-readable description
   -A, --allocation-depth    expose the allocation depth (qemu:allocation-depth)
@@ -53,6 +57,11 @@ struct Args {
     description: String,
     allocation_depth: bool,
     pid_file: Option<PathBuf>,
+    verbose: bool,
+    fork: bool,
+    list: bool,
+    /// An option that only makes sense when serving an image was given.
+    per_device: bool,
 }
 
 enum Parsed {
@@ -80,6 +89,10 @@ fn parse_args(argv: Vec<String>) -> Result<Parsed, String> {
         description: String::new(),
         allocation_depth: false,
         pid_file: None,
+        verbose: false,
+        fork: false,
+        list: false,
+        per_device: false,
     };
     let mut files = Vec::new();
     let mut it = argv.into_iter();
@@ -100,8 +113,26 @@ fn parse_args(argv: Vec<String>) -> Result<Parsed, String> {
                 .or_else(|| it.next())
                 .ok_or_else(|| format!("option '{name}' requires an argument"))
         };
+        if matches!(
+            key.as_str(),
+            "-x" | "--export-name"
+                | "-D"
+                | "--description"
+                | "-f"
+                | "--format"
+                | "-A"
+                | "--allocation-depth"
+                | "--aio"
+                | "--discard"
+                | "--cache"
+        ) {
+            a.per_device = true;
+        }
         match key.as_str() {
             "-h" | "--help" => return Ok(Parsed::Exit(USAGE.into())),
+            "-v" | "--verbose" => a.verbose = true,
+            "--fork" => a.fork = true,
+            "-L" | "--list" => a.list = true,
             "-V" | "--version" => {
                 return Ok(Parsed::Exit(format!(
                     "oxemu-nbd {} (qemu-nbd compatible)\n",
@@ -145,6 +176,18 @@ fn parse_args(argv: Vec<String>) -> Result<Parsed, String> {
             }
             _ => files.push(arg),
         }
+    }
+    if a.list {
+        if !files.is_empty() {
+            return Err("List mode is incompatible with a file name".into());
+        }
+        if a.per_device {
+            return Err("List mode is incompatible with per-device settings".into());
+        }
+        if a.fork {
+            return Err("List mode is incompatible with forking".into());
+        }
+        return Ok(Parsed::Run(Box::new(a)));
     }
     match files.len() {
         1 => a.file = files.remove(0).into(),
@@ -233,7 +276,112 @@ fn block_signals() -> libc::sigset_t {
     }
 }
 
+/// `--list`: print the exports of the server at `-k` or `-b`/`-p`, as qemu-nbd does.
+fn list(a: &Args) -> Result<(), String> {
+    if a.tls_creds.is_some() {
+        return Err("TLS is not supported in list mode".into());
+    }
+    let target = match &a.socket {
+        Some(p) => oxemu_nbd::NbdTarget::Unix(p.clone()),
+        None => oxemu_nbd::NbdTarget::Tcp {
+            host: a.bind.clone(),
+            port: a.port,
+        },
+    };
+    let exports = oxemu_nbd::client::list_exports(&target).map_err(|e| e.to_string())?;
+    print!("{}", oxemu_nbd::negotiate::format_list(&exports));
+    Ok(())
+}
+
+/// `--fork`, as qemu-nbd: the parent stays until the server is ready, printing what
+/// the child writes to stderr meanwhile (errors), and exits 0 if nothing was written
+/// and 1 otherwise. The child becomes a daemon (own session, stdio on /dev/null) with
+/// stderr on the pipe; [`daemon_ready`] gives it back the original stderr, which ends
+/// the parent. Must run before any thread is started. Returns the saved stderr.
+fn fork_daemon() -> Result<libc::c_int, String> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 fills two descriptors into the array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(format!(
+            "Error setting up communication pipe: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: the process is single-threaded here; the child only continues this
+    // program's start-up.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(format!(
+            "Failed to fork: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    if pid == 0 {
+        // SAFETY: descriptor juggling on descriptors this process owns.
+        unsafe {
+            libc::close(fds[0]);
+            let old = libc::dup(2);
+            let r = libc::daemon(1, 0);
+            libc::dup2(fds[1], 2);
+            libc::close(fds[1]);
+            if r < 0 {
+                return Err(format!(
+                    "Failed to daemonize: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+            return Ok(old);
+        }
+    }
+    // SAFETY: the parent reads the pipe until the child closes it.
+    unsafe { libc::close(fds[1]) };
+    let mut errors = false;
+    let mut buf = [0u8; 1024];
+    loop {
+        // SAFETY: read(2) into a local buffer.
+        let n = unsafe { libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            eprintln!("oxemu-nbd: Cannot read from daemon: {e}");
+            std::process::exit(1);
+        }
+        if n == 0 {
+            break;
+        }
+        errors = true;
+        use std::io::Write;
+        let _ = std::io::stderr().write_all(&buf[..n as usize]);
+    }
+    std::process::exit(errors as i32);
+}
+
+/// The forked server is ready: stderr goes back to where it was, which closes the
+/// pipe and lets the parent exit.
+fn daemon_ready(old_stderr: Option<libc::c_int>) {
+    if let Some(fd) = old_stderr {
+        // SAFETY: restores fd 2 from the saved descriptor and closes the copy.
+        unsafe {
+            libc::dup2(fd, 2);
+            libc::close(fd);
+        }
+    }
+}
+
 fn run(a: Args) -> Result<(), String> {
+    if a.verbose {
+        let _ = tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .with_max_level(tracing::Level::DEBUG)
+            .try_init();
+    }
+    if a.list {
+        return list(&a);
+    }
+    let old_stderr = if a.fork { Some(fork_daemon()?) } else { None };
     let tls = match &a.tls_creds {
         None => None,
         Some(id) => {
@@ -291,14 +439,37 @@ fn run(a: Args) -> Result<(), String> {
         std::fs::write(p, format!("{}\n", std::process::id()))
             .map_err(|e| format!("Failed to write pid file '{}': {e}", p.display()))?;
     }
+    daemon_ready(old_stderr);
+    if a.verbose {
+        tracing::info!("oxemu-nbd: serving {}", a.file.display());
+    }
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     {
         let tx = tx.clone();
+        let socket = a.socket.clone();
+        let pid_file = a.pid_file.clone();
         std::thread::spawn(move || {
-            let mut sig = 0;
-            // SAFETY: sigwait on signals blocked in every thread; writes one int.
-            unsafe { libc::sigwait(&sigs, &mut sig) };
-            let _ = tx.send(());
+            let mut first = true;
+            loop {
+                let mut sig = 0;
+                // SAFETY: sigwait on signals blocked in every thread; writes one int.
+                if unsafe { libc::sigwait(&sigs, &mut sig) } != 0 {
+                    continue;
+                }
+                if first {
+                    // The first signal asks for an orderly shutdown...
+                    first = false;
+                    let _ = tx.send(());
+                    continue;
+                }
+                // ... a further one forces the exit.
+                eprintln!("oxemu-nbd: received signal {sig} again, exiting immediately");
+                for p in [&socket, &pid_file].into_iter().flatten() {
+                    let _ = std::fs::remove_file(p);
+                }
+                // SAFETY: ends the process without running destructors of other threads.
+                unsafe { libc::_exit(1) };
+            }
         });
     }
     if !a.persistent {
@@ -309,7 +480,7 @@ fn run(a: Args) -> Result<(), String> {
         });
     }
     let _ = rx.recv();
-    server.stop();
+    server.stop_within(std::time::Duration::from_secs(2));
     let r = iothread
         .handle()
         .run(move || async move { node.close().await });
