@@ -115,7 +115,7 @@ pub fn run_convert(argv: &[String]) -> Result<(), Error> {
     if !p.has("n") {
         if out_fmt == "qcow2" {
             crate::create_qcow2::run(dst, Some(size), &create_opts, p.get("B"), p.get("F"), true)?;
-        } else {
+        } else if !crate::filename::create_on_nbd(dst, size)? {
             FileDriver::create(Path::new(dst), size, false)
                 .map_err(|e| Error::Msg(format!("{dst}: error while converting raw: {e}")))?;
         }

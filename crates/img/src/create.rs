@@ -93,6 +93,9 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
             None => println!("Formatting '{file}', fmt={fmt} size={size}"),
         }
     }
+    if crate::filename::create_on_nbd(file, size)? {
+        return Ok(());
+    }
     FileDriver::create(Path::new(file), size, prealloc)
         .map_err(|e| Error::Msg(format!("{file}: {e}")))?;
     Ok(())

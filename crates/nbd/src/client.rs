@@ -31,6 +31,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 
@@ -612,6 +613,8 @@ pub struct NbdClient {
     max_payload: u32,
     base_ctx: Option<u32>,
     depth_ctx: Option<u32>,
+    /// NBD_CMD_DISC was sent.
+    closed: AtomicBool,
 }
 
 impl std::fmt::Debug for NbdClient {
@@ -777,6 +780,7 @@ impl NbdClient {
             max_payload,
             base_ctx,
             depth_ctx,
+            closed: AtomicBool::new(false),
         })
     }
 
@@ -900,6 +904,28 @@ impl NbdClient {
             }
         }
         Ok(((len as u64).min(max), flags))
+    }
+}
+
+impl Drop for NbdClient {
+    /// Sends NBD_CMD_DISC (best effort, without waiting) unless `close` did, so that
+    /// servers see an orderly disconnect.
+    fn drop(&mut self) {
+        let st = self.conn.lock();
+        if st.dead.is_some() || st.send_owner.is_some() || self.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        drop(st);
+        let b = self.req(cmd::DISC, 0, 0, 0).encode(false);
+        // SAFETY: send(2) of a local buffer on our socket; never blocks or raises SIGPIPE.
+        unsafe {
+            libc::send(
+                self.conn.sock.fd(),
+                b.as_ptr().cast(),
+                b.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
     }
 }
 
@@ -1097,6 +1123,7 @@ impl BlockDriver for NbdClient {
             .conn
             .call(self.req(cmd::DISC, 0, 0, 0), None, Sink::None)
             .await;
+        self.closed.store(true, Ordering::Relaxed);
         // SAFETY: shutdown(2) on our own socket.
         unsafe { libc::shutdown(self.conn.sock.fd(), libc::SHUT_RDWR) };
         r

@@ -263,7 +263,9 @@ pub fn parse_payload(ty: u16, b: &[u8], req: &Expect) -> Result<Decoded, ReplyEr
             let rel = off
                 .checked_sub(req.offset)
                 .filter(|r| {
-                    len > 0 && r.checked_add(len as u64).is_some_and(|e| e <= req.len as u64)
+                    len > 0
+                        && r.checked_add(len as u64)
+                            .is_some_and(|e| e <= req.len as u64)
                 })
                 .ok_or_else(|| invalid(format!("hole chunk at {off} outside the request")))?;
             Ok(Decoded::Hole { rel, len })

@@ -257,7 +257,9 @@ fn fake_server(
         s.read_exact(&mut f).unwrap();
         let export_info = |out: &mut Vec<u8>| {
             out.extend_from_slice(&(1u64 << 20).to_be_bytes());
-            out.extend_from_slice(&(proto::tflag::HAS_FLAGS | proto::tflag::SEND_FLUSH).to_be_bytes());
+            out.extend_from_slice(
+                &(proto::tflag::HAS_FLAGS | proto::tflag::SEND_FLUSH).to_be_bytes(),
+            );
         };
         loop {
             let mut h = [0u8; 16];
@@ -346,7 +348,14 @@ fn export_name_fallback_and_simple_replies() {
         c.write_zeroes(0, 4096, ZeroFlags::default()).await.unwrap();
         c.discard(0, 4096).await.unwrap();
         let e = c
-            .write_zeroes(0, 4096, ZeroFlags { no_fallback: true, ..Default::default() })
+            .write_zeroes(
+                0,
+                4096,
+                ZeroFlags {
+                    no_fallback: true,
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ENOTSUP));
@@ -418,7 +427,10 @@ fn allocation_depth_through_oxemu_nbd() {
     let (b, t) = (base.to_str().unwrap(), top.to_str().unwrap());
     run_ok("qemu-img", &["create", "-f", "qcow2", b, "1M"]);
     run_ok("qemu-io", &["-f", "qcow2", "-c", "write -P 1 0 64k", b]);
-    run_ok("qemu-img", &["create", "-f", "qcow2", "-b", b, "-F", "qcow2", t]);
+    run_ok(
+        "qemu-img",
+        &["create", "-f", "qcow2", "-b", b, "-F", "qcow2", t],
+    );
     run_ok("qemu-io", &["-f", "qcow2", "-c", "write -P 2 64k 64k", t]);
     let s = start(d.path(), false, &["-t", "-e", "0", "-A", "-r"], &top);
     let mut o = NbdClientOptions::new(NbdTarget::Unix(s.sock.clone().unwrap()), "");
@@ -437,7 +449,11 @@ fn allocation_depth_through_oxemu_nbd() {
     });
     assert_eq!(
         depths,
-        vec![(0, 65536, 2), (65536, 65536, 1), (131072, 1048576 - 131072, 0)]
+        vec![
+            (0, 65536, 2),
+            (65536, 65536, 1),
+            (131072, 1048576 - 131072, 0)
+        ]
     );
     // Without the option, the same export reports everything as present (qemu-img
     // map's view of an NBD node).
