@@ -394,7 +394,7 @@ fn malicious_server_replies_are_eio() {
             Some(b)
         }),
         ("hole outside the request", |r| {
-            let mut p = (r.offset + 1 << 30).to_be_bytes().to_vec();
+            let mut p = (r.offset + (1 << 30)).to_be_bytes().to_vec();
             p.extend_from_slice(&(r.len as u32).to_be_bytes());
             Some(chunk(ct::FLAG_DONE, ct::OFFSET_HOLE, r.cookie, &p))
         }),
