@@ -335,6 +335,11 @@ impl Conn {
             }
             if st.send_owner.is_none() {
                 st.send_owner = Some(cookie);
+                // Counted as sent from the first byte on: the server may answer
+                // before write_all returns here.
+                if let Some(s) = st.slots.get_mut(&cookie) {
+                    s.sent = true;
+                }
                 Poll::Ready(Ok(()))
             } else {
                 st.send_waiters.push_back(cx.waker().clone());
@@ -357,9 +362,6 @@ impl Conn {
         {
             let mut st = self.lock();
             st.send_owner = None;
-            if let Some(s) = st.slots.get_mut(&cookie) {
-                s.sent = true;
-            }
             if let Some(wk) = st.send_waiters.pop_front() {
                 wk.wake();
             }
