@@ -395,6 +395,17 @@ pub fn open_nbd(name: &str, spec: &NbdSpec, o: &OpenOpts<'_>) -> Result<Image, E
     })
 }
 
+/// Refuses to create a `format` image on an NBD export (only raw is implemented),
+/// instead of creating a local file named like the URI.
+pub fn refuse_create_on_nbd(name: &str, format: &str) -> Result<(), Error> {
+    if parse(name)?.is_some() {
+        return Err(Error::Msg(format!(
+            "{name}: creating {format} images on NBD exports is not supported"
+        )));
+    }
+    Ok(())
+}
+
 /// Creating a raw image on an NBD export, as QEMU's generic protocol fallback does:
 /// the export must already be at least `size` bytes ("Cannot grow NBD nodes"), and
 /// its first sector is zeroed. `Ok(false)` when `name` is not an NBD name (the caller
