@@ -145,7 +145,7 @@ pub fn run_convert(argv: &[String]) -> Result<(), Error> {
                 true,
                 true,
             )?;
-        } else {
+        } else if !crate::filename::create_on_nbd(dst, size)? {
             FileDriver::create(Path::new(dst), size, false)
                 .map_err(|e| Error::Msg(format!("{dst}: error while converting raw: {e}")))?;
         }

@@ -148,6 +148,9 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
         }
     }
     hints.validate(file)?;
+    if crate::filename::create_on_nbd(file, size)? {
+        return Ok(());
+    }
     hints.set_on(Path::new(file));
     FileDriver::create(Path::new(file), size, prealloc)
         .map_err(|e| Error::Msg(format!("{file}: {e}")))?;

@@ -97,6 +97,7 @@ pub fn run(
     unsafe_backing: bool,
     quiet: bool,
 ) -> Result<(), Error> {
+    crate::filename::refuse_create_on_nbd(file, "qcow2")?;
     let mut c = Qcow2CreateOptions::default();
     let mut size = size;
     c.backing_file = backing.map(str::to_string);

@@ -396,6 +396,56 @@ pub fn open_nbd(name: &str, spec: &NbdSpec, o: &OpenOpts<'_>) -> Result<Image, E
     })
 }
 
+/// Refuses to create a `format` image on an NBD export (only raw is implemented),
+/// instead of creating a local file named like the URI.
+pub fn refuse_create_on_nbd(name: &str, format: &str) -> Result<(), Error> {
+    if parse(name)?.is_some() {
+        return Err(Error::Msg(format!(
+            "{name}: creating {format} images on NBD exports is not supported"
+        )));
+    }
+    Ok(())
+}
+
+/// Creating a raw image on an NBD export, as QEMU's generic protocol fallback does:
+/// the export must already be at least `size` bytes ("Cannot grow NBD nodes"), and
+/// its first sector is zeroed. `Ok(false)` when `name` is not an NBD name (the caller
+/// creates a file).
+pub fn create_on_nbd(name: &str, size: u64) -> Result<bool, Error> {
+    let Some(spec) = parse(name)? else {
+        return Ok(false);
+    };
+    let fail = |m: String| Error::Msg(format!("{name}: {m}"));
+    let co = NbdClientOptions::new(spec.target.clone(), spec.export.as_deref().unwrap_or(""));
+    let client = NbdClient::connect(&co).map_err(|e| fail(e.to_string()))?;
+    if client.export_read_only() {
+        return Err(fail("Could not open image: Permission denied".into()));
+    }
+    if size > client.size() {
+        return Err(fail("Cannot grow NBD nodes".into()));
+    }
+    let lp = oxemu_block::EventLoop::with_defaults()
+        .map_err(|e| Error::Msg(format!("Could not create event loop: {e}")))?;
+    lp.block_on(async {
+        let n = client.size().min(512);
+        if n > 0 {
+            client
+                .write_zeroes(
+                    0,
+                    n,
+                    oxemu_block::ZeroFlags {
+                        may_unmap: true,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| fail(format!("Failed to clear the new image's first sector: {e}")))?;
+        }
+        client.close().await.map_err(|e| fail(e.to_string()))
+    })?;
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -270,6 +270,15 @@ fn convert_into_nbd_and_qcow2_over_nbd() {
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     same(&["compare", &uri, img.to_str().unwrap()]);
+    // Creating on an export: it cannot grow, but may be used at its size or smaller.
+    same(&["create", "-f", "raw", &uri, "8M"]);
+    same(&["create", "-f", "raw", &uri, "4M"]);
+    let o = tool(
+        env!("CARGO_BIN_EXE_oxemu-img"),
+        &["convert", "-O", "raw", img.to_str().unwrap(), &uri],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    same(&["compare", &uri, img.to_str().unwrap()]);
     drop(srv);
     assert_eq!(
         std::fs::read(&target).unwrap(),

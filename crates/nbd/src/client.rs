@@ -31,6 +31,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 
@@ -334,6 +335,11 @@ impl Conn {
             }
             if st.send_owner.is_none() {
                 st.send_owner = Some(cookie);
+                // Counted as sent from the first byte on: the server may answer
+                // before write_all returns here.
+                if let Some(s) = st.slots.get_mut(&cookie) {
+                    s.sent = true;
+                }
                 Poll::Ready(Ok(()))
             } else {
                 st.send_waiters.push_back(cx.waker().clone());
@@ -356,9 +362,6 @@ impl Conn {
         {
             let mut st = self.lock();
             st.send_owner = None;
-            if let Some(s) = st.slots.get_mut(&cookie) {
-                s.sent = true;
-            }
             if let Some(wk) = st.send_waiters.pop_front() {
                 wk.wake();
             }
@@ -612,6 +615,8 @@ pub struct NbdClient {
     max_payload: u32,
     base_ctx: Option<u32>,
     depth_ctx: Option<u32>,
+    /// NBD_CMD_DISC was sent.
+    closed: AtomicBool,
 }
 
 impl std::fmt::Debug for NbdClient {
@@ -777,6 +782,7 @@ impl NbdClient {
             max_payload,
             base_ctx,
             depth_ctx,
+            closed: AtomicBool::new(false),
         })
     }
 
@@ -900,6 +906,28 @@ impl NbdClient {
             }
         }
         Ok(((len as u64).min(max), flags))
+    }
+}
+
+impl Drop for NbdClient {
+    /// Sends NBD_CMD_DISC (best effort, without waiting) unless `close` did, so that
+    /// servers see an orderly disconnect.
+    fn drop(&mut self) {
+        let st = self.conn.lock();
+        if st.dead.is_some() || st.send_owner.is_some() || self.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        drop(st);
+        let b = self.req(cmd::DISC, 0, 0, 0).encode(false);
+        // SAFETY: send(2) of a local buffer on our socket; never blocks or raises SIGPIPE.
+        unsafe {
+            libc::send(
+                self.conn.sock.fd(),
+                b.as_ptr().cast(),
+                b.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
     }
 }
 
@@ -1097,6 +1125,7 @@ impl BlockDriver for NbdClient {
             .conn
             .call(self.req(cmd::DISC, 0, 0, 0), None, Sink::None)
             .await;
+        self.closed.store(true, Ordering::Relaxed);
         // SAFETY: shutdown(2) on our own socket.
         unsafe { libc::shutdown(self.conn.sock.fd(), libc::SHUT_RDWR) };
         r

@@ -428,6 +428,20 @@ pub fn negotiate<S: Read + Write>(s: &mut S, o: &NegotiateOptions) -> NResult<Ex
         ));
     }
     let (no_zeroes, fixed) = greet(s)?;
+    let r = negotiate_options(s, o, no_zeroes, fixed);
+    if r.is_err() && fixed {
+        // As QEMU: a courtesy NBD_OPT_ABORT before hanging up.
+        let _ = send_option(s, opt::ABORT, &[]);
+    }
+    r
+}
+
+fn negotiate_options<S: Read + Write>(
+    s: &mut S,
+    o: &NegotiateOptions,
+    no_zeroes: bool,
+    fixed: bool,
+) -> NResult<ExportDetails> {
     let mut d = ExportDetails {
         name: o.export.clone(),
         ..Default::default()
@@ -481,6 +495,14 @@ pub fn list_exports<S: Read + Write>(s: &mut S) -> NResult<Vec<ExportDetails>> {
     if !fixed {
         return Err(NegotiateError::new("Server does not support export lists"));
     }
+    let r = list_options(s);
+    if r.is_err() {
+        let _ = send_option(s, opt::ABORT, &[]);
+    }
+    r
+}
+
+fn list_options<S: Read + Write>(s: &mut S) -> NResult<Vec<ExportDetails>> {
     let structured = simple_option(s, opt::STRUCTURED_REPLY)?;
     send_option(s, opt::LIST, &[])?;
     let mut list = Vec::new();

@@ -394,7 +394,7 @@ fn malicious_server_replies_are_eio() {
             Some(b)
         }),
         ("hole outside the request", |r| {
-            let mut p = (r.offset + 1 << 30).to_be_bytes().to_vec();
+            let mut p = (r.offset + (1 << 30)).to_be_bytes().to_vec();
             p.extend_from_slice(&(r.len as u32).to_be_bytes());
             Some(chunk(ct::FLAG_DONE, ct::OFFSET_HOLE, r.cookie, &p))
         }),
@@ -461,4 +461,40 @@ fn allocation_depth_through_oxemu_nbd() {
     let c = NbdClient::connect(&o).unwrap();
     let st = lp.block_on(c.block_status(0, c.size())).unwrap();
     assert_eq!(st.depth, 1);
+}
+
+/// One connection shared by two threads, each with its own event loop and many
+/// requests in flight.
+#[test]
+fn one_connection_shared_by_two_loops() {
+    let d = tempfile::tempdir().unwrap();
+    let img = image(d.path());
+    let s = start(d.path(), false, &["-t", "-f", "raw"], &img);
+    let c = open(s.sock.as_ref().unwrap(), "", false);
+    let threads: Vec<_> = (0..2u64)
+        .map(|t| {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                EventLoop::with_defaults().unwrap().block_on(async {
+                    let futs = (0..64u64).map(|i| {
+                        let c = c.clone();
+                        async move {
+                            let off = (t * 64 + i) * 16384;
+                            let pat = vec![(t * 64 + i) as u8; 16384];
+                            for _ in 0..4 {
+                                c.write_at(off, &pat).await.unwrap();
+                                let mut r = vec![0u8; 16384];
+                                c.read_at(off, &mut r).await.unwrap();
+                                assert_eq!(r, pat);
+                            }
+                        }
+                    });
+                    futures::future::join_all(futs).await;
+                })
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
 }
