@@ -30,30 +30,13 @@ pub fn command() -> &'static str {
 /// Splits QEMU keyval syntax `a=b,c=d` (`,,` is a literal comma) into pairs; a bare
 /// word comes back as `(word, None)`.
 pub fn keyval(s: &str) -> Vec<(String, Option<String>)> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut chars = s.chars().peekable();
-    let mut parts = Vec::new();
-    while let Some(c) = chars.next() {
-        if c == ',' {
-            if chars.peek() == Some(&',') {
-                chars.next();
-                cur.push(',');
-            } else {
-                parts.push(std::mem::take(&mut cur));
-            }
-        } else {
-            cur.push(c);
-        }
-    }
-    parts.push(cur);
-    for p in parts {
-        match p.split_once('=') {
-            Some((k, v)) => out.push((k.to_string(), Some(v.to_string()))),
-            None => out.push((p, None)),
-        }
-    }
-    out
+    oxemu_qmp::keyval::split_elements(s)
+        .into_iter()
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (k.to_string(), Some(v.to_string())),
+            None => (p, None),
+        })
+        .collect()
 }
 
 /// Decodes standard base64 (with or without padding).

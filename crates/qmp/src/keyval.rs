@@ -48,8 +48,13 @@ pub fn parse_option(s: &str, implied: Option<&str>) -> Result<Value, KeyvalError
     parse_keyval(s, implied)
 }
 
-/// Splits on single commas, turning `,,` into a literal comma.
-fn split_elements(s: &str) -> Vec<String> {
+/// Splits QEMU option syntax on single commas, turning `,,` into a literal comma:
+/// the one splitter every oxemu program uses for keyval-style arguments.
+///
+/// ```
+/// assert_eq!(oxemu_qmp::keyval::split_elements("a=1,b=x,,y"), ["a=1", "b=x,y"]);
+/// ```
+pub fn split_elements(s: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut chars = s.chars().peekable();
