@@ -88,7 +88,8 @@ pub fn run_map(argv: &[String]) -> Result<(), Error> {
         println!("[{}]", lines.join(",\n"));
     } else {
         println!("{:<16}{:<16}{:<16}File", "Offset", "Length", "Mapped to");
-        for (off, st) in extents.iter().filter(|(_, s)| s.data) {
+        // As qemu-img: only data that does not read as zeroes is listed.
+        for (off, st) in extents.iter().filter(|(_, s)| s.data && !s.zero) {
             let mapped = st.offset.map(|o| format!("{o:#x}")).unwrap_or_default();
             let mapped = if mapped == "0x0" { "0".into() } else { mapped };
             let offs = if *off == 0 {
