@@ -12,7 +12,17 @@ fn run(prog: &str, args: &[&str]) -> Output {
 }
 
 fn ok(prog: &str, args: &[&str]) -> String {
-    let o = run(prog, args);
+    let mut o = run(prog, args);
+    // QEMU's PBKDF benchmark fails now and then on a loaded machine with a small
+    // iter-time ("Unable to get accurate CPU usage"); that is QEMU's, not ours: retry.
+    for _ in 0..5 {
+        if o.status.success()
+            || !String::from_utf8_lossy(&o.stderr).contains("Unable to get accurate CPU usage")
+        {
+            break;
+        }
+        o = run(prog, args);
+    }
     assert!(
         o.status.success(),
         "{prog} {args:?}: {}{}",
@@ -70,7 +80,7 @@ const SETTINGS: [&str; 4] = [
 
 fn create(prog: &str, img: &str, settings: &str, pw: &str) {
     let s = secret(pw);
-    let o = format!("{settings}key-secret=sec0,iter-time=10");
+    let o = format!("{settings}key-secret=sec0,iter-time=50");
     ok(
         prog,
         &[
@@ -342,7 +352,7 @@ fn encrypted_qcow2_images_written_by_qemu_read_the_same_through_oxemu_img() {
             "--object",
             &s,
             "-o",
-            "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10",
+            "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=50",
             &img,
             "4M",
         ],
