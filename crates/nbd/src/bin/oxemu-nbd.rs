@@ -372,10 +372,12 @@ fn daemon_ready(old_stderr: Option<libc::c_int>) {
 
 fn run(a: Args) -> Result<(), String> {
     if a.verbose {
+        // qemu-nbd -v adds nothing to stderr while it serves a file, and test suites
+        // compare that stderr: warnings only.
         let _ = tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
             .with_ansi(false)
-            .with_max_level(tracing::Level::DEBUG)
+            .with_max_level(tracing::Level::WARN)
             .try_init();
     }
     if a.list {
@@ -440,9 +442,7 @@ fn run(a: Args) -> Result<(), String> {
             .map_err(|e| format!("Failed to write pid file '{}': {e}", p.display()))?;
     }
     daemon_ready(old_stderr);
-    if a.verbose {
-        tracing::info!("oxemu-nbd: serving {}", a.file.display());
-    }
+    tracing::debug!("oxemu-nbd: serving {}", a.file.display());
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     {
         let tx = tx.clone();
