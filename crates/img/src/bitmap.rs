@@ -51,9 +51,10 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
     let merge = actions.iter().any(|(k, _)| *k == "merge");
     let granularity = match p.get("g") {
         Some(g) => Some(crate::create::image_size(g).map_err(|_| {
-            Error::Msg(format!(
+            Error::Msg(
                 "Invalid granularity specified. You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes."
-            ))
+                    .into(),
+            )
         })?),
         None => None,
     };

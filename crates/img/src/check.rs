@@ -72,7 +72,8 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
             }
         }
     };
-    let fail = |e: &std::io::Error| Error::Exit(1, format!("Check failed: {}", strerror(e)));
+    // report() drops Rust's " (os error N)" suffix, as for every message.
+    let fail = |e: &std::io::Error| Error::Exit(1, format!("Check failed: {e}"));
     let (mut r, res) = lp.block_on(q.check_with_messages(repair));
     print(&r);
     res.map_err(|e| fail(&e))?;
@@ -150,7 +151,7 @@ fn open_for_check(
         if m.starts_with("Could not open") {
             Error::Msg(m)
         } else {
-            Error::Msg(format!("Could not open '{file}': {}", strip_os_error(&m)))
+            Error::Msg(format!("Could not open '{file}': {m}"))
         }
     };
     use oxemu_block::lock::perm;
@@ -167,15 +168,6 @@ fn open_for_check(
         read_only,
     ))
     .map_err(could_not)
-}
-
-fn strip_os_error(m: &str) -> &str {
-    m.split(" (os error").next().unwrap_or(m)
-}
-
-/// qemu-img prints `strerror(errno)`; other errors as they are.
-fn strerror(e: &std::io::Error) -> String {
-    strip_os_error(&e.to_string()).to_string()
 }
 
 fn to_json(file: &str, r: &CheckReport) -> serde_json::Value {

@@ -72,14 +72,17 @@ pub fn run_convert(argv: &[String]) -> Result<(), Error> {
         p.opts
             .iter()
             .filter(|(k, _)| k == "o")
-            .flat_map(|(_, v)| v.split(','))
-            .filter_map(|kv| kv.split_once('='))
-            .filter(|(k, _)| *k == key)
+            .flat_map(|(_, v)| oxemu_qmp::keyval::split_elements(v))
+            .filter_map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
+            .filter(|(k, _)| k == key)
             .map(|(_, v)| v)
-            .last()
+            .next_back()
     };
-    let backing = opt_value("backing_file").or(p.get("B"));
-    let backing_fmt = opt_value("backing_fmt").or(p.get("F"));
+    let backing = opt_value("backing_file").or(p.get("B").map(str::to_string));
+    let backing_fmt = opt_value("backing_fmt").or(p.get("F").map(str::to_string));
     if let Some(b) = backing {
         if out_fmt != "qcow2" {
             return Err(Error::Msg(format!(

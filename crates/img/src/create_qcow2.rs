@@ -123,7 +123,6 @@ pub fn run(
         )));
     }
     // As qemu-img: the backing file is opened (unless -u) for its format and size.
-    let mut size = size;
     if let Some(b) = &c.backing_file {
         if unsafe_backing {
             if c.backing_fmt.is_none() {

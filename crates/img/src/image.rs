@@ -70,17 +70,9 @@ fn open_error(path: &Path, e: std::io::Error) -> Error {
     if msg.starts_with("Could not open") {
         Error::Msg(msg)
     } else {
-        let shown = path.display();
-        Error::Msg(format!(
-            "Could not open '{shown}': {}",
-            strip_os_error(&msg)
-        ))
+        // report() drops Rust's " (os error N)" suffix, as for every message.
+        Error::Msg(format!("Could not open '{}': {msg}", path.display()))
     }
-}
-
-/// std's io::Error text ends in " (os error N)"; qemu-img prints just strerror.
-fn strip_os_error(m: &str) -> &str {
-    m.split(" (os error").next().unwrap_or(m)
 }
 
 /// Options for opening an image.
