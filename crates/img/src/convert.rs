@@ -40,6 +40,8 @@ const CONVERT_SPEC: &[Opt] = &[
     opt(Some('B'), None, true),
     opt(Some('F'), None, true),
     opt(None, Some("target-is-zero"), false),
+    opt(Some('l'), None, true),
+    opt(Some('s'), None, true),
 ];
 
 const CHUNK: usize = 2 << 20;
@@ -136,6 +138,9 @@ pub fn run_convert(argv: &[String]) -> Result<(), Error> {
             no_share: true,
         },
     )?;
+    // -l snapshot.id=..,snapshot.name=.. or -l/-s ID_OR_NAME: copy an internal
+    // snapshot instead of the active state.
+    crate::snapshot::load_tmp(&s, src, p.get("l"), p.get("s"))?;
     let size = s.node.size();
     if !p.has("n") {
         if out_fmt == "qcow2" {

@@ -63,6 +63,13 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
         Some(s) => Some(oxemu_block::size::parse_size(s).map_err(|_| bad_size())?),
         None => None,
     };
+    if let Some(l) = p.get("l") {
+        // qemu-img parses -l while it reads the options, before any other check.
+        oxemu_qcow2::SnapshotRef::parse(l).map_err(|e| {
+            crate::report(&e);
+            Error::Msg(format!("Failed in parsing snapshot param '{l}'"))
+        })?;
+    }
     if p.args.len() > 1 {
         return Err(Error::Msg(
             "At most one filename argument is allowed.".into(),
@@ -84,11 +91,7 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
             "Either --size N or one filename must be specified.".into(),
         ));
     }
-    for (key, flag) in [
-        ("object", "--object"),
-        ("image-opts", "--image-opts"),
-        ("l", "-l"),
-    ] {
+    for (key, flag) in [("object", "--object"), ("image-opts", "--image-opts")] {
         if p.has(key) {
             return Err(Error::Msg(format!(
                 "{flag} is not supported by oxemu-img measure"
@@ -96,7 +99,11 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
         }
     }
     let input = match file {
-        Some(f) => Some(crate::map::open_ro(f, p.get("f"), p.has("force-share"))?),
+        Some(f) => {
+            let img = crate::map::open_ro(f, p.get("f"), p.has("force-share"))?;
+            crate::snapshot::load_tmp(&img, f, p.get("l"), None)?;
+            Some(img)
+        }
         None => None,
     };
     let out_fmt = p.get("O").unwrap_or("raw");

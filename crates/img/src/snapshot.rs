@@ -278,3 +278,33 @@ pub fn from_json(v: &serde_json::Value) -> Snapshot {
         entry_offset: 0,
     }
 }
+
+/// Loads an internal snapshot of the opened image `img` (named `name`) for reading,
+/// as `convert -l`/`-s` and `measure -l` do: `l` is QEMU's `-l` argument
+/// (`snapshot.id=ID,snapshot.name=NAME` or an id-or-name), `s` the older `-s
+/// ID_OR_NAME`. Does nothing when neither is given. Errors are qemu-img's.
+pub fn load_tmp(
+    img: &image::Image,
+    name: &str,
+    l: Option<&str>,
+    s: Option<&str>,
+) -> Result<(), Error> {
+    use oxemu_qcow2::SnapshotRef;
+    let r = match (l, s) {
+        (Some(l), _) => SnapshotRef::parse(l).map_err(|e| {
+            crate::report(&e);
+            Error::Msg(format!("Failed in parsing snapshot param '{l}'"))
+        })?,
+        (None, Some(s)) => SnapshotRef::IdOrName(s.to_string()),
+        (None, None) => return Ok(()),
+    };
+    let chain = img.qcow2.clone().unwrap_or_else(|| oxemu_qcow2::Image {
+        format: img.format,
+        path: Path::new(name).to_path_buf(),
+        driver: img.node.clone(),
+        qcow2: None,
+    });
+    event_loop()?
+        .block_on(chain.load_snapshot_tmp(&r))
+        .map_err(|e| Error::Msg(format!("Failed to load snapshot: {e}")))
+}

@@ -46,7 +46,7 @@ pub use check::{CheckReport, Repair};
 pub use compressed_write::Compressor;
 pub use create::{create, Preallocation, Qcow2CreateOptions};
 pub use header::{CompressionType, Header};
-pub use snapshot_ops::NewSnapshot;
+pub use snapshot_ops::{NewSnapshot, SnapshotRef};
 
 use header::{bad, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY};
 use meta::Meta;

@@ -772,6 +772,14 @@ impl Meta {
         self.l1 = l1;
     }
 
+    /// Shows another L1 table (a snapshot's) on a read-only image: the cached L2
+    /// tables are forgotten, and nothing is ever written back.
+    pub fn show_l1(&mut self, l1: Vec<u64>) {
+        self.l1 = l1;
+        self.l2.map.clear();
+        self.l1_dirty = false;
+    }
+
     /// One past the highest cluster allocated since the image was opened, in bytes.
     pub fn top_end(&self) -> u64 {
         self.top * self.cs

@@ -319,6 +319,27 @@ impl Qcow2 {
         ))
     }
 
+    /// Shows a snapshot instead of the active state until the image is closed, without
+    /// changing the file (QEMU's `bdrv_snapshot_load_tmp`, behind `qemu-img convert -l`
+    /// and `qemu-nbd -l`). The snapshot is the first one matching both `id` and
+    /// `name` (one may be left out). Only a read-only image can do this (`EPERM`
+    /// otherwise, QEMU's "Device is not readonly"); `ENOENT` when no snapshot matches.
+    /// As in QEMU, the virtual size stays the active one: guest clusters past the
+    /// snapshot's L1 table read as unallocated.
+    pub async fn snapshot_load_tmp(&self, id: Option<&str>, name: Option<&str>) -> io::Result<()> {
+        if !self.read_only {
+            return Err(os(libc::EPERM));
+        }
+        let mut m = self.meta.lock().await;
+        let table = read_table(self.file.as_ref(), &m.h).await?;
+        let sn = find_by_id_and_name(&table.snapshots, id, name)
+            .map(|i| table.snapshots[i].clone())
+            .ok_or_else(enoent)?;
+        let l1 = self.snapshot_l1(&m, &sn).await?;
+        m.show_l1(l1);
+        Ok(())
+    }
+
     /// Reverts the disk to a snapshot, found by id or else by name (`qemu-img
     /// snapshot -a`). The virtual size becomes the snapshot's. `ENOENT` when there
     /// is no such snapshot.
@@ -446,5 +467,81 @@ impl Qcow2 {
             }
         }
         Ok(())
+    }
+}
+
+/// Which snapshot `qemu-img convert -l` or `qemu-nbd -l` loads: QEMU's
+/// `snapshot.id=ID,snapshot.name=NAME` options, or a bare id-or-name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SnapshotRef {
+    /// A bare argument: tried as an id, then as a name.
+    IdOrName(String),
+    /// `snapshot.id=`/`snapshot.name=`: the snapshot must match the ones given.
+    IdAndName {
+        /// `snapshot.id`.
+        id: Option<String>,
+        /// `snapshot.name`.
+        name: Option<String>,
+    },
+}
+
+impl SnapshotRef {
+    /// Parses a `-l` argument as QEMU does: options when it starts with `snapshot.`,
+    /// otherwise an id-or-name. The error is QEMU's message.
+    ///
+    /// ```
+    /// use oxemu_qcow2::snapshot_ops::SnapshotRef;
+    /// assert_eq!(
+    ///     SnapshotRef::parse("snapshot.name=a,,b").unwrap(),
+    ///     SnapshotRef::IdAndName { id: None, name: Some("a,b".into()) }
+    /// );
+    /// assert_eq!(SnapshotRef::parse("sn1").unwrap(), SnapshotRef::IdOrName("sn1".into()));
+    /// ```
+    pub fn parse(param: &str) -> Result<SnapshotRef, String> {
+        if !param.starts_with("snapshot.") {
+            return Ok(SnapshotRef::IdOrName(param.to_string()));
+        }
+        let (mut id, mut name) = (None, None);
+        for el in oxemu_qmp::keyval::split_elements(param) {
+            match el.split_once('=') {
+                Some(("snapshot.id", v)) => id = Some(v.to_string()),
+                Some(("snapshot.name", v)) => name = Some(v.to_string()),
+                Some((k, _)) => return Err(format!("Invalid parameter '{k}'")),
+                None => return Err(format!("Invalid parameter '{el}'")),
+            }
+        }
+        Ok(SnapshotRef::IdAndName { id, name })
+    }
+}
+
+impl crate::Image {
+    /// Loads the snapshot `r` for reading (QEMU's `bdrv_snapshot_load_tmp` and its
+    /// `_by_id_or_name` form) on a read-only image; the error is QEMU's message,
+    /// which callers print after "Failed to load snapshot: ".
+    pub async fn load_snapshot_tmp(&self, r: &SnapshotRef) -> Result<(), String> {
+        let (id, name) = match r {
+            SnapshotRef::IdOrName(s) => (Some(s.as_str()), None),
+            SnapshotRef::IdAndName { id, name } => (id.as_deref(), name.as_deref()),
+        };
+        if id.is_none() && name.is_none() {
+            return Err("snapshot_id and name are both NULL".into());
+        }
+        let Some(q) = &self.qcow2 else {
+            return Err(format!(
+                "Block format '{}' used by device '' does not support temporarily loading internal snapshots",
+                self.format
+            ));
+        };
+        let msg = |e: io::Error| match e.raw_os_error() {
+            Some(libc::ENOENT) => "Can't find snapshot".to_string(),
+            Some(libc::EPERM) => "Device is not readonly".to_string(),
+            _ => e.to_string(),
+        };
+        match q.snapshot_load_tmp(id, name).await {
+            Err(e) if matches!(r, SnapshotRef::IdOrName(_)) && e.raw_os_error() == Some(libc::ENOENT) => {
+                q.snapshot_load_tmp(None, id).await.map_err(msg)
+            }
+            res => res.map_err(msg),
+        }
     }
 }

@@ -33,10 +33,27 @@ Connection properties:
 Block device options:
   -f, --format=FORMAT       set image format (raw, qcow2)
   -r, --read-only           export read-only
+  -l, --load-snapshot=SNAPSHOT_PARAM
+                            export an internal snapshot of FILE, read-only
+                            (SNAPSHOT_PARAM: snapshot.id=ID,snapshot.name=NAME
+                            or an id or name)
       --cache=MODE          cache mode (none, writeback, writethrough, directsync, unsafe)
       --aio=MODE            AIO mode (threads, native, io_uring)
       --discard=MODE        what trim requests do: ignore (default) or unmap
 ";
+
+/// The program's name as invoked (argv[0]'s last component), which prefixes messages
+/// as qemu-nbd's do: a `qemu-nbd` symlink to oxemu-nbd then reads as qemu-nbd.
+fn prog() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        std::env::args()
+            .next()
+            .and_then(|a| a.rsplit('/').next().map(str::to_string))
+            .filter(|a| !a.is_empty())
+            .unwrap_or_else(|| "oxemu-nbd".into())
+    })
+}
 
 #[derive(Debug)]
 struct Args {
@@ -60,6 +77,8 @@ struct Args {
     verbose: bool,
     fork: bool,
     list: bool,
+    /// `-l`: the internal snapshot to export instead of the active state.
+    snapshot: Option<oxemu_qcow2::SnapshotRef>,
     /// An option that only makes sense when serving an image was given.
     per_device: bool,
 }
@@ -92,6 +111,7 @@ fn parse_args(argv: Vec<String>) -> Result<Parsed, String> {
         verbose: false,
         fork: false,
         list: false,
+        snapshot: None,
         per_device: false,
     };
     let mut files = Vec::new();
@@ -125,6 +145,8 @@ fn parse_args(argv: Vec<String>) -> Result<Parsed, String> {
                 | "--aio"
                 | "--discard"
                 | "--cache"
+                | "-l"
+                | "--load-snapshot"
         ) {
             a.per_device = true;
         }
@@ -140,6 +162,15 @@ fn parse_args(argv: Vec<String>) -> Result<Parsed, String> {
                 )))
             }
             "-r" | "--read-only" => a.read_only = true,
+            "-l" | "--load-snapshot" => {
+                let v = value(&key)?;
+                let r = oxemu_qcow2::SnapshotRef::parse(&v).map_err(|e| {
+                    format!("{e}\n{}: Failed in parsing snapshot param `{v}'", prog())
+                })?;
+                a.snapshot = Some(r);
+                // As qemu-nbd: a loaded snapshot is exported read-only.
+                a.read_only = true;
+            }
             "-t" | "--persistent" => a.persistent = true,
             "-A" | "--allocation-depth" => a.allocation_depth = true,
             "-x" | "--export-name" => a.name = value(&key)?,
@@ -171,7 +202,8 @@ fn parse_args(argv: Vec<String>) -> Result<Parsed, String> {
             }
             k if k.starts_with('-') && k.len() > 1 => {
                 return Err(format!(
-                    "unrecognized option '{k}'\nTry 'oxemu-nbd --help' for more information."
+                    "unrecognized option '{k}'\n{p}: Try `{p} --help' for more information.",
+                    p = prog()
                 ))
             }
             _ => files.push(arg),
@@ -260,6 +292,10 @@ fn open_node(a: &Args) -> Result<Arc<dyn BlockDriver>, String> {
             },
         ))
         .map_err(|e| e.to_string())?;
+    if let Some(r) = &a.snapshot {
+        lp.block_on(img.load_snapshot_tmp(r))
+            .map_err(|e| format!("Failed to load snapshot: {e}"))?;
+    }
     Ok(img.driver)
 }
 
@@ -345,7 +381,7 @@ fn fork_daemon() -> Result<libc::c_int, String> {
             if e.kind() == std::io::ErrorKind::Interrupted {
                 continue;
             }
-            eprintln!("oxemu-nbd: Cannot read from daemon: {e}");
+            eprintln!("{}: Cannot read from daemon: {e}", prog());
             std::process::exit(1);
         }
         if n == 0 {
@@ -463,7 +499,7 @@ fn run(a: Args) -> Result<(), String> {
                     continue;
                 }
                 // ... a further one forces the exit.
-                eprintln!("oxemu-nbd: received signal {sig} again, exiting immediately");
+                eprintln!("{}: received signal {sig} again, exiting immediately", prog());
                 for p in [&socket, &pid_file].into_iter().flatten() {
                     let _ = std::fs::remove_file(p);
                 }
@@ -504,12 +540,12 @@ fn main() -> ExitCode {
         Ok(Parsed::Run(a)) => match run(*a) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("oxemu-nbd: {e}");
+                eprintln!("{}: {e}", prog());
                 ExitCode::FAILURE
             }
         },
         Err(e) => {
-            eprintln!("oxemu-nbd: {e}");
+            eprintln!("{}: {e}", prog());
             ExitCode::FAILURE
         }
     }
