@@ -68,7 +68,8 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
     let print = |r: &CheckReport| {
         if !quiet {
             for m in &r.messages {
-                eprintln!("{m}");
+                // Errors in messages read as strerror, without Rust's " (os error N)".
+                eprintln!("{}", crate::strip_os_errors(m));
             }
         }
     };

@@ -67,7 +67,7 @@ pub fn report(msg: &str) {
 }
 
 /// `msg` without the " (os error N)" that `std::io::Error` appends to strerror.
-fn strip_os_errors(msg: &str) -> String {
+pub(crate) fn strip_os_errors(msg: &str) -> String {
     let mut out = String::with_capacity(msg.len());
     let mut rest = msg;
     while let Some(i) = rest.find(" (os error ") {

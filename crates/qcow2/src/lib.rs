@@ -203,6 +203,9 @@ impl Qcow2 {
             h.autoclear_features &= keep;
         }
         let meta = Meta::load(h.clone(), file.clone(), cache).await?;
+        if !check {
+            meta.validate_reftable()?;
+        }
         let q = Arc::new(Qcow2 {
             file,
             backing: opts.backing,

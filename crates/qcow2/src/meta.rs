@@ -165,17 +165,6 @@ impl Meta {
             .chunks_exact(8)
             .map(|c| u64::from_be_bytes(c.try_into().unwrap()))
             .collect();
-        let fsize = file.size().next_multiple_of(cs);
-        for (i, e) in reftable.iter().enumerate() {
-            let off = e & !(cs - 1);
-            if off != 0 && off.saturating_add(cs) > fsize {
-                return Err(bad(
-                    "refcount table entry",
-                    h.refcount_table_offset + 8 * i as u64,
-                    format!("refcount block {off:#x} is past the end of the file"),
-                ));
-            }
-        }
         let l2_cap = (cache_bytes / cs).clamp(16, (l1.len() as u64).max(16)) as usize;
         Ok(Meta {
             cs,
@@ -759,6 +748,23 @@ impl Meta {
             self.free_hint = self.free_hint.min(c);
         }
         self.write_refcounts().await
+    }
+
+    /// Fails naming the entry when a refcount table entry points past the end of the
+    /// file. A normal open refuses such an image; a check opens it to repair it.
+    pub fn validate_reftable(&self) -> io::Result<()> {
+        let fsize = self.file.size().next_multiple_of(self.cs);
+        for (i, e) in self.reftable.iter().enumerate() {
+            let off = e & !(self.cs - 1);
+            if off != 0 && off.saturating_add(self.cs) > fsize {
+                return Err(bad(
+                    "refcount table entry",
+                    self.h.refcount_table_offset + 8 * i as u64,
+                    format!("refcount block {off:#x} is past the end of the file"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Rewrites the header cluster from `self.h` (extensions preserved).

@@ -364,7 +364,12 @@ impl Ck {
                 let tag = if fix.errors() { "Repairing" } else { "ERROR" };
                 self.msg(format!("{tag} refcount block {i} is outside image"));
                 if fix.errors() {
-                    match self.extend_file(off + cs).await {
+                    // QEMU refuses an end past i64::MAX with EINVAL before it tries.
+                    let grown = match off.checked_add(cs).filter(|&e| e <= i64::MAX as u64) {
+                        Some(end) => self.extend_file(end).await,
+                        None => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+                    };
+                    match grown {
                         Ok(()) => {
                             self.r.corruptions -= 1;
                             self.r.corruptions_fixed += 1;
