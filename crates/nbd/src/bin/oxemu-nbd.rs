@@ -32,6 +32,7 @@ Connection properties:
 
 Block device options:
   -f, --format=FORMAT       set image format (raw, qcow2)
+  -o, --offset=OFFSET       export the image from OFFSET bytes on
   -r, --read-only           export read-only
   -l, --load-snapshot=SNAPSHOT_PARAM
                             export an internal snapshot of FILE, read-only
@@ -77,6 +78,8 @@ struct Args {
     verbose: bool,
     fork: bool,
     list: bool,
+    /// `-o`: bytes of the image skipped at its start (a raw window on top).
+    offset: u64,
     /// `-l`: the internal snapshot to export instead of the active state.
     snapshot: Option<oxemu_qcow2::SnapshotRef>,
     /// An option that only makes sense when serving an image was given.
@@ -112,6 +115,7 @@ fn parse_args(argv: Vec<String>) -> Result<Parsed, String> {
         fork: false,
         list: false,
         snapshot: None,
+        offset: 0,
         per_device: false,
     };
     let mut files = Vec::new();
@@ -147,6 +151,8 @@ fn parse_args(argv: Vec<String>) -> Result<Parsed, String> {
                 | "--cache"
                 | "-l"
                 | "--load-snapshot"
+                | "-o"
+                | "--offset"
         ) {
             a.per_device = true;
         }
@@ -162,6 +168,10 @@ fn parse_args(argv: Vec<String>) -> Result<Parsed, String> {
                 )))
             }
             "-r" | "--read-only" => a.read_only = true,
+            "-o" | "--offset" => {
+                let v = value(&key)?;
+                a.offset = parse_u64(&v).ok_or_else(|| format!("Invalid offset '{v}'"))?;
+            }
             "-l" | "--load-snapshot" => {
                 let v = value(&key)?;
                 let r = oxemu_qcow2::SnapshotRef::parse(&v).map_err(|e| {
@@ -232,6 +242,18 @@ fn parse_args(argv: Vec<String>) -> Result<Parsed, String> {
     Ok(Parsed::Run(Box::new(a)))
 }
 
+/// An unsigned number as QEMU's `qemu_strtou64(.., 0)` reads it: decimal, `0x` hex
+/// or leading-`0` octal.
+fn parse_u64(v: &str) -> Option<u64> {
+    if let Some(h) = v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        u64::from_str_radix(h, 16).ok()
+    } else if v.len() > 1 && v.starts_with('0') {
+        u64::from_str_radix(&v[1..], 8).ok()
+    } else {
+        v.parse().ok()
+    }
+}
+
 fn cache_mode(mode: &str) -> Result<(bool, bool), String> {
     // (direct, no_flush)
     match mode {
@@ -292,11 +314,19 @@ fn open_node(a: &Args) -> Result<Arc<dyn BlockDriver>, String> {
             },
         ))
         .map_err(|e| e.to_string())?;
+    let mut node = img.driver.clone();
+    if a.offset != 0 {
+        // As qemu-nbd: a raw node with `offset` on top of the opened image.
+        node = Arc::new(
+            oxemu_block::raw::RawFormat::with_window(node, a.offset, None)
+                .map_err(|e| e.to_string())?,
+        );
+    }
     if let Some(r) = &a.snapshot {
         lp.block_on(img.load_snapshot_tmp(r))
             .map_err(|e| format!("Failed to load snapshot: {e}"))?;
     }
-    Ok(img.driver)
+    Ok(node)
 }
 
 fn block_signals() -> libc::sigset_t {
