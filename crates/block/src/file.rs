@@ -66,6 +66,11 @@ pub struct FileOptions {
     /// shares writing or resizing of the file under a qcow2 image, and shares
     /// everything of a raw image but a `convert` source. `force_share` wins.
     pub shared_perms: Option<u64>,
+    /// `x-inline=off` (an oxemu option): never run requests inline on the event loop.
+    /// By default the io_uring engine runs reads and writes of up to 256 KiB on files
+    /// in tmpfs or ramfs inline (the kernel would hand them to a worker thread); with
+    /// this set, every request goes through the ring.
+    pub no_inline: bool,
 }
 
 impl FileOptions {
@@ -93,7 +98,7 @@ pub struct FileDriver {
     size: AtomicU64,
     request_align: u32,
     mem_align: usize,
-    /// On tmpfs or ramfs (see `engine::Target::in_memory`).
+    /// On tmpfs or ramfs (see `engine::Target::inline`).
     in_memory: bool,
 }
 
@@ -257,7 +262,7 @@ impl FileDriver {
         Target {
             fd: self.file.as_raw_fd(),
             id: self.id,
-            in_memory: self.in_memory,
+            inline: self.in_memory && !self.opts.no_inline,
         }
     }
 

@@ -217,6 +217,7 @@ impl Graph {
             discard,
             locking,
             force_share: o.force_share,
+            no_inline: o.x_inline == Some(false),
             ..FileOptions::new(PathBuf::from(&o.filename))
         };
         let f = match FileDriver::open(&fo) {

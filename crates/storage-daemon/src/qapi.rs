@@ -69,6 +69,9 @@ pub struct FileBlockdev {
     /// Accepted for compatibility; batching is automatic.
     #[serde(default, deserialize_with = "flex_opt_u64")]
     pub aio_max_batch: Option<u64>,
+    /// `x-inline=off` (oxemu only): never run requests inline on the event loop.
+    #[serde(default, rename = "x-inline", deserialize_with = "flex_opt_bool")]
+    pub x_inline: Option<bool>,
 }
 }
 

@@ -456,3 +456,30 @@ fn sigterm_flushes_and_removes_sockets_and_pidfile() {
     assert!(!qmp.exists() && !nbd.exists() && !pid.exists());
     assert_eq!(std::fs::read(&img).unwrap()[..65536], [0x33; 65536]);
 }
+
+#[test]
+fn x_inline_is_parsed_as_a_bool() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path(), "a.img");
+    let bad = format!("driver=file,node-name=f,filename={},x-inline=maybe", img.display());
+    let out = run(BIN, &["--blockdev", &bad]);
+    assert_eq!(out.status.code(), Some(1));
+    let m = message(&out);
+    assert!(m.contains("x-inline"), "{m}");
+    // A good value is accepted: the daemon starts (it writes its pidfile once every
+    // option has been applied) and stops cleanly on SIGTERM.
+    let pid = dir.path().join("pid");
+    let good = format!("driver=file,node-name=f,filename={},x-inline=off", img.display());
+    let mut child = std::process::Command::new(BIN)
+        .args(["--blockdev", &good, "--pidfile", pid.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while !pid.exists() && t.elapsed() < std::time::Duration::from_secs(10) {
+        assert!(child.try_wait().unwrap().is_none(), "x-inline=off refused");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(pid.exists(), "the daemon did not start");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+}

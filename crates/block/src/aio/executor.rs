@@ -158,6 +158,10 @@ pub(crate) struct Executor {
     slots: RefCell<Vec<Option<Slot>>>,
     free: RefCell<Vec<usize>>,
     pub(crate) queue: Arc<ReadyQueue>,
+    /// A task asked the loop to enter the ring before polling more tasks (see
+    /// [`yield_to_ring`](super::yield_to_ring)): `run_ready` returns after the current
+    /// round instead of draining the ready queue.
+    ring_requested: std::cell::Cell<bool>,
 }
 
 impl Executor {
@@ -166,6 +170,7 @@ impl Executor {
             slots: RefCell::new(Vec::new()),
             free: RefCell::new(Vec::new()),
             queue: ReadyQueue::new()?,
+            ring_requested: std::cell::Cell::new(false),
         })
     }
 
@@ -187,8 +192,16 @@ impl Executor {
         waker.wake_by_ref();
     }
 
+    /// Makes the current [`run_ready`](Self::run_ready) return after its round, so that
+    /// the loop submits to and reaps from the ring before polling tasks again.
+    pub(crate) fn request_ring_turn(&self) {
+        self.ring_requested.set(true);
+    }
+
     /// Runs closures posted from other threads, then polls every ready task until none
-    /// is ready. Returns the number of tasks polled.
+    /// is ready, or until a task asked for a ring turn ([`Self::request_ring_turn`]):
+    /// then the tasks still queued wait for the next turn of the loop. Returns the
+    /// number of tasks polled.
     pub(crate) fn run_ready(&self) -> usize {
         let mut polled = 0;
         loop {
@@ -205,6 +218,9 @@ impl Executor {
             for id in ids {
                 polled += 1;
                 self.poll_task(id);
+            }
+            if self.ring_requested.replace(false) {
+                return polled;
             }
         }
     }

@@ -347,6 +347,18 @@ pub async fn yield_now() {
     .await
 }
 
+/// Yields, and makes the loop enter its ring (submitting and reaping without waiting)
+/// before it polls the ready tasks again. Work that completes without ever waiting,
+/// such as I/O run inline on the loop, calls this now and then: a plain
+/// [`yield_now`] only re-queues the task, and the loop would keep draining its ready
+/// queue while socket readiness, timers and disk completions wait in the ring.
+pub async fn yield_to_ring() {
+    if let Some(lp) = try_current() {
+        lp.executor.request_ring_turn();
+    }
+    yield_now().await
+}
+
 /// Registers a callback run once per turn of the current loop before it waits.
 pub(crate) fn add_pre_wait_hook(f: Box<dyn Fn()>) {
     current().add_pre_wait_hook(f);

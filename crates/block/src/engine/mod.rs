@@ -66,10 +66,22 @@ impl FromStr for Aio {
 pub(crate) struct Target {
     pub fd: RawFd,
     pub id: u64,
-    /// The file lives in memory (tmpfs, ramfs): its requests never wait for a
-    /// device, so the io_uring engine runs them inline (see [`execute`]).
-    pub in_memory: bool,
+    /// The file lives in memory (tmpfs, ramfs) and the node allows inline I/O
+    /// (`x-inline`, on by default): the io_uring engine runs its small reads and
+    /// writes inline (see [`execute`]).
+    pub inline: bool,
 }
+
+/// The largest read or write the io_uring engine runs inline on the loop (256 KiB).
+/// Larger ones go through the ring, where the kernel hands them to its io-wq workers,
+/// so that one big request cannot stall the loop's other clients.
+pub(crate) const INLINE_MAX_BYTES: usize = 256 << 10;
+
+/// After this many inline requests (or [`INLINE_BATCH_BYTES`]) the loop enters its
+/// ring before running more tasks.
+const INLINE_BATCH: u32 = 32;
+/// After this many bytes of inline requests the loop enters its ring.
+const INLINE_BATCH_BYTES: usize = 1 << 20;
 
 /// One kernel-level request.
 pub(crate) enum Req<'a> {
@@ -84,11 +96,25 @@ impl Req<'_> {
     fn buffered(&self) -> bool {
         matches!(self, Req::Read { .. } | Req::Write { .. })
     }
+
+    /// Whether the io_uring engine may run this request inline on an in-memory file:
+    /// reads and writes up to [`INLINE_MAX_BYTES`] and flushes (which tmpfs completes
+    /// at once). `fallocate` may zero or allocate gigabytes, so it never runs inline.
+    fn inline_bytes(&self) -> Option<usize> {
+        match self {
+            Req::Read { iov, .. } | Req::Write { iov, .. } => {
+                let n: usize = iov.iter().map(|v| v.iov_len).sum();
+                (n <= INLINE_MAX_BYTES).then_some(n)
+            }
+            Req::Fdatasync => Some(0),
+            Req::Fallocate { .. } => None,
+        }
+    }
 }
 
 thread_local! {
-    /// Requests this thread ran inline (for the periodic yield in [`execute`]).
-    static INLINE_RUN: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// Inline requests and bytes this thread ran since the loop last entered its ring.
+    static INLINE_RUN: std::cell::Cell<(u32, usize)> = const { std::cell::Cell::new((0, 0)) };
 }
 
 /// Runs `req` on `t` through `aio`. Resolves to bytes transferred or `-errno`.
@@ -97,16 +123,23 @@ pub(crate) async fn execute(aio: Aio, t: Target, req: Req<'_>) -> i64 {
         // io_uring completes page-cache hits inline for filesystems that support
         // non-blocking I/O, but tmpfs does not advertise it (reads and writes fail
         // RWF_NOWAIT with EOPNOTSUPP), so the kernel hands every tmpfs request to an
-        // io-wq worker thread. The copy costs less than that hand-off: do it here.
-        Aio::IoUring if t.in_memory => {
+        // io-wq worker thread. For small requests the copy costs less than that
+        // hand-off: do it here. Big requests and fallocate still go through the ring.
+        Aio::IoUring if t.inline && req.inline_bytes().is_some() => {
+            let bytes = req.inline_bytes().unwrap_or(0);
             let r = run_sync(t, &req);
-            // Inline requests complete without the task ever waiting; let the loop's
-            // other tasks run now and then so that a busy one cannot starve them.
-            if INLINE_RUN.with(|n| {
-                n.set(n.get().wrapping_add(1));
-                n.get() % 32 == 0
-            }) {
-                crate::aio::yield_now().await;
+            // Inline requests complete without the task ever waiting: after a batch,
+            // let the loop enter its ring (socket readiness, timers, completions)
+            // and run its other tasks before this one goes on.
+            let batch_done = INLINE_RUN.with(|c| {
+                let (n, b) = c.get();
+                let (n, b) = (n + 1, b + bytes);
+                let done = n >= INLINE_BATCH || b >= INLINE_BATCH_BYTES;
+                c.set(if done { (0, 0) } else { (n, b) });
+                done
+            });
+            if batch_done {
+                crate::aio::yield_to_ring().await;
             }
             r
         }
