@@ -25,5 +25,5 @@ pub use parse::{
     detect_kind, parse_cell, parse_system, ConfigKind, ParseError, ParseErrorKind, ParseOptions,
     Parsed,
 };
-pub use rules::{check, mem_flags, ConfigSet, RuleInfo, RULES};
+pub use rules::{check, mem_flags, ArchMismatch, ConfigSet, RuleInfo, RULES};
 pub use write::{write_cell, write_system};

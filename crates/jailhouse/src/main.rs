@@ -1,6 +1,7 @@
 //! `oxemu-jailhouse`: check and dump Jailhouse binary configs.
 //!
-//! Exit codes: 0 clean, 1 findings, 2 unusable input.
+//! Exit codes: 0 no errors (warnings may be printed), 1 at least one error
+//! finding (or, with `--strict`, any finding), 2 unusable input.
 
 use clap::{Parser, Subcommand, ValueEnum};
 use oxemu_jailhouse::{
@@ -47,6 +48,9 @@ enum ConfigCmd {
         /// Report a file size that disagrees with the header counts as a warning instead of an error.
         #[arg(long)]
         lenient: bool,
+        /// Count warnings as errors for the exit code.
+        #[arg(long)]
+        strict: bool,
     },
     /// Print a system or cell config in readable form.
     Dump {
@@ -87,6 +91,9 @@ fn warning_finding(w: &ParseError, cell: String) -> Finding {
         array: None,
         index: None,
         address: Some(w.offset),
+        other_cell: None,
+        other_array: None,
+        other_index: None,
         message: format!("{}: config size disagrees with its header counts", w.file),
         details: vec![w.to_string()],
     }
@@ -115,6 +122,7 @@ fn load(
         set.cells.push(p.config);
         set.cell_files.push(path.clone());
     }
+    set.verify_arch().map_err(|e| e.to_string())?;
     Ok((set, extra))
 }
 
@@ -123,6 +131,7 @@ fn run_check(
     cells: &[String],
     format: Format,
     lenient: bool,
+    strict: bool,
 ) -> Result<bool, String> {
     let (set, mut findings) = load(system, cells, ParseOptions { lenient })?;
     findings.extend(check(&set));
@@ -143,6 +152,7 @@ fn run_check(
                 "findings": findings,
                 "errors": errors,
                 "warnings": warnings,
+                "strict": strict,
             });
             println!(
                 "{}",
@@ -165,14 +175,19 @@ fn run_check(
             if findings.is_empty() {
                 println!("No findings.");
             } else {
+                let note = if strict && warnings > 0 {
+                    "; --strict: warnings count as errors"
+                } else {
+                    ""
+                };
                 println!(
-                    "{} findings ({errors} errors, {warnings} warnings)",
+                    "{} findings ({errors} errors, {warnings} warnings{note})",
                     findings.len()
                 );
             }
         }
     }
-    Ok(findings.is_empty())
+    Ok(errors == 0 && !(strict && warnings > 0))
 }
 
 fn run_dump(file: &str, lenient: bool) -> Result<(), String> {
@@ -206,7 +221,8 @@ fn main() -> ExitCode {
             cells,
             format,
             lenient,
-        } => run_check(&system, &cells, format, lenient).inspect_err(|e| {
+            strict,
+        } => run_check(&system, &cells, format, lenient, strict).inspect_err(|e| {
             if let Format::Json = format {
                 // Machine readers get the reason on stdout, too.
                 println!("{}", serde_json::json!({ "error": e }));

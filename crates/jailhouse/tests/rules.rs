@@ -72,6 +72,25 @@ fn arch_mismatch_of_a_cell_is_reported() {
 }
 
 #[test]
+fn arch_mismatch_stops_the_check() {
+    // An arm64 inmate next to qemu-x86: its GIC distributor would read as an
+    // IOAPIC pin claim and its RAM as unloadable. Only the mismatch counts.
+    let mut set = x86(vec![apic_demo()]);
+    set.cells.push(j721e_inmate());
+    set.cell_files = vec!["apic-demo.cell".into(), "inmate-demo.cell".into()];
+    set.system_file = "qemu-x86.cell".into();
+    let err = set.verify_arch().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "inmate-demo.cell: cell inmate-demo is built for arm64 (architecture byte at offset 5), \
+         but the system config qemu-x86.cell is for x86; Jailhouse refuses to create such a cell"
+    );
+    let f = check(&set);
+    assert_eq!(f.len(), 1, "{}", human(&f));
+    assert_at(&f[0], "arch-mismatch", "inmate-demo", None, None, None);
+}
+
+#[test]
 fn physical_overlap_inside_a_cell_is_reported() {
     let f = only_finding(x86(vec![apic_demo(), tiny_demo()]), |s| {
         apic_mem(s, 0x3ef8_0000, 0x20_0000, 0x1000, R | W)
@@ -291,6 +310,38 @@ fn root_cell_left_without_cpus_is_reported() {
         None,
         None,
     );
+    assert_eq!(f.other_cell.as_deref(), Some("smp-demo"));
+}
+
+#[test]
+fn root_cpu_starvation_names_the_cell_taking_the_last_cpu() {
+    // qemu-x86 (CPUs 0-3) with apic-demo (CPU 3) and tiny-demo (CPU 2) is
+    // fine; a linux-x86-demo moved to CPUs 0 and 1 takes the last two.
+    let f = only_finding(x86(vec![apic_demo(), tiny_demo()]), |s| {
+        let mut linux = linux_x86_demo();
+        linux.cpu_set = 0b0011u64.to_le_bytes().to_vec();
+        linux.memory_regions.clear();
+        linux.pci_devices.clear();
+        linux.pci_caps.clear();
+        linux.irqchips.clear();
+        linux.cache_regions.clear();
+        s.cells.push(linux);
+    });
+    assert_at(
+        &f,
+        "root-cpu-starvation",
+        "QEMU-VM",
+        Some("cpu_set"),
+        None,
+        None,
+    );
+    assert_eq!(
+        f.message,
+        "root cell QEMU-VM is left without a CPU: cell linux-x86-demo takes its last CPU 0, 1"
+    );
+    assert_eq!(f.other_cell.as_deref(), Some("linux-x86-demo"));
+    assert_eq!(f.other_array, Some("cpu_set"));
+    assert_eq!(f.other_index, Some(0));
 }
 
 #[test]
@@ -439,6 +490,30 @@ fn pci_config_ports_passed_through_are_reported() {
 }
 
 #[test]
+fn pci_config_data_ports_alone_are_named_as_such() {
+    // A cell granting only the data ports 0xcfc-0xcff (PIO_RANGE(0xcfc, 4)).
+    let f = only_finding(x86(vec![apic_demo()]), |s| {
+        s.cells[0].pio_regions.push(PioRegion {
+            base: 0xcfc,
+            length: 4,
+        })
+    });
+    assert_at(
+        &f,
+        "pio-pci-config",
+        "apic-demo",
+        Some("pio_regions"),
+        Some(3),
+        Some(0xcfc),
+    );
+    assert_eq!(
+        f.message,
+        "PCI config ports 0xcfc-0xcff passed through to apic-demo"
+    );
+    assert!(!f.to_human().contains("0xcf8-0xcff passed"), "{}", f.to_human());
+}
+
+#[test]
 fn pit_passed_through_to_a_non_root_cell_is_reported() {
     let f = only_finding(x86(vec![apic_demo()]), |s| {
         s.cells[0].pio_regions.push(PioRegion {
@@ -552,6 +627,14 @@ fn mmu500_stream_ids_collide_through_their_masks() {
         Some(0),
         Some(0x1_0871),
     );
+    // Stream ids read as MMU-500 id/mask_out, not as the raw union value.
+    assert_eq!(
+        f.message,
+        "stream id 0x871/0x1 (MMU-500 id/mask_out) of cell-b is also claimed by cell-a"
+    );
+    assert_eq!(f.details, vec!["cell-a: stream_ids[0] = 0x870/0x0".to_string()]);
+    assert_eq!(f.other_cell.as_deref(), Some("cell-a"));
+    assert_eq!((f.other_array, f.other_index), (Some("stream_ids"), Some(0)));
 }
 
 #[test]
@@ -674,6 +757,63 @@ fn ivshmem_protocol_mismatch_is_reported() {
         Some(2),
         None,
     );
+}
+
+#[test]
+fn ivshmem_peers_are_linked_by_bdf_alone_whatever_their_domain() {
+    // The hypervisor's ivshmem_init links endpoints by bdf only. An inmate
+    // whose device 00:00.0 says domain 1 (the root cell's says 4) still
+    // talks to the root cell's 0004:00:00.0, so a protocol that differs
+    // from the root's is a mismatch.
+    let set = ConfigSet::new(j721e(), vec![j721e_inmate()]);
+    let f = only_finding(set, |s| {
+        let d = &mut s.cells[0].pci_devices[0];
+        d.domain = 1;
+        d.shmem_protocol = 0x0001;
+    });
+    assert_at(
+        &f,
+        "ivshmem-peer-mismatch",
+        "inmate-demo",
+        Some("pci_devices"),
+        Some(0),
+        None,
+    );
+    assert_eq!(f.other_cell.as_deref(), Some("k3-j721e-evm"));
+    assert_eq!((f.other_array, f.other_index), (Some("pci_devices"), Some(0)));
+    assert!(
+        f.details.iter().any(|d| d.contains("by bdf alone")),
+        "{}",
+        f.to_human()
+    );
+}
+
+#[test]
+fn ivshmem_peers_differing_only_in_domain_are_consistent() {
+    let mut set = ConfigSet::new(j721e(), vec![j721e_inmate()]);
+    set.cells[0].pci_devices[0].domain = 1;
+    assert_eq!(check(&set), vec![]);
+}
+
+#[test]
+fn ivshmem_peer_count_mismatch_across_domains_is_reported() {
+    // imx8mm-inmate-demo's case: shmem_peers differs from the root cell's.
+    let set = ConfigSet::new(j721e(), vec![j721e_inmate()]);
+    let f = only_finding(set, |s| {
+        let d = &mut s.cells[0].pci_devices[0];
+        d.domain = 1;
+        d.shmem_dev_id = 0;
+        d.shmem_peers = 1;
+    });
+    assert_at(
+        &f,
+        "ivshmem-peer-mismatch",
+        "inmate-demo",
+        Some("pci_devices"),
+        Some(0),
+        None,
+    );
+    assert!(f.details[0].contains("shmem_peers 1 but k3-j721e-evm says 2"), "{}", f.to_human());
 }
 
 #[test]
