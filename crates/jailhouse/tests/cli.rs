@@ -313,3 +313,32 @@ fn arch_mismatch_is_bad_input_that_stops_the_check() {
     assert!(e.contains("is built for arm64"), "{e}");
     assert!(!text(&out.stdout).contains("ioapic"), "{}", text(&out.stdout));
 }
+
+#[test]
+fn json_carries_both_sides_of_a_conflict_and_the_trailing_data_warning() {
+    let d = tempfile::tempdir().unwrap();
+    let sys = put(d.path(), "sys.cell", &write_system(&support::qemu_x86()));
+    let apic = put(d.path(), "apic.cell", &write_cell(&support::apic_demo()));
+    let mut tiny = support::tiny_demo();
+    tiny.cpu_set = 0b1100u64.to_le_bytes().to_vec(); // apic-demo has CPU 3
+    let mut bytes = write_cell(&tiny);
+    bytes.extend_from_slice(b"junk");
+    let tiny = put(d.path(), "tiny.cell", &bytes);
+    let out = run(&[&sys, &apic, &tiny], &["--format", "json", "--lenient"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["errors"].as_u64(), v["warnings"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(v["strict"], false);
+    let f = &v["findings"];
+    assert_eq!(f[0]["rule"], "trailing-data");
+    assert_eq!(f[0]["severity"], "warning");
+    assert_eq!(f[0]["address"], bytes.len() as u64 - 4);
+    assert!(f[0]["other_cell"].is_null());
+    assert_eq!(f[1]["rule"], "cpu-overlap-between-cells");
+    assert_eq!(f[1]["cell"], "tiny-demo");
+    assert_eq!(f[1]["array"], "cpu_set");
+    assert_eq!(f[1]["index"], 3);
+    assert_eq!(f[1]["other_cell"], "apic-demo");
+    assert_eq!(f[1]["other_array"], "cpu_set");
+    assert_eq!(f[1]["other_index"], 3);
+}

@@ -52,6 +52,98 @@ fn assert_at(
         .find(|r| r.id == rule)
         .expect("rule is in the catalog");
     assert_eq!(f.severity, info.severity);
+    assert_json_schema(f);
+}
+
+/// Rules whose findings are about two entries, so they must name the other side.
+const CONFLICT_RULES: &[&str] = &[
+    "arch-mismatch",
+    "cell-name-duplicate",
+    "mem-phys-overlap-in-cell",
+    "mem-virt-overlap-in-cell",
+    "mem-overlap-between-cells",
+    "root-cpu-starvation",
+    "cpu-overlap-between-cells",
+    "cpu-not-in-root",
+    "irqchip-pin-overlap-between-cells",
+    "pci-device-in-two-cells",
+    "cache-overlap-between-cells",
+    "stream-id-conflict",
+    "loadable-unreachable",
+    "ivshmem-region-mismatch",
+];
+
+/// The JSON form of a finding, as documented in NOTES.md ("JSON schema"):
+/// exactly these keys, these types, and the same values as the struct.
+#[track_caller]
+fn assert_json_schema(f: &Finding) {
+    let v = serde_json::to_value(f).unwrap();
+    let obj = v.as_object().expect("a finding is a JSON object");
+    let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "address",
+            "array",
+            "cell",
+            "details",
+            "file",
+            "index",
+            "message",
+            "other_array",
+            "other_cell",
+            "other_index",
+            "rule",
+            "severity"
+        ]
+    );
+    assert_eq!(v["rule"], f.rule);
+    assert!(v["severity"] == "error" || v["severity"] == "warning");
+    assert_eq!(v["severity"] == "error", f.severity == Severity::Error);
+    assert_eq!(v["cell"], f.cell.as_str());
+    assert!(v["file"].is_string());
+    assert!(v["message"].is_string());
+    assert!(v["details"].as_array().unwrap().iter().all(|d| d.is_string()));
+    let opt_str = |k: &str, want: Option<&str>| {
+        assert_eq!(v[k].as_str(), want, "{k}");
+        assert!(v[k].is_null() || v[k].is_string(), "{k}");
+    };
+    let opt_u64 = |k: &str, want: Option<u64>| {
+        assert_eq!(v[k].as_u64(), want, "{k}");
+        assert!(v[k].is_null() || v[k].is_u64(), "{k}");
+    };
+    opt_str("array", f.array);
+    opt_u64("index", f.index);
+    opt_u64("address", f.address);
+    opt_str("other_cell", f.other_cell.as_deref());
+    opt_str("other_array", f.other_array);
+    opt_u64("other_index", f.other_index);
+    if !v["other_index"].is_null() {
+        assert!(!v["other_array"].is_null(), "other_index needs other_array");
+    }
+    if !v["other_array"].is_null() {
+        assert!(!v["other_cell"].is_null(), "other_array needs other_cell");
+    }
+    if CONFLICT_RULES.contains(&f.rule) {
+        assert!(!v["other_cell"].is_null(), "{} names the other side", f.rule);
+    }
+}
+
+#[test]
+fn every_rule_has_a_test_that_checks_its_json_form() {
+    // Every rule test goes through assert_at, which checks the JSON schema;
+    // trailing-data comes from the parser and is checked in tests/cli.rs.
+    let src = include_str!("rules.rs");
+    for r in RULES.iter().filter(|r| r.id != "trailing-data") {
+        let call = format!("\"{}\",", r.id);
+        let tested = src.match_indices(&call).any(|(i, _)| {
+            let before = &src[..i];
+            let last_call = before.rfind("assert_at(").unwrap_or(0);
+            before[last_call..].len() < 40
+        });
+        assert!(tested, "no assert_at test for rule {}", r.id);
+    }
 }
 
 fn apic_mem(set: &mut ConfigSet, phys: u64, virt: u64, size: u64, flags: u64) {
