@@ -53,7 +53,12 @@ pub struct Finding {
 
 impl Finding {
     /// Sets the other side of a conflict (`other_cell`, `other_array`, `other_index`).
-    pub fn with_other(mut self, cell: String, array: Option<&'static str>, index: Option<u64>) -> Finding {
+    pub fn with_other(
+        mut self,
+        cell: String,
+        array: Option<&'static str>,
+        index: Option<u64>,
+    ) -> Finding {
         self.other_cell = Some(cell);
         self.other_array = array;
         self.other_index = index;

@@ -5,8 +5,8 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use oxemu_jailhouse::{
-    check, detect_kind, dump, parse_cell, parse_system, ConfigKind, ConfigSet, Finding, ParseError,
-    ParseOptions, Severity,
+    check, decompile, detect_kind, dump, parse_cell, parse_system, ConfigKind, ConfigSet, Finding,
+    ParseError, ParseOptions, Severity,
 };
 use std::process::ExitCode;
 
@@ -34,6 +34,12 @@ enum Format {
     Json,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum DumpFormat {
+    Text,
+    C,
+}
+
 #[derive(Subcommand)]
 enum ConfigCmd {
     /// Check a system config and the non-root cells that will run together.
@@ -52,10 +58,13 @@ enum ConfigCmd {
         #[arg(long)]
         strict: bool,
     },
-    /// Print a system or cell config in readable form.
+    /// Print a system or cell config in readable form, or as C source.
     Dump {
         /// Config file.
         file: String,
+        /// `text` (readable) or `c` (C source that Jailhouse's configs/Makefile compiles back to the same bytes).
+        #[arg(long, value_enum, default_value = "text")]
+        format: DumpFormat,
         /// Accept trailing data.
         #[arg(long)]
         lenient: bool,
@@ -190,21 +199,38 @@ fn run_check(
     Ok(errors == 0 && !(strict && warnings > 0))
 }
 
-fn run_dump(file: &str, lenient: bool) -> Result<(), String> {
+fn run_dump(file: &str, format: DumpFormat, lenient: bool) -> Result<(), String> {
     let data = read(file)?;
     let opts = ParseOptions { lenient };
     let (text, warnings) = match detect_kind(&data) {
         Some(ConfigKind::Cell) => {
             let p = parse_cell(&data, file, opts).map_err(|e| e.to_string())?;
-            (dump::dump_cell(&p.config), p.warnings)
+            let text = match format {
+                DumpFormat::Text => dump::dump_cell(&p.config),
+                DumpFormat::C => {
+                    decompile::cell_to_c(&p.config).map_err(|e| format!("{file}: {e}"))?
+                }
+            };
+            (text, p.warnings)
         }
         // Anything else goes through the system parser, whose errors name
         // revision-13 files, wrong magic and truncation precisely.
         _ => {
             let p = parse_system(&data, file, opts).map_err(|e| e.to_string())?;
-            (dump::dump_system(&p.config), p.warnings)
+            let text = match format {
+                DumpFormat::Text => dump::dump_system(&p.config),
+                DumpFormat::C => {
+                    decompile::system_to_c(&p.config).map_err(|e| format!("{file}: {e}"))?
+                }
+            };
+            (text, p.warnings)
         }
     };
+    if let (DumpFormat::C, Some(w)) = (format, warnings.first()) {
+        return Err(format!(
+            "{w}; C source cannot carry trailing data, so --format=c refuses it"
+        ));
+    }
     for w in warnings {
         eprintln!("Warning: {w}");
     }
@@ -228,7 +254,11 @@ fn main() -> ExitCode {
                 println!("{}", serde_json::json!({ "error": e }));
             }
         }),
-        ConfigCmd::Dump { file, lenient } => run_dump(&file, lenient).map(|()| true),
+        ConfigCmd::Dump {
+            file,
+            format,
+            lenient,
+        } => run_dump(&file, format, lenient).map(|()| true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

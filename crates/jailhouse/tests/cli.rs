@@ -304,14 +304,26 @@ fn arch_mismatch_is_bad_input_that_stops_the_check() {
     );
     assert_eq!(text(&out.stdout), "");
 
-    let x86 = put(d.path(), "qemu-x86.cell", &write_system(&support::qemu_x86()));
-    let inmate = put(d.path(), "inmate.cell", &write_cell(&support::j721e_inmate()));
+    let x86 = put(
+        d.path(),
+        "qemu-x86.cell",
+        &write_system(&support::qemu_x86()),
+    );
+    let inmate = put(
+        d.path(),
+        "inmate.cell",
+        &write_cell(&support::j721e_inmate()),
+    );
     let out = run(&[&x86, &inmate], &["--format", "json"]);
     assert_eq!(out.status.code(), Some(2));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let e = v["error"].as_str().unwrap();
     assert!(e.contains("is built for arm64"), "{e}");
-    assert!(!text(&out.stdout).contains("ioapic"), "{}", text(&out.stdout));
+    assert!(
+        !text(&out.stdout).contains("ioapic"),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 #[test]
@@ -327,7 +339,10 @@ fn json_carries_both_sides_of_a_conflict_and_the_trailing_data_warning() {
     let out = run(&[&sys, &apic, &tiny], &["--format", "json", "--lenient"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((v["errors"].as_u64(), v["warnings"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(
+        (v["errors"].as_u64(), v["warnings"].as_u64()),
+        (Some(1), Some(1))
+    );
     assert_eq!(v["strict"], false);
     let f = &v["findings"];
     assert_eq!(f[0]["rule"], "trailing-data");

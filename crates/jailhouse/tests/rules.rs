@@ -104,7 +104,11 @@ fn assert_json_schema(f: &Finding) {
     assert_eq!(v["cell"], f.cell.as_str());
     assert!(v["file"].is_string());
     assert!(v["message"].is_string());
-    assert!(v["details"].as_array().unwrap().iter().all(|d| d.is_string()));
+    assert!(v["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|d| d.is_string()));
     let opt_str = |k: &str, want: Option<&str>| {
         assert_eq!(v[k].as_str(), want, "{k}");
         assert!(v[k].is_null() || v[k].is_string(), "{k}");
@@ -126,7 +130,11 @@ fn assert_json_schema(f: &Finding) {
         assert!(!v["other_cell"].is_null(), "other_array needs other_cell");
     }
     if CONFLICT_RULES.contains(&f.rule) {
-        assert!(!v["other_cell"].is_null(), "{} names the other side", f.rule);
+        assert!(
+            !v["other_cell"].is_null(),
+            "{} names the other side",
+            f.rule
+        );
     }
 }
 
@@ -602,7 +610,11 @@ fn pci_config_data_ports_alone_are_named_as_such() {
         f.message,
         "PCI config ports 0xcfc-0xcff passed through to apic-demo"
     );
-    assert!(!f.to_human().contains("0xcf8-0xcff passed"), "{}", f.to_human());
+    assert!(
+        !f.to_human().contains("0xcf8-0xcff passed"),
+        "{}",
+        f.to_human()
+    );
 }
 
 #[test]
@@ -724,9 +736,15 @@ fn mmu500_stream_ids_collide_through_their_masks() {
         f.message,
         "stream id 0x871/0x1 (MMU-500 id/mask_out) of cell-b is also claimed by cell-a"
     );
-    assert_eq!(f.details, vec!["cell-a: stream_ids[0] = 0x870/0x0".to_string()]);
+    assert_eq!(
+        f.details,
+        vec!["cell-a: stream_ids[0] = 0x870/0x0".to_string()]
+    );
     assert_eq!(f.other_cell.as_deref(), Some("cell-a"));
-    assert_eq!((f.other_array, f.other_index), (Some("stream_ids"), Some(0)));
+    assert_eq!(
+        (f.other_array, f.other_index),
+        (Some("stream_ids"), Some(0))
+    );
 }
 
 #[test]
@@ -872,7 +890,10 @@ fn ivshmem_peers_are_linked_by_bdf_alone_whatever_their_domain() {
         None,
     );
     assert_eq!(f.other_cell.as_deref(), Some("k3-j721e-evm"));
-    assert_eq!((f.other_array, f.other_index), (Some("pci_devices"), Some(0)));
+    assert_eq!(
+        (f.other_array, f.other_index),
+        (Some("pci_devices"), Some(0))
+    );
     assert!(
         f.details.iter().any(|d| d.contains("by bdf alone")),
         "{}",
@@ -905,7 +926,11 @@ fn ivshmem_peer_count_mismatch_across_domains_is_reported() {
         Some(0),
         None,
     );
-    assert!(f.details[0].contains("shmem_peers 1 but k3-j721e-evm says 2"), "{}", f.to_human());
+    assert!(
+        f.details[0].contains("shmem_peers 1 but k3-j721e-evm says 2"),
+        "{}",
+        f.to_human()
+    );
 }
 
 #[test]

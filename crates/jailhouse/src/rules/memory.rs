@@ -213,8 +213,7 @@ fn declared_shared(
 /// Non-root cells must not share memory unless declared shared. Overlap
 /// with root-cell memory is the normal hand-over at cell creation.
 fn between_cells(views: &[CellView], out: &mut Vec<Finding>) {
-    let members: Vec<Vec<Option<u16>>> =
-        views.iter().map(|v| shmem_members(v.cell)).collect();
+    let members: Vec<Vec<Option<u16>>> = views.iter().map(|v| shmem_members(v.cell)).collect();
     let intervals: Vec<Vec<Tagged>> = views.iter().map(|v| phys_intervals(v.cell)).collect();
     for (ai, a) in views.iter().enumerate().skip(1) {
         for (bi, b) in views.iter().enumerate().skip(ai + 1) {
@@ -244,13 +243,11 @@ fn between_cells(views: &[CellView], out: &mut Vec<Finding>) {
                     format!("{}: {}", a.cell.name(), region_line(ia, ma)),
                     "declare shared memory with ROOTSHARED in both cells or as regions of one ivshmem device".into(),
                 ];
-                out.push(
-                    finding("mem-overlap-between-cells", at, msg, d).with_other(
-                        a.cell.name(),
-                        Some("memory_regions"),
-                        Some(ia as u64),
-                    ),
-                );
+                out.push(finding("mem-overlap-between-cells", at, msg, d).with_other(
+                    a.cell.name(),
+                    Some("memory_regions"),
+                    Some(ia as u64),
+                ));
             }
         }
     }
@@ -284,9 +281,11 @@ fn loadable(views: &[CellView], out: &mut Vec<Finding>) {
                         root.name()
                     ),
                 ];
-                out.push(
-                    finding("loadable-unreachable", at, msg, d).with_other(root.name(), None, None),
-                );
+                out.push(finding("loadable-unreachable", at, msg, d).with_other(
+                    root.name(),
+                    None,
+                    None,
+                ));
             }
         }
     }

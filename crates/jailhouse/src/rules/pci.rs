@@ -158,8 +158,11 @@ fn two_cells(views: &[CellView], out: &mut Vec<Finding>) {
                         b.cell.name()
                     );
                     out.push(
-                        finding("pci-device-in-two-cells", dev_at(*b, ib), msg, vec![])
-                            .with_other(a.cell.name(), Some("pci_devices"), Some(ia as u64)),
+                        finding("pci-device-in-two-cells", dev_at(*b, ib), msg, vec![]).with_other(
+                            a.cell.name(),
+                            Some("pci_devices"),
+                            Some(ia as u64),
+                        ),
                     );
                 }
             }
@@ -270,7 +273,12 @@ fn peers(g: &[Peer], out: &mut Vec<Finding>) {
                 ));
             }
             let msg = format!("ivshmem device {name} in {cell} is inconsistent with its peers");
-            let mut f = finding("ivshmem-peer-mismatch", dev_at(p.view, p.index), msg, problems);
+            let mut f = finding(
+                "ivshmem-peer-mismatch",
+                dev_at(p.view, p.index),
+                msg,
+                problems,
+            );
             if let Some(k) = other {
                 f = f.with_other(
                     g[k].view.cell.name(),
@@ -317,13 +325,11 @@ fn region_mismatch(first: &Peer, p: &Peer, out: &mut Vec<Finding>) {
                 format!("{}: {}", p.view.cell.name(), region_line(ib, mb)),
                 format!("{}: {}", first.view.cell.name(), region_line(ia, ma)),
             ];
-            out.push(
-                finding("ivshmem-region-mismatch", at, msg, d).with_other(
-                    first.view.cell.name(),
-                    Some("memory_regions"),
-                    Some(ia as u64),
-                ),
-            );
+            out.push(finding("ivshmem-region-mismatch", at, msg, d).with_other(
+                first.view.cell.name(),
+                Some("memory_regions"),
+                Some(ia as u64),
+            ));
         }
     }
 }

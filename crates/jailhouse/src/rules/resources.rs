@@ -159,13 +159,11 @@ fn cpus(views: &[CellView], out: &mut Vec<Finding>) {
                 root.cell.name(),
                 cpu_list(&root_cpus)
             )];
-            out.push(
-                finding("cpu-not-in-root", at, msg, d).with_other(
-                    root.cell.name(),
-                    Some("cpu_set"),
-                    None,
-                ),
-            );
+            out.push(finding("cpu-not-in-root", at, msg, d).with_other(
+                root.cell.name(),
+                Some("cpu_set"),
+                None,
+            ));
         }
         for b in views.iter().skip(ai + 1) {
             let common = cpus_where(&b.cell.cpu_set, |i, x| x & byte(a_set, i));
@@ -230,13 +228,11 @@ fn cpus(views: &[CellView], out: &mut Vec<Finding>) {
             cpu_list(&root_cpus)
         )];
         let first = last.first().map(|&c| c as u64);
-        out.push(
-            finding("root-cpu-starvation", at, msg, d).with_other(
-                taker.cell.name(),
-                Some("cpu_set"),
-                first,
-            ),
-        );
+        out.push(finding("root-cpu-starvation", at, msg, d).with_other(
+            taker.cell.name(),
+            Some("cpu_set"),
+            first,
+        ));
     }
 }
 
@@ -570,13 +566,11 @@ fn stream_ids(set: &ConfigSet, views: &[CellView], out: &mut Vec<Finding>) {
                         a.cell.name()
                     );
                     let d = vec![format!("{}: stream_ids[{ia}] = {na}", a.cell.name())];
-                    out.push(
-                        finding("stream-id-conflict", at, msg, d).with_other(
-                            a.cell.name(),
-                            Some("stream_ids"),
-                            Some(ia as u64),
-                        ),
-                    );
+                    out.push(finding("stream-id-conflict", at, msg, d).with_other(
+                        a.cell.name(),
+                        Some("stream_ids"),
+                        Some(ia as u64),
+                    ));
                 }
             }
         }
