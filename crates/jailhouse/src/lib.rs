@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod builder;
+pub mod compile;
 pub mod decompile;
 pub mod dump;
 pub mod finding;

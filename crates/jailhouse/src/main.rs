@@ -5,8 +5,8 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use oxemu_jailhouse::{
-    check, decompile, detect_kind, dump, parse_cell, parse_system, ConfigKind, ConfigSet, Finding,
-    ParseError, ParseOptions, Severity,
+    check, compile, decompile, detect_kind, dump, parse_cell, parse_system, ConfigKind, ConfigSet,
+    Finding, ParseError, ParseOptions, Severity,
 };
 use std::process::ExitCode;
 
@@ -57,6 +57,14 @@ enum ConfigCmd {
         /// Count warnings as errors for the exit code.
         #[arg(long)]
         strict: bool,
+        /// Jailhouse source tree: files ending in `.c` are compiled against
+        /// its headers with gcc and objcopy, as its configs/Makefile does.
+        #[arg(long, value_name = "DIR")]
+        jailhouse_src: Option<String>,
+        /// Architecture (`x86`, `arm`, `arm64`) of the C configs; default: the
+        /// config's directory name if it is one of those, else the host's.
+        #[arg(long, value_name = "ARCH", requires = "jailhouse_src", value_parser = ["x86", "arm", "arm64"])]
+        arch: Option<String>,
     },
     /// Print a system or cell config in readable form, or as C source.
     Dump {
@@ -108,12 +116,36 @@ fn warning_finding(w: &ParseError, cell: String) -> Finding {
     }
 }
 
+/// How `config check` gets the bytes of a file: read a binary config, or
+/// compile a `.c` one with `--jailhouse-src`.
+struct Source<'a> {
+    jailhouse_src: Option<&'a str>,
+    arch: Option<&'a str>,
+}
+
+impl Source<'_> {
+    fn bytes(&self, path: &str) -> Result<Vec<u8>, String> {
+        if !path.ends_with(".c") {
+            return read(path);
+        }
+        let Some(src) = self.jailhouse_src else {
+            return Err(format!(
+                "{path}: C source; pass --jailhouse-src DIR to compile it against Jailhouse's headers"
+            ));
+        };
+        let c = std::path::Path::new(path);
+        let arch = compile::config_arch(self.arch, c);
+        compile::compile_config(std::path::Path::new(src), &arch, c)
+    }
+}
+
 fn load(
     system: &str,
     cells: &[String],
     opts: ParseOptions,
+    source: &Source,
 ) -> Result<(ConfigSet, Vec<Finding>), String> {
-    let parsed = parse_system(&read(system)?, system, opts).map_err(|e| e.to_string())?;
+    let parsed = parse_system(&source.bytes(system)?, system, opts).map_err(|e| e.to_string())?;
     let mut extra: Vec<Finding> = parsed
         .warnings
         .iter()
@@ -122,7 +154,7 @@ fn load(
     let mut set = ConfigSet::new(parsed.config, Vec::new());
     set.system_file = system.to_string();
     for path in cells {
-        let p = parse_cell(&read(path)?, path, opts).map_err(|e| e.to_string())?;
+        let p = parse_cell(&source.bytes(path)?, path, opts).map_err(|e| e.to_string())?;
         extra.extend(
             p.warnings
                 .iter()
@@ -141,8 +173,9 @@ fn run_check(
     format: Format,
     lenient: bool,
     strict: bool,
+    source: &Source,
 ) -> Result<bool, String> {
-    let (set, mut findings) = load(system, cells, ParseOptions { lenient })?;
+    let (set, mut findings) = load(system, cells, ParseOptions { lenient }, source)?;
     findings.extend(check(&set));
     let errors = findings
         .iter()
@@ -248,7 +281,20 @@ fn main() -> ExitCode {
             format,
             lenient,
             strict,
-        } => run_check(&system, &cells, format, lenient, strict).inspect_err(|e| {
+            jailhouse_src,
+            arch,
+        } => run_check(
+            &system,
+            &cells,
+            format,
+            lenient,
+            strict,
+            &Source {
+                jailhouse_src: jailhouse_src.as_deref(),
+                arch: arch.as_deref(),
+            },
+        )
+        .inspect_err(|e| {
             if let Format::Json = format {
                 // Machine readers get the reason on stdout, too.
                 println!("{}", serde_json::json!({ "error": e }));
