@@ -258,3 +258,52 @@ fn cli_dump_format_c_round_trips_and_refuses_trailing_data() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot carry trailing data"));
 }
+
+/// Configs with single bytes changed (every field of the headers and
+/// entries gets hit over the sweep): whatever parses strictly is either
+/// refused by the decompiler or compiles back to exactly those bytes.
+#[test]
+fn byte_flipped_configs_round_trip_or_are_refused() {
+    if !have_gcc() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let opts = ParseOptions::default();
+    let (mut compiled, mut refused) = (0, 0);
+    for (name, is_system, bytes) in [
+        ("qemu-x86.cell", true, write_system(&support::qemu_x86())),
+        ("k3-j721e-evm.cell", true, write_system(&support::j721e())),
+        (
+            "linux-x86-demo.cell",
+            false,
+            write_cell(&support::linux_x86_demo()),
+        ),
+    ] {
+        // 12 positions per config, spread over the whole file (prime stride).
+        for k in 0..12usize {
+            let pos = (k * 7919 + 13) % bytes.len();
+            let mut b = bytes.clone();
+            b[pos] ^= 0xa5;
+            let src = if is_system {
+                match parse_system(&b, name, opts) {
+                    Ok(p) => system_to_c(&p.config),
+                    Err(_) => continue,
+                }
+            } else {
+                match parse_cell(&b, name, opts) {
+                    Ok(p) => cell_to_c(&p.config),
+                    Err(_) => continue,
+                }
+            };
+            match src {
+                Ok(src) => {
+                    let back = compile(d.path(), &format!("flip{pos}"), &src);
+                    assert_eq!(back, b, "{name} with byte {pos} flipped");
+                    compiled += 1;
+                }
+                Err(_) => refused += 1,
+            }
+        }
+    }
+    assert!(compiled >= 20, "compiled {compiled}, refused {refused}");
+}
