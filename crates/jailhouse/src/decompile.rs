@@ -329,7 +329,13 @@ fn cell_desc(o: &mut Out, c: &Cell, root: bool) {
             o.named(count, format!("ARRAY_SIZE(config.{member})"));
         }
     }
-    o.line("");
+    if c.vpci_irq_base != 0
+        || c.cpu_reset_address != 0
+        || c.msg_reply_timeout != 0
+        || c.console != Console::default()
+    {
+        o.line("");
+    }
     o.field("vpci_irq_base", c.vpci_irq_base as u64);
     o.field("cpu_reset_address", c.cpu_reset_address);
     o.field("msg_reply_timeout", c.msg_reply_timeout);
