@@ -7,6 +7,8 @@
 //! MMIO, as a correct config must be.
 #![allow(dead_code)]
 
+pub mod check;
+
 use oxemu_jailhouse::builder::{CellBuilder, SystemBuilder};
 use oxemu_jailhouse::model::{
     cell_flags as cf, iommu_type, mem, Arch, Cell, Console, PciDevice, SystemConfig, CACHE_L3,
