@@ -1,6 +1,7 @@
 //! Parses arbitrary bytes as a Jailhouse system config and as a cell config,
 //! runs the checker on whatever parses, and checks that writing a strictly
-//! parsed config reproduces the input bytes.
+//! parsed config reproduces the input bytes. Strictly parsed configs also
+//! go through the C decompiler, which must either refuse or produce text.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -31,12 +32,14 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(p) = parse_system(data, "fuzz", STRICT) {
         assert!(p.warnings.is_empty());
         assert_eq!(write_system(&p.config), data);
+        let _ = oxemu_jailhouse::decompile::system_to_c(&p.config);
     }
     if let Ok(p) = parse_system(data, "fuzz", LENIENT) {
         let _ = check(&ConfigSet::new(p.config, vec![]));
     }
     if let Ok(p) = parse_cell(data, "fuzz", STRICT) {
         assert_eq!(write_cell(&p.config), data);
+        let _ = oxemu_jailhouse::decompile::cell_to_c(&p.config);
     }
     if let Ok(p) = parse_cell(data, "fuzz", LENIENT) {
         // Twice, so that every between-cells rule sees a conflicting peer.

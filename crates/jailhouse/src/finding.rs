@@ -39,6 +39,12 @@ pub struct Finding {
     pub index: Option<u64>,
     /// Physical address, port or stream id the finding is about.
     pub address: Option<u64>,
+    /// For a conflict between two entries: the cell of the other side.
+    pub other_cell: Option<String>,
+    /// Array of the other side's entry.
+    pub other_array: Option<&'static str>,
+    /// Index of the other side's entry in `other_array` (CPU number for `cpu_set`).
+    pub other_index: Option<u64>,
     /// One-line summary.
     pub message: String,
     /// Further lines explaining the finding.
@@ -46,6 +52,19 @@ pub struct Finding {
 }
 
 impl Finding {
+    /// Sets the other side of a conflict (`other_cell`, `other_array`, `other_index`).
+    pub fn with_other(
+        mut self,
+        cell: String,
+        array: Option<&'static str>,
+        index: Option<u64>,
+    ) -> Finding {
+        self.other_cell = Some(cell);
+        self.other_array = array;
+        self.other_index = index;
+        self
+    }
+
     /// Human form: `Error: <message> [<rule>]` then indented details.
     pub fn to_human(&self) -> String {
         let mut s = format!("{}: {} [{}]", self.severity, self.message, self.rule);
@@ -58,6 +77,15 @@ impl Finding {
         }
         if let Some(addr) = self.address {
             loc += &format!(", address {addr:#x}");
+        }
+        if let Some(other) = &self.other_cell {
+            loc += &format!("; other side: cell '{other}'");
+            if let Some(a) = self.other_array {
+                loc += &format!(", {a}");
+                if let Some(i) = self.other_index {
+                    loc += &format!("[{i}]");
+                }
+            }
         }
         s.push('\n');
         s += &loc;

@@ -13,6 +13,8 @@
 #![warn(missing_docs)]
 
 pub mod builder;
+pub mod compile;
+pub mod decompile;
 pub mod dump;
 pub mod finding;
 pub mod model;
@@ -25,5 +27,5 @@ pub use parse::{
     detect_kind, parse_cell, parse_system, ConfigKind, ParseError, ParseErrorKind, ParseOptions,
     Parsed,
 };
-pub use rules::{check, mem_flags, ConfigSet, RuleInfo, RULES};
+pub use rules::{check, mem_flags, ArchMismatch, ConfigSet, RuleInfo, RULES};
 pub use write::{write_cell, write_system};

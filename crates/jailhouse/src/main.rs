@@ -1,11 +1,12 @@
 //! `oxemu-jailhouse`: check and dump Jailhouse binary configs.
 //!
-//! Exit codes: 0 clean, 1 findings, 2 unusable input.
+//! Exit codes: 0 no errors (warnings may be printed), 1 at least one error
+//! finding (or, with `--strict`, any finding), 2 unusable input.
 
 use clap::{Parser, Subcommand, ValueEnum};
 use oxemu_jailhouse::{
-    check, detect_kind, dump, parse_cell, parse_system, ConfigKind, ConfigSet, Finding, ParseError,
-    ParseOptions, Severity,
+    check, compile, decompile, detect_kind, dump, parse_cell, parse_system, ConfigKind, ConfigSet,
+    Finding, ParseError, ParseOptions, Severity,
 };
 use std::process::ExitCode;
 
@@ -33,6 +34,12 @@ enum Format {
     Json,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum DumpFormat {
+    Text,
+    C,
+}
+
 #[derive(Subcommand)]
 enum ConfigCmd {
     /// Check a system config and the non-root cells that will run together.
@@ -47,11 +54,25 @@ enum ConfigCmd {
         /// Report a file size that disagrees with the header counts as a warning instead of an error.
         #[arg(long)]
         lenient: bool,
+        /// Count warnings as errors for the exit code.
+        #[arg(long)]
+        strict: bool,
+        /// Jailhouse source tree: files ending in `.c` are compiled against
+        /// its headers with gcc and objcopy, as its configs/Makefile does.
+        #[arg(long, value_name = "DIR")]
+        jailhouse_src: Option<String>,
+        /// Architecture (`x86`, `arm`, `arm64`) of the C configs; default: the
+        /// config's directory name if it is one of those, else the host's.
+        #[arg(long, value_name = "ARCH", requires = "jailhouse_src", value_parser = ["x86", "arm", "arm64"])]
+        arch: Option<String>,
     },
-    /// Print a system or cell config in readable form.
+    /// Print a system or cell config in readable form, or as C source.
     Dump {
         /// Config file.
         file: String,
+        /// `text` (readable) or `c` (C source that Jailhouse's configs/Makefile compiles back to the same bytes).
+        #[arg(long, value_enum, default_value = "text")]
+        format: DumpFormat,
         /// Accept trailing data.
         #[arg(long)]
         lenient: bool,
@@ -87,8 +108,34 @@ fn warning_finding(w: &ParseError, cell: String) -> Finding {
         array: None,
         index: None,
         address: Some(w.offset),
+        other_cell: None,
+        other_array: None,
+        other_index: None,
         message: format!("{}: config size disagrees with its header counts", w.file),
         details: vec![w.to_string()],
+    }
+}
+
+/// How `config check` gets the bytes of a file: read a binary config, or
+/// compile a `.c` one with `--jailhouse-src`.
+struct Source<'a> {
+    jailhouse_src: Option<&'a str>,
+    arch: Option<&'a str>,
+}
+
+impl Source<'_> {
+    fn bytes(&self, path: &str) -> Result<Vec<u8>, String> {
+        if !path.ends_with(".c") {
+            return read(path);
+        }
+        let Some(src) = self.jailhouse_src else {
+            return Err(format!(
+                "{path}: C source; pass --jailhouse-src DIR to compile it against Jailhouse's headers"
+            ));
+        };
+        let c = std::path::Path::new(path);
+        let arch = compile::config_arch(self.arch, c);
+        compile::compile_config(std::path::Path::new(src), &arch, c)
     }
 }
 
@@ -96,8 +143,9 @@ fn load(
     system: &str,
     cells: &[String],
     opts: ParseOptions,
+    source: &Source,
 ) -> Result<(ConfigSet, Vec<Finding>), String> {
-    let parsed = parse_system(&read(system)?, system, opts).map_err(|e| e.to_string())?;
+    let parsed = parse_system(&source.bytes(system)?, system, opts).map_err(|e| e.to_string())?;
     let mut extra: Vec<Finding> = parsed
         .warnings
         .iter()
@@ -106,7 +154,7 @@ fn load(
     let mut set = ConfigSet::new(parsed.config, Vec::new());
     set.system_file = system.to_string();
     for path in cells {
-        let p = parse_cell(&read(path)?, path, opts).map_err(|e| e.to_string())?;
+        let p = parse_cell(&source.bytes(path)?, path, opts).map_err(|e| e.to_string())?;
         extra.extend(
             p.warnings
                 .iter()
@@ -115,6 +163,7 @@ fn load(
         set.cells.push(p.config);
         set.cell_files.push(path.clone());
     }
+    set.verify_arch().map_err(|e| e.to_string())?;
     Ok((set, extra))
 }
 
@@ -123,8 +172,10 @@ fn run_check(
     cells: &[String],
     format: Format,
     lenient: bool,
+    strict: bool,
+    source: &Source,
 ) -> Result<bool, String> {
-    let (set, mut findings) = load(system, cells, ParseOptions { lenient })?;
+    let (set, mut findings) = load(system, cells, ParseOptions { lenient }, source)?;
     findings.extend(check(&set));
     let errors = findings
         .iter()
@@ -143,6 +194,7 @@ fn run_check(
                 "findings": findings,
                 "errors": errors,
                 "warnings": warnings,
+                "strict": strict,
             });
             println!(
                 "{}",
@@ -165,31 +217,53 @@ fn run_check(
             if findings.is_empty() {
                 println!("No findings.");
             } else {
+                let note = if strict && warnings > 0 {
+                    "; --strict: warnings count as errors"
+                } else {
+                    ""
+                };
                 println!(
-                    "{} findings ({errors} errors, {warnings} warnings)",
+                    "{} findings ({errors} errors, {warnings} warnings{note})",
                     findings.len()
                 );
             }
         }
     }
-    Ok(findings.is_empty())
+    Ok(errors == 0 && !(strict && warnings > 0))
 }
 
-fn run_dump(file: &str, lenient: bool) -> Result<(), String> {
+fn run_dump(file: &str, format: DumpFormat, lenient: bool) -> Result<(), String> {
     let data = read(file)?;
     let opts = ParseOptions { lenient };
     let (text, warnings) = match detect_kind(&data) {
         Some(ConfigKind::Cell) => {
             let p = parse_cell(&data, file, opts).map_err(|e| e.to_string())?;
-            (dump::dump_cell(&p.config), p.warnings)
+            let text = match format {
+                DumpFormat::Text => dump::dump_cell(&p.config),
+                DumpFormat::C => {
+                    decompile::cell_to_c(&p.config).map_err(|e| format!("{file}: {e}"))?
+                }
+            };
+            (text, p.warnings)
         }
         // Anything else goes through the system parser, whose errors name
         // revision-13 files, wrong magic and truncation precisely.
         _ => {
             let p = parse_system(&data, file, opts).map_err(|e| e.to_string())?;
-            (dump::dump_system(&p.config), p.warnings)
+            let text = match format {
+                DumpFormat::Text => dump::dump_system(&p.config),
+                DumpFormat::C => {
+                    decompile::system_to_c(&p.config).map_err(|e| format!("{file}: {e}"))?
+                }
+            };
+            (text, p.warnings)
         }
     };
+    if let (DumpFormat::C, Some(w)) = (format, warnings.first()) {
+        return Err(format!(
+            "{w}; C source cannot carry trailing data, so --format=c refuses it"
+        ));
+    }
     for w in warnings {
         eprintln!("Warning: {w}");
     }
@@ -206,13 +280,31 @@ fn main() -> ExitCode {
             cells,
             format,
             lenient,
-        } => run_check(&system, &cells, format, lenient).inspect_err(|e| {
+            strict,
+            jailhouse_src,
+            arch,
+        } => run_check(
+            &system,
+            &cells,
+            format,
+            lenient,
+            strict,
+            &Source {
+                jailhouse_src: jailhouse_src.as_deref(),
+                arch: arch.as_deref(),
+            },
+        )
+        .inspect_err(|e| {
             if let Format::Json = format {
                 // Machine readers get the reason on stdout, too.
                 println!("{}", serde_json::json!({ "error": e }));
             }
         }),
-        ConfigCmd::Dump { file, lenient } => run_dump(&file, lenient).map(|()| true),
+        ConfigCmd::Dump {
+            file,
+            format,
+            lenient,
+        } => run_dump(&file, format, lenient).map(|()| true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

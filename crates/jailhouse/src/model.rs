@@ -347,6 +347,17 @@ pub fn bdf_name(domain: u16, bdf: u16) -> String {
     }
 }
 
+/// A stream id as people write it: for ARM MMU-500 (`mmu500` true) the
+/// union's `id` and `mask_out` halves as `0x870/0xf` (id/mask), otherwise
+/// the 32-bit id, e.g. `0x5001`.
+pub fn stream_id_name(raw: u32, mmu500: bool) -> String {
+    if mmu500 {
+        format!("{:#x}/{:#x}", raw & 0xffff, raw >> 16)
+    } else {
+        format!("{raw:#x}")
+    }
+}
+
 /// `struct jailhouse_pci_capability`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PciCapability {

@@ -18,6 +18,16 @@ pub enum ParseErrorKind {
         /// Actual file size.
         file_size: u64,
     },
+    /// The file ends inside the fixed-size header, before any count is read.
+    #[error("file ends at byte {file_size}, inside the {needed}-byte fixed-size {header} header (truncated file)")]
+    TruncatedHeader {
+        /// Size of the fixed header.
+        needed: u64,
+        /// Actual file size.
+        file_size: u64,
+        /// "system" or "cell descriptor".
+        header: &'static str,
+    },
     /// The signature is not a Jailhouse one.
     #[error("not a Jailhouse config: signature {found:?}, expected {expected:?}")]
     BadSignature {
@@ -238,6 +248,15 @@ fn check_ident(file: &str, data: &[u8], want_system: bool) -> Result<Arch, Parse
     } else {
         CELL_DESC_SIZE
     };
+    let truncated = ParseErrorKind::TruncatedHeader {
+        needed: header_len as u64,
+        file_size: data.len() as u64,
+        header: if want_system {
+            "system"
+        } else {
+            "cell descriptor"
+        },
+    };
     let sig = data.get(..5).unwrap_or(data);
     for (old, name) in [
         (SYSTEM_SIGNATURE_REV13, "JHSYST"),
@@ -271,13 +290,7 @@ fn check_ident(file: &str, data: &[u8], want_system: bool) -> Result<Arch, Parse
     }
     if sig != expected.as_bytes() {
         if data.len() < 5 && expected.as_bytes().starts_with(sig) {
-            return Err(err(
-                0,
-                ParseErrorKind::Truncated {
-                    needed: header_len as u64,
-                    file_size: data.len() as u64,
-                },
-            ));
+            return Err(err(0, truncated));
         }
         return Err(err(
             0,
@@ -288,13 +301,7 @@ fn check_ident(file: &str, data: &[u8], want_system: bool) -> Result<Arch, Parse
         ));
     }
     if data.len() < header_len {
-        return Err(err(
-            0,
-            ParseErrorKind::Truncated {
-                needed: header_len as u64,
-                file_size: data.len() as u64,
-            },
-        ));
+        return Err(err(0, truncated));
     }
     let revision = u16::from_le_bytes([data[6], data[7]]);
     if revision != CONFIG_REVISION {

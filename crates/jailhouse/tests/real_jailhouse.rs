@@ -81,6 +81,12 @@ fn j721e_mirrors_match_compiled_arm64_configs() {
         let real = std::fs::read(d.join(format!("{name}.cell"))).unwrap();
         assert_eq!(write_cell(&built), real, "{name} mirror differs");
     }
+    let real = std::fs::read(d.join("qemu-arm64.cell")).unwrap();
+    assert_eq!(
+        write_system(&support::qemu_arm64()),
+        real,
+        "qemu-arm64 mirror differs"
+    );
     let real = std::fs::read(d.join("k3-j721e-evm.cell")).unwrap();
     let sys = parse_system(&real, "k3-j721e-evm.cell", ParseOptions::default())
         .unwrap()

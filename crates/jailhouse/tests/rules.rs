@@ -5,53 +5,24 @@ mod support;
 
 use oxemu_jailhouse::builder::{CellBuilder, SystemBuilder};
 use oxemu_jailhouse::model::*;
-use oxemu_jailhouse::{check, ConfigSet, Finding, Severity, RULES};
+use oxemu_jailhouse::{check, ConfigSet, Severity, RULES};
+use support::check::*;
 use support::*;
 
-fn x86(cells: Vec<Cell>) -> ConfigSet {
-    ConfigSet::new(qemu_x86(), cells)
-}
-
-/// Asserts the clean set passes, applies `mutate`, and returns the single finding.
-fn only_finding(mut set: ConfigSet, mutate: impl FnOnce(&mut ConfigSet)) -> Finding {
-    assert_eq!(check(&set), vec![], "set must be clean before the mutation");
-    mutate(&mut set);
-    let f = check(&set);
-    assert_eq!(
-        f.len(),
-        1,
-        "expected exactly one finding, got:\n{}",
-        human(&f)
-    );
-    f.into_iter().next().unwrap()
-}
-
-fn human(f: &[Finding]) -> String {
-    f.iter()
-        .map(Finding::to_human)
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-#[track_caller]
-fn assert_at(
-    f: &Finding,
-    rule: &str,
-    cell: &str,
-    array: Option<&str>,
-    index: Option<u64>,
-    address: Option<u64>,
-) {
-    assert_eq!(f.rule, rule, "{}", f.to_human());
-    assert_eq!(f.cell, cell, "{}", f.to_human());
-    assert_eq!(f.array, array, "{}", f.to_human());
-    assert_eq!(f.index, index, "{}", f.to_human());
-    assert_eq!(f.address, address, "{}", f.to_human());
-    let info = RULES
-        .iter()
-        .find(|r| r.id == rule)
-        .expect("rule is in the catalog");
-    assert_eq!(f.severity, info.severity);
+#[test]
+fn every_rule_has_a_test_that_checks_its_json_form() {
+    // Every rule test goes through assert_at, which checks the JSON schema;
+    // trailing-data comes from the parser and is checked in tests/cli.rs.
+    let src = [include_str!("rules.rs"), include_str!("ivshmem_rules.rs")].concat();
+    for r in RULES.iter().filter(|r| r.id != "trailing-data") {
+        let call = format!("\"{}\",", r.id);
+        let tested = src.match_indices(&call).any(|(i, _)| {
+            let before = &src[..i];
+            let last_call = before.rfind("assert_at(").unwrap_or(0);
+            before[last_call..].len() < 40
+        });
+        assert!(tested, "no assert_at test for rule {}", r.id);
+    }
 }
 
 fn apic_mem(set: &mut ConfigSet, phys: u64, virt: u64, size: u64, flags: u64) {
@@ -69,6 +40,25 @@ fn arch_mismatch_of_a_cell_is_reported() {
         s.cells[1].arch = Arch::Arm64
     });
     assert_at(&f, "arch-mismatch", "tiny-demo", None, None, None);
+}
+
+#[test]
+fn arch_mismatch_stops_the_check() {
+    // An arm64 inmate next to qemu-x86: its GIC distributor would read as an
+    // IOAPIC pin claim and its RAM as unloadable. Only the mismatch counts.
+    let mut set = x86(vec![apic_demo()]);
+    set.cells.push(j721e_inmate());
+    set.cell_files = vec!["apic-demo.cell".into(), "inmate-demo.cell".into()];
+    set.system_file = "qemu-x86.cell".into();
+    let err = set.verify_arch().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "inmate-demo.cell: cell inmate-demo is built for arm64 (architecture byte at offset 5), \
+         but the system config qemu-x86.cell is for x86; Jailhouse refuses to create such a cell"
+    );
+    let f = check(&set);
+    assert_eq!(f.len(), 1, "{}", human(&f));
+    assert_at(&f[0], "arch-mismatch", "inmate-demo", None, None, None);
 }
 
 #[test]
@@ -291,6 +281,38 @@ fn root_cell_left_without_cpus_is_reported() {
         None,
         None,
     );
+    assert_eq!(f.other_cell.as_deref(), Some("smp-demo"));
+}
+
+#[test]
+fn root_cpu_starvation_names_the_cell_taking_the_last_cpu() {
+    // qemu-x86 (CPUs 0-3) with apic-demo (CPU 3) and tiny-demo (CPU 2) is
+    // fine; a linux-x86-demo moved to CPUs 0 and 1 takes the last two.
+    let f = only_finding(x86(vec![apic_demo(), tiny_demo()]), |s| {
+        let mut linux = linux_x86_demo();
+        linux.cpu_set = 0b0011u64.to_le_bytes().to_vec();
+        linux.memory_regions.clear();
+        linux.pci_devices.clear();
+        linux.pci_caps.clear();
+        linux.irqchips.clear();
+        linux.cache_regions.clear();
+        s.cells.push(linux);
+    });
+    assert_at(
+        &f,
+        "root-cpu-starvation",
+        "QEMU-VM",
+        Some("cpu_set"),
+        None,
+        None,
+    );
+    assert_eq!(
+        f.message,
+        "root cell QEMU-VM is left without a CPU: cell linux-x86-demo takes its last CPU 0, 1"
+    );
+    assert_eq!(f.other_cell.as_deref(), Some("linux-x86-demo"));
+    assert_eq!(f.other_array, Some("cpu_set"));
+    assert_eq!(f.other_index, Some(0));
 }
 
 #[test]
@@ -439,6 +461,34 @@ fn pci_config_ports_passed_through_are_reported() {
 }
 
 #[test]
+fn pci_config_data_ports_alone_are_named_as_such() {
+    // A cell granting only the data ports 0xcfc-0xcff (PIO_RANGE(0xcfc, 4)).
+    let f = only_finding(x86(vec![apic_demo()]), |s| {
+        s.cells[0].pio_regions.push(PioRegion {
+            base: 0xcfc,
+            length: 4,
+        })
+    });
+    assert_at(
+        &f,
+        "pio-pci-config",
+        "apic-demo",
+        Some("pio_regions"),
+        Some(3),
+        Some(0xcfc),
+    );
+    assert_eq!(
+        f.message,
+        "PCI config ports 0xcfc-0xcff passed through to apic-demo"
+    );
+    assert!(
+        !f.to_human().contains("0xcf8-0xcff passed"),
+        "{}",
+        f.to_human()
+    );
+}
+
+#[test]
 fn pit_passed_through_to_a_non_root_cell_is_reported() {
     let f = only_finding(x86(vec![apic_demo()]), |s| {
         s.cells[0].pio_regions.push(PioRegion {
@@ -552,6 +602,20 @@ fn mmu500_stream_ids_collide_through_their_masks() {
         Some(0),
         Some(0x1_0871),
     );
+    // Stream ids read as MMU-500 id/mask_out, not as the raw union value.
+    assert_eq!(
+        f.message,
+        "stream id 0x871/0x1 (MMU-500 id/mask_out) of cell-b is also claimed by cell-a"
+    );
+    assert_eq!(
+        f.details,
+        vec!["cell-a: stream_ids[0] = 0x870/0x0".to_string()]
+    );
+    assert_eq!(f.other_cell.as_deref(), Some("cell-a"));
+    assert_eq!(
+        (f.other_array, f.other_index),
+        (Some("stream_ids"), Some(0))
+    );
 }
 
 #[test]
@@ -660,62 +724,6 @@ fn loadable_region_partly_outside_root_memory_is_reported() {
         Some(0x3ffd_0000),
     );
     assert!(f.details[1].contains("0x40000000"), "{}", f.to_human());
-}
-
-#[test]
-fn ivshmem_protocol_mismatch_is_reported() {
-    let set = x86(vec![ivshmem_demo(), linux_x86_demo()]);
-    let f = only_finding(set, |s| s.cells[1].pci_devices[2].shmem_protocol = 0x0001);
-    assert_at(
-        &f,
-        "ivshmem-peer-mismatch",
-        "linux-x86-demo",
-        Some("pci_devices"),
-        Some(2),
-        None,
-    );
-}
-
-#[test]
-fn ivshmem_peer_id_beyond_peer_count_is_reported() {
-    let set = x86(vec![ivshmem_demo(), linux_x86_demo()]);
-    let f = only_finding(set, |s| s.cells[1].pci_devices[3].shmem_dev_id = 2);
-    assert_at(
-        &f,
-        "ivshmem-peer-mismatch",
-        "linux-x86-demo",
-        Some("pci_devices"),
-        Some(3),
-        None,
-    );
-}
-
-#[test]
-fn ivshmem_region_mismatch_between_peers_is_reported() {
-    let set = x86(vec![ivshmem_demo(), linux_x86_demo()]);
-    let f = only_finding(set, |s| s.cells[1].memory_regions[9].size = 0x8000);
-    assert_at(
-        &f,
-        "ivshmem-region-mismatch",
-        "linux-x86-demo",
-        Some("memory_regions"),
-        Some(9),
-        Some(0x3f0f_1000),
-    );
-}
-
-#[test]
-fn ivshmem_write_to_a_foreign_output_section_is_reported() {
-    let set = x86(vec![ivshmem_demo(), linux_x86_demo()]);
-    let f = only_finding(set, |s| s.cells[0].memory_regions[2].flags |= W);
-    assert_at(
-        &f,
-        "ivshmem-write-access",
-        "ivshmem-demo",
-        Some("memory_regions"),
-        Some(2),
-        Some(0x3f0f_a000),
-    );
 }
 
 #[test]

@@ -62,12 +62,15 @@ fn in_cell(v: CellView, out: &mut Vec<Finding>) {
             "memory regions {i} and {j} of {} overlap physically",
             v.cell.name()
         );
-        out.push(finding(
-            "mem-phys-overlap-in-cell",
-            at,
-            msg,
-            vec![region_line(i, a), region_line(j, b)],
-        ));
+        out.push(
+            finding(
+                "mem-phys-overlap-in-cell",
+                at,
+                msg,
+                vec![region_line(i, a), region_line(j, b)],
+            )
+            .with_other(v.cell.name(), Some("memory_regions"), Some(i as u64)),
+        );
     }
     let virt: Vec<Tagged> = regions
         .iter()
@@ -86,12 +89,15 @@ fn in_cell(v: CellView, out: &mut Vec<Finding>) {
             "memory regions {i} and {j} of {} overlap in the cell's address space",
             v.cell.name()
         );
-        out.push(finding(
-            "mem-virt-overlap-in-cell",
-            at,
-            msg,
-            vec![region_line(i, a), region_line(j, b)],
-        ));
+        out.push(
+            finding(
+                "mem-virt-overlap-in-cell",
+                at,
+                msg,
+                vec![region_line(i, a), region_line(j, b)],
+            )
+            .with_other(v.cell.name(), Some("memory_regions"), Some(i as u64)),
+        );
     }
 }
 
@@ -192,10 +198,10 @@ fn reserved_ranges(set: &ConfigSet) -> Vec<Reserved> {
 fn declared_shared(
     a: &Cell,
     ia: usize,
-    sa: &[Option<(u16, u16)>],
+    sa: &[Option<u16>],
     b: &Cell,
     ib: usize,
-    sb: &[Option<(u16, u16)>],
+    sb: &[Option<u16>],
 ) -> bool {
     let (ma, mb) = (&a.memory_regions[ia], &b.memory_regions[ib]);
     if ma.has(mem::ROOTSHARED) && mb.has(mem::ROOTSHARED) {
@@ -207,8 +213,7 @@ fn declared_shared(
 /// Non-root cells must not share memory unless declared shared. Overlap
 /// with root-cell memory is the normal hand-over at cell creation.
 fn between_cells(views: &[CellView], out: &mut Vec<Finding>) {
-    let members: Vec<Vec<Option<(u16, u16)>>> =
-        views.iter().map(|v| shmem_members(v.cell)).collect();
+    let members: Vec<Vec<Option<u16>>> = views.iter().map(|v| shmem_members(v.cell)).collect();
     let intervals: Vec<Vec<Tagged>> = views.iter().map(|v| phys_intervals(v.cell)).collect();
     for (ai, a) in views.iter().enumerate().skip(1) {
         for (bi, b) in views.iter().enumerate().skip(ai + 1) {
@@ -238,7 +243,11 @@ fn between_cells(views: &[CellView], out: &mut Vec<Finding>) {
                     format!("{}: {}", a.cell.name(), region_line(ia, ma)),
                     "declare shared memory with ROOTSHARED in both cells or as regions of one ivshmem device".into(),
                 ];
-                out.push(finding("mem-overlap-between-cells", at, msg, d));
+                out.push(finding("mem-overlap-between-cells", at, msg, d).with_other(
+                    a.cell.name(),
+                    Some("memory_regions"),
+                    Some(ia as u64),
+                ));
             }
         }
     }
@@ -272,7 +281,11 @@ fn loadable(views: &[CellView], out: &mut Vec<Finding>) {
                         root.name()
                     ),
                 ];
-                out.push(finding("loadable-unreachable", at, msg, d));
+                out.push(finding("loadable-unreachable", at, msg, d).with_other(
+                    root.name(),
+                    None,
+                    None,
+                ));
             }
         }
     }

@@ -39,6 +39,26 @@ impl ConfigSet {
         }
     }
 
+    /// Checks that every non-root cell is built for the system's
+    /// architecture. Jailhouse's driver refuses any other cell, and checking
+    /// it anyway would read one architecture's structures as another's (a
+    /// GIC distributor as an IOAPIC), so a mismatch is an input error.
+    pub fn verify_arch(&self) -> Result<(), ArchMismatch> {
+        let arch = self.system.arch();
+        for (i, c) in self.cells.iter().enumerate() {
+            if c.arch != arch {
+                return Err(ArchMismatch {
+                    file: self.cell_files.get(i).cloned().unwrap_or_default(),
+                    cell: c.name(),
+                    cell_arch: c.arch,
+                    system_file: self.system_file.clone(),
+                    system_arch: arch,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Root cell first, then the non-root cells in order.
     pub(crate) fn views(&self) -> Vec<CellView<'_>> {
         let mut v = vec![CellView {
@@ -55,6 +75,38 @@ impl ConfigSet {
             });
         }
         v
+    }
+}
+
+/// A non-root cell built for another architecture than the system config.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}cell {cell} is built for {} (architecture byte at offset 5), but the system config{} is for {}; Jailhouse refuses to create such a cell", file_prefix(.file), .cell_arch.name(), file_suffix(.system_file), .system_arch.name())]
+pub struct ArchMismatch {
+    /// File of the cell (empty when checked in memory).
+    pub file: String,
+    /// Name of the cell.
+    pub cell: String,
+    /// The cell's architecture.
+    pub cell_arch: Arch,
+    /// File of the system config (empty when checked in memory).
+    pub system_file: String,
+    /// The system's architecture.
+    pub system_arch: Arch,
+}
+
+fn file_prefix(f: &str) -> String {
+    if f.is_empty() {
+        String::new()
+    } else {
+        format!("{f}: ")
+    }
+}
+
+fn file_suffix(f: &str) -> String {
+    if f.is_empty() {
+        String::new()
+    } else {
+        format!(" {f}")
     }
 }
 
@@ -160,6 +212,9 @@ pub(crate) fn finding(
         array: at.array,
         index: at.index,
         address: at.address,
+        other_cell: None,
+        other_array: None,
+        other_index: None,
         message,
         details,
     }
@@ -169,8 +224,16 @@ pub(crate) fn finding(
 ///
 /// Guarantees: deterministic order (rule groups in a fixed order, cells in
 /// set order, entries in array order) and no panics on any parsed input.
+///
+/// A set that fails [`ConfigSet::verify_arch`] gets only its
+/// `arch-mismatch` findings: the other rules would misread the cells.
+/// (The command line refuses such a set as bad input before checking.)
 pub fn check(set: &ConfigSet) -> Vec<Finding> {
     let mut out = Vec::new();
+    if set.verify_arch().is_err() {
+        resources::arch_mismatches(set, &mut out);
+        return out;
+    }
     resources::check_arch(set, &mut out);
     memory::check(set, &mut out);
     resources::check(set, &mut out);
@@ -230,15 +293,19 @@ pub(crate) fn physical_regions(cell: &Cell) -> impl Iterator<Item = (usize, &Mem
         .filter(|(_, m)| m.size != 0 && !m.has(mem::COMM_REGION))
 }
 
-/// For every memory region of `cell`, the ivshmem device (domain, bdf) whose
+/// For every memory region of `cell`, the ivshmem device (its bdf) whose
 /// shared-memory region set contains it, if any. Linear in the array sizes
 /// (each device covers at most 2 + 255 regions).
-pub(crate) fn shmem_members(cell: &Cell) -> Vec<Option<(u16, u16)>> {
+///
+/// Devices are keyed by bdf alone: the hypervisor's `ivshmem_init` links the
+/// endpoints of different cells by comparing only the bdf, whatever their
+/// `domain` says.
+pub(crate) fn shmem_members(cell: &Cell) -> Vec<Option<u16>> {
     let mut out = vec![None; cell.memory_regions.len()];
     for d in cell.pci_devices.iter().filter(|d| d.is_ivshmem()) {
         let start = d.shmem_regions_start as u64;
         for i in start..(start + d.shmem_region_count()).min(out.len() as u64) {
-            out[i as usize].get_or_insert((d.domain, d.bdf));
+            out[i as usize].get_or_insert(d.bdf);
         }
     }
     out

@@ -3,7 +3,7 @@
 use super::{finding, region_line, shmem_members, At, CellView, ConfigSet};
 use crate::finding::Finding;
 use crate::model::*;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 pub(super) fn check(set: &ConfigSet, out: &mut Vec<Finding>) {
     let views = set.views();
@@ -131,14 +131,16 @@ fn zero_entries(v: CellView, out: &mut Vec<Finding>) {
 /// A physical device can be owned by the root cell and handed to one
 /// non-root cell, but never by two non-root cells.
 fn two_cells(views: &[CellView], out: &mut Vec<Finding>) {
-    let physical = |c: &Cell| -> HashSet<(u16, u16)> {
-        c.pci_devices
-            .iter()
-            .filter(|d| !d.is_ivshmem() && !d.is_zero())
-            .map(|d| (d.domain, d.bdf))
-            .collect()
+    let physical = |c: &Cell| -> HashMap<(u16, u16), usize> {
+        let mut m = HashMap::new();
+        for (i, d) in c.pci_devices.iter().enumerate() {
+            if !d.is_ivshmem() && !d.is_zero() {
+                m.entry((d.domain, d.bdf)).or_insert(i);
+            }
+        }
+        m
     };
-    let owned: Vec<HashSet<(u16, u16)>> = views.iter().map(|v| physical(v.cell)).collect();
+    let owned: Vec<HashMap<(u16, u16), usize>> = views.iter().map(|v| physical(v.cell)).collect();
     for (ai, a) in views.iter().enumerate().skip(1) {
         for b in views.iter().skip(ai + 1) {
             for (ib, db) in b
@@ -148,19 +150,20 @@ fn two_cells(views: &[CellView], out: &mut Vec<Finding>) {
                 .enumerate()
                 .filter(|(_, d)| !d.is_ivshmem() && !d.is_zero())
             {
-                if owned[ai].contains(&(db.domain, db.bdf)) {
+                if let Some(&ia) = owned[ai].get(&(db.domain, db.bdf)) {
                     let msg = format!(
                         "PCI device {} assigned to both {} and {}",
                         db.bdf_name(),
                         a.cell.name(),
                         b.cell.name()
                     );
-                    out.push(finding(
-                        "pci-device-in-two-cells",
-                        dev_at(*b, ib),
-                        msg,
-                        vec![],
-                    ));
+                    out.push(
+                        finding("pci-device-in-two-cells", dev_at(*b, ib), msg, vec![]).with_other(
+                            a.cell.name(),
+                            Some("pci_devices"),
+                            Some(ia as u64),
+                        ),
+                    );
                 }
             }
         }
@@ -197,10 +200,8 @@ fn ivshmem(views: &[CellView], out: &mut Vec<Finding>) {
                 index: i,
                 dev: d,
             };
-            match groups
-                .iter_mut()
-                .find(|g| g[0].dev.domain == d.domain && g[0].dev.bdf == d.bdf)
-            {
+            // The hypervisor's ivshmem_init links endpoints by bdf alone.
+            match groups.iter_mut().find(|g| g[0].dev.bdf == d.bdf) {
                 Some(g) => g.push(peer),
                 None => groups.push(vec![peer]),
             }
@@ -221,12 +222,14 @@ fn regions_in_range(p: &Peer) -> bool {
 
 fn peers(g: &[Peer], out: &mut Vec<Finding>) {
     let first = &g[0];
-    let mut ids: HashMap<u8, String> = HashMap::new();
+    let mut ids: HashMap<u8, usize> = HashMap::new();
     for (n, p) in g.iter().enumerate() {
         let d = p.dev;
         let name = d.bdf_name();
         let cell = p.view.cell.name();
         let mut problems = Vec::new();
+        // The peer the problem is relative to (`g` index), for other_* fields.
+        let mut other: Option<usize> = None;
         if d.shmem_dev_id >= d.shmem_peers {
             problems.push(format!(
                 "shmem_dev_id {} is not below shmem_peers {}",
@@ -240,6 +243,7 @@ fn peers(g: &[Peer], out: &mut Vec<Finding>) {
                 first.view.cell.name(),
                 first.dev.shmem_peers
             ));
+            other = Some(0);
         }
         if n > 0 && protocol_class(d.shmem_protocol) != protocol_class(first.dev.shmem_protocol) {
             problems.push(format!(
@@ -248,23 +252,41 @@ fn peers(g: &[Peer], out: &mut Vec<Finding>) {
                 first.view.cell.name(),
                 first.dev.shmem_protocol
             ));
+            other = Some(0);
         }
-        if let Some(other) = ids.get(&d.shmem_dev_id) {
+        if let Some(&k) = ids.get(&d.shmem_dev_id) {
             problems.push(format!(
-                "peer id {} is also used by {other}",
-                d.shmem_dev_id
+                "peer id {} is also used by {}",
+                d.shmem_dev_id,
+                g[k].view.cell.name()
             ));
+            other.get_or_insert(k);
         } else {
-            ids.insert(d.shmem_dev_id, cell.clone());
+            ids.insert(d.shmem_dev_id, n);
         }
         if !problems.is_empty() {
+            if n > 0 && d.domain != first.dev.domain {
+                problems.push(format!(
+                    "linked to {} device {} by bdf alone (the hypervisor ignores the domain)",
+                    first.view.cell.name(),
+                    first.dev.bdf_name()
+                ));
+            }
             let msg = format!("ivshmem device {name} in {cell} is inconsistent with its peers");
-            out.push(finding(
+            let mut f = finding(
                 "ivshmem-peer-mismatch",
                 dev_at(p.view, p.index),
                 msg,
                 problems,
-            ));
+            );
+            if let Some(k) = other {
+                f = f.with_other(
+                    g[k].view.cell.name(),
+                    Some("pci_devices"),
+                    Some(g[k].index as u64),
+                );
+            }
+            out.push(f);
             continue;
         }
         if n > 0 && regions_in_range(p) && regions_in_range(first) {
@@ -303,7 +325,11 @@ fn region_mismatch(first: &Peer, p: &Peer, out: &mut Vec<Finding>) {
                 format!("{}: {}", p.view.cell.name(), region_line(ib, mb)),
                 format!("{}: {}", first.view.cell.name(), region_line(ia, ma)),
             ];
-            out.push(finding("ivshmem-region-mismatch", at, msg, d));
+            out.push(finding("ivshmem-region-mismatch", at, msg, d).with_other(
+                first.view.cell.name(),
+                Some("memory_regions"),
+                Some(ia as u64),
+            ));
         }
     }
 }

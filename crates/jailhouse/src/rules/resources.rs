@@ -6,7 +6,8 @@ use crate::finding::Finding;
 use crate::model::*;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-pub(super) fn check_arch(set: &ConfigSet, out: &mut Vec<Finding>) {
+/// One `arch-mismatch` finding per cell built for another architecture.
+pub(super) fn arch_mismatches(set: &ConfigSet, out: &mut Vec<Finding>) {
     let arch = set.system.arch();
     for v in set.views().iter().skip(1) {
         if v.cell.arch != arch {
@@ -22,14 +23,21 @@ pub(super) fn check_arch(set: &ConfigSet, out: &mut Vec<Finding>) {
                 v.cell.arch.name(),
                 arch.name()
             );
-            out.push(finding(
-                "arch-mismatch",
-                at,
-                msg,
-                vec!["architecture byte at offset 5 of the cell config".into()],
-            ));
+            out.push(
+                finding(
+                    "arch-mismatch",
+                    at,
+                    msg,
+                    vec!["architecture byte at offset 5 of the cell config".into()],
+                )
+                .with_other(set.system.root_cell.name(), None, None),
+            );
         }
     }
+}
+
+/// Cell names and the GIC version.
+pub(super) fn check_arch(set: &ConfigSet, out: &mut Vec<Finding>) {
     let views = set.views();
     let mut names: HashMap<String, usize> = HashMap::new();
     for (i, v) in views.iter().enumerate() {
@@ -47,12 +55,15 @@ pub(super) fn check_arch(set: &ConfigSet, out: &mut Vec<Finding>) {
                     views[first].file.to_string()
                 };
                 let msg = format!("cell name {} is used twice", v.cell.name());
-                out.push(finding(
-                    "cell-name-duplicate",
-                    at,
-                    msg,
-                    vec![format!("first used by {other}")],
-                ));
+                out.push(
+                    finding(
+                        "cell-name-duplicate",
+                        at,
+                        msg,
+                        vec![format!("first used by {other}")],
+                    )
+                    .with_other(views[first].cell.name(), None, None),
+                );
             }
             None => {
                 names.insert(v.cell.name(), i);
@@ -124,7 +135,10 @@ fn byte(set: &[u8], i: usize) -> u8 {
 fn cpus(views: &[CellView], out: &mut Vec<Finding>) {
     let root = views[0];
     let root_set = &root.cell.cpu_set;
+    let root_cpus = cpus_where(root_set, |_, b| b);
     let mut taken: Vec<u8> = vec![0; root_set.len()];
+    // The non-root cell whose CPUs take the root cell's last one, in set order.
+    let mut last_taker: Option<(CellView, Vec<u32>)> = None;
     for (ai, a) in views.iter().enumerate().skip(1) {
         let a_set = &a.cell.cpu_set;
         let foreign = cpus_where(a_set, |i, b| b & !byte(root_set, i));
@@ -140,13 +154,16 @@ fn cpus(views: &[CellView], out: &mut Vec<Finding>) {
                 a.cell.name(),
                 cpu_list(&foreign)
             );
-            let root_cpus = cpus_where(root_set, |_, b| b);
             let d = vec![format!(
                 "root cell {} CPUs: {}",
                 root.cell.name(),
                 cpu_list(&root_cpus)
             )];
-            out.push(finding("cpu-not-in-root", at, msg, d));
+            out.push(finding("cpu-not-in-root", at, msg, d).with_other(
+                root.cell.name(),
+                Some("cpu_set"),
+                None,
+            ));
         }
         for b in views.iter().skip(ai + 1) {
             let common = cpus_where(&b.cell.cpu_set, |i, x| x & byte(a_set, i));
@@ -163,44 +180,85 @@ fn cpus(views: &[CellView], out: &mut Vec<Finding>) {
                     b.cell.name(),
                     cpu_list(&common)
                 );
-                out.push(finding("cpu-overlap-between-cells", at, msg, vec![]));
+                out.push(
+                    finding("cpu-overlap-between-cells", at, msg, vec![]).with_other(
+                        a.cell.name(),
+                        Some("cpu_set"),
+                        Some(first as u64),
+                    ),
+                );
             }
         }
+        let before = cpus_where(root_set, |i, b| b & !taken[i]);
         for (i, t) in taken.iter_mut().enumerate() {
             *t |= byte(a_set, i);
         }
+        if last_taker.is_none() && !before.is_empty() {
+            let after_empty = cpus_where(root_set, |i, b| b & !taken[i]).is_empty();
+            if after_empty {
+                last_taker = Some((*a, before));
+            }
+        }
     }
-    let left = cpus_where(root_set, |i, b| b & !taken[i]);
-    if views.len() > 1 && left.is_empty() {
+    if root_cpus.is_empty() && views.len() > 1 {
         let at = At {
             view: root,
             array: Some("cpu_set"),
             index: None,
             address: None,
         };
-        let msg = format!("root cell {} is left without a CPU", root.cell.name());
-        let root_cpus = cpus_where(root_set, |_, b| b);
+        let msg = format!("root cell {} has no CPU at all", root.cell.name());
+        out.push(finding("root-cpu-starvation", at, msg, vec![]));
+    }
+    if let Some((taker, last)) = last_taker {
+        let at = At {
+            view: root,
+            array: Some("cpu_set"),
+            index: None,
+            address: None,
+        };
+        let msg = format!(
+            "root cell {} is left without a CPU: cell {} takes its last CPU {}",
+            root.cell.name(),
+            taker.cell.name(),
+            cpu_list(&last)
+        );
         let d = vec![format!(
             "root cell CPUs: {}, all taken by non-root cells",
             cpu_list(&root_cpus)
         )];
-        out.push(finding("root-cpu-starvation", at, msg, d));
+        let first = last.first().map(|&c| c as u64);
+        out.push(finding("root-cpu-starvation", at, msg, d).with_other(
+            taker.cell.name(),
+            Some("cpu_set"),
+            first,
+        ));
     }
 }
 
-/// Ports the PCI config mechanism #1 uses; the hypervisor must intercept them.
-const PCI_CONFIG_PORTS: (u32, u32, &str) = (0xcf8, 0xd00, "PCI config ports 0xcf8-0xcff");
+/// Ports of PCI config mechanism #1 (address 0xcf8-0xcfb, data 0xcfc-0xcff);
+/// the hypervisor must intercept them.
+const PCI_CONFIG_PORTS: (u32, u32, &str) = (0xcf8, 0xd00, "PCI config");
 
 /// Platform ports shared by the whole machine; only the root cell may own them.
 const CRITICAL_PORTS: [(u32, u32, &str); 7] = [
-    (0x20, 0x22, "master PIC (0x20-0x21)"),
-    (0xa0, 0xa2, "slave PIC (0xa0-0xa1)"),
-    (0x40, 0x44, "PIT (0x40-0x43)"),
-    (0x61, 0x62, "port B / NMI status (0x61)"),
-    (0x70, 0x72, "RTC/CMOS and NMI mask (0x70-0x71)"),
-    (0x4d0, 0x4d2, "ELCR (0x4d0-0x4d1)"),
-    (0x64, 0x65, "i8042 command/reset port (0x64)"),
+    (0x20, 0x22, "master PIC"),
+    (0xa0, 0xa2, "slave PIC"),
+    (0x40, 0x44, "PIT"),
+    (0x61, 0x62, "port B / NMI status"),
+    (0x70, 0x72, "RTC/CMOS and NMI mask"),
+    (0x4d0, 0x4d2, "ELCR"),
+    (0x64, 0x65, "i8042 command/reset"),
 ];
+
+/// `0x61` for one port, `0xcfc-0xcff` for a range.
+fn port_span(start: u32, end: u32) -> String {
+    if end - start == 1 {
+        format!("{start:#x}")
+    } else {
+        format!("{start:#x}-{:#x}", end - 1)
+    }
+}
 
 fn pio(views: &[CellView], out: &mut Vec<Finding>) {
     for v in views {
@@ -208,14 +266,24 @@ fn pio(views: &[CellView], out: &mut Vec<Finding>) {
             let (s, e) = p.range();
             let mut hit = |rule, (cs, ce, name): (u32, u32, &str)| {
                 if s < ce && cs < e {
+                    // Name the ports actually passed through, not the whole block.
+                    let (hs, he) = (s.max(cs), e.min(ce));
                     let at = At {
                         view: *v,
                         array: Some("pio_regions"),
                         index: Some(i as u64),
-                        address: Some(p.base as u64),
+                        address: Some(hs as u64),
                     };
-                    let msg = format!("{name} passed through to {}", v.cell.name());
-                    let d = vec![format!("pio_regions[{i}]: ports {:#x}-{:#x}", s, e - 1)];
+                    let plural = if he - hs == 1 { "port" } else { "ports" };
+                    let msg = format!(
+                        "{name} {plural} {} passed through to {}",
+                        port_span(hs, he),
+                        v.cell.name()
+                    );
+                    let d = vec![
+                        format!("pio_regions[{i}]: ports {}", port_span(s, e)),
+                        format!("{name} ports: {}", port_span(cs, ce)),
+                    ];
                     out.push(finding(rule, at, msg, d));
                 }
             };
@@ -250,13 +318,24 @@ fn pin_words(chip: &Irqchip) -> impl Iterator<Item = ((u64, u64), u32)> + '_ {
         })
 }
 
+/// Pins claimed by one cell, per (chip address, 32-pin block): all bits,
+/// plus the entries that first claimed them (at most 32 per block).
+type ClaimedPins = HashMap<(u64, u64), (u32, Vec<(u32, usize)>)>;
+
 fn irq_pins(views: &[CellView], out: &mut Vec<Finding>) {
-    let claimed: Vec<HashMap<(u64, u64), u32>> = views
+    let claimed: Vec<ClaimedPins> = views
         .iter()
         .map(|v| {
-            let mut m: HashMap<(u64, u64), u32> = HashMap::new();
-            for (key, bits) in v.cell.irqchips.iter().flat_map(pin_words) {
-                *m.entry(key).or_default() |= bits;
+            let mut m: ClaimedPins = HashMap::new();
+            for (ci, chip) in v.cell.irqchips.iter().enumerate() {
+                for (key, bits) in pin_words(chip) {
+                    let e = m.entry(key).or_default();
+                    let new = bits & !e.0;
+                    if new != 0 {
+                        e.0 |= new;
+                        e.1.push((new, ci));
+                    }
+                }
             }
             m
         })
@@ -265,8 +344,16 @@ fn irq_pins(views: &[CellView], out: &mut Vec<Finding>) {
         for b in views.iter().skip(ai + 1) {
             for (ib, chip) in b.cell.irqchips.iter().enumerate() {
                 let mut shared: Vec<u64> = Vec::new();
+                let mut other_index = None;
                 for ((addr, block), bits) in pin_words(chip) {
-                    let common = bits & claimed[ai].get(&(addr, block)).copied().unwrap_or(0);
+                    let Some((have, firsts)) = claimed[ai].get(&(addr, block)) else {
+                        continue;
+                    };
+                    let common = bits & have;
+                    if common != 0 && other_index.is_none() {
+                        let low = common & common.wrapping_neg();
+                        other_index = firsts.iter().find(|(b, _)| b & low != 0).map(|e| e.1);
+                    }
                     shared.extend(
                         (0..32)
                             .filter(|i| common & (1 << i) != 0)
@@ -287,12 +374,19 @@ fn irq_pins(views: &[CellView], out: &mut Vec<Finding>) {
                         a.cell.name(),
                         b.cell.name()
                     );
-                    out.push(finding(
-                        "irqchip-pin-overlap-between-cells",
-                        at,
-                        msg,
-                        vec![format!("shared pins: {}", list.join(", "))],
-                    ));
+                    out.push(
+                        finding(
+                            "irqchip-pin-overlap-between-cells",
+                            at,
+                            msg,
+                            vec![format!("shared pins: {}", list.join(", "))],
+                        )
+                        .with_other(
+                            a.cell.name(),
+                            Some("irqchips"),
+                            other_index.map(|i| i as u64),
+                        ),
+                    );
                 }
             }
         }
@@ -349,7 +443,13 @@ fn caches(views: &[CellView], out: &mut Vec<Finding>) {
                         ca.kind
                     ),
                 ];
-                out.push(finding("cache-overlap-between-cells", at, msg, d));
+                out.push(
+                    finding("cache-overlap-between-cells", at, msg, d).with_other(
+                        a.cell.name(),
+                        Some("cache_regions"),
+                        Some(ia as u64),
+                    ),
+                );
             }
         }
     }
@@ -458,17 +558,19 @@ fn stream_ids(set: &ConfigSet, views: &[CellView], out: &mut Vec<Finding>) {
                         index: Some(ib as u64),
                         address: Some(sb as u64),
                     };
+                    let (nb, na) = (stream_id_name(sb, mmu500), stream_id_name(sa, mmu500));
+                    let kind = if mmu500 { " (MMU-500 id/mask_out)" } else { "" };
                     let msg = format!(
-                        "stream id {sb:#x} of {} is also claimed by {}",
+                        "stream id {nb}{kind} of {} is also claimed by {}",
                         b.cell.name(),
                         a.cell.name()
                     );
-                    let kind = if mmu500 { " (MMU-500 id/mask)" } else { "" };
-                    let d = vec![format!(
-                        "{}: stream_ids[{ia}] = {sa:#x}{kind}",
-                        a.cell.name()
-                    )];
-                    out.push(finding("stream-id-conflict", at, msg, d));
+                    let d = vec![format!("{}: stream_ids[{ia}] = {na}", a.cell.name())];
+                    out.push(finding("stream-id-conflict", at, msg, d).with_other(
+                        a.cell.name(),
+                        Some("stream_ids"),
+                        Some(ia as u64),
+                    ));
                 }
             }
         }

@@ -7,6 +7,8 @@
 //! MMIO, as a correct config must be.
 #![allow(dead_code)]
 
+pub mod check;
+
 use oxemu_jailhouse::builder::{CellBuilder, SystemBuilder};
 use oxemu_jailhouse::model::{
     cell_flags as cf, iommu_type, mem, Arch, Cell, Console, PciDevice, SystemConfig, CACHE_L3,
@@ -489,6 +491,7 @@ pub fn clean_sets() -> Vec<(&'static str, ConfigSet)> {
     let x = qemu_x86;
     vec![
         ("qemu-x86 alone", ConfigSet::new(x(), vec![])),
+        ("qemu-arm64 alone", ConfigSet::new(qemu_arm64(), vec![])),
         (
             "qemu-x86 + apic + tiny",
             ConfigSet::new(x(), vec![apic_demo(), tiny_demo()]),
@@ -522,12 +525,45 @@ pub fn clean_sets() -> Vec<(&'static str, ConfigSet)> {
     ]
 }
 
+/// configs/arm64/qemu-arm64.c (QEMU virt, GICv3, 16 CPUs, virtual PCI host in domain 1).
+pub fn qemu_arm64() -> SystemConfig {
+    let intx = [0xffff_f000, 0, 0, 0, 0, 0];
+    let root = CellBuilder::new("qemu-arm64", Arch::Arm64)
+        .cpus(0xffff)
+        .vpci_irq_base(128 - 32)
+        .mem_1to1(0x7faf_0000, 0x1000, R)
+        .mem_1to1(0x7faf_1000, 0x9000, R | W)
+        .mem_1to1(0x7faf_a000, 0x2000, R | W)
+        .mem_1to1(0x7faf_c000, 0x2000, R)
+        .mem_1to1(0x7faf_e000, 0x2000, R)
+        .shmem_net_regions(0x7fb0_0000, 0)
+        .mem_1to1(0x0900_0000, 0x3700_0000, R | W | IO)
+        .mem_1to1(0x4000_0000, 0x3fa1_0000, R | W | X)
+        .mem_1to1(0x40_1000_0000, 0x1000_0000, R | W | IO)
+        .irqchip(0x0800_0000, 0, 32, [0xffff_ffff; 4])
+        .pci(PciDevice {
+            bar_mask: intx,
+            ..PciDevice::ivshmem(1, 0, 0, 0, 3, 0)
+        })
+        .pci(PciDevice {
+            bar_mask: intx,
+            ..PciDevice::ivshmem(1, 1 << 3, 5, 0, 2, PROTO_VETH)
+        })
+        .build();
+    SystemBuilder::gicv3(root, 0x7fc0_0000, 0x40_0000, 0x0800_0000, 0x080a_0000, 25)
+        .flags(1)
+        .debug_console(Console::uart_mmio(0x0003, 0x0900_0000, 0x1000, 0))
+        .pci(0x08e0_0000, 0, true, 1)
+        .build()
+}
+
 /// Every config the support module builds: (file name, is_system, bytes).
 pub fn all_configs() -> Vec<(&'static str, bool, Vec<u8>)> {
     use oxemu_jailhouse::{write_cell, write_system};
     let mut v = vec![
         ("qemu-x86.cell", true, write_system(&qemu_x86())),
         ("k3-j721e-evm.cell", true, write_system(&j721e())),
+        ("qemu-arm64.cell", true, write_system(&qemu_arm64())),
     ];
     for (n, c) in [
         ("apic-demo.cell", apic_demo()),
