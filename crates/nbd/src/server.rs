@@ -34,6 +34,10 @@ pub enum NbdAddr {
     },
 }
 
+/// Grace period of [`NbdServer::stop`] and of export removal: clients still connected
+/// after it are cut off, and after twice it the server stops waiting for them.
+pub const STOP_GRACE: Duration = Duration::from_secs(2);
+
 /// Options of `nbd-server-start` / `--nbd-server`.
 #[derive(Clone, Debug)]
 pub struct NbdServerOptions {
@@ -383,7 +387,7 @@ impl NbdServer {
     /// and removes the unix socket. Exports stay attached to the (stopped) server
     /// object; the daemon drops them afterwards. See [`NbdServer::stop_within`].
     pub fn stop(&self) {
-        self.stop_within(Duration::from_secs(5));
+        self.stop_within(STOP_GRACE);
     }
 
     /// [`NbdServer::stop`] in bounded time. First only the clients' input is shut
@@ -583,17 +587,40 @@ impl BlockExport for NbdExport {
     }
 
     /// Must not be called on the server's own IoThread (it blocks until that loop has
-    /// finished the export's requests).
+    /// finished the export's requests). Bounded: a soft removal (input shut down,
+    /// requests in flight finish) becomes a hard one after [`STOP_GRACE`], and after
+    /// twice that the export stops waiting for its clients.
     fn shutdown(&self, hard: bool) {
         if self.removed.swap(true, Ordering::SeqCst) {
             return;
         }
         if let Some(sh) = self.shared.upgrade() {
             sh.exports().remove(&self.opts.name);
+            let name = self.opts.name.clone();
+            let mine = |t: &ConnTable| {
+                !t.conns.values().any(|e| e.export.as_deref() == Some(&name))
+            };
+            let start = std::time::Instant::now();
             let how = if hard { libc::SHUT_RDWR } else { libc::SHUT_RD };
             sh.shutdown_conns(Some(&self.opts.name), how);
-            let name = self.opts.name.clone();
-            sh.wait_until(|t| !t.conns.values().any(|e| e.export.as_deref() == Some(&name)));
+            let mut ok = sh.wait_until_deadline(mine, Some(start + STOP_GRACE), |t| {
+                ServerShared::shutdown_in(t, Some(&name), how)
+            });
+            if !ok {
+                tracing::warn!(
+                    "nbd: clients of export '{}' still connected after {STOP_GRACE:?}; disconnecting them",
+                    self.opts.id
+                );
+                ok = sh.wait_until_deadline(mine, Some(start + 2 * STOP_GRACE), |t| {
+                    ServerShared::shutdown_in(t, Some(&name), libc::SHUT_RDWR)
+                });
+            }
+            if !ok {
+                tracing::warn!(
+                    "nbd: export '{}': giving up on connections that do not close",
+                    self.opts.id
+                );
+            }
         }
         let node = self.node.clone();
         let r = self.io.run(move || async move { node.flush().await });

@@ -329,6 +329,11 @@ fn open_node(a: &Args) -> Result<Arc<dyn BlockDriver>, String> {
     Ok(node)
 }
 
+/// Longest orderly shutdown after the first SIGTERM/SIGINT (or the last client's
+/// disconnect): clients are cut off after `STOP_GRACE`, given up on after twice that,
+/// then the image is flushed and closed; past this the process exits with status 1.
+const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(8);
+
 fn block_signals() -> libc::sigset_t {
     // SAFETY: plain signal-mask calls on a zero-initialised local sigset.
     unsafe {
@@ -546,7 +551,19 @@ fn run(a: Args) -> Result<(), String> {
         });
     }
     let _ = rx.recv();
-    server.stop_within(std::time::Duration::from_secs(2));
+    // Shutdown is bounded: if draining, flushing or closing the image does not end in
+    // time, the process exits anyway.
+    std::thread::spawn(|| {
+        std::thread::sleep(SHUTDOWN_TIMEOUT);
+        eprintln!(
+            "{}: shutdown did not finish within {} s, exiting",
+            prog(),
+            SHUTDOWN_TIMEOUT.as_secs()
+        );
+        // SAFETY: ends the process at once.
+        unsafe { libc::_exit(1) };
+    });
+    server.stop_within(oxemu_nbd::server::STOP_GRACE);
     let r = iothread
         .handle()
         .run(move || async move { node.close().await });
