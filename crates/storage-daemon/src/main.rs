@@ -60,8 +60,10 @@ oxemu storage daemon: block nodes and exports, managed over QMP
 
   --nbd-server addr.type=inet,addr.host=<host>,addr.port=<port>
                [,tls-creds=<id>][,max-connections=<n>]
+               [,handshake-max-seconds=<n>]
   --nbd-server addr.type=unix,addr.path=<path>
                [,tls-creds=<id>][,max-connections=<n>]
+               [,handshake-max-seconds=<n>]
                             start an NBD server for exporting block nodes
 
   --object help             list object types that can be added
