@@ -214,11 +214,15 @@ impl EventBus {
         clients.retain(|(_, c)| c.push(line.clone()));
     }
 
-    fn add(&self, id: u64, c: Arc<ClientOut>) {
-        self.clients
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((id, c));
+    /// Subscribes client `id`, queueing `first` (its negotiation reply) under the
+    /// same lock as events.
+    fn add(&self, id: u64, c: Arc<ClientOut>, first: Vec<u8>) -> bool {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if !c.push(first) {
+            return false;
+        }
+        clients.push((id, c));
+        true
     }
 
     fn remove(&self, id: u64) {
@@ -460,12 +464,20 @@ impl QmpServer {
                 return Ok(());
             }
             let (reply, cmd) = self.handle(req, &mut session);
-            send(&reply)?;
             if session.negotiated
                 && cmd.as_deref() == Some("qmp_capabilities")
                 && reply.get("return").is_some()
             {
-                self.events.add(id, out.clone());
+                // Subscribe and queue the reply at once: every event after the reply
+                // reaches the client, none before it.
+                if !self
+                    .events
+                    .add(id, out.clone(), format!("{reply}\r\n").into_bytes())
+                {
+                    return Err(io::ErrorKind::BrokenPipe.into());
+                }
+            } else {
+                send(&reply)?;
             }
             if let Some(c) = cmd {
                 if reply.get("return").is_some() {
