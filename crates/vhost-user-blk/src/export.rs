@@ -141,6 +141,8 @@ impl VhostUserBlkExport {
                         tracing::warn!("{name}: accepting a frontend failed: {e}");
                         continue;
                     }
+                    // A device failed on the previous connection works again.
+                    b.reset_broken();
                     *h.lock().unwrap_or_else(|p| p.into_inner()) = daemon.shutdown_handle();
                     c.store(true, Ordering::SeqCst);
                     if let Err(e) = daemon.wait() {
