@@ -30,9 +30,9 @@ pub const MAX_IN_FLIGHT: usize = 16;
 /// request still goes through. With [`PENDING_HIGH`] this bounds what one client
 /// can make the server hold, including a client that never reads its replies.
 pub const MAX_BYTES_IN_FLIGHT: usize = 4 << 20;
-/// Bytes one NBD_CMD_CACHE request prefetches at most; the rest of a longer range
+/// Bytes one NBD_CMD_CACHE request prefetches at most (in 1 MiB pieces); the rest of a longer range
 /// is ignored (the command is advisory) and the request succeeds.
-pub const MAX_CACHE: u64 = 32 << 20;
+pub const MAX_CACHE: u64 = 4 << 20;
 /// Piece read at a time by NBD_CMD_CACHE.
 const CACHE_CHUNK: u64 = 1 << 20;
 /// Block-status extents reported per context and request.
