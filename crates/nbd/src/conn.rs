@@ -21,14 +21,26 @@ use crate::server::{NbdExport, ServerShared};
 use crate::stream::Stream;
 use crate::transmission::{self, Command};
 
-/// Requests executing at once on one connection; the reader pauses beyond this.
-const MAX_IN_FLIGHT: usize = 128;
+/// Requests executing at once on one connection (as QEMU's NBD server,
+/// `NBD_MAX_REQUESTS`); the reader stops reading requests beyond this.
+pub const MAX_IN_FLIGHT: usize = 16;
+/// Request and reply data bytes held at once for one connection (write payloads
+/// read, read buffers, cache buffers): the reader waits before reading a request
+/// that would exceed it, unless nothing else is in flight, so one maximal (32 MiB)
+/// request still goes through. With [`PENDING_HIGH`] this bounds what one client
+/// can make the server hold, including a client that never reads its replies.
+pub const MAX_BYTES_IN_FLIGHT: usize = 4 << 20;
+/// Bytes one NBD_CMD_CACHE request prefetches at most (in 1 MiB pieces); the rest of a longer range
+/// is ignored (the command is advisory) and the request succeeds.
+pub const MAX_CACHE: u64 = 4 << 20;
+/// Piece read at a time by NBD_CMD_CACHE.
+const CACHE_CHUNK: u64 = 1 << 20;
 /// Block-status extents reported per context and request.
 const MAX_EXTENTS: usize = 2048;
 /// Granularity at which structured reads detect zero ranges for hole chunks.
 const HOLE_GRANULE: usize = 64 << 10;
 /// Queued reply bytes above which senders wait for the writer.
-const PENDING_HIGH: usize = 4 << 20;
+pub const PENDING_HIGH: usize = 1 << 20;
 
 fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
@@ -120,11 +132,15 @@ struct Conn {
     session: Session,
     export: Arc<NbdExport>,
     in_flight: Cell<usize>,
+    /// Data bytes held by requests in flight (see [`MAX_BYTES_IN_FLIGHT`]).
+    bytes: Cell<usize>,
     waiter: RefCell<Option<Waker>>,
     /// Reply bytes not yet handed to the socket.
     pending: RefCell<Vec<u8>>,
     /// A task is writing `pending` out.
     writing: Cell<bool>,
+    /// Bytes of the batch being written.
+    writing_len: Cell<usize>,
     /// Tasks waiting for `pending` to drain below [`PENDING_HIGH`].
     drain_waiters: RefCell<Vec<Waker>>,
 }
@@ -133,21 +149,17 @@ impl Conn {
     /// Queues one complete reply. Replies completed in the same loop turn are
     /// written with one system call: the first sender becomes the writer, yields
     /// once so that other ready tasks can queue theirs, then writes the batch. Other
-    /// senders return at once unless the queue is above [`PENDING_HIGH`]
+    /// senders first wait while the queue is at or above [`PENDING_HIGH`]
     /// (back-pressure against clients that do not read their replies).
     async fn send(&self, parts: &[&[u8]]) {
         if self.stream.is_broken() {
             return;
         }
-        {
-            let mut p = self.pending.borrow_mut();
-            for part in parts {
-                p.extend_from_slice(part);
-            }
-        }
         if self.writing.get() {
+            // Room first, then queue: the queue never holds much more than
+            // PENDING_HIGH, however many tasks complete at once.
             poll_fn(|cx| {
-                if self.pending.borrow().len() <= PENDING_HIGH || self.stream.is_broken() {
+                if self.pending.borrow().len() < PENDING_HIGH || self.stream.is_broken() {
                     Poll::Ready(())
                 } else {
                     self.drain_waiters.borrow_mut().push(cx.waker().clone());
@@ -155,7 +167,20 @@ impl Conn {
                 }
             })
             .await;
+            if self.stream.is_broken() {
+                return;
+            }
+            let mut p = self.pending.borrow_mut();
+            for part in parts {
+                p.extend_from_slice(part);
+            }
             return;
+        }
+        {
+            let mut p = self.pending.borrow_mut();
+            for part in parts {
+                p.extend_from_slice(part);
+            }
         }
         self.writing.set(true);
         if self.in_flight.get() > 1 {
@@ -167,8 +192,11 @@ impl Conn {
             if buf.is_empty() {
                 break;
             }
+            self.writing_len.set(buf.len());
             self.wake_drain_waiters();
-            if self.stream.write_all(&[&buf]).await.is_err() {
+            let r = self.stream.write_all(&[&buf]).await;
+            self.writing_len.set(0);
+            if r.is_err() {
                 break;
             }
             spare = buf;
@@ -185,6 +213,16 @@ impl Conn {
         for w in self.drain_waiters.borrow_mut().drain(..) {
             w.wake();
         }
+        // The request reader counts queued reply bytes too.
+        if let Some(w) = self.waiter.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Data bytes this connection holds: requests in flight plus replies queued
+    /// or being written.
+    fn held(&self) -> usize {
+        self.bytes.get() + self.pending.borrow().len() + self.writing_len.get()
     }
 
     async fn send_status(&self, req: &Request, error: u32, msg: &str) {
@@ -200,16 +238,20 @@ impl Conn {
         self.send(&[&out]).await
     }
 
-    fn done(&self) {
+    fn done(&self, bytes: usize) {
         self.in_flight.set(self.in_flight.get() - 1);
+        self.bytes.set(self.bytes.get() - bytes);
         if let Some(w) = self.waiter.borrow_mut().take() {
             w.wake();
         }
     }
 
-    async fn wait_in_flight_below(&self, n: usize) {
+    /// Waits until fewer than `n` requests are in flight and `bytes` more data bytes
+    /// fit in [`MAX_BYTES_IN_FLIGHT`] (always true with nothing in flight).
+    async fn wait_in_flight_below(&self, n: usize, bytes: usize) {
         poll_fn(|cx| {
-            if self.in_flight.get() < n {
+            let fits = self.in_flight.get() == 0 || self.held() + bytes <= MAX_BYTES_IN_FLIGHT;
+            if self.in_flight.get() < n && fits {
                 Poll::Ready(())
             } else {
                 *self.waiter.borrow_mut() = Some(cx.waker().clone());
@@ -231,13 +273,15 @@ async fn transmission(
         session,
         export,
         in_flight: Cell::new(0),
+        bytes: Cell::new(0),
         waiter: RefCell::new(None),
         pending: RefCell::new(Vec::new()),
         writing: Cell::new(false),
+        writing_len: Cell::new(0),
         drain_waiters: RefCell::new(Vec::new()),
     });
     let r = request_loop(&conn, extended).await;
-    conn.wait_in_flight_below(1).await;
+    conn.wait_in_flight_below(1, 0).await;
     r
 }
 
@@ -246,7 +290,7 @@ async fn request_loop(conn: &Rc<Conn>, extended: bool) -> io::Result<()> {
     let mut hdr = [0u8; proto::EXT_REQUEST_LEN];
     let hlen = Request::header_len(extended);
     loop {
-        conn.wait_in_flight_below(MAX_IN_FLIGHT).await;
+        conn.wait_in_flight_below(MAX_IN_FLIGHT, 0).await;
         conn.stream.set_poll_first(conn.in_flight.get() <= 1);
         if !conn.stream.read_exact(&mut hdr[..hlen]).await? {
             return Ok(());
@@ -259,6 +303,14 @@ async fn request_loop(conn: &Rc<Conn>, extended: bool) -> io::Result<()> {
                 return Err(invalid(r.message));
             }
         };
+        // Data this request will hold: its payload, or its read/cache buffer.
+        let held = plen
+            + match req.ty {
+                proto::cmd::READ => req.len.min(proto::MAX_PAYLOAD as u64) as usize,
+                proto::cmd::CACHE => req.len.min(CACHE_CHUNK) as usize,
+                _ => 0,
+            };
+        conn.wait_in_flight_below(MAX_IN_FLIGHT, held).await;
         let mut payload = AlignedBuf::with_alignment(plen, node.memory_alignment().max(512));
         if plen > 0 && !conn.stream.read_exact(&mut payload).await? {
             return Err(io::ErrorKind::UnexpectedEof.into());
@@ -275,11 +327,12 @@ async fn request_loop(conn: &Rc<Conn>, extended: bool) -> io::Result<()> {
             return Ok(());
         }
         conn.in_flight.set(conn.in_flight.get() + 1);
+        conn.bytes.set(conn.bytes.get() + held);
         let c = conn.clone();
         let node = node.clone();
         spawn_local(async move {
             execute(&c, &*node, &req, cmd, payload).await;
-            c.done();
+            c.done(held);
         });
     }
 }
@@ -339,8 +392,13 @@ async fn execute(
     }
 }
 
+/// Prefetches the first [`MAX_CACHE`] bytes of the range, [`CACHE_CHUNK`] at a time.
 async fn cache(node: &dyn BlockDriver, offset: u64, len: u64) -> io::Result<()> {
-    let step = 1u64 << 20;
+    let step = CACHE_CHUNK;
+    let len = len.min(MAX_CACHE);
+    if len == 0 {
+        return Ok(());
+    }
     let mut buf =
         AlignedBuf::with_alignment(step.min(len) as usize, node.memory_alignment().max(512));
     let mut pos = 0;

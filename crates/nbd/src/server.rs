@@ -8,7 +8,7 @@ use std::net::{TcpListener, ToSocketAddrs};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -33,6 +33,15 @@ pub enum NbdAddr {
         port: u16,
     },
 }
+
+/// Grace period of [`NbdServer::stop`] and of export removal: clients still connected
+/// after it are cut off, and after twice it the server stops waiting for them.
+pub const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// Default handshake limit, as QEMU's (`handshake-max-seconds`, qemu-nbd
+/// `--handshake-limit`): a client that has not entered transmission this long after
+/// connecting is disconnected. See [`NbdServer::set_handshake_limit`].
+pub const DEFAULT_HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 
 /// Options of `nbd-server-start` / `--nbd-server`.
 #[derive(Clone, Debug)]
@@ -110,6 +119,8 @@ pub(crate) struct ServerShared {
     changed: Condvar,
     stopping: AtomicBool,
     max_connections: u32,
+    /// Handshake limit in milliseconds; 0 is none.
+    handshake_ms: AtomicU64,
 }
 
 impl ServerShared {
@@ -268,6 +279,7 @@ impl NbdServer {
             changed: Condvar::new(),
             stopping: AtomicBool::new(false),
             max_connections: opts.max_connections,
+            handshake_ms: AtomicU64::new(DEFAULT_HANDSHAKE_LIMIT.as_millis() as u64),
         });
         let listen_err = |source| NbdServerError::Listen {
             addr: match &opts.addr {
@@ -313,6 +325,14 @@ impl NbdServer {
             listen_fd,
             abort,
         })
+    }
+
+    /// Sets the handshake limit for clients connecting from now on (default
+    /// [`DEFAULT_HANDSHAKE_LIMIT`]); zero disables it.
+    pub fn set_handshake_limit(&self, limit: Duration) {
+        self.shared
+            .handshake_ms
+            .store(limit.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// The bound TCP port (useful with port 0).
@@ -383,7 +403,7 @@ impl NbdServer {
     /// and removes the unix socket. Exports stay attached to the (stopped) server
     /// object; the daemon drops them afterwards. See [`NbdServer::stop_within`].
     pub fn stop(&self) {
-        self.stop_within(Duration::from_secs(5));
+        self.stop_within(STOP_GRACE);
     }
 
     /// [`NbdServer::stop`] in bounded time. First only the clients' input is shut
@@ -461,11 +481,40 @@ fn finish_accepting(sh: &ServerShared) {
 fn start_conn(sh: &Arc<ServerShared>, sock: Sock, fd: io::Result<OwnedFd>) {
     let Ok(fd) = fd else { return };
     let id = sh.register(fd);
+    let limit = sh.handshake_ms.load(Ordering::SeqCst);
+    if limit > 0 {
+        oxemu_block::aio::spawn_local(handshake_timer(sh.clone(), id, limit));
+    }
     let sh = sh.clone();
     oxemu_block::aio::spawn_local(async move {
         crate::conn::serve(sh.clone(), Stream::new(sock), id).await;
         sh.closed(id);
     });
+}
+
+/// Disconnects connection `id` if it is still in the handshake after `limit_ms`.
+/// Checks every 100 ms, so that it ends soon after the connection or the server.
+async fn handshake_timer(sh: Arc<ServerShared>, id: u64, limit_ms: u64) {
+    let start = std::time::Instant::now();
+    loop {
+        let left = Duration::from_millis(limit_ms).saturating_sub(start.elapsed());
+        oxemu_block::aio::sleep(left.min(Duration::from_millis(100))).await;
+        if sh.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let t = sh.table();
+        match t.conns.get(&id) {
+            Some(e) if e.export.is_none() => {
+                if start.elapsed() >= Duration::from_millis(limit_ms) {
+                    tracing::info!("nbd: client did not finish the handshake in {limit_ms} ms; disconnecting it");
+                    // SAFETY: shutdown(2) on a descriptor the table owns.
+                    unsafe { libc::shutdown(e.fd.as_raw_fd(), libc::SHUT_RDWR) };
+                    return;
+                }
+            }
+            _ => return,
+        }
+    }
 }
 
 /// Runs an accept loop until it ends or [`NbdServer::stop`] aborts it.
@@ -583,17 +632,40 @@ impl BlockExport for NbdExport {
     }
 
     /// Must not be called on the server's own IoThread (it blocks until that loop has
-    /// finished the export's requests).
+    /// finished the export's requests). Bounded: a soft removal (input shut down,
+    /// requests in flight finish) becomes a hard one after [`STOP_GRACE`], and after
+    /// twice that the export stops waiting for its clients.
     fn shutdown(&self, hard: bool) {
         if self.removed.swap(true, Ordering::SeqCst) {
             return;
         }
         if let Some(sh) = self.shared.upgrade() {
             sh.exports().remove(&self.opts.name);
+            let name = self.opts.name.clone();
+            let mine = |t: &ConnTable| {
+                !t.conns.values().any(|e| e.export.as_deref() == Some(&name))
+            };
+            let start = std::time::Instant::now();
             let how = if hard { libc::SHUT_RDWR } else { libc::SHUT_RD };
             sh.shutdown_conns(Some(&self.opts.name), how);
-            let name = self.opts.name.clone();
-            sh.wait_until(|t| !t.conns.values().any(|e| e.export.as_deref() == Some(&name)));
+            let mut ok = sh.wait_until_deadline(mine, Some(start + STOP_GRACE), |t| {
+                ServerShared::shutdown_in(t, Some(&name), how)
+            });
+            if !ok {
+                tracing::warn!(
+                    "nbd: clients of export '{}' still connected after {STOP_GRACE:?}; disconnecting them",
+                    self.opts.id
+                );
+                ok = sh.wait_until_deadline(mine, Some(start + 2 * STOP_GRACE), |t| {
+                    ServerShared::shutdown_in(t, Some(&name), libc::SHUT_RDWR)
+                });
+            }
+            if !ok {
+                tracing::warn!(
+                    "nbd: export '{}': giving up on connections that do not close",
+                    self.opts.id
+                );
+            }
         }
         let node = self.node.clone();
         let r = self.io.run(move || async move { node.flush().await });

@@ -4,13 +4,20 @@
 //! stream (QMP does not require newlines; objects are split by a streaming JSON
 //! parser). Commands of all clients run one at a time under one lock, as in QEMU's
 //! main loop. Events go to every client that has completed negotiation.
+//!
+//! Output never blocks the server: each client has a writer thread fed from a queue
+//! bounded to [`MAX_CLIENT_OUTPUT`] bytes. Replies and events are queued; a client
+//! whose queue would grow past the bound (it does not read) is disconnected, and the
+//! other clients and the command lock carry on.
 
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::TcpListener;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -85,17 +92,112 @@ pub trait Dispatcher: Send + Sync + 'static {
     }
 }
 
-/// The shared writing half of one client connection.
-type ClientWriter = Arc<Mutex<Box<dyn Write + Send>>>;
+/// Bytes of replies and events queued for one client that has not read them yet;
+/// a client whose output would exceed this is disconnected.
+pub const MAX_CLIENT_OUTPUT: usize = 8 << 20;
+
+/// How long [`QmpServer::shutdown`] lets queued output drain before cutting clients
+/// off.
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_millis(200);
+
+#[derive(Default)]
+struct OutState {
+    queue: VecDeque<Vec<u8>>,
+    bytes: usize,
+    /// No more output is accepted; the writer ends once `queue` is empty.
+    finished: bool,
+    /// The connection is cut off: pending output is dropped.
+    closed: bool,
+}
+
+/// The output side of one client: a bounded queue drained by a writer thread.
+struct ClientOut {
+    st: Mutex<OutState>,
+    cv: Condvar,
+    /// A duplicate of the socket, to `shutdown(2)` it from any thread.
+    fd: OwnedFd,
+}
+
+impl ClientOut {
+    fn st(&self) -> MutexGuard<'_, OutState> {
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues one line; false if the client is gone or just got disconnected for
+    /// not reading.
+    fn push(&self, line: Vec<u8>) -> bool {
+        let mut st = self.st();
+        if st.closed || st.finished {
+            return false;
+        }
+        if st.bytes + line.len() > MAX_CLIENT_OUTPUT {
+            drop(st);
+            tracing::warn!("qmp: client does not read its output; disconnecting it");
+            self.close();
+            return false;
+        }
+        st.bytes += line.len();
+        st.queue.push_back(line);
+        self.cv.notify_all();
+        true
+    }
+
+    /// Lets the writer flush what is queued, then end.
+    fn finish(&self) {
+        self.st().finished = true;
+        self.cv.notify_all();
+    }
+
+    /// Cuts the connection off at once.
+    fn close(&self) {
+        {
+            let mut st = self.st();
+            st.closed = true;
+            st.queue.clear();
+            st.bytes = 0;
+        }
+        // SAFETY: shutdown(2) on a descriptor this object owns.
+        unsafe { libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_RDWR) };
+        self.cv.notify_all();
+    }
+
+    /// The writer thread's body.
+    fn write_out(&self, mut w: Box<dyn Write + Send>) {
+        loop {
+            let line = {
+                let mut st = self.st();
+                loop {
+                    if st.closed {
+                        return;
+                    }
+                    if let Some(l) = st.queue.pop_front() {
+                        st.bytes -= l.len();
+                        break l;
+                    }
+                    if st.finished {
+                        return;
+                    }
+                    st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+                }
+            };
+            if w.write_all(&line).and_then(|_| w.flush()).is_err() {
+                self.close();
+                return;
+            }
+        }
+    }
+}
 
 /// Broadcasts events to every negotiated client.
 #[derive(Default)]
 pub struct EventBus {
-    clients: Mutex<Vec<(u64, ClientWriter)>>,
+    clients: Mutex<Vec<(u64, Arc<ClientOut>)>>,
 }
 
 impl EventBus {
     /// Sends event `name` with `data` (None: no data member) and the current time.
+    /// Never blocks on a client: the event is queued for each (see
+    /// [`MAX_CLIENT_OUTPUT`]).
     pub fn emit(&self, name: &str, data: Option<Value>) {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -107,19 +209,20 @@ impl EventBus {
         if let Some(d) = data {
             ev["data"] = d;
         }
-        let line = format!("{ev}\r\n");
+        let line = format!("{ev}\r\n").into_bytes();
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        clients.retain(|(_, w)| {
-            let mut w = w.lock().unwrap_or_else(|p| p.into_inner());
-            w.write_all(line.as_bytes()).and_then(|_| w.flush()).is_ok()
-        });
+        clients.retain(|(_, c)| c.push(line.clone()));
     }
 
-    fn add(&self, id: u64, w: ClientWriter) {
-        self.clients
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((id, w));
+    /// Subscribes client `id`, queueing `first` (its negotiation reply) under the
+    /// same lock as events.
+    fn add(&self, id: u64, c: Arc<ClientOut>, first: Vec<u8>) -> bool {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if !c.push(first) {
+            return false;
+        }
+        clients.push((id, c));
+        true
     }
 
     fn remove(&self, id: u64) {
@@ -140,6 +243,10 @@ pub struct QmpServer {
     stopping: AtomicBool,
     sockets: Mutex<Vec<PathBuf>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Duplicates of the listening sockets, shut down to wake their accept loops.
+    listeners: Mutex<Vec<OwnedFd>>,
+    /// Connected clients, cut off by [`QmpServer::shutdown`].
+    clients: Mutex<HashMap<u64, Arc<ClientOut>>>,
 }
 
 /// Largest QMP command accepted, in bytes; longer input closes the connection.
@@ -157,6 +264,8 @@ impl QmpServer {
             stopping: AtomicBool::new(false),
             sockets: Mutex::new(Vec::new()),
             threads: Mutex::new(Vec::new()),
+            listeners: Mutex::new(Vec::new()),
+            clients: Mutex::new(HashMap::new()),
         })
     }
 
@@ -177,6 +286,7 @@ impl QmpServer {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(path.to_path_buf());
+        self.add_listener(l.as_fd())?;
         let me = self.clone();
         let t = std::thread::Builder::new()
             .name("qmp-listen".into())
@@ -187,9 +297,11 @@ impl QmpServer {
                     }
                     if let Ok(s) = s {
                         let w = s.try_clone();
+                        let fd = s.as_fd().try_clone_to_owned();
                         me.spawn_client(
                             Box::new(s),
                             w.map(|w| Box::new(w) as Box<dyn Write + Send>),
+                            fd,
                         );
                     }
                 }
@@ -207,8 +319,9 @@ impl QmpServer {
             io::Error::new(e.kind(), format!("Failed to bind socket to {addr}: {e}"))
         })?;
         let local = l.local_addr()?;
+        self.add_listener(l.as_fd())?;
         let me = self.clone();
-        std::thread::Builder::new()
+        let t = std::thread::Builder::new()
             .name("qmp-listen".into())
             .spawn(move || {
                 for s in l.incoming() {
@@ -217,31 +330,83 @@ impl QmpServer {
                     }
                     if let Ok(s) = s {
                         let w = s.try_clone();
+                        let fd = s.as_fd().try_clone_to_owned();
                         me.spawn_client(
                             Box::new(s),
                             w.map(|w| Box::new(w) as Box<dyn Write + Send>),
+                            fd,
                         );
                     }
                 }
             })?;
+        self.threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(t);
         Ok(local)
+    }
+
+    fn add_listener(&self, fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+        let fd = fd.try_clone_to_owned()?;
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(fd);
+        Ok(())
     }
 
     fn spawn_client(
         self: &Arc<Self>,
         r: Box<dyn Read + Send>,
         w: io::Result<Box<dyn Write + Send>>,
+        fd: io::Result<OwnedFd>,
     ) {
-        let Ok(w) = w else { return };
+        let (Ok(w), Ok(fd)) = (w, fd) else { return };
+        let out = Arc::new(ClientOut {
+            st: Mutex::new(OutState::default()),
+            cv: Condvar::new(),
+            fd,
+        });
+        let id = self.next_client.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut c = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+            if self.stopping.load(Ordering::SeqCst) {
+                out.close();
+                return;
+            }
+            c.insert(id, out.clone());
+        }
+        let o = out.clone();
+        if std::thread::Builder::new()
+            .name("qmp-output".into())
+            .spawn(move || o.write_out(w))
+            .is_err()
+        {
+            self.clients
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            out.close();
+            return;
+        }
         let me = self.clone();
-        let _ = std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("qmp-client".into())
-            .spawn(move || {
-                let id = me.next_client.fetch_add(1, Ordering::Relaxed);
-                let w = Arc::new(Mutex::new(w));
-                let _ = me.serve(id, r, w);
-                me.events.remove(id);
+            .spawn({
+                let out = out.clone();
+                move || {
+                    let _ = me.serve(id, r, &out);
+                    me.events.remove(id);
+                    me.clients
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&id);
+                    out.finish();
+                }
             });
+        if spawned.is_err() {
+            out.close();
+        }
     }
 
     /// Serves one client until it disconnects.
@@ -249,12 +414,14 @@ impl QmpServer {
         &self,
         id: u64,
         r: Box<dyn Read + Send>,
-        w: Arc<Mutex<Box<dyn Write + Send>>>,
+        out: &Arc<ClientOut>,
     ) -> io::Result<()> {
         let send = |v: &Value| -> io::Result<()> {
-            let mut w = w.lock().unwrap_or_else(|p| p.into_inner());
-            w.write_all(format!("{v}\r\n").as_bytes())?;
-            w.flush()
+            if out.push(format!("{v}\r\n").into_bytes()) {
+                Ok(())
+            } else {
+                Err(io::ErrorKind::BrokenPipe.into())
+            }
         };
         send(&json!({"QMP": {"version": self.version.to_json(), "capabilities": ["oob"]}}))?;
         let mut session = Session::default();
@@ -297,12 +464,20 @@ impl QmpServer {
                 return Ok(());
             }
             let (reply, cmd) = self.handle(req, &mut session);
-            send(&reply)?;
             if session.negotiated
                 && cmd.as_deref() == Some("qmp_capabilities")
                 && reply.get("return").is_some()
             {
-                self.events.add(id, w.clone());
+                // Subscribe and queue the reply at once: every event after the reply
+                // reaches the client, none before it.
+                if !self
+                    .events
+                    .add(id, out.clone(), format!("{reply}\r\n").into_bytes())
+                {
+                    return Err(io::ErrorKind::BrokenPipe.into());
+                }
+            } else {
+                send(&reply)?;
             }
             if let Some(c) = cmd {
                 if reply.get("return").is_some() {
@@ -494,19 +669,47 @@ impl QmpServer {
         Value::Array(out)
     }
 
-    /// Stops accepting clients and removes the unix sockets this server created.
+    /// Stops accepting clients, disconnects the connected ones and removes the unix
+    /// sockets this server created. Never blocks on a client, and works when the
+    /// socket files or their directories are already gone.
     pub fn shutdown(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
+        {
+            let _c = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+            self.stopping.store(true, Ordering::SeqCst);
+        }
+        // shutdown(2) on a listening socket wakes a thread blocked in accept(2)
+        // (EINVAL), without needing a connection through the socket file.
+        for fd in self.listeners.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            // SAFETY: shutdown(2) on a descriptor we own.
+            unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
+        }
         for p in self
             .sockets
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .drain(..)
         {
-            // Wake the accept loop so its thread exits, then remove the socket file.
-            let _ = UnixStream::connect(&p)
-                .map(|s| s.set_read_timeout(Some(Duration::from_millis(10))));
             let _ = std::fs::remove_file(&p);
+        }
+        let clients: Vec<Arc<ClientOut>> = self
+            .clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, c)| c)
+            .collect();
+        // Replies already queued (such as `quit`'s) get a short time to go out.
+        for c in &clients {
+            c.finish();
+        }
+        let deadline = std::time::Instant::now() + SHUTDOWN_DRAIN;
+        while std::time::Instant::now() < deadline
+            && clients.iter().any(|c| !c.st().queue.is_empty())
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for c in clients {
+            c.close();
         }
         let threads: Vec<_> = self
             .threads

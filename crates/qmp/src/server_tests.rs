@@ -341,3 +341,56 @@ fn schema_references_only_types_it_defines() {
         );
     }
 }
+
+#[test]
+fn a_client_that_does_not_read_is_disconnected_and_others_carry_on() {
+    let (_d, _s, path) = start();
+    // `deaf` negotiates, then never reads again.
+    let mut deaf = negotiated(&path);
+    let mut good = negotiated(&path);
+    let text = "x".repeat(64 << 10);
+    // 200 events of 64 KiB: far past the socket buffer and MAX_CLIENT_OUTPUT. With
+    // blocking event writes under the command lock, this froze every monitor.
+    let t = std::time::Instant::now();
+    for i in 0..200 {
+        good.send_raw(&json!({"execute": "echo-back", "arguments": {"text": text}, "id": i}).to_string());
+        loop {
+            let v = good.recv();
+            if v.get("event").is_none() {
+                assert_eq!(v["id"], i, "{v}");
+                break;
+            }
+        }
+    }
+    assert!(t.elapsed() < Duration::from_secs(10));
+    // The deaf client was cut off: after what was in its socket buffer, EOF.
+    deaf.r.get_mut().set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut sink = Vec::new();
+    let r = std::io::Read::read_to_end(&mut deaf.r, &mut sink);
+    assert!(r.is_ok(), "deaf client not disconnected: {r:?}");
+    assert!(sink.len() < 200 * text.len(), "{} bytes", sink.len());
+    // A new client is served as usual.
+    let mut c = negotiated(&path);
+    assert_eq!(c.cmd(json!({"execute": "silent"})), json!({"return": {}}));
+}
+
+#[test]
+fn shutdown_ends_with_connected_clients_and_the_socket_directory_gone() {
+    let (d, s, path) = start();
+    let mut c = negotiated(&path);
+    let _idle = UnixStream::connect(&path).unwrap();
+    // Let the accept loop take the idle client and block in accept(2) again.
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::remove_dir_all(d.path()).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        s.shutdown();
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("QmpServer::shutdown hung");
+    // Connected clients are cut off, not left open.
+    c.r.get_mut().set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut line = String::new();
+    assert_eq!(c.r.read_line(&mut line).unwrap(), 0, "{line}");
+}

@@ -401,6 +401,9 @@ impl Daemon {
         };
         let server = NbdServer::start(opts, self.main_loop.handle())
             .map_err(|e| QmpError::generic(e.to_string()))?;
+        if let Some(secs) = o.handshake_max_seconds {
+            server.set_handshake_limit(std::time::Duration::from_secs(secs));
+        }
         st.nbd = Some(server);
         st.nbd_socket = sock;
         Ok(json!({}))
@@ -555,6 +558,7 @@ impl Dispatcher for Daemon {
                     ("tls-creds", "str", true),
                     ("tls-authz", "str", true),
                     ("max-connections", "int", true),
+                    ("handshake-max-seconds", "int", true),
                 ],
             },
             CommandInfo {

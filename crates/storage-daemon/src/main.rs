@@ -60,8 +60,10 @@ oxemu storage daemon: block nodes and exports, managed over QMP
 
   --nbd-server addr.type=inet,addr.host=<host>,addr.port=<port>
                [,tls-creds=<id>][,max-connections=<n>]
+               [,handshake-max-seconds=<n>]
   --nbd-server addr.type=unix,addr.path=<path>
                [,tls-creds=<id>][,max-connections=<n>]
+               [,handshake-max-seconds=<n>]
                             start an NBD server for exporting block nodes
 
   --object help             list object types that can be added
@@ -277,6 +279,12 @@ fn configure(argv: &[String], d: &Arc<Daemon>, qmp: &Arc<QmpServer>) -> Result<O
     Ok(o)
 }
 
+/// Longest clean shutdown after `quit` or the first SIGTERM/SIGINT/SIGHUP: exports are
+/// drained (clients that do not finish are cut off after
+/// [`oxemu_nbd::server::STOP_GRACE`] and twice that), nodes flushed and closed; past
+/// this time the process exits with status 1 without waiting further.
+const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(8);
+
 /// Blocks SIGTERM, SIGINT and SIGHUP in every thread (call before spawning any), so
 /// that one thread can take them with `sigwait`.
 fn block_signals() -> libc::sigset_t {
@@ -396,13 +404,37 @@ fn main() -> ExitCode {
     }
     let quit = d.quit_handle();
     std::thread::spawn(move || {
-        let mut sig = 0;
-        // SAFETY: waits for one of the signals blocked above.
-        unsafe { libc::sigwait(&sigset, &mut sig) };
-        *quit.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
-        quit.1.notify_all();
+        let mut first = true;
+        loop {
+            let mut sig = 0;
+            // SAFETY: waits for one of the signals blocked above.
+            if unsafe { libc::sigwait(&sigset, &mut sig) } != 0 {
+                continue;
+            }
+            if first {
+                // The first signal asks for a clean shutdown ...
+                first = false;
+                *quit.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
+                quit.1.notify_all();
+                continue;
+            }
+            // ... a further one forces the exit.
+            eprintln!("{PROG}: received signal {sig} again, exiting immediately");
+            // SAFETY: ends the process at once, without running other threads' code.
+            unsafe { libc::_exit(1) };
+        }
     });
     d.wait_for_quit();
+    // Shutdown is bounded: whatever keeps it from finishing, the process ends.
+    std::thread::spawn(|| {
+        std::thread::sleep(SHUTDOWN_TIMEOUT);
+        eprintln!(
+            "{PROG}: shutdown did not finish within {} s, exiting",
+            SHUTDOWN_TIMEOUT.as_secs()
+        );
+        // SAFETY: ends the process at once.
+        unsafe { libc::_exit(1) };
+    });
     qmp.shutdown();
     d.shutdown(Some(qmp.events()));
     if let Some(p) = &opts.pidfile {

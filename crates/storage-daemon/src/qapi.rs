@@ -226,9 +226,13 @@ pub struct NbdServerOptions {
     pub tls_creds: Option<String>,
     /// Authorization object (unsupported).
     pub tls_authz: Option<String>,
-    /// Connection limit (0 = unlimited).
+    /// Connection limit (0 = unlimited, the default as in QEMU).
     #[serde(default, deserialize_with = "flex_opt_u64")]
     pub max_connections: Option<u64>,
+    /// Seconds a client may take to finish the handshake (QEMU 9.1's option of the
+    /// same name; default 10, 0 = no limit).
+    #[serde(default, deserialize_with = "flex_opt_u64")]
+    pub handshake_max_seconds: Option<u64>,
 }
 
 blockdev_options! {

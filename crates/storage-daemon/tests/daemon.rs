@@ -482,4 +482,48 @@ fn x_inline_is_parsed_as_a_bool() {
     assert!(pid.exists(), "the daemon did not start");
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
+
+fn handshake_max_seconds_disconnects_idle_nbd_clients_on_both_ways_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path(), "a.img");
+    let qmp = dir.path().join("qmp.sock");
+    let nbd = dir.path().join("nbd.sock");
+    let mut args = monitor_args(&qmp);
+    args.extend([
+        "--blockdev".into(),
+        format!("driver=file,node-name=f0,filename={}", img.display()),
+        "--nbd-server".into(),
+        format!(
+            "addr.type=unix,addr.path={},max-connections=1,handshake-max-seconds=1",
+            nbd.display()
+        ),
+    ]);
+    let d = Daemon::start(&args, &[&qmp, &nbd]);
+    let idle_is_cut_off = |path: &Path| {
+        let mut s = UnixStream::connect(path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let t = Instant::now();
+        let mut b = vec![0u8; 64];
+        // The greeting, then EOF when the limit cuts the idle client off.
+        while std::io::Read::read(&mut s, &mut b).unwrap() > 0 {}
+        t.elapsed()
+    };
+    let took = idle_is_cut_off(&nbd);
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    let mut q = Qmp::unix(&qmp);
+    q.ok("nbd-server-stop", json!({}));
+    let nbd2 = dir.path().join("nbd2.sock");
+    q.ok(
+        "nbd-server-start",
+        json!({"addr": {"type": "unix", "path": nbd2.display().to_string()},
+               "handshake-max-seconds": 1}),
+    );
+    let took = idle_is_cut_off(&nbd2);
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    let (class, _) = q.err(
+        "nbd-server-start",
+        json!({"addr": {"type": "unix", "path": "/nonexistent/x"}, "handshake-max-seconds": "x"}),
+    );
+    assert_eq!(class, "GenericError");
+    assert_eq!(d.terminate(), 0);
 }

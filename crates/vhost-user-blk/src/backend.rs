@@ -35,6 +35,12 @@ use crate::request::{
 /// Largest queue the frontend may configure.
 pub const MAX_QUEUE_SIZE: usize = 1024;
 
+/// How long `GET_VRING_BASE` (stop_vring) waits for a queue's requests in flight.
+/// The ring is never handed back with requests still in flight: past this time the
+/// device is failed instead (see [`BlkBackend::is_broken`]) and the message fails,
+/// which ends the frontend connection.
+pub const STOP_VRING_TIMEOUT: Duration = Duration::from_secs(30);
+
 type Mem = GuestMemoryAtomic<GuestMemoryMmap>;
 
 /// State shared by all queues of one export.
@@ -48,6 +54,14 @@ pub struct Inner {
     mem: Mutex<Option<Mem>>,
     handlers: Mutex<Vec<Arc<VringEpollHandler<BlkBackend>>>>,
     in_flight: Vec<AtomicUsize>,
+    /// Bumped when the device is failed: requests started under an older value
+    /// never touch guest memory or the ring again when they complete.
+    generation: AtomicUsize,
+    /// The device failed (requests did not drain on stop); until the next
+    /// connection, no request is processed.
+    broken: AtomicBool,
+    /// See [`STOP_VRING_TIMEOUT`] (shorter in tests).
+    stop_timeout: Mutex<Duration>,
     /// Per queue: used entries were added since the last guest notification.
     unsignalled: Vec<AtomicBool>,
 }
@@ -98,6 +112,9 @@ impl BlkBackend {
             in_flight: (0..config.num_queues)
                 .map(|_| AtomicUsize::new(0))
                 .collect(),
+            generation: AtomicUsize::new(0),
+            broken: AtomicBool::new(false),
+            stop_timeout: Mutex::new(STOP_VRING_TIMEOUT),
             unsignalled: (0..config.num_queues)
                 .map(|_| AtomicBool::new(false))
                 .collect(),
@@ -107,6 +124,23 @@ impl BlkBackend {
     /// Sets the epoll handlers of the current connection's worker threads.
     pub(crate) fn set_handlers(&self, h: Vec<Arc<VringEpollHandler<BlkBackend>>>) {
         *self.0.handlers.lock().unwrap_or_else(|p| p.into_inner()) = h;
+    }
+
+    /// True once the device was failed because requests in flight did not finish
+    /// when the frontend stopped a ring; cleared when a new frontend connects.
+    pub fn is_broken(&self) -> bool {
+        self.0.broken.load(Ordering::SeqCst)
+    }
+
+    /// Sets how long stopping a ring waits for its requests (default
+    /// [`STOP_VRING_TIMEOUT`]).
+    pub fn set_stop_timeout(&self, t: Duration) {
+        *self.0.stop_timeout.lock().unwrap_or_else(|p| p.into_inner()) = t;
+    }
+
+    /// A new frontend connection starts with a working device.
+    pub(crate) fn reset_broken(&self) {
+        self.0.broken.store(false, Ordering::SeqCst);
     }
 
     /// Requests in flight on all queues.
@@ -142,6 +176,10 @@ impl BlkBackend {
 
     /// Pops every available chain of `vring` and starts its request.
     fn process_queue(&self, q: usize, vring: &VringRwLock, lp: &EventLoop) -> io::Result<()> {
+        if self.is_broken() {
+            // A failed device takes no requests until the frontend reconnects.
+            return Ok(());
+        }
         let Some(atomic) = self.0.mem.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
             tracing::warn!("vhost-user-blk: kick on queue {q} before the memory table");
             return Ok(());
@@ -188,11 +226,16 @@ impl BlkBackend {
                     let me = self.clone();
                     let vring = vring.clone();
                     let mem = mem.clone();
+                    let generation = self.0.generation.load(Ordering::SeqCst);
                     lp.spawn(async move {
                         let (st, written) = me.execute(&req, &mem).await;
                         tracing::trace!("vhost-user-blk: queue {q} head {head}: {:?} data {:?} -> status {st}, {written} bytes", req.op, req.data);
-                        let _ = mem.write_obj(st, GuestAddress(req.status_addr));
-                        me.complete(q, &vring, head, written + 1);
+                        if me.0.generation.load(Ordering::SeqCst) == generation {
+                            let _ = mem.write_obj(st, GuestAddress(req.status_addr));
+                            me.complete(q, &vring, head, written + 1);
+                        } else {
+                            tracing::warn!("vhost-user-blk: queue {q} head {head}: request finished after the device failed; dropped");
+                        }
                         me.0.in_flight[q].fetch_sub(1, Ordering::AcqRel);
                     });
                 }
@@ -396,11 +439,26 @@ impl VhostUserBackend for BlkBackend {
 
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
         // Requests already accepted finish before the frontend takes the ring back.
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let timeout = *self.0.stop_timeout.lock().unwrap_or_else(|p| p.into_inner());
+        let deadline = Instant::now() + timeout;
         let Some(c) = self.0.in_flight.get(queue_index as usize) else {
             return Ok(());
         };
-        while c.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        while c.load(Ordering::Acquire) > 0 {
+            if Instant::now() >= deadline {
+                // Never give the ring back with requests in flight: fail the device.
+                // Their completions are dropped (the generation changes), no new
+                // request is taken, and the error ends the frontend connection.
+                self.0.broken.store(true, Ordering::SeqCst);
+                self.0.generation.fetch_add(1, Ordering::SeqCst);
+                let n = c.load(Ordering::Acquire);
+                tracing::error!(
+                    "vhost-user-blk: queue {queue_index}: {n} requests still in flight after {timeout:?}; failing the device"
+                );
+                return Err(io::Error::other(format!(
+                    "queue {queue_index}: {n} requests still in flight after {timeout:?}; device failed"
+                )));
+            }
             std::thread::sleep(Duration::from_millis(1));
         }
         Ok(())
@@ -447,5 +505,62 @@ impl VhostUserBackend for BlkBackend {
         })??;
         self.notify_guests(vrings, thread_id);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend() -> (tempfile::TempDir, BlkBackend) {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("disk.raw");
+        std::fs::File::create(&p).unwrap().set_len(1 << 20).unwrap();
+        let node = oxemu_block::file::FileDriver::open(&oxemu_block::file::FileOptions::new(&p))
+            .unwrap();
+        let cfg = BlkConfig {
+            capacity: 1 << 20,
+            block_size: 512,
+            seg_max: 126,
+            size_max: 65536,
+            num_queues: 1,
+            writeback: true,
+            max_discard_sectors: 2048,
+        };
+        (d, BlkBackend::new(Arc::new(node), cfg, true, "t"))
+    }
+
+    #[test]
+    fn stop_vring_waits_for_requests_in_flight() {
+        let (_d, b) = backend();
+        b.0.in_flight[0].store(2, Ordering::SeqCst);
+        let b2 = b.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            b2.0.in_flight[0].fetch_sub(1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(300));
+            b2.0.in_flight[0].fetch_sub(1, Ordering::SeqCst);
+        });
+        let start = Instant::now();
+        b.stop_vring(0).unwrap();
+        assert!(start.elapsed() >= Duration::from_millis(550));
+        assert_eq!(b.in_flight(), 0);
+        assert!(!b.is_broken());
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn stop_vring_fails_the_device_instead_of_returning_a_busy_ring() {
+        let (_d, b) = backend();
+        b.set_stop_timeout(Duration::from_millis(200));
+        b.0.in_flight[0].store(1, Ordering::SeqCst);
+        let generation = b.0.generation.load(Ordering::SeqCst);
+        let e = b.stop_vring(0).unwrap_err();
+        assert!(e.to_string().contains("1 requests still in flight"), "{e}");
+        assert!(b.is_broken());
+        // Completions of requests started before the failure are dropped.
+        assert_ne!(b.0.generation.load(Ordering::SeqCst), generation);
+        b.reset_broken();
+        assert!(!b.is_broken());
     }
 }

@@ -1,7 +1,7 @@
 //! The export: a listening socket served one frontend at a time, with reconnects.
 
 use std::io;
-use std::os::unix::net::UnixStream;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -58,6 +58,9 @@ pub struct VhostUserBlkExport {
     connected: Arc<AtomicBool>,
     conn: Arc<Mutex<Option<vhost_user_backend::ShutdownHandle>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// A duplicate of the listening socket: `shutdown` shuts it down to wake the
+    /// accepting thread even when the socket file (or its directory) is gone.
+    listen_fd: OwnedFd,
 }
 
 impl std::fmt::Debug for VhostUserBlkExport {
@@ -108,6 +111,9 @@ impl VhostUserBlkExport {
                 opts.socket.display()
             ))
         })?;
+        // SAFETY: the listener's descriptor is open for the duration of this borrow.
+        let listen_fd = unsafe { BorrowedFd::borrow_raw(listener.as_raw_fd()) }
+            .try_clone_to_owned()?;
         let stopping = Arc::new(AtomicBool::new(false));
         let connected = Arc::new(AtomicBool::new(false));
         let conn = Arc::new(Mutex::new(None));
@@ -135,6 +141,8 @@ impl VhostUserBlkExport {
                         tracing::warn!("{name}: accepting a frontend failed: {e}");
                         continue;
                     }
+                    // A device failed on the previous connection works again.
+                    b.reset_broken();
                     *h.lock().unwrap_or_else(|p| p.into_inner()) = daemon.shutdown_handle();
                     c.store(true, Ordering::SeqCst);
                     if let Err(e) = daemon.wait() {
@@ -155,6 +163,7 @@ impl VhostUserBlkExport {
             connected,
             conn,
             thread: Mutex::new(Some(thread)),
+            listen_fd,
         }))
     }
 
@@ -190,10 +199,10 @@ impl BlockExport for VhostUserBlkExport {
                 h.shutdown();
             }
         }
-        // Wake a thread blocked in accept() with a connection of our own.
-        if !self.connected.load(Ordering::SeqCst) {
-            drop(UnixStream::connect(&self.opts.socket));
-        }
+        // Wake a thread blocked in accept(2): shutdown(2) on the listening socket makes
+        // it fail, with no connection through the socket file needed.
+        // SAFETY: shutdown(2) on a descriptor we own.
+        unsafe { libc::shutdown(self.listen_fd.as_raw_fd(), libc::SHUT_RDWR) };
         if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = t.join();
         }

@@ -20,6 +20,8 @@ Connection properties:
   -k, --socket=PATH         path to the unix socket
   -e, --shared=NUM          serve NUM clients at once (default '1', 0 = unlimited)
   -t, --persistent          don't exit on the last connection
+      --handshake-limit=N   limit client's handshake to N seconds (default 10,
+                            0 = no limit)
   -L, --list                list exports available from another NBD server
       --fork                fork off the server process and exit the parent
                             once the server is running
@@ -67,6 +69,8 @@ struct Args {
     format: Option<String>,
     persistent: bool,
     shared: u32,
+    /// `--handshake-limit`, seconds (0: none).
+    handshake_limit: u64,
     cache: String,
     aio: Aio,
     discard: oxemu_block::file::Discard,
@@ -102,6 +106,7 @@ fn parse_args(argv: Vec<String>) -> Result<Parsed, String> {
         format: None,
         persistent: false,
         shared: 1,
+        handshake_limit: oxemu_nbd::server::DEFAULT_HANDSHAKE_LIMIT.as_secs(),
         cache: "writeback".into(),
         aio: Aio::Threads,
         // qemu-nbd's default: trims succeed but leave the image as it is.
@@ -203,6 +208,12 @@ fn parse_args(argv: Vec<String>) -> Result<Parsed, String> {
             "-p" | "--port" => {
                 let v = value(&key)?;
                 a.port = v.parse().map_err(|_| format!("Invalid port '{v}'"))?;
+            }
+            "--handshake-limit" => {
+                let v = value(&key)?;
+                a.handshake_limit = v
+                    .parse()
+                    .map_err(|_| format!("Invalid handshake limit '{v}'"))?;
             }
             "-e" | "--shared" => {
                 let v = value(&key)?;
@@ -328,6 +339,11 @@ fn open_node(a: &Args) -> Result<Arc<dyn BlockDriver>, String> {
     }
     Ok(node)
 }
+
+/// Longest orderly shutdown after the first SIGTERM/SIGINT (or the last client's
+/// disconnect): clients are cut off after `STOP_GRACE`, given up on after twice that,
+/// then the image is flushed and closed; past this the process exits with status 1.
+const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(8);
 
 fn block_signals() -> libc::sigset_t {
     // SAFETY: plain signal-mask calls on a zero-initialised local sigset.
@@ -490,6 +506,7 @@ fn run(a: Args) -> Result<(), String> {
         )
         .map_err(|e| e.to_string())?,
     );
+    server.set_handshake_limit(std::time::Duration::from_secs(a.handshake_limit));
     server
         .add_export(
             NbdExportOptions {
@@ -546,7 +563,19 @@ fn run(a: Args) -> Result<(), String> {
         });
     }
     let _ = rx.recv();
-    server.stop_within(std::time::Duration::from_secs(2));
+    // Shutdown is bounded: if draining, flushing or closing the image does not end in
+    // time, the process exits anyway.
+    std::thread::spawn(|| {
+        std::thread::sleep(SHUTDOWN_TIMEOUT);
+        eprintln!(
+            "{}: shutdown did not finish within {} s, exiting",
+            prog(),
+            SHUTDOWN_TIMEOUT.as_secs()
+        );
+        // SAFETY: ends the process at once.
+        unsafe { libc::_exit(1) };
+    });
+    server.stop_within(oxemu_nbd::server::STOP_GRACE);
     let r = iothread
         .handle()
         .run(move || async move { node.close().await });
