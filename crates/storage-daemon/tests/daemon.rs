@@ -482,7 +482,9 @@ fn x_inline_is_parsed_as_a_bool() {
     assert!(pid.exists(), "the daemon did not start");
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
+}
 
+#[test]
 fn handshake_max_seconds_disconnects_idle_nbd_clients_on_both_ways_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let img = image(dir.path(), "a.img");
