@@ -94,7 +94,11 @@ fn big_requests_and_fallocate_use_the_ring() {
             assert!(buf.iter().all(|&b| b == i as u8));
         }
     });
-    assert_eq!(lp.ring_enters(), 0, "4 KiB reads on tmpfs went through the ring");
+    assert_eq!(
+        lp.ring_enters(),
+        0,
+        "4 KiB reads on tmpfs went through the ring"
+    );
 
     let lp = EventLoop::with_defaults().unwrap();
     lp.block_on(async {

@@ -213,7 +213,7 @@ fn flatten_json(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, Opti
 /// `=`) or it is a `json:` name; None for a plain file name.
 pub fn image_spec(name: &str) -> Result<Option<ImageSpec>, Error> {
     let pairs = if let Some(j) = name.strip_prefix("json:") {
-        let v: serde_json::Value = serde_json::from_str(j)
+        let v: serde_json::Value = oxemu_qmp::json::parse(j)
             .map_err(|e| Error::Msg(format!("Could not parse the JSON options: {e}")))?;
         let mut out = Vec::new();
         flatten_json("", &v, &mut out);

@@ -642,9 +642,8 @@ impl BlockExport for NbdExport {
         if let Some(sh) = self.shared.upgrade() {
             sh.exports().remove(&self.opts.name);
             let name = self.opts.name.clone();
-            let mine = |t: &ConnTable| {
-                !t.conns.values().any(|e| e.export.as_deref() == Some(&name))
-            };
+            let mine =
+                |t: &ConnTable| !t.conns.values().any(|e| e.export.as_deref() == Some(&name));
             let start = std::time::Instant::now();
             let how = if hard { libc::SHUT_RDWR } else { libc::SHUT_RD };
             sh.shutdown_conns(Some(&self.opts.name), how);

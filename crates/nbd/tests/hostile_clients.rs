@@ -73,7 +73,12 @@ fn handshake_limit_disconnects_idle_clients_and_frees_the_slot() {
     let d = tempfile::tempdir().unwrap();
     let img = make_image(d.path());
     // -e 1: the idle client holds the only slot until the limit cuts it off.
-    let srv = start(d.path(), false, &["-t", "-e", "1", "--handshake-limit=1"], &img);
+    let srv = start(
+        d.path(),
+        false,
+        &["-t", "-e", "1", "--handshake-limit=1"],
+        &img,
+    );
     let mut idle = srv.connect();
     read_n(&mut idle, 18);
     let t = Instant::now();
@@ -105,7 +110,8 @@ fn handshake_limit_zero_disables_it_and_bad_values_are_refused() {
     let img = make_image(d.path());
     let srv = start(d.path(), false, &["-t", "--handshake-limit=0"], &img);
     let mut idle = srv.connect();
-    idle.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+    idle.set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
     read_n(&mut idle, 18);
     let mut b = [0u8; 1];
     let r = std::io::Read::read(&mut idle, &mut b);
@@ -183,7 +189,10 @@ fn clients_that_never_read_replies_and_huge_requests_keep_memory_bounded() {
     // Old limits (128 x 1 MiB per client) let 8 such clients pin about 1 GiB. The
     // bound: about 6 MiB per deaf client (4 MiB in flight + queued replies) plus base.
     let bound = env("HOSTILE_RSS_BOUND_MIB", 160) as u64;
-    assert!(grown < bound << 10, "RSS grew by {grown} KiB (bound {bound} MiB)");
+    assert!(
+        grown < bound << 10,
+        "RSS grew by {grown} KiB (bound {bound} MiB)"
+    );
     assert!(
         during * 2 >= normal,
         "well-behaved client got {during} reads, {normal} alone"

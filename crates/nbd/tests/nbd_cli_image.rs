@@ -30,7 +30,10 @@ fn qemu_nbd(dir: &Path, args: &[&str], image: &Path) -> QemuNbd {
         .expect("spawn qemu-nbd");
     let t = Instant::now();
     while !sock.exists() {
-        assert!(t.elapsed() < Duration::from_secs(10), "qemu-nbd did not start");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "qemu-nbd did not start"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     QemuNbd(child, sock)
@@ -41,7 +44,15 @@ fn export_bytes(dir: &Path, uri: &str, tag: &str) -> Vec<u8> {
     let out = dir.join(format!("{tag}.out"));
     run_ok(
         "qemu-img",
-        &["convert", "-f", "raw", "-O", "raw", uri, out.to_str().unwrap()],
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            uri,
+            out.to_str().unwrap(),
+        ],
     );
     std::fs::read(out).unwrap()
 }
@@ -67,7 +78,10 @@ fn offset_exports_the_image_from_there_on_like_qemu_nbd() {
         assert_eq!(&a[..], &data[skip..]);
     }
     // A malformed offset is refused before serving, as by qemu-nbd.
-    let o = run(BIN, &["-o", "12x", "-k", "/nonexistent/s", img.to_str().unwrap()]);
+    let o = run(
+        BIN,
+        &["-o", "12x", "-k", "/nonexistent/s", img.to_str().unwrap()],
+    );
     assert!(!o.status.success());
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("Invalid offset '12x'"),
@@ -91,15 +105,18 @@ fn load_snapshot_exports_the_snapshot_read_only_like_qemu_nbd() {
         let a = export_bytes(d.path(), &ours.uri(""), "ours");
         let b = export_bytes(d.path(), &unix_uri(&theirs.1), "theirs");
         assert!(a == b, "snapshot {spec}: exports differ");
-        assert!(a[..1 << 20].iter().all(|&x| x == 0x11), "snapshot {spec} data");
+        assert!(
+            a[..1 << 20].iter().all(|&x| x == 0x11),
+            "snapshot {spec} data"
+        );
         assert!(a[1 << 20..].iter().all(|&x| x == 0), "snapshot {spec} tail");
         // Read-only, as qemu-nbd -l: a write is refused.
         let w = run(
             "qemu-io",
             &["-f", "raw", "-c", "write 0 512", &ours.uri("")],
         );
-        let text = String::from_utf8_lossy(&w.stdout).to_string()
-            + &String::from_utf8_lossy(&w.stderr);
+        let text =
+            String::from_utf8_lossy(&w.stdout).to_string() + &String::from_utf8_lossy(&w.stderr);
         assert!(
             !w.status.success() || text.contains("failed"),
             "write to a snapshot export was accepted: {text}"

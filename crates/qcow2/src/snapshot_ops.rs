@@ -538,7 +538,10 @@ impl crate::Image {
             _ => e.to_string(),
         };
         match q.snapshot_load_tmp(id, name).await {
-            Err(e) if matches!(r, SnapshotRef::IdOrName(_)) && e.raw_os_error() == Some(libc::ENOENT) => {
+            Err(e)
+                if matches!(r, SnapshotRef::IdOrName(_))
+                    && e.raw_os_error() == Some(libc::ENOENT) =>
+            {
                 q.snapshot_load_tmp(None, id).await.map_err(msg)
             }
             res => res.map_err(msg),

@@ -16,7 +16,8 @@ pub enum Frame {
 pub struct Framer {
     buf: Vec<u8>,
     depth: usize,
-    in_string: bool,
+    /// The quote that opened the string being read (QEMU accepts `'` and `"`).
+    in_string: Option<u8>,
     escape: bool,
     max: usize,
 }
@@ -27,7 +28,7 @@ impl Framer {
         Framer {
             buf: Vec::new(),
             depth: 0,
-            in_string: false,
+            in_string: None,
             escape: false,
             max,
         }
@@ -38,23 +39,23 @@ impl Framer {
     /// for the bytes of that call.
     pub fn push(&mut self, bytes: &[u8], out: &mut Vec<Frame>) {
         for &b in bytes {
-            if self.in_string {
+            if let Some(quote) = self.in_string {
                 self.buf.push(b);
                 if self.escape {
                     self.escape = false;
                 } else if b == b'\\' {
                     self.escape = true;
-                } else if b == b'"' {
-                    self.in_string = false;
+                } else if b == quote {
+                    self.in_string = None;
                     if self.depth == 0 {
                         self.emit(out);
                     }
                 }
             } else {
                 match b {
-                    b'"' => {
+                    b'"' | b'\'' => {
                         self.buf.push(b);
-                        self.in_string = true;
+                        self.in_string = Some(b);
                     }
                     b'{' | b'[' => {
                         self.buf.push(b);
@@ -120,6 +121,14 @@ mod tests {
     #[test]
     fn escaped_quotes_do_not_end_strings() {
         assert_eq!(split(&["{\"a\":\"x\\\"}\"}"]), ["{\"a\":\"x\\\"}\"}"]);
+    }
+
+    #[test]
+    fn single_quoted_strings_hide_brackets_and_double_quotes() {
+        assert_eq!(
+            split(&["{'a':'}\"{'}{'b':'x\\'}'}"]),
+            ["{'a':'}\"{'}", "{'b':'x\\'}'}"]
+        );
     }
 
     #[test]

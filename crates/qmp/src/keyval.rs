@@ -38,7 +38,7 @@ pub enum KeyvalError {
 /// `implied` names the key of a leading element without `=`.
 pub fn parse_option(s: &str, implied: Option<&str>) -> Result<Value, KeyvalError> {
     if s.trim_start().starts_with('{') {
-        let v: Value = serde_json::from_str(s).map_err(|e| KeyvalError::Json(e.to_string()))?;
+        let v: Value = crate::json::parse(s).map_err(|e| KeyvalError::Json(e.to_string()))?;
         return if v.is_object() {
             Ok(v)
         } else {

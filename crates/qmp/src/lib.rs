@@ -5,6 +5,8 @@
 //!   timestamped events broadcast to every negotiated client).
 //! - [`keyval`]: `key=value,a.b=c` and JSON option strings, parsed into the same JSON
 //!   values that QMP commands receive, so one typed structure serves both.
+//! - [`json`]: QEMU's JSON dialect (strings may be single-quoted), used for QMP input,
+//!   `json:` file names and JSON option arguments.
 //! - [`args`]: turning those JSON values into typed structures with QEMU's error texts.
 
 #![warn(missing_docs)]
@@ -12,6 +14,7 @@
 pub mod args;
 pub mod error;
 pub mod framing;
+pub mod json;
 pub mod keyval;
 pub mod server;
 

@@ -410,12 +410,7 @@ impl QmpServer {
     }
 
     /// Serves one client until it disconnects.
-    fn serve(
-        &self,
-        id: u64,
-        r: Box<dyn Read + Send>,
-        out: &Arc<ClientOut>,
-    ) -> io::Result<()> {
+    fn serve(&self, id: u64, r: Box<dyn Read + Send>, out: &Arc<ClientOut>) -> io::Result<()> {
         let send = |v: &Value| -> io::Result<()> {
             if out.push(format!("{v}\r\n").into_bytes()) {
                 Ok(())
@@ -448,7 +443,7 @@ impl QmpServer {
                     return Ok(());
                 }
             };
-            let req = match serde_json::from_slice::<Value>(&text) {
+            let req = match crate::json::parse_slice(&text) {
                 Ok(v) => v,
                 Err(e) => {
                     // As in QEMU, a syntax error costs one reply; the stream goes on.
@@ -679,7 +674,12 @@ impl QmpServer {
         }
         // shutdown(2) on a listening socket wakes a thread blocked in accept(2)
         // (EINVAL), without needing a connection through the socket file.
-        for fd in self.listeners.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for fd in self
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
             // SAFETY: shutdown(2) on a descriptor we own.
             unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
         }

@@ -353,7 +353,9 @@ fn a_client_that_does_not_read_is_disconnected_and_others_carry_on() {
     // blocking event writes under the command lock, this froze every monitor.
     let t = std::time::Instant::now();
     for i in 0..200 {
-        good.send_raw(&json!({"execute": "echo-back", "arguments": {"text": text}, "id": i}).to_string());
+        good.send_raw(
+            &json!({"execute": "echo-back", "arguments": {"text": text}, "id": i}).to_string(),
+        );
         loop {
             let v = good.recv();
             if v.get("event").is_none() {
@@ -364,7 +366,10 @@ fn a_client_that_does_not_read_is_disconnected_and_others_carry_on() {
     }
     assert!(t.elapsed() < Duration::from_secs(10));
     // The deaf client was cut off: after what was in its socket buffer, EOF.
-    deaf.r.get_mut().set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    deaf.r
+        .get_mut()
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     let mut sink = Vec::new();
     let r = std::io::Read::read_to_end(&mut deaf.r, &mut sink);
     assert!(r.is_ok(), "deaf client not disconnected: {r:?}");
@@ -390,7 +395,9 @@ fn shutdown_ends_with_connected_clients_and_the_socket_directory_gone() {
     rx.recv_timeout(Duration::from_secs(5))
         .expect("QmpServer::shutdown hung");
     // Connected clients are cut off, not left open.
-    c.r.get_mut().set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    c.r.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
     let mut line = String::new();
     assert_eq!(c.r.read_line(&mut line).unwrap(), 0, "{line}");
 }

@@ -461,7 +461,10 @@ fn sigterm_flushes_and_removes_sockets_and_pidfile() {
 fn x_inline_is_parsed_as_a_bool() {
     let dir = tempfile::tempdir().unwrap();
     let img = image(dir.path(), "a.img");
-    let bad = format!("driver=file,node-name=f,filename={},x-inline=maybe", img.display());
+    let bad = format!(
+        "driver=file,node-name=f,filename={},x-inline=maybe",
+        img.display()
+    );
     let out = run(BIN, &["--blockdev", &bad]);
     assert_eq!(out.status.code(), Some(1));
     let m = message(&out);
@@ -469,7 +472,10 @@ fn x_inline_is_parsed_as_a_bool() {
     // A good value is accepted: the daemon starts (it writes its pidfile once every
     // option has been applied) and stops cleanly on SIGTERM.
     let pid = dir.path().join("pid");
-    let good = format!("driver=file,node-name=f,filename={},x-inline=off", img.display());
+    let good = format!(
+        "driver=file,node-name=f,filename={},x-inline=off",
+        img.display()
+    );
     let mut child = std::process::Command::new(BIN)
         .args(["--blockdev", &good, "--pidfile", pid.to_str().unwrap()])
         .spawn()

@@ -70,7 +70,9 @@ fn req(ty: u16, cookie: u64, offset: u64, len: u64) -> Vec<u8> {
 
 /// A client that reads 64 KiB at depth 8 until the connection ends.
 fn reader(sock: &Path, stop: Arc<AtomicBool>) {
-    let Some(mut s) = nbd_connect(sock) else { return };
+    let Some(mut s) = nbd_connect(sock) else {
+        return;
+    };
     let mut buf = vec![0u8; 16 + (64 << 10)];
     let mut cookie = 0u64;
     while !stop.load(Ordering::Relaxed) {
@@ -115,8 +117,7 @@ fn deaf_qmp(sock: &Path) -> Option<UnixStream> {
     s.write_all(b"{\"execute\":\"qmp_capabilities\"}\n").ok()?;
     s.set_nonblocking(true).ok()?;
     for _ in 0..200 {
-        if s
-            .write_all(b"{\"execute\":\"query-qmp-schema\"}\n")
+        if s.write_all(b"{\"execute\":\"query-qmp-schema\"}\n")
             .is_err()
         {
             break;
@@ -135,7 +136,10 @@ fn one_run(base: &Path, img: &Path, i: usize) -> Duration {
     let child = Command::new(BIN)
         .args([
             "--blockdev".into(),
-            format!("driver=file,node-name=f0,filename={},aio=io_uring", img.display()),
+            format!(
+                "driver=file,node-name=f0,filename={},aio=io_uring",
+                img.display()
+            ),
             "--nbd-server".into(),
             format!("addr.type=unix,addr.path={}", nbd.display()),
             "--export".into(),

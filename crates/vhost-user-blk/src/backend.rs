@@ -135,7 +135,11 @@ impl BlkBackend {
     /// Sets how long stopping a ring waits for its requests (default
     /// [`STOP_VRING_TIMEOUT`]).
     pub fn set_stop_timeout(&self, t: Duration) {
-        *self.0.stop_timeout.lock().unwrap_or_else(|p| p.into_inner()) = t;
+        *self
+            .0
+            .stop_timeout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = t;
     }
 
     /// A new frontend connection starts with a working device.
@@ -439,7 +443,11 @@ impl VhostUserBackend for BlkBackend {
 
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
         // Requests already accepted finish before the frontend takes the ring back.
-        let timeout = *self.0.stop_timeout.lock().unwrap_or_else(|p| p.into_inner());
+        let timeout = *self
+            .0
+            .stop_timeout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let deadline = Instant::now() + timeout;
         let Some(c) = self.0.in_flight.get(queue_index as usize) else {
             return Ok(());
@@ -516,8 +524,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("disk.raw");
         std::fs::File::create(&p).unwrap().set_len(1 << 20).unwrap();
-        let node = oxemu_block::file::FileDriver::open(&oxemu_block::file::FileOptions::new(&p))
-            .unwrap();
+        let node =
+            oxemu_block::file::FileDriver::open(&oxemu_block::file::FileOptions::new(&p)).unwrap();
         let cfg = BlkConfig {
             capacity: 1 << 20,
             block_size: 512,

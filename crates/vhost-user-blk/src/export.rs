@@ -112,8 +112,8 @@ impl VhostUserBlkExport {
             ))
         })?;
         // SAFETY: the listener's descriptor is open for the duration of this borrow.
-        let listen_fd = unsafe { BorrowedFd::borrow_raw(listener.as_raw_fd()) }
-            .try_clone_to_owned()?;
+        let listen_fd =
+            unsafe { BorrowedFd::borrow_raw(listener.as_raw_fd()) }.try_clone_to_owned()?;
         let stopping = Arc::new(AtomicBool::new(false));
         let connected = Arc::new(AtomicBool::new(false));
         let conn = Arc::new(Mutex::new(None));

@@ -546,7 +546,10 @@ fn run(a: Args) -> Result<(), String> {
                     continue;
                 }
                 // ... a further one forces the exit.
-                eprintln!("{}: received signal {sig} again, exiting immediately", prog());
+                eprintln!(
+                    "{}: received signal {sig} again, exiting immediately",
+                    prog()
+                );
                 for p in [&socket, &pid_file].into_iter().flatten() {
                     let _ = std::fs::remove_file(p);
                 }
