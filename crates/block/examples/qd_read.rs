@@ -5,7 +5,7 @@
 use std::rc::Rc;
 use std::time::Instant;
 
-use oxemu_block::aio::spawn_local;
+use oxemu_aio::spawn_local;
 use oxemu_block::{AlignedBuf, BlockDriverExt, EventLoop, FileDriver, FileOptions};
 
 fn main() {

@@ -2,7 +2,7 @@
 //! (`raw`, `qcow2`) and exports (vhost-user-blk, NBD) meet at.
 //!
 //! A [`BlockDriver`] is one node of QEMU's block graph. Its methods are `async` and run
-//! on the calling thread's [`EventLoop`](crate::aio::EventLoop): the returned futures
+//! on the calling thread's [`EventLoop`](oxemu_aio::EventLoop): the returned futures
 //! are not `Send`, but the driver object itself is `Send + Sync` so that several
 //! IoThreads can share a node (one per export queue, say). Errors are
 //! `std::io::Error`s; I/O failures carry the errno (`raw_os_error()`), and malformed

@@ -580,7 +580,7 @@ impl BlockDriver for FileDriver {
 
 impl Drop for FileDriver {
     fn drop(&mut self) {
-        engine::uring::file_closed(self.id);
+        oxemu_aio::file_closed(self.id);
     }
 }
 

@@ -4,13 +4,10 @@
 //!   (`raw`, `qcow2`) and exports (vhost-user-blk, NBD) build on.
 //! - [`mod@file`]: the `file` protocol driver for regular files and block devices.
 //! - [`engine`]: the AIO engines behind `aio=threads|native|io_uring`.
-//! - [`aio`]: the per-thread event loop (QEMU's AioContext) built on one io_uring ring
-//!   that watches disk I/O, sockets, eventfds and timers together, and [`IoThread`]s.
 //! - [`export`]: the trait that block exports implement for the storage daemon.
 
 #![warn(missing_docs)]
 
-pub mod aio;
 pub mod buffer;
 pub mod driver;
 pub mod engine;
@@ -21,7 +18,6 @@ pub mod lock;
 pub mod raw;
 pub mod size;
 
-pub use aio::{EventLoop, EventLoopConfig, IoThread, IoThreadHandle};
 pub use buffer::AlignedBuf;
 pub use driver::{
     BlockDriver, BlockDriverExt, BlockResult, BlockStatus, NodeInfo, WriteFlags, ZeroFlags,
@@ -29,3 +25,5 @@ pub use driver::{
 pub use engine::Aio;
 pub use file::{FileDriver, FileOptions};
 pub use iovec::{IoVec, IoVecMut};
+/// The event loop that runs this crate's futures (from `oxemu-aio`).
+pub use oxemu_aio::{EventLoop, EventLoopConfig, IoThread, IoThreadHandle};

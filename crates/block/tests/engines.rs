@@ -6,7 +6,7 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use oxemu_block::aio::spawn_local;
+use oxemu_aio::spawn_local;
 use oxemu_block::file::{FileDriver, FileOptions};
 use oxemu_block::raw::RawFormat;
 use oxemu_block::{

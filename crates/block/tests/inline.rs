@@ -7,7 +7,7 @@ use std::io::Write;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use oxemu_block::aio::{sleep, spawn_local};
+use oxemu_aio::{sleep, spawn_local};
 use oxemu_block::file::{Discard, FileDriver, FileOptions};
 use oxemu_block::{Aio, BlockDriver, BlockDriverExt, EventLoop, ZeroFlags};
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::Waker;
 use std::time::Instant;
 
-use oxemu_block::aio::spawn_local;
+use oxemu_aio::spawn_local;
 use oxemu_block::{
     Aio, AlignedBuf, BlockDriver, EventLoop, EventLoopConfig, IoVec, IoVecMut, WriteFlags,
 };

@@ -13,7 +13,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use futures::channel::oneshot;
-use oxemu_block::aio::{run_blocking, spawn_local};
+use oxemu_aio::{run_blocking, spawn_local};
 use oxemu_block::buffer::is_zero as is_zero_buf;
 use oxemu_block::{AlignedBuf, BlockDriver, BlockDriverExt, FileDriver};
 

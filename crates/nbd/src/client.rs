@@ -36,7 +36,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 
 use async_trait::async_trait;
-use oxemu_block::aio::net::Async;
+use oxemu_aio::net::Async;
 use oxemu_block::{
     BlockDriver, BlockResult, BlockStatus, IoVec, IoVecMut, NodeInfo, WriteFlags, ZeroFlags,
 };

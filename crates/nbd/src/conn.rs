@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 
-use oxemu_block::aio::spawn_local;
+use oxemu_aio::spawn_local;
 use oxemu_block::{AlignedBuf, BlockDriver, BlockStatus, IoVec, IoVecMut, WriteFlags, ZeroFlags};
 
 use crate::handshake::{
@@ -184,7 +184,7 @@ impl Conn {
         }
         self.writing.set(true);
         if self.in_flight.get() > 1 {
-            oxemu_block::aio::yield_now().await;
+            oxemu_aio::yield_now().await;
         }
         let mut spare = Vec::new();
         loop {

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use oxemu_block::aio::net::Async;
+use oxemu_aio::net::Async;
 use oxemu_block::export::BlockExport;
 use oxemu_block::{BlockDriver, IoThreadHandle};
 use rustls::ServerConfig;
@@ -469,7 +469,7 @@ async fn wait_for_slot(sh: &ServerShared) {
         && sh.active() >= sh.max_connections as usize
         && !sh.stopping.load(Ordering::SeqCst)
     {
-        oxemu_block::aio::sleep(Duration::from_millis(5)).await;
+        oxemu_aio::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -483,10 +483,10 @@ fn start_conn(sh: &Arc<ServerShared>, sock: Sock, fd: io::Result<OwnedFd>) {
     let id = sh.register(fd);
     let limit = sh.handshake_ms.load(Ordering::SeqCst);
     if limit > 0 {
-        oxemu_block::aio::spawn_local(handshake_timer(sh.clone(), id, limit));
+        oxemu_aio::spawn_local(handshake_timer(sh.clone(), id, limit));
     }
     let sh = sh.clone();
-    oxemu_block::aio::spawn_local(async move {
+    oxemu_aio::spawn_local(async move {
         crate::conn::serve(sh.clone(), Stream::new(sock), id).await;
         sh.closed(id);
     });
@@ -498,7 +498,7 @@ async fn handshake_timer(sh: Arc<ServerShared>, id: u64, limit_ms: u64) {
     let start = std::time::Instant::now();
     loop {
         let left = Duration::from_millis(limit_ms).saturating_sub(start.elapsed());
-        oxemu_block::aio::sleep(left.min(Duration::from_millis(100))).await;
+        oxemu_aio::sleep(left.min(Duration::from_millis(100))).await;
         if sh.stopping.load(Ordering::SeqCst) {
             return;
         }

@@ -12,7 +12,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
-use oxemu_block::aio::net::Async;
+use oxemu_aio::net::Async;
 use rustls::{ServerConfig, ServerConnection};
 
 /// The socket under a connection.
@@ -33,13 +33,13 @@ impl Sock {
     }
 
     async fn readable(&self) -> io::Result<()> {
-        oxemu_block::aio::poll_fd(self.fd(), libc::POLLIN)
+        oxemu_aio::poll_fd(self.fd(), libc::POLLIN)
             .await
             .map(|_| ())
     }
 
     async fn writable(&self) -> io::Result<()> {
-        oxemu_block::aio::poll_fd(self.fd(), libc::POLLOUT)
+        oxemu_aio::poll_fd(self.fd(), libc::POLLOUT)
             .await
             .map(|_| ())
     }

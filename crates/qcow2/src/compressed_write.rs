@@ -24,7 +24,7 @@ impl Qcow2 {
     pub async fn write_compressed(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         let c = self.compressor();
         let owned = data.to_vec();
-        let packed = oxemu_block::aio::run_blocking(move || c.compress(&owned)).await??;
+        let packed = oxemu_aio::run_blocking(move || c.compress(&owned)).await??;
         self.write_compressed_prepared(offset, data, packed).await
     }
 

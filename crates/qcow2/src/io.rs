@@ -109,7 +109,7 @@ impl Qcow2 {
                 // Inflate on the CPU worker pool, so that several clusters (from
                 // concurrent requests) decompress in parallel off the event loop.
                 let kind = self.compression;
-                let d = oxemu_block::aio::run_blocking(move || {
+                let d = oxemu_aio::run_blocking(move || {
                     let mut d = vec![0u8; cs as usize];
                     compress::decompress(kind, &c, &mut d, host).map(|()| d)
                 })

@@ -139,7 +139,7 @@ pub(crate) async fn execute(aio: Aio, t: Target, req: Req<'_>) -> i64 {
                 done
             });
             if batch_done {
-                crate::aio::yield_to_ring().await;
+                oxemu_aio::yield_to_ring().await;
             }
             r
         }

@@ -1,15 +1,30 @@
-//! The per-thread event loop (QEMU's AioContext) and IoThreads.
+//! oxemu's event loop (QEMU's AioContext), IoThreads, async sockets and the blocking
+//! thread pool, shared by the block layer, the exports and the machine.
 //!
 //! An [`EventLoop`] couples a single-threaded executor with an io_uring
 //! reactor. Everything a thread waits for goes through its ring: disk I/O of
-//! the `io_uring` engine, readiness of sockets and eventfds ([`poll_fd`]), timers
-//! ([`sleep`]) and wake-ups from other threads (an eventfd watched by the same ring).
-//! One `io_uring_enter` per loop turn submits the batch of requests that the turn's
-//! tasks produced and collects completions. The `threads` and `native` engines
-//! complete into the loop through eventfds watched by the ring.
+//! the block layer's `io_uring` engine ([`uring_op`]), readiness of sockets and
+//! eventfds ([`poll_fd`]), timers ([`sleep`]) and wake-ups from other threads (an
+//! eventfd watched by the same ring). One `io_uring_enter` per loop turn submits the
+//! batch of requests that the turn's tasks produced and collects completions. Work
+//! that must not block the loop goes to [`run_blocking`]'s thread pool and completes
+//! into the loop.
 //!
 //! Loops are entered with [`EventLoop::block_on`] or [`EventLoop::run`]; inside, the
 //! free functions ([`spawn_local`], [`poll_fd`], [`sleep`]) act on the current loop.
+//!
+//! ```
+//! use std::time::Duration;
+//! let lp = oxemu_aio::EventLoop::with_defaults().unwrap();
+//! let v = lp.block_on(async {
+//!     let t = oxemu_aio::spawn_local(async { 20 + 1 });
+//!     oxemu_aio::sleep(Duration::from_millis(1)).await;
+//!     t.await * 2
+//! });
+//! assert_eq!(v, 42);
+//! ```
+
+#![warn(missing_docs)]
 
 pub mod blocking;
 mod executor;
@@ -23,11 +38,15 @@ use std::io;
 use std::os::fd::RawFd;
 use std::pin::pin;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use io_uring::{opcode, types};
+
+/// The io_uring crate this loop's ring comes from, for building SQEs for [`uring_op`].
+pub use io_uring;
 
 pub use blocking::run_blocking;
 pub use executor::JoinHandle;
@@ -62,8 +81,8 @@ impl Default for EventLoopConfig {
     }
 }
 
-pub(crate) struct LoopInner {
-    pub(crate) reactor: Reactor,
+struct LoopInner {
+    reactor: Reactor,
     executor: Executor,
     /// Callbacks run once per turn after tasks ran and before the loop waits (the
     /// Linux AIO engine flushes its batched `io_submit` here).
@@ -81,11 +100,11 @@ thread_local! {
 
 /// The loop the calling thread is running. Panics outside a loop: every block-layer
 /// future must be polled by an [`EventLoop`].
-pub(crate) fn current() -> Rc<LoopInner> {
-    try_current().expect("oxemu-block futures must run inside an EventLoop")
+fn current() -> Rc<LoopInner> {
+    try_current().expect("oxemu-aio futures must run inside an EventLoop")
 }
 
-pub(crate) fn try_current() -> Option<Rc<LoopInner>> {
+fn try_current() -> Option<Rc<LoopInner>> {
     CURRENT.try_with(|c| c.borrow().clone()).ok().flatten()
 }
 
@@ -264,10 +283,7 @@ impl LoopInner {
     fn turn(&self, may_block: bool) {
         self.ensure_kick_armed();
         self.closed_gen
-            .set(crate::engine::uring::forget_closed_files(
-                self,
-                self.closed_gen.get(),
-            ));
+            .set(forget_closed_files(self, self.closed_gen.get()));
         self.executor.run_ready();
         for hook in self.pre_wait.borrow().iter() {
             hook();
@@ -299,7 +315,7 @@ impl LoopInner {
     }
 
     /// Registers a callback run once per turn before the loop waits.
-    pub(crate) fn add_pre_wait_hook(&self, f: Box<dyn Fn()>) {
+    fn add_pre_wait_hook(&self, f: Box<dyn Fn()>) {
         self.pre_wait.borrow_mut().push(f);
     }
 }
@@ -359,20 +375,66 @@ pub async fn yield_to_ring() {
     yield_now().await
 }
 
-/// Registers a callback run once per turn of the current loop before it waits.
-pub(crate) fn add_pre_wait_hook(f: Box<dyn Fn()>) {
+/// Registers a callback run once per turn of the current loop, after its tasks ran and
+/// before it waits (the Linux AIO engine flushes its batched `io_submit` here). Panics
+/// outside an event loop.
+pub fn add_pre_wait_hook(f: Box<dyn Fn()>) {
     current().add_pre_wait_hook(f);
 }
 
-/// Runs an SQE on the current loop's ring. `buffered`: the SQE references caller
-/// memory, so dropping the future early waits for the kernel to finish with it.
-pub(crate) async fn uring_op(sqe: io_uring::squeue::Entry, buffered: bool) -> i32 {
+/// Runs an SQE on the current loop's ring and returns its result (a negative errno on
+/// failure). `buffered`: the SQE references caller memory, so dropping the future
+/// early waits for the kernel to finish with it. Panics outside an event loop.
+pub async fn uring_op(sqe: io_uring::squeue::Entry, buffered: bool) -> i32 {
     let kind = if buffered {
         OpKind::Buffered
     } else {
         OpKind::Unbuffered
     };
     UringOp::new(sqe, kind).await
+}
+
+/// The fixed-file index of file `file_id` (open as `fd`) in the current loop's ring,
+/// registering it on first use; None when the loop does not register files or its
+/// table is full (then use the plain fd). Panics outside an event loop.
+pub fn fixed_file(file_id: u64, fd: RawFd) -> Option<u32> {
+    current().reactor.fixed_file(file_id, fd)
+}
+
+/// The index of the buffer registered with [`EventLoop::register_buffers`] that holds
+/// all of `ptr..ptr+len`, for `READ_FIXED`/`WRITE_FIXED`. Panics outside an event loop.
+pub fn fixed_buffer(ptr: *const u8, len: usize) -> Option<u16> {
+    current().reactor.fixed_buffer(ptr, len)
+}
+
+/// Ids of closed files, for loops on other threads to drop their registrations.
+static CLOSED: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+/// Bumped whenever a file is closed.
+static CLOSED_GEN: AtomicU64 = AtomicU64::new(0);
+
+/// Records that file `file_id` (as passed to [`fixed_file`]) was closed: the calling
+/// thread's loop forgets its registration now, other loops on their next turn.
+pub fn file_closed(file_id: u64) {
+    if let Some(lp) = try_current() {
+        lp.reactor.forget_file(file_id);
+    }
+    CLOSED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(file_id);
+    CLOSED_GEN.fetch_add(1, Ordering::Release);
+}
+
+/// Drops the loop's registrations of files closed since generation `seen`; returns
+/// the new generation.
+fn forget_closed_files(lp: &LoopInner, seen: u64) -> u64 {
+    let now = CLOSED_GEN.load(Ordering::Acquire);
+    if now != seen {
+        for &id in CLOSED.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            lp.reactor.forget_file(id);
+        }
+    }
+    now
 }
 
 #[cfg(test)]

@@ -133,7 +133,7 @@ pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aio::{spawn_local, EventLoop};
+    use crate::{spawn_local, EventLoop};
     use std::os::unix::net::UnixStream;
 
     #[test]
