@@ -6,7 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use oxemu_qmp::framing::{Frame, Framer};
-use oxemu_qmp::keyval::parse_option;
+use oxemu_opts::keyval::parse_option;
 
 fuzz_target!(|data: &[u8]| {
     let mut framer = Framer::new(4096);
@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
     for f in frames {
         if let Frame::Text(t) = f {
             assert!(t.len() <= 4097);
-            let _ = oxemu_qmp::json::parse_slice(&t);
+            let _ = oxemu_opts::json::parse_slice(&t);
         }
     }
     if let Ok(s) = std::str::from_utf8(data) {

@@ -16,7 +16,6 @@ pub mod file;
 pub mod iovec;
 pub mod lock;
 pub mod raw;
-pub mod size;
 
 pub use buffer::AlignedBuf;
 pub use driver::{

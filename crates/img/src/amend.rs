@@ -6,11 +6,11 @@ use std::path::Path;
 
 use oxemu_qcow2::AmendOptions;
 
-use crate::args::{opt, parse, Opt};
 use crate::image::{self, OpenOpts};
 use crate::map::event_loop;
 use crate::opts;
 use crate::Error;
+use oxemu_opts::getopt::{opt, parse, Opt};
 
 const SPEC: &[Opt] = &[
     opt(Some('f'), None, true),
@@ -95,7 +95,7 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
     if ostrs.is_empty() {
         return Err(Error::Usage("Must specify options (-o)".into()));
     }
-    let help = opts::wants_help(&ostrs);
+    let help = oxemu_opts::wants_help(&ostrs);
     if let (Some(f), true) = (p.get("f"), help) {
         return print_help(f);
     }

@@ -14,9 +14,9 @@ use oxemu_block::{
     Aio, AlignedBuf, BlockDriver, EventLoop, EventLoopConfig, IoVec, IoVecMut, WriteFlags,
 };
 
-use crate::args::{opt, parse, Opt, Parsed};
 use crate::image::{self, OpenOpts};
 use crate::Error;
+use oxemu_opts::getopt::{opt, parse, Opt, Parsed};
 
 const SPEC: &[Opt] = &[
     opt(Some('c'), None, true),
@@ -57,7 +57,7 @@ struct Params {
 fn number(p: &Parsed, key: &str, what: &str, default: u64) -> Result<u64, Error> {
     match p.get(key) {
         None => Ok(default),
-        Some(s) => oxemu_block::size::parse_size(s)
+        Some(s) => oxemu_opts::size::parse_size(s)
             .ok()
             .filter(|_| !s.starts_with('-'))
             .ok_or_else(|| Error::Msg(format!("Invalid {what} specified: '{s}'"))),

@@ -11,9 +11,9 @@ use oxemu_block::BlockDriver;
 use oxemu_qcow2::bitmaps::FLAG_AUTO;
 use oxemu_qcow2::{BitmapData, Qcow2, Qcow2OpenOptions};
 
-use crate::args::{opt, parse, Opt};
 use crate::map::event_loop;
 use crate::Error;
+use oxemu_opts::getopt::{opt, parse, Opt};
 
 const SPEC: &[Opt] = &[
     opt(Some('b'), None, true),

@@ -5,9 +5,9 @@ use std::path::Path;
 
 use oxemu_qcow2::{CheckReport, Repair};
 
-use crate::args::{opt, parse, Opt};
 use crate::image::{self, Cache, OpenOpts};
 use crate::Error;
+use oxemu_opts::getopt::{opt, parse, Opt};
 
 const SPEC: &[Opt] = &[
     opt(Some('f'), None, true),

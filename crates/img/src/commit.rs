@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use oxemu_block::{AlignedBuf, BlockDriver, BlockDriverExt, ZeroFlags};
 
-use crate::args::{opt, parse, Opt};
 use crate::image::{self, Image, OpenOpts};
 use crate::progress::Progress;
 use crate::Error;
+use oxemu_opts::getopt::{opt, parse, Opt};
 
 const SPEC: &[Opt] = &[
     opt(Some('f'), None, true),

@@ -17,11 +17,11 @@ use oxemu_aio::{run_blocking, spawn_local};
 use oxemu_block::buffer::is_zero as is_zero_buf;
 use oxemu_block::{AlignedBuf, BlockDriver, BlockDriverExt, FileDriver};
 
-use crate::args::{opt, parse, Opt};
 use crate::image::{self, OpenOpts};
 use crate::map::event_loop;
 use crate::progress::Progress;
 use crate::Error;
+use oxemu_opts::getopt::{opt, parse, Opt};
 
 const CONVERT_SPEC: &[Opt] = &[
     opt(Some('f'), None, true),
@@ -57,7 +57,7 @@ pub fn run_convert(argv: &[String]) -> Result<(), Error> {
         .filter(|(k, _)| k == "o")
         .map(|(_, v)| v.as_str())
         .collect();
-    if crate::opts::wants_help(&ostrs) {
+    if oxemu_opts::wants_help(&ostrs) {
         return crate::opts::print_create_help(p.get("O").unwrap_or("raw"), p.args.len() >= 2);
     }
     let [src, dst] = p.args.as_slice() else {
@@ -74,7 +74,7 @@ pub fn run_convert(argv: &[String]) -> Result<(), Error> {
         p.opts
             .iter()
             .filter(|(k, _)| k == "o")
-            .flat_map(|(_, v)| oxemu_qmp::keyval::split_elements(v))
+            .flat_map(|(_, v)| oxemu_opts::keyval::split_elements(v))
             .filter_map(|kv| {
                 kv.split_once('=')
                     .map(|(k, v)| (k.to_string(), v.to_string()))

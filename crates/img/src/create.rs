@@ -3,10 +3,10 @@
 use std::path::Path;
 
 use oxemu_block::file::FileDriver;
-use oxemu_block::size::{parse_size, SizeError};
+use oxemu_opts::size::{parse_size, SizeError};
 
-use crate::args::{opt, parse, Opt};
 use crate::Error;
+use oxemu_opts::getopt::{opt, parse, Opt};
 
 const SPEC: &[Opt] = &[
     opt(Some('f'), None, true),
@@ -39,7 +39,7 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
         .filter(|(k, _)| k == "o")
         .map(|(_, v)| v.as_str())
         .collect();
-    if crate::opts::wants_help(&ostrs) {
+    if oxemu_opts::wants_help(&ostrs) {
         return crate::opts::print_create_help(fmt, !p.args.is_empty());
     }
     let (file, size) = match p.args.as_slice() {
@@ -78,12 +78,11 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
             .collect();
         return crate::encryption::create(file, size, &opts, p.has("q"));
     }
-    for o in p
-        .opts
+    let elems: Vec<String> = ostrs
         .iter()
-        .filter(|(k, _)| k == "o")
-        .flat_map(|(_, v)| v.split(','))
-    {
+        .flat_map(|v| oxemu_opts::keyval::split_elements(v))
+        .collect();
+    for o in elems.iter().map(String::as_str) {
         match o.split_once('=') {
             Some(("size", v)) => size = Some(image_size(v)?),
             Some(("preallocation", v @ "off")) => {

@@ -105,10 +105,13 @@ pub fn run(
     // Options QEMU shows in "Formatting" only when given, with the value as given.
     let mut given = std::collections::HashMap::new();
     let mut hints = crate::file_hints::FileHints::default();
-    for kv in opts.iter().flat_map(|o| o.split(',')) {
-        apply(file, &mut c, &mut size, &mut hints, kv)?;
+    for kv in opts
+        .iter()
+        .flat_map(|o| oxemu_opts::keyval::split_elements(o))
+    {
+        apply(file, &mut c, &mut size, &mut hints, &kv)?;
         if let Some((k @ ("preallocation" | "compat"), v)) = kv.split_once('=') {
-            given.insert(k, v);
+            given.insert(k.to_string(), v.to_string());
         }
     }
     let cs = c.cluster_size;

@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use oxemu_block::file::FileDriver;
-use oxemu_block::size::{parse_size, SizeError};
 use oxemu_block::BlockDriverExt;
+use oxemu_opts::size::{parse_size, SizeError};
 
 use crate::image::{self, Cache, OpenOpts};
 use crate::Error;

@@ -275,7 +275,7 @@ pub fn info(name: &str, img: &Image, json: bool) -> Result<(), Error> {
         o.insert("dirty-flag".into(), false.into());
         println!("{}", crate::json_pretty(&Value::Object(o)));
     } else {
-        use oxemu_block::size::human_size;
+        use oxemu_opts::size::human_size;
         print!(
             "image: {name}\nfile format: luks\nvirtual size: {} ({size} bytes)\ndisk size: {}\nencrypted: yes\nFormat specific information:\n{}",
             human_size(size),
@@ -304,7 +304,7 @@ pub fn create(file: &str, size: Option<u64>, opts: &[&str], quiet: bool) -> Resu
     ];
     let mut given: Vec<(usize, String)> = Vec::new();
     let bad = |k: &str, v: &str| Error::Msg(format!("Parameter '{k}' does not accept value '{v}'"));
-    for o in opts.iter().flat_map(|o| objects::keyval(o)) {
+    for o in opts.iter().flat_map(|o| oxemu_opts::keyval::pairs(o)) {
         let (k, v) = (o.0.as_str(), o.1.unwrap_or_default());
         match k {
             "size" => size = Some(crate::create::image_size(&v)?),

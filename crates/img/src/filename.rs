@@ -282,7 +282,7 @@ fn nbd_from_json(o: &Map<String, Value>) -> Result<NbdSpec, String> {
 
 /// `json:{...}` naming an NBD node, directly or as the `file` of a format.
 fn parse_json(text: &str) -> Result<Option<NbdSpec>, String> {
-    let v: Value = oxemu_qmp::json::parse(text)
+    let v: Value = oxemu_opts::json::parse(text)
         .map_err(|e| format!("Could not parse the JSON options: {e}"))?;
     let Some(o) = v.as_object() else {
         return Err("Invalid JSON object given".into());

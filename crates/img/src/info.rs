@@ -2,12 +2,12 @@
 
 use std::path::Path;
 
-use oxemu_block::size::human_size;
 use oxemu_block::BlockDriver;
+use oxemu_opts::size::human_size;
 
-use crate::args::{opt, parse, Opt};
 use crate::image::{self, Cache, OpenOpts};
 use crate::Error;
+use oxemu_opts::getopt::{opt, parse, Opt};
 
 const SPEC: &[Opt] = &[
     opt(Some('f'), None, true),

@@ -1,7 +1,6 @@
 //! `oxemu-img`: qemu-img's command line on oxemu's block layer.
 
 mod amend;
-mod args;
 mod bench;
 mod bitmap;
 mod check;
@@ -42,6 +41,12 @@ pub enum Error {
     /// An error followed by a warning line (`resize` of a shrink without `--shrink`).
     #[error("{0}")]
     Warned(String, String),
+}
+
+impl From<oxemu_opts::getopt::UsageError> for Error {
+    fn from(e: oxemu_opts::getopt::UsageError) -> Self {
+        Error::Usage(e.0)
+    }
 }
 
 /// The name messages are prefixed with: the basename of `argv[0]`, as QEMU's tools do,

@@ -5,9 +5,9 @@ use std::path::Path;
 
 use oxemu_block::{AlignedBuf, BlockDriver, BlockDriverExt, BlockStatus, EventLoop};
 
-use crate::args::{opt, parse, Opt};
 use crate::image::{self, Cache, Image, OpenOpts};
 use crate::Error;
+use oxemu_opts::getopt::{opt, parse, Opt};
 
 /// Opens `file` read-only with qemu-img's defaults (writeback cache, threads).
 pub fn open_ro(file: &str, format: Option<&str>, force_share: bool) -> Result<Image, Error> {

@@ -3,9 +3,9 @@
 
 use oxemu_block::BlockDriver;
 
-use crate::args::{opt, parse, Opt};
 use crate::opts::{self, Desc};
 use crate::Error;
+use oxemu_opts::getopt::{opt, parse, Opt};
 
 const SPEC: &[Opt] = &[
     opt(Some('h'), Some("help"), false),
@@ -60,7 +60,7 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
         }
     };
     let size = match p.get("size") {
-        Some(s) => Some(oxemu_block::size::parse_size(s).map_err(|_| bad_size())?),
+        Some(s) => Some(oxemu_opts::size::parse_size(s).map_err(|_| bad_size())?),
         None => None,
     };
     if let Some(l) = p.get("l") {

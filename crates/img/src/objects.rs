@@ -27,18 +27,6 @@ pub fn command() -> &'static str {
     COMMAND.get().map_or("", String::as_str)
 }
 
-/// Splits QEMU keyval syntax `a=b,c=d` (`,,` is a literal comma) into pairs; a bare
-/// word comes back as `(word, None)`.
-pub fn keyval(s: &str) -> Vec<(String, Option<String>)> {
-    oxemu_qmp::keyval::split_elements(s)
-        .into_iter()
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) => (k.to_string(), Some(v.to_string())),
-            None => (p, None),
-        })
-        .collect()
-}
-
 /// Decodes standard base64 (with or without padding).
 fn base64_decode(s: &str) -> Option<Vec<u8>> {
     let mut out = Vec::new();
@@ -64,7 +52,7 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
 
 /// Creates the object described by `spec` (`secret,id=ID,data=...|file=...[,format=]`).
 pub fn add_object(spec: &str) -> Result<(), Error> {
-    let kv = keyval(spec);
+    let kv = oxemu_opts::keyval::pairs(spec);
     let mut it = kv.iter();
     let qom_type = match it.next() {
         Some((t, None)) => t.clone(),
@@ -213,7 +201,7 @@ fn flatten_json(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, Opti
 /// `=`) or it is a `json:` name; None for a plain file name.
 pub fn image_spec(name: &str) -> Result<Option<ImageSpec>, Error> {
     let pairs = if let Some(j) = name.strip_prefix("json:") {
-        let v: serde_json::Value = oxemu_qmp::json::parse(j)
+        let v: serde_json::Value = oxemu_opts::json::parse(j)
             .map_err(|e| Error::Msg(format!("Could not parse the JSON options: {e}")))?;
         let mut out = Vec::new();
         flatten_json("", &v, &mut out);
@@ -221,7 +209,7 @@ pub fn image_spec(name: &str) -> Result<Option<ImageSpec>, Error> {
     } else if image_opts() && name.contains('=') {
         // A name without options is a file (convert's target, which --image-opts does
         // not cover in qemu-img either).
-        keyval(name)
+        oxemu_opts::keyval::pairs(name)
     } else {
         return Ok(None);
     };
@@ -264,7 +252,7 @@ mod tests {
     #[test]
     fn keyval_and_base64() {
         assert_eq!(
-            keyval("secret,id=a,data=x,,y"),
+            oxemu_opts::keyval::pairs("secret,id=a,data=x,,y"),
             vec![
                 ("secret".to_string(), None),
                 ("id".into(), Some("a".into())),

@@ -3,7 +3,7 @@
 //! `-o help` listing. Only options oxemu implements are listed: any other option is
 //! refused as unknown, never accepted and ignored.
 
-use oxemu_block::size::{parse_size, SizeError};
+use oxemu_opts::size::{parse_size, SizeError};
 
 use crate::Error;
 
@@ -130,11 +130,6 @@ pub fn merged(lists: &[&[Desc]]) -> Vec<Desc> {
 }
 
 /// True if the `-o` strings ask for help (`help` or `?` as one of the options).
-pub fn wants_help(opts: &[&str]) -> bool {
-    opts.iter()
-        .flat_map(|o| o.split(','))
-        .any(|o| o == "help" || o == "?")
-}
 
 /// The lines of a listing: `  name=<type> - help`, names padded as QEMU pads them.
 pub fn listing(list: &[Desc]) -> String {
@@ -178,9 +173,10 @@ pub fn parse(opts: &[&str], list: &[Desc]) -> Result<Vec<(String, String)>, Erro
     let mut out = Vec::new();
     for kv in opts
         .iter()
-        .flat_map(|o| o.split(','))
+        .flat_map(|o| oxemu_opts::keyval::split_elements(o))
         .filter(|s| !s.is_empty())
     {
+        let kv = kv.as_str();
         let (k, v) = match kv.split_once('=') {
             Some(kv) => kv,
             None => match kv.strip_prefix("no") {

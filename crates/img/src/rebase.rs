@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use oxemu_block::{AlignedBuf, BlockDriver, BlockDriverExt};
 
-use crate::args::{opt, parse, Opt};
 use crate::image::{self, Cache, OpenOpts};
 use crate::Error;
+use oxemu_opts::getopt::{opt, parse, Opt};
 
 const SPEC: &[Opt] = &[
     opt(Some('f'), None, true),

@@ -5,10 +5,10 @@ use std::path::Path;
 use oxemu_block::BlockDriverExt;
 use oxemu_qcow2::Preallocation;
 
-use crate::args::{opt, parse, Opt};
 use crate::image::{self, Cache, OpenOpts};
 use crate::map::event_loop;
 use crate::Error;
+use oxemu_opts::getopt::{opt, parse, Opt};
 
 const SPEC: &[Opt] = &[
     opt(Some('f'), None, true),

@@ -3,14 +3,14 @@
 
 use std::path::Path;
 
-use oxemu_block::size::human_size;
+use oxemu_opts::size::human_size;
 use oxemu_qcow2::snapshot::Snapshot;
 use oxemu_qcow2::NewSnapshot;
 
-use crate::args::{opt, parse, Opt};
 use crate::image::{self, Cache, OpenOpts};
 use crate::map::event_loop;
 use crate::Error;
+use oxemu_opts::getopt::{opt, parse, Opt};
 
 const SPEC: &[Opt] = &[
     opt(Some('l'), None, false),

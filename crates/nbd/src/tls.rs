@@ -64,9 +64,12 @@ impl X509Creds {
     /// Parses `tls-creds-x509,id=...,dir=...,endpoint=server[,verify-peer=on|off]`
     /// (the text after `--object`).
     pub fn parse_object(s: &str) -> Result<Self, String> {
-        let mut parts = s.split(',');
-        let ty = parts.next().unwrap_or_default();
-        let ty = ty.strip_prefix("qom-type=").unwrap_or(ty);
+        let mut parts = oxemu_opts::keyval::pairs(s).into_iter();
+        let ty = match parts.next() {
+            Some((k, None)) => k,
+            Some((k, Some(v))) if k == "qom-type" => v,
+            _ => String::new(),
+        };
         if ty != "tls-creds-x509" {
             return Err(format!(
                 "Object type '{ty}' is not supported (only tls-creds-x509)"
@@ -78,10 +81,9 @@ impl X509Creds {
             endpoint: "client".into(),
             verify_peer: true,
         };
-        for p in parts {
-            let (k, v) = p
-                .split_once('=')
-                .ok_or_else(|| format!("Invalid parameter '{p}' in --object"))?;
+        for (k, v) in parts {
+            let v = v.ok_or_else(|| format!("Invalid parameter '{k}' in --object"))?;
+            let (k, v) = (k.as_str(), v.as_str());
             match k {
                 "id" => c.id = v.into(),
                 "dir" => c.dir = v.into(),
@@ -97,7 +99,13 @@ impl X509Creds {
                         }
                     }
                 }
-                "priority" | "sanity-check" | "loaded" => {}
+                // Accepted by QEMU, but nothing here would act on them: refused
+                // rather than ignored.
+                "priority" | "sanity-check" | "loaded" => {
+                    return Err(format!(
+                        "tls-creds-x509 property '{k}' is not supported by oxemu-nbd"
+                    ))
+                }
                 _ => return Err(format!("Property 'tls-creds-x509.{k}' not found")),
             }
         }

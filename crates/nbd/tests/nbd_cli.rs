@@ -282,3 +282,33 @@ fn sigterm_lets_requests_in_flight_finish() {
     let st = wait_gone(&mut srv, Duration::from_secs(4)).expect("oxemu-nbd ignored SIGTERM");
     assert!(st.success(), "{st}");
 }
+
+/// stderr with each line's program name ("qemu-nbd: ", "oxemu-nbd: ") replaced.
+fn usage_text(o: &std::process::Output, prog: &str) -> String {
+    String::from_utf8_lossy(&o.stderr).replace(prog, "PROG")
+}
+
+#[test]
+fn usage_errors_are_getopt_longs_as_with_qemu_nbd() {
+    let cases: &[&[&str]] = &[
+        &["-z", "x"],
+        &["--zz", "x"],
+        &["--socket"],
+        &["-k"],
+        &["--read-only=1", "x"],
+        &["-rtk"],
+        // `--per` abbreviates only --persistent: the next error is the missing file.
+        &["--per"],
+    ];
+    for a in cases {
+        let ours = run(BIN, a);
+        let theirs = run("qemu-nbd", a);
+        assert_eq!(ours.status.code(), Some(1), "{a:?}");
+        assert_eq!(theirs.status.code(), Some(1), "{a:?}");
+        let (o, t) = (
+            usage_text(&ours, "oxemu-nbd"),
+            usage_text(&theirs, "qemu-nbd"),
+        );
+        assert_eq!(o, t, "{a:?}");
+    }
+}

@@ -502,7 +502,7 @@ impl SnapshotRef {
             return Ok(SnapshotRef::IdOrName(param.to_string()));
         }
         let (mut id, mut name) = (None, None);
-        for el in oxemu_qmp::keyval::split_elements(param) {
+        for el in oxemu_opts::keyval::split_elements(param) {
             match el.split_once('=') {
                 Some(("snapshot.id", v)) => id = Some(v.to_string()),
                 Some(("snapshot.name", v)) => name = Some(v.to_string()),

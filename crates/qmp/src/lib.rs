@@ -1,12 +1,9 @@
-//! The QEMU Machine Protocol (QMP) for oxemu programs, and QEMU's option syntax.
+//! The QEMU Machine Protocol (QMP) for oxemu programs. QEMU's option syntax, which
+//! QMP arguments share with command lines, is in `oxemu-opts`.
 //!
 //! - [`server`]: monitors on unix or TCP sockets speaking QMP exactly as QEMU does
 //!   (greeting, `qmp_capabilities` negotiation, `execute` with `id`, error classes,
 //!   timestamped events broadcast to every negotiated client).
-//! - [`keyval`]: `key=value,a.b=c` and JSON option strings, parsed into the same JSON
-//!   values that QMP commands receive, so one typed structure serves both.
-//! - [`json`]: QEMU's JSON dialect (strings may be single-quoted), used for QMP input,
-//!   `json:` file names and JSON option arguments.
 //! - [`args`]: turning those JSON values into typed structures with QEMU's error texts.
 
 #![warn(missing_docs)]
@@ -14,8 +11,6 @@
 pub mod args;
 pub mod error;
 pub mod framing;
-pub mod json;
-pub mod keyval;
 pub mod server;
 
 pub use error::{ErrorClass, QmpError};

@@ -443,7 +443,7 @@ impl QmpServer {
                     return Ok(());
                 }
             };
-            let req = match crate::json::parse_slice(&text) {
+            let req = match oxemu_opts::json::parse_slice(&text) {
                 Ok(v) => v,
                 Err(e) => {
                     // As in QEMU, a syntax error costs one reply; the stream goes on.

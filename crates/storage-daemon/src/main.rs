@@ -15,7 +15,8 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use oxemu_qmp::keyval::parse_option;
+use oxemu_opts::getopt::{self, opt, Opt};
+use oxemu_opts::keyval::parse_option;
 use oxemu_qmp::{QmpError, QmpServer, VersionInfo};
 
 use daemon::Daemon;
@@ -94,7 +95,9 @@ fn typed<R>(arg: &str, f: impl FnOnce() -> R) -> R {
 struct CliError(String);
 
 fn opt_error(opt: &str, arg: &str, e: impl std::fmt::Display) -> CliError {
-    CliError(format!("{opt} {arg}: {e}"))
+    // `--blockdev=x` is named as typed; `--blockdev x` with a space.
+    let sep = if opt.ends_with('=') { "" } else { " " };
+    CliError(format!("{opt}{sep}{arg}: {e}"))
 }
 
 fn parse(arg: &str, opt: &str, implied: Option<&str>) -> Result<Value, CliError> {
@@ -146,24 +149,27 @@ struct Options {
     pidfile: Option<PathBuf>,
 }
 
-/// Splits `--opt=value` and `--opt value`.
-fn next_value(
-    argv: &[String],
-    i: &mut usize,
-    name: &str,
-    inline: Option<String>,
-) -> Result<String, CliError> {
-    if let Some(v) = inline {
-        return Ok(v);
-    }
-    *i += 1;
-    argv.get(*i)
-        .cloned()
-        .ok_or_else(|| CliError(format!("option '{name}' requires an argument")))
-}
+/// qemu-storage-daemon's options (getopt_long: long names may be abbreviated).
+const SPEC: &[Opt] = &[
+    opt(Some('h'), Some("help"), false),
+    opt(Some('V'), Some("version"), false),
+    opt(Some('T'), Some("trace"), true),
+    opt(None, Some("blockdev"), true),
+    opt(None, Some("chardev"), true),
+    opt(None, Some("daemonize"), false),
+    opt(None, Some("export"), true),
+    opt(None, Some("monitor"), true),
+    opt(None, Some("nbd-server"), true),
+    opt(None, Some("object"), true),
+    opt(None, Some("pidfile"), true),
+];
 
 /// Processes every option in order against a running daemon.
-fn configure(argv: &[String], d: &Arc<Daemon>, qmp: &Arc<QmpServer>) -> Result<Options, CliError> {
+fn configure(
+    parsed: &getopt::Parsed,
+    d: &Arc<Daemon>,
+    qmp: &Arc<QmpServer>,
+) -> Result<Options, CliError> {
     let mut chardevs: HashMap<String, Chardev> = HashMap::new();
     let mut o = Options { pidfile: None };
     let qmp_err = |opt: &str, arg: &str, e: QmpError| {
@@ -175,57 +181,54 @@ fn configure(argv: &[String], d: &Arc<Daemon>, qmp: &Arc<QmpServer>) -> Result<O
         };
         opt_error(opt, arg, e.desc)
     };
-    let mut i = 0;
-    while i < argv.len() {
-        let a = argv[i].clone();
-        let (name, inline) = match a.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
-            _ => (a.clone(), None),
-        };
-        match name.as_str() {
+    if let Some(a) = parsed.args.first() {
+        return Err(CliError(format!("{a}: Unexpected argument")));
+    }
+    for ((key, v), name) in parsed.opts.iter().zip(&parsed.spelled) {
+        match format!("--{key}").as_str() {
             "--daemonize" => {}
             "--blockdev" => {
-                let v = next_value(argv, &mut i, &name, inline)?;
+                let v = v.clone();
                 {
-                    let a = parse(&v, &name, None)?;
+                    let a = parse(&v, name, None)?;
                     typed(&v, || d.blockdev_add(a))
                 }
-                .map_err(|e| qmp_err(&name, &v, e))?;
+                .map_err(|e| qmp_err(name, &v, e))?;
             }
             "--export" => {
-                let v = next_value(argv, &mut i, &name, inline)?;
+                let v = v.clone();
                 {
-                    let a = parse(&v, &name, Some("type"))?;
+                    let a = parse(&v, name, Some("type"))?;
                     typed(&v, || d.block_export_add(a))
                 }
-                .map_err(|e| qmp_err(&name, &v, e))?;
+                .map_err(|e| qmp_err(name, &v, e))?;
             }
             "--object" => {
-                let v = next_value(argv, &mut i, &name, inline)?;
+                let v = v.clone();
                 if v == "help" {
                     println!("List of user creatable objects:\n  iothread\n  tls-creds-x509");
                     std::process::exit(0);
                 }
                 {
-                    let a = parse(&v, &name, Some("qom-type"))?;
+                    let a = parse(&v, name, Some("qom-type"))?;
                     typed(&v, || d.object_add(a))
                 }
-                .map_err(|e| qmp_err(&name, &v, e))?;
+                .map_err(|e| qmp_err(name, &v, e))?;
             }
             "--nbd-server" => {
-                let v = next_value(argv, &mut i, &name, inline)?;
+                let v = v.clone();
                 {
-                    let a = parse(&v, &name, None)?;
+                    let a = parse(&v, name, None)?;
                     typed(&v, || d.nbd_server_start(a))
                 }
-                .map_err(|e| qmp_err(&name, &v, e))?;
+                .map_err(|e| qmp_err(name, &v, e))?;
             }
             "--chardev" => {
-                let v = next_value(argv, &mut i, &name, inline)?;
-                let (id, c) = chardev(&parse(&v, &name, Some("backend"))?, &v)?;
+                let v = v.clone();
+                let (id, c) = chardev(&parse(&v, name, Some("backend"))?, &v)?;
                 if chardevs.insert(id.clone(), c).is_some() {
                     return Err(opt_error(
-                        &name,
+                        name,
                         &v,
                         format!(
                             "attempt to add duplicate property '{id}' to object (type 'container')"
@@ -234,8 +237,8 @@ fn configure(argv: &[String], d: &Arc<Daemon>, qmp: &Arc<QmpServer>) -> Result<O
                 }
             }
             "--monitor" => {
-                let v = next_value(argv, &mut i, &name, inline)?;
-                let m = parse(&v, &name, Some("chardev"))?;
+                let v = v.clone();
+                let m = parse(&v, name, Some("chardev"))?;
                 let id = m
                     .get("chardev")
                     .and_then(Value::as_str)
@@ -247,34 +250,32 @@ fn configure(argv: &[String], d: &Arc<Daemon>, qmp: &Arc<QmpServer>) -> Result<O
                     .filter(|m| *m != "control")
                 {
                     return Err(opt_error(
-                        &name,
+                        name,
                         &v,
                         format!("monitor mode '{mode}' is not supported (only control)"),
                     ));
                 }
                 let c = chardevs
                     .remove(&id)
-                    .ok_or_else(|| opt_error(&name, &v, format!("chardev \"{id}\" not found")))?;
+                    .ok_or_else(|| opt_error(name, &v, format!("chardev \"{id}\" not found")))?;
                 match c {
-                    Chardev::Unix(p) => qmp.listen_unix(&p).map_err(|e| opt_error(&name, &v, e))?,
+                    Chardev::Unix(p) => qmp.listen_unix(&p).map_err(|e| opt_error(name, &v, e))?,
                     Chardev::Tcp(addr) => {
-                        qmp.listen_tcp(&addr).map_err(|e| opt_error(&name, &v, e))?;
+                        qmp.listen_tcp(&addr).map_err(|e| opt_error(name, &v, e))?;
                     }
                 }
             }
-            "--pidfile" => o.pidfile = Some(next_value(argv, &mut i, &name, inline)?.into()),
-            "-T" | "--trace" => {
-                next_value(argv, &mut i, &name, inline)?;
-                eprintln!("{PROG}: warning: tracing is not supported; --trace ignored");
-            }
-            _ if a.starts_with('-') => {
+            "--pidfile" => o.pidfile = Some(v.clone().into()),
+            // QEMU's trace events do not exist here; RUST_LOG selects oxemu's
+            // tracing instead. Refused rather than ignored.
+            "--trace" => {
                 return Err(CliError(format!(
-                    "unrecognized option '{a}'\nTry '{PROG} --help' for more information"
+                    "--trace {v}: QEMU trace events are not supported; set OXEMU_LOG=debug (a tracing filter) instead"
                 )))
             }
-            _ => return Err(CliError(format!("Unexpected argument: {a}"))),
+            "--help" | "--version" => {}
+            other => return Err(CliError(format!("option '{other}' is not handled"))),
         }
-        i += 1;
     }
     Ok(o)
 }
@@ -361,18 +362,25 @@ fn main() -> ExitCode {
             .with_writer(std::io::stderr)
             .init();
     }
-    if argv.iter().any(|a| a == "-h" || a == "--help") {
+    let parsed = match getopt::parse_with(&argv, SPEC, getopt::Wording::Glibc) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{PROG}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if parsed.has("help") {
         print!("{HELP}");
         return ExitCode::SUCCESS;
     }
-    if argv.iter().any(|a| a == "-V" || a == "--version") {
+    if parsed.has("version") {
         println!(
             "{PROG} version {} (compatible with qemu-storage-daemon 7.2)",
             env!("CARGO_PKG_VERSION")
         );
         return ExitCode::SUCCESS;
     }
-    let ready_fd = argv.iter().any(|a| a == "--daemonize").then(daemonize);
+    let ready_fd = parsed.has("daemonize").then(daemonize);
     let sigset = block_signals();
     let d = match Daemon::new() {
         Ok(d) => d,
@@ -382,7 +390,7 @@ fn main() -> ExitCode {
         }
     };
     let qmp = QmpServer::new(d.clone(), VersionInfo::default());
-    let opts = match configure(&argv, &d, &qmp) {
+    let opts = match configure(&parsed, &d, &qmp) {
         Ok(o) => o,
         Err(CliError(m)) => {
             eprintln!("{PROG}: {m}");

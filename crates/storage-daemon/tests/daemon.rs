@@ -535,3 +535,30 @@ fn handshake_max_seconds_disconnects_idle_nbd_clients_on_both_ways_to_start() {
     assert_eq!(class, "GenericError");
     assert_eq!(d.terminate(), 0);
 }
+
+#[test]
+fn getopt_errors_and_abbreviations_are_qemus() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path(), "a.img");
+    let bad_driver = format!("driver=x,node-name=f,filename={}", img.display());
+    // Whole stderr, without the program name: getopt_long's texts, and QEMU's word
+    // order for a positional argument.
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["--zz"],
+        vec!["-z"],
+        vec!["foo"],
+        vec!["--blockdev"],
+        vec!["--trace"],
+        vec!["--daemonize=1"],
+        // An abbreviation names its option: the error comes from --blockdev itself.
+        vec!["--block", &bad_driver],
+        vec!["--object=nope,id=x"],
+    ];
+    for a in cases {
+        let ours = run(BIN, &a);
+        let theirs = run("qemu-storage-daemon", &a);
+        assert_eq!(ours.status.code(), Some(1), "{a:?}");
+        assert_eq!(theirs.status.code(), Some(1), "{a:?}");
+        assert_eq!(message(&ours), message(&theirs), "{a:?}");
+    }
+}

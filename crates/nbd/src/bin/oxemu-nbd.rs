@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use oxemu_block::{Aio, BlockDriver, EventLoopConfig, FileOptions, IoThread};
 use oxemu_nbd::{NbdAddr, NbdExportOptions, NbdServer, NbdServerOptions, X509Creds};
+use oxemu_opts::getopt::{self, opt};
 
 const USAGE: &str = "Usage: oxemu-nbd [OPTIONS] FILE
 Export FILE (a raw or qcow2 image) over NBD.
@@ -95,6 +96,34 @@ enum Parsed {
     Exit(String),
 }
 
+/// qemu-nbd's options (getopt_long: short letters, long names, abbreviations).
+const SPEC: &[getopt::Opt] = &[
+    opt(Some('h'), Some("help"), false),
+    opt(Some('V'), Some("version"), false),
+    opt(Some('v'), Some("verbose"), false),
+    opt(None, Some("fork"), false),
+    opt(Some('L'), Some("list"), false),
+    opt(Some('r'), Some("read-only"), false),
+    opt(Some('o'), Some("offset"), true),
+    opt(Some('l'), Some("load-snapshot"), true),
+    opt(Some('t'), Some("persistent"), false),
+    opt(Some('A'), Some("allocation-depth"), false),
+    opt(Some('x'), Some("export-name"), true),
+    opt(Some('D'), Some("description"), true),
+    opt(Some('k'), Some("socket"), true),
+    opt(Some('b'), Some("bind"), true),
+    opt(Some('f'), Some("format"), true),
+    opt(None, Some("cache"), true),
+    opt(None, Some("discard"), true),
+    opt(None, Some("pid-file"), true),
+    opt(None, Some("tls-creds"), true),
+    opt(None, Some("object"), true),
+    opt(None, Some("aio"), true),
+    opt(Some('p'), Some("port"), true),
+    opt(None, Some("handshake-limit"), true),
+    opt(Some('e'), Some("shared"), true),
+];
+
 fn parse_args(argv: Vec<String>) -> Result<Parsed, String> {
     let mut a = Args {
         file: PathBuf::new(),
@@ -123,62 +152,44 @@ fn parse_args(argv: Vec<String>) -> Result<Parsed, String> {
         offset: 0,
         per_device: false,
     };
-    let mut files = Vec::new();
-    let mut it = argv.into_iter();
-    while let Some(arg) = it.next() {
-        let (key, inline) = match arg.split_once('=') {
-            Some((k, v)) if k.starts_with("--") => (k.to_string(), Some(v.to_string())),
-            _ => (arg.clone(), None),
-        };
-        // Short options may carry their value attached: -p10809.
-        let (key, inline) = if !key.starts_with("--") && key.starts_with('-') && key.len() > 2 {
-            (key[..2].to_string(), Some(key[2..].to_string()))
-        } else {
-            (key, inline)
-        };
-        let mut value = |name: &str| -> Result<String, String> {
-            inline
-                .clone()
-                .or_else(|| it.next())
-                .ok_or_else(|| format!("option '{name}' requires an argument"))
-        };
+    let p = getopt::parse_with(&argv, SPEC, getopt::Wording::Glibc).map_err(|e| {
+        format!(
+            "{e}\n{p}: Try `{p} --help' for more information.",
+            p = prog()
+        )
+    })?;
+    let mut files = p.args;
+    for (key, v) in p.opts {
         if matches!(
             key.as_str(),
-            "-x" | "--export-name"
-                | "-D"
-                | "--description"
-                | "-f"
-                | "--format"
-                | "-A"
-                | "--allocation-depth"
-                | "--aio"
-                | "--discard"
-                | "--cache"
-                | "-l"
-                | "--load-snapshot"
-                | "-o"
-                | "--offset"
+            "export-name"
+                | "description"
+                | "format"
+                | "allocation-depth"
+                | "aio"
+                | "discard"
+                | "cache"
+                | "load-snapshot"
+                | "offset"
         ) {
             a.per_device = true;
         }
         match key.as_str() {
-            "-h" | "--help" => return Ok(Parsed::Exit(USAGE.into())),
-            "-v" | "--verbose" => a.verbose = true,
-            "--fork" => a.fork = true,
-            "-L" | "--list" => a.list = true,
-            "-V" | "--version" => {
+            "help" => return Ok(Parsed::Exit(USAGE.into())),
+            "verbose" => a.verbose = true,
+            "fork" => a.fork = true,
+            "list" => a.list = true,
+            "version" => {
                 return Ok(Parsed::Exit(format!(
                     "oxemu-nbd {} (qemu-nbd compatible)\n",
                     env!("CARGO_PKG_VERSION")
                 )))
             }
-            "-r" | "--read-only" => a.read_only = true,
-            "-o" | "--offset" => {
-                let v = value(&key)?;
+            "read-only" => a.read_only = true,
+            "offset" => {
                 a.offset = parse_u64(&v).ok_or_else(|| format!("Invalid offset '{v}'"))?;
             }
-            "-l" | "--load-snapshot" => {
-                let v = value(&key)?;
+            "load-snapshot" => {
                 let r = oxemu_qcow2::SnapshotRef::parse(&v).map_err(|e| {
                     format!("{e}\n{}: Failed in parsing snapshot param `{v}'", prog())
                 })?;
@@ -186,48 +197,39 @@ fn parse_args(argv: Vec<String>) -> Result<Parsed, String> {
                 // As qemu-nbd: a loaded snapshot is exported read-only.
                 a.read_only = true;
             }
-            "-t" | "--persistent" => a.persistent = true,
-            "-A" | "--allocation-depth" => a.allocation_depth = true,
-            "-x" | "--export-name" => a.name = value(&key)?,
-            "-D" | "--description" => a.description = value(&key)?,
-            "-k" | "--socket" => a.socket = Some(value(&key)?.into()),
-            "-b" | "--bind" => a.bind = value(&key)?,
-            "-f" | "--format" => a.format = Some(value(&key)?),
-            "--cache" => a.cache = value(&key)?,
-            "--discard" => {
-                a.discard = match value(&key)?.as_str() {
+            "persistent" => a.persistent = true,
+            "allocation-depth" => a.allocation_depth = true,
+            "export-name" => a.name = v.clone(),
+            "description" => a.description = v.clone(),
+            "socket" => a.socket = Some(v.clone().into()),
+            "bind" => a.bind = v.clone(),
+            "format" => a.format = Some(v.clone()),
+            "cache" => a.cache = v.clone(),
+            "discard" => {
+                a.discard = match v.clone().as_str() {
                     "ignore" | "off" => oxemu_block::file::Discard::Ignore,
                     "unmap" | "on" => oxemu_block::file::Discard::Unmap,
                     v => return Err(format!("Invalid discard mode `{v}'")),
                 }
             }
-            "--pid-file" => a.pid_file = Some(value(&key)?.into()),
-            "--tls-creds" => a.tls_creds = Some(value(&key)?),
-            "--object" => a.objects.push(X509Creds::parse_object(&value(&key)?)?),
-            "--aio" => a.aio = value(&key)?.parse().map_err(|e| format!("{e}"))?,
-            "-p" | "--port" => {
-                let v = value(&key)?;
+            "pid-file" => a.pid_file = Some(v.clone().into()),
+            "tls-creds" => a.tls_creds = Some(v.clone()),
+            "object" => a.objects.push(X509Creds::parse_object(&v.clone())?),
+            "aio" => a.aio = v.clone().parse().map_err(|e| format!("{e}"))?,
+            "port" => {
                 a.port = v.parse().map_err(|_| format!("Invalid port '{v}'"))?;
             }
-            "--handshake-limit" => {
-                let v = value(&key)?;
+            "handshake-limit" => {
                 a.handshake_limit = v
                     .parse()
                     .map_err(|_| format!("Invalid handshake limit '{v}'"))?;
             }
-            "-e" | "--shared" => {
-                let v = value(&key)?;
+            "shared" => {
                 a.shared = v
                     .parse()
                     .map_err(|_| format!("Invalid shared device number '{v}'"))?;
             }
-            k if k.starts_with('-') && k.len() > 1 => {
-                return Err(format!(
-                    "unrecognized option '{k}'\n{p}: Try `{p} --help' for more information.",
-                    p = prog()
-                ))
-            }
-            _ => files.push(arg),
+            other => return Err(format!("option '--{other}' is not handled")),
         }
     }
     if a.list {
@@ -244,8 +246,12 @@ fn parse_args(argv: Vec<String>) -> Result<Parsed, String> {
     }
     match files.len() {
         1 => a.file = files.remove(0).into(),
-        0 => return Err("Expected exactly one file name argument (try --help)".into()),
-        _ => return Err(format!("Too many file name arguments: {files:?}")),
+        _ => {
+            return Err(format!(
+                "Invalid number of arguments\nTry `{} --help' for more information.",
+                prog()
+            ))
+        }
     }
     if a.tls_creds.is_some() && a.socket.is_some() {
         // qemu-nbd allows it; nothing to check.

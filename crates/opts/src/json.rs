@@ -8,7 +8,7 @@
 //! oxemu program.
 //!
 //! ```
-//! let v = oxemu_qmp::json::parse(r#"{'driver': 'file', "filename": 'a "b"'}"#).unwrap();
+//! let v = oxemu_opts::json::parse(r#"{'driver': 'file', "filename": 'a "b"'}"#).unwrap();
 //! assert_eq!(v["driver"], "file");
 //! assert_eq!(v["filename"], "a \"b\"");
 //! ```

@@ -4,7 +4,7 @@
 //! build nested objects; objects whose keys are `0`, `1`, ... become lists; the first
 //! element may omit its key when the option has an implied one (`--object
 //! iothread,id=x` means `qom-type=iothread`). All values are strings; typed structures
-//! convert them with the helpers in [`crate::args`].
+//! convert them with the helpers in `oxemu_qmp::args`.
 
 use serde_json::{Map, Value};
 
@@ -52,7 +52,7 @@ pub fn parse_option(s: &str, implied: Option<&str>) -> Result<Value, KeyvalError
 /// the one splitter every oxemu program uses for keyval-style arguments.
 ///
 /// ```
-/// assert_eq!(oxemu_qmp::keyval::split_elements("a=1,b=x,,y"), ["a=1", "b=x,y"]);
+/// assert_eq!(oxemu_opts::keyval::split_elements("a=1,b=x,,y"), ["a=1", "b=x,y"]);
 /// ```
 pub fn split_elements(s: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -72,6 +72,25 @@ pub fn split_elements(s: &str) -> Vec<String> {
     }
     out.push(cur);
     out
+}
+
+/// Splits QemuOpts-style `a=b,c,d=e` into flat pairs, in order (`,,` is a literal
+/// comma); a bare word comes back as `(word, None)`. For options that are not nested
+/// (`-o` lists, `--object` of the tools), where [`parse_keyval`] would build objects.
+///
+/// ```
+/// let p = oxemu_opts::keyval::pairs("secret,id=s0,data=a,,b");
+/// assert_eq!(p[0], ("secret".to_string(), None));
+/// assert_eq!(p[2], ("data".to_string(), Some("a,b".to_string())));
+/// ```
+pub fn pairs(s: &str) -> Vec<(String, Option<String>)> {
+    split_elements(s)
+        .into_iter()
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (k.to_string(), Some(v.to_string())),
+            None => (p, None),
+        })
+        .collect()
 }
 
 /// Parses keyval syntax into a JSON object of strings, nested objects and lists.
