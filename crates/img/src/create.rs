@@ -84,7 +84,12 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
         .collect();
     for o in elems.iter().map(String::as_str) {
         match o.split_once('=') {
-            Some(("size", v)) => size = Some(image_size(v)?),
+            Some(("size", v)) => {
+                size = Some(
+                    crate::opts::parse_size_opt("size", v)
+                        .map_err(|e| Error::Msg(format!("{file}: {e}")))?,
+                )
+            }
             Some(("preallocation", v @ "off")) => {
                 prealloc = false;
                 prealloc_given = Some(v);

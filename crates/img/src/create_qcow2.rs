@@ -4,7 +4,6 @@ use std::path::Path;
 
 use oxemu_qcow2::{CompressionType, Preallocation, Qcow2CreateOptions};
 
-use crate::create::image_size;
 use crate::Error;
 
 fn on_off(file: &str, k: &str, v: &str) -> Result<bool, Error> {
@@ -15,6 +14,11 @@ fn on_off(file: &str, k: &str, v: &str) -> Result<bool, Error> {
             "{file}: Parameter '{k}' expects 'on' or 'off'"
         ))),
     }
+}
+
+/// A size option's value, with QemuOpts' message after the file name.
+fn opt_size(file: &str, k: &str, v: &str) -> Result<u64, Error> {
+    crate::opts::parse_size_opt(k, v).map_err(|e| Error::Msg(format!("{file}: {e}")))
 }
 
 /// Applies one `-o key=value` to `c`.
@@ -38,8 +42,8 @@ fn apply(
     }
     let bad = |what: &str| Error::Msg(format!("{file}: {what}"));
     match k {
-        "size" => *size = Some(image_size(v)?),
-        "cluster_size" => c.cluster_size = image_size(v)?,
+        "size" => *size = Some(opt_size(file, k, v)?),
+        "cluster_size" => c.cluster_size = opt_size(file, k, v)?,
         "compat" => {
             c.compat_v3 = match v {
                 "1.1" | "v3" => true,
@@ -167,10 +171,10 @@ pub fn run(
             }
         );
         if let Some(b) = &c.backing_file {
-            line += &format!(" backing_file={b}");
+            line += &format!(" backing_file={}", oxemu_opts::keyval::escape(b));
         }
         if let Some(f) = &c.backing_fmt {
-            line += &format!(" backing_fmt={f}");
+            line += &format!(" backing_fmt={}", oxemu_opts::keyval::escape(f));
         }
         if let Some(v) = given.get("compat") {
             line += &format!(" compat={v}");

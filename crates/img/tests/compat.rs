@@ -398,3 +398,78 @@ fn bitmap_operations_match_qemu_img() {
     }
     assert_eq!(results[0], results[1]);
 }
+
+#[test]
+fn option_lists_take_double_commas_as_commas_as_qemu_img() {
+    // A backing file whose name holds a comma, written `,,` inside -o; then `info`
+    // shows the name, and `help` after an escaped comma is part of a value.
+    let setup = |d: &str| {
+        ok(
+            "qemu-img",
+            &["create", "-q", "-f", "raw", &format!("{d}/a,b.img"), "1M"],
+        );
+    };
+    for args in [
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "backing_file={d}/a,,b.img,backing_fmt=raw",
+            "{d}/t.qcow2",
+        ][..],
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "backing_file=x,,help,backing_fmt=raw",
+            "{d}/u.qcow2",
+            "1M",
+        ][..],
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=4k,,8k",
+            "{d}/v.qcow2",
+            "1M",
+        ][..],
+        &["create", "-f", "qcow2", "-o", "size=abc", "{d}/v.qcow2"][..],
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=99999999999999999999",
+            "{d}/v.qcow2",
+            "1M",
+        ][..],
+        &["create", "-f", "raw", "-o", "size=abc", "{d}/v.raw"][..],
+    ] {
+        let [q, o] = side_by_side(&setup, args);
+        assert_eq!(o, q, "{args:?}");
+    }
+    let [q, o] = side_by_side(
+        &|d: &str| {
+            setup(d);
+            ok(
+                "qemu-img",
+                &[
+                    "create",
+                    "-q",
+                    "-f",
+                    "qcow2",
+                    "-b",
+                    &format!("{d}/a,b.img"),
+                    "-F",
+                    "raw",
+                    &format!("{d}/t.qcow2"),
+                ],
+            );
+        },
+        &["info", "{d}/t.qcow2"],
+    );
+    assert_eq!(o, q);
+}

@@ -74,6 +74,16 @@ pub fn split_elements(s: &str) -> Vec<String> {
     out
 }
 
+/// Writes `s` as a value in option syntax: every comma doubled, as QEMU prints string
+/// options (qemu-img's "Formatting" line) so that the text parses back.
+///
+/// ```
+/// assert_eq!(oxemu_opts::keyval::escape("a,b"), "a,,b");
+/// ```
+pub fn escape(s: &str) -> String {
+    s.replace(',', ",,")
+}
+
 /// Splits QemuOpts-style `a=b,c,d=e` into flat pairs, in order (`,,` is a literal
 /// comma); a bare word comes back as `(word, None)`. For options that are not nested
 /// (`-o` lists, `--object` of the tools), where [`parse_keyval`] would build objects.
