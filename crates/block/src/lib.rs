@@ -4,6 +4,7 @@
 //!   (`raw`, `qcow2`) and exports (vhost-user-blk, NBD) build on.
 //! - [`mod@file`]: the `file` protocol driver for regular files and block devices.
 //! - [`engine`]: the AIO engines behind `aio=threads|native|io_uring`.
+//! - [`writethrough`]: `cache=writethrough`/`directsync` as a node that forces FUA.
 //! - [`export`]: the trait that block exports implement for the storage daemon.
 
 #![warn(missing_docs)]
@@ -16,6 +17,7 @@ pub mod file;
 pub mod iovec;
 pub mod lock;
 pub mod raw;
+pub mod writethrough;
 
 pub use buffer::AlignedBuf;
 pub use driver::{

@@ -271,13 +271,15 @@ fn parse_u64(v: &str) -> Option<u64> {
     }
 }
 
-fn cache_mode(mode: &str) -> Result<(bool, bool), String> {
-    // (direct, no_flush)
+/// `--cache` as QEMU's `bdrv_parse_cache_mode`: (O_DIRECT, flushes ignored,
+/// write-through).
+fn cache_mode(mode: &str) -> Result<(bool, bool, bool), String> {
     match mode {
-        "none" | "off" => Ok((true, false)),
-        "directsync" => Ok((true, false)),
-        "writeback" | "writethrough" => Ok((false, false)),
-        "unsafe" => Ok((false, true)),
+        "none" | "off" => Ok((true, false, false)),
+        "directsync" => Ok((true, false, true)),
+        "writeback" => Ok((false, false, false)),
+        "writethrough" => Ok((false, false, true)),
+        "unsafe" => Ok((false, true, false)),
         _ => Err(format!("Invalid cache mode '{mode}'")),
     }
 }
@@ -297,7 +299,7 @@ fn probe_format(path: &PathBuf) -> Result<String, String> {
 }
 
 fn open_node(a: &Args) -> Result<Arc<dyn BlockDriver>, String> {
-    let (direct, no_flush) = cache_mode(&a.cache)?;
+    let (direct, no_flush, writethrough) = cache_mode(&a.cache)?;
     let format = match &a.format {
         Some(f) => f.clone(),
         None => probe_format(&a.file)?,
@@ -342,6 +344,9 @@ fn open_node(a: &Args) -> Result<Arc<dyn BlockDriver>, String> {
     if let Some(r) = &a.snapshot {
         lp.block_on(img.load_snapshot_tmp(r))
             .map_err(|e| format!("Failed to load snapshot: {e}"))?;
+    }
+    if writethrough {
+        node = Arc::new(oxemu_block::writethrough::WriteThrough::new(node));
     }
     Ok(node)
 }
