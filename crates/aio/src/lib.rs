@@ -68,6 +68,9 @@ pub struct EventLoopConfig {
     pub sqpoll_idle_ms: Option<u32>,
     /// Register files with the ring (`IORING_REGISTER_FILES`) on first use.
     pub register_files: bool,
+    /// QEMU's iothread `aio-max-batch`: how many Linux AIO requests the block layer
+    /// batches into one `io_submit` (0: its default). Read with [`aio_max_batch`].
+    pub aio_max_batch: u64,
 }
 
 impl Default for EventLoopConfig {
@@ -77,6 +80,7 @@ impl Default for EventLoopConfig {
             poll_max_ns: 0,
             sqpoll_idle_ms: None,
             register_files: true,
+            aio_max_batch: 0,
         }
     }
 }
@@ -92,6 +96,7 @@ struct LoopInner {
     embedded: Cell<bool>,
     /// Generation of the closed-files list this loop has processed.
     closed_gen: Cell<u64>,
+    aio_max_batch: u64,
 }
 
 thread_local! {
@@ -154,6 +159,7 @@ impl EventLoop {
                 kick_armed: Cell::new(false),
                 embedded: Cell::new(false),
                 closed_gen: Cell::new(0),
+                aio_max_batch: cfg.aio_max_batch,
             }),
         })
     }
@@ -392,6 +398,12 @@ pub async fn uring_op(sqe: io_uring::squeue::Entry, buffered: bool) -> i32 {
         OpKind::Unbuffered
     };
     UringOp::new(sqe, kind).await
+}
+
+/// The `aio-max-batch` of the current loop's configuration (0 when unset or outside
+/// a loop).
+pub fn aio_max_batch() -> u64 {
+    try_current().map_or(0, |l| l.aio_max_batch)
 }
 
 /// The fixed-file index of file `file_id` (open as `fd`) in the current loop's ring,

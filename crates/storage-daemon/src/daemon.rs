@@ -157,7 +157,12 @@ impl Daemon {
                 "Cannot export read-only node as writable",
             ));
         }
-        let driver = node.node.clone();
+        let mut driver = node.node.clone();
+        if o.writethrough == Some(true) {
+            // QEMU turns the export's write cache off: every write is durable when it
+            // completes.
+            driver = Arc::new(oxemu_block::writethrough::WriteThrough::new(driver));
+        }
         // Check the iothread before anything starts serving. (vhost-user-blk queues run
         // on their own threads; NBD connections on the server's loop.)
         if let Some(io) = &o.iothread {
@@ -293,8 +298,16 @@ impl Daemon {
         }
         match o.qom_type.as_str() {
             "iothread" => {
+                for (name, v) in [("poll-grow", o.poll_grow), ("poll-shrink", o.poll_shrink)] {
+                    if v.is_some_and(|v| v != 0) {
+                        return Err(QmpError::generic(format!(
+                            "iothread property '{name}' is not supported: oxemu polls for up to poll-max-ns without adapting it (only 0 is accepted)"
+                        )));
+                    }
+                }
                 let cfg = EventLoopConfig {
                     poll_max_ns: o.poll_max_ns.unwrap_or(32768),
+                    aio_max_batch: o.aio_max_batch.unwrap_or(0),
                     ..Default::default()
                 };
                 let t = IoThread::spawn(&o.id, cfg).map_err(QmpError::from)?;

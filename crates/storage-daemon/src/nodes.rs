@@ -218,6 +218,7 @@ impl Graph {
             locking,
             force_share: o.force_share,
             no_inline: o.x_inline == Some(false),
+            aio_max_batch: o.aio_max_batch.unwrap_or(0),
             ..FileOptions::new(PathBuf::from(&o.filename))
         };
         let f = match FileDriver::open(&fo) {

@@ -66,7 +66,7 @@ pub struct FileBlockdev {
     pub aio: Option<String>,
     /// `auto`, `on`, `off`.
     pub locking: Option<String>,
-    /// Accepted for compatibility; batching is automatic.
+    /// With `aio=native`: requests per `io_submit` batch (0: the iothread's).
     #[serde(default, deserialize_with = "flex_opt_u64")]
     pub aio_max_batch: Option<u64>,
     /// `x-inline=off` (oxemu only): never run requests inline on the event loop.
@@ -196,13 +196,15 @@ pub struct ObjectOptions {
     /// iothread: completion polling time.
     #[serde(default, deserialize_with = "flex_opt_u64")]
     pub poll_max_ns: Option<u64>,
-    /// iothread: accepted for compatibility.
+    /// iothread: only 0 (QEMU's default) is accepted: the loop polls for up to
+    /// `poll-max-ns` without adapting the time.
     #[serde(default, deserialize_with = "flex_opt_u64")]
     pub poll_grow: Option<u64>,
-    /// iothread: accepted for compatibility.
+    /// iothread: only 0, as `poll-grow`.
     #[serde(default, deserialize_with = "flex_opt_u64")]
     pub poll_shrink: Option<u64>,
-    /// iothread: accepted for compatibility.
+    /// iothread: Linux AIO requests per `io_submit` batch for nodes that do not set
+    /// their own (0: 32).
     #[serde(default, deserialize_with = "flex_opt_u64")]
     pub aio_max_batch: Option<u64>,
     /// tls-creds-x509: directory of PEM files.

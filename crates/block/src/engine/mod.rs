@@ -70,6 +70,8 @@ pub(crate) struct Target {
     /// (`x-inline`, on by default): the io_uring engine runs its small reads and
     /// writes inline (see [`execute`]).
     pub inline: bool,
+    /// The node's `aio-max-batch` (0: the loop's).
+    pub max_batch: u64,
 }
 
 /// The largest read or write the io_uring engine runs inline on the loop (256 KiB).

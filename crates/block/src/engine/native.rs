@@ -58,6 +58,10 @@ struct Slot {
     submitted: bool,
 }
 
+/// Requests batched into one `io_submit` when neither the node nor the loop sets
+/// `aio-max-batch` (QEMU's DEFAULT_MAX_BATCH).
+const DEFAULT_MAX_BATCH: u64 = 32;
+
 /// The Linux AIO context of one event loop.
 struct LinuxAio {
     ctx: Cell<u64>,
@@ -313,6 +317,24 @@ pub(crate) async fn execute(t: Target, req: Req<'_>) -> i64 {
     let id = aio.alloc();
     cb.aio_data = id as u64;
     *aio.slots.borrow_mut()[id].iocb = cb;
-    aio.queued.borrow_mut().push(id);
+    let queued = {
+        let mut q = aio.queued.borrow_mut();
+        q.push(id);
+        q.len() as u64
+    };
+    // QEMU's laio_max_batch: the node's limit if set and lower, else the loop's
+    // (32 when unset); a full batch goes to the kernel at once instead of at the end
+    // of the loop turn.
+    let loop_max = match aio::aio_max_batch() {
+        0 => DEFAULT_MAX_BATCH,
+        n => n,
+    };
+    let max = match t.max_batch {
+        0 => loop_max,
+        n => n.min(loop_max),
+    };
+    if queued >= max {
+        aio.flush();
+    }
     NativeOp { aio, id }.await
 }
