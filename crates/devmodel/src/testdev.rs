@@ -54,7 +54,9 @@ struct Ops(Arc<Mutex<Regs>>);
 impl IoOps for Ops {
     fn read(&mut self, offset: u64, _size: u32) -> u64 {
         let r = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        (match offset & !3 {
+        // Widened accesses arrive at their own (unaligned) offset: the register's
+        // bytes from there on.
+        let v = match offset & !3 {
             0x00 => ID,
             0x04 => r.revision,
             0x08 => r.scratch,
@@ -63,7 +65,8 @@ impl IoOps for Ops {
             0x18 => r.fired,
             0x1c => r.inputs,
             _ => 0,
-        }) as u64
+        };
+        (v >> ((offset & 3) * 8)) as u64
     }
 
     fn write(&mut self, offset: u64, value: u64, _size: u32) {
