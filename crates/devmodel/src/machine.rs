@@ -189,7 +189,14 @@ impl Machine {
         let un = tree.container(machine_obj, "unattached");
         let mut memory = Memory::new();
         let system_memory = memory.add_container("system", 1u128 << 64);
-        let system_io = memory.add_container("io", 0x10000);
+        // As QEMU's `io` region: an I/O region whose unassigned ports read all ones.
+        let system_io = memory.add_io(
+            "io",
+            0x10000,
+            Arc::new(std::sync::Mutex::new(UnassignedIo)),
+            crate::memory::AccessSizes::default(),
+            crate::memory::AccessSizes::default(),
+        );
         memory.add_address_space("memory", system_memory);
         memory.add_address_space("I/O", system_io);
         let _ = tree.add_child(un, "io[*]", Object::bare("memory-region"));
@@ -693,6 +700,17 @@ impl Machine {
         }
         Ok(out)
     }
+}
+
+/// Port I/O nothing claims: reads return all ones, writes vanish (QEMU's
+/// `unassigned_io_ops`).
+struct UnassignedIo;
+
+impl crate::memory::IoOps for UnassignedIo {
+    fn read(&mut self, _offset: u64, _size: u32) -> u64 {
+        u64::MAX
+    }
+    fn write(&mut self, _offset: u64, _value: u64, _size: u32) {}
 }
 
 /// Shared, thread-safe handle the program uses around a machine (the "big lock").

@@ -111,7 +111,7 @@ fn mmio_pio_and_unassigned() {
             "writel 0xffffffffffffffff 1",
         ]),
         "OK 0x000000000e1e5700\nOK\nOK 0x0000000000000056\nOK 0xe1e5700\nOK\nOK 0x0055\nOK 0x0055\n\
-OK 0x0000000000000000\nOK 0x0000\nOK\n"
+OK 0x0000000000000000\nOK 0x00ff\nOK\n"
     );
 }
 

@@ -17,34 +17,69 @@ fn raw(q: &mut QTest, lines: &[&str]) -> Vec<String> {
 fn every_qtest_command_replies_as_qemu() {
     let mut q = start("-M none, -m 64M -device oxemu-test-device,id=t0,iobase=0x100");
     assert_eq!(
-        raw(&mut q, &[
-            "endianness",
-            "writeb 0x10 0xab", "readb 0x10",
-            "writew 0x20 0xbeef", "readw 0x20",
-            "writel 0x30 0xdeadbeef", "readl 0x30",
-            "writeq 0x40 0x0123456789abcdef", "readq 0x40",
-            "read 0x40 8", "b64read 0x40 3",
-            "write 0x80 4 0x01020304", "read 0x80 4",
-            "b64write 0x90 2 /w8=", "read 0x90 2",
-            "memset 0xa0 3 0x77", "read 0xa0 4",
-            "readl 0x10000000", "writel 0x10000008 0x55aa", "readw 0x10000008",
-            "inl 0x100", "outw 0x108 0x1234", "inb 0x109", "outb 0x108 0x1", "inl 0x108", "outl 0x108 0x0",
-            "readq 0x7000000000", "inw 0xf000",
-            "module_load block curl",
-        ]),
+        raw(
+            &mut q,
+            &[
+                "endianness",
+                "writeb 0x10 0xab",
+                "readb 0x10",
+                "writew 0x20 0xbeef",
+                "readw 0x20",
+                "writel 0x30 0xdeadbeef",
+                "readl 0x30",
+                "writeq 0x40 0x0123456789abcdef",
+                "readq 0x40",
+                "read 0x40 8",
+                "b64read 0x40 3",
+                "write 0x80 4 0x01020304",
+                "read 0x80 4",
+                "b64write 0x90 2 /w8=",
+                "read 0x90 2",
+                "memset 0xa0 3 0x77",
+                "read 0xa0 4",
+                "readl 0x10000000",
+                "writel 0x10000008 0x55aa",
+                "readw 0x10000008",
+                "inl 0x100",
+                "outw 0x108 0x1234",
+                "inb 0x109",
+                "outb 0x108 0x1",
+                "inl 0x108",
+                "outl 0x108 0x0",
+                "readq 0x7000000000",
+                "inw 0xf000",
+                "module_load block curl",
+            ]
+        ),
         [
             "OK little",
-            "OK", "OK 0x00000000000000ab",
-            "OK", "OK 0x000000000000beef",
-            "OK", "OK 0x00000000deadbeef",
-            "OK", "OK 0x0123456789abcdef",
-            "OK 0xefcdab8967452301", "OK 782r",
-            "OK", "OK 0x01020304",
-            "OK", "OK 0xff0f",
-            "OK", "OK 0x77777700",
-            "OK 0x000000000e1e5700", "OK", "OK 0x00000000000055aa",
-            "OK 0xe1e5700", "OK", "OK 0x0012", "OK", "OK 0x0001", "OK",
-            "OK 0x0000000000000000", "OK 0x0000",
+            "OK",
+            "OK 0x00000000000000ab",
+            "OK",
+            "OK 0x000000000000beef",
+            "OK",
+            "OK 0x00000000deadbeef",
+            "OK",
+            "OK 0x0123456789abcdef",
+            "OK 0xefcdab8967452301",
+            "OK 782r",
+            "OK",
+            "OK 0x01020304",
+            "OK",
+            "OK 0xff0f",
+            "OK",
+            "OK 0x77777700",
+            "OK 0x000000000e1e5700",
+            "OK",
+            "OK 0x00000000000055aa",
+            "OK 0xe1e5700",
+            "OK",
+            "OK 0x0012",
+            "OK",
+            "OK 0x0001",
+            "OK",
+            "OK 0x0000000000000000",
+            "OK 0xffff",
             "FAIL",
         ]
     );
@@ -69,20 +104,41 @@ fn every_qtest_command_replies_as_qemu() {
     assert_eq!(q.readq(0x408).unwrap(), 3);
     q.outb(0x108, 1).unwrap();
     q.outw(0x108, 1).unwrap();
-    assert!(q.terminate().unwrap().success(), "SIGTERM exits with status 0");
+    assert!(
+        q.terminate().unwrap().success(),
+        "SIGTERM exits with status 0"
+    );
 }
 
 #[test]
 fn clock_timers_and_irqs() {
     let mut q = start("-M oxemu-test");
     let dev = "/machine/unattached/device[1]";
-    assert_eq!(q.qmp(&format!(r#"{{"execute":"qom-get","arguments":{{"path":"{dev}","property":"type"}}}}"#)).unwrap()["return"], "oxemu-test-device");
     assert_eq!(
-        raw(&mut q, &["clock_step", "clock_step 1000", "clock_set 500", "clock_set 2000"]),
+        q.qmp(&format!(
+            r#"{{"execute":"qom-get","arguments":{{"path":"{dev}","property":"type"}}}}"#
+        ))
+        .unwrap()["return"],
+        "oxemu-test-device"
+    );
+    assert_eq!(
+        raw(
+            &mut q,
+            &[
+                "clock_step",
+                "clock_step 1000",
+                "clock_set 500",
+                "clock_set 2000"
+            ]
+        ),
         ["OK 0", "OK 1000", "OK 1000", "OK 2000"]
     );
     q.irq_intercept_out(dev).unwrap();
-    assert_eq!(q.command("irq_intercept_in /machine/unattached/device[0]").unwrap(), "FAIL IRQ intercept already enabled");
+    assert_eq!(
+        q.command("irq_intercept_in /machine/unattached/device[0]")
+            .unwrap(),
+        "FAIL IRQ intercept already enabled"
+    );
     assert!(!q.get_irq(0));
     q.writel(0x1000_000c, 1).unwrap();
     assert!(q.get_irq(0));
@@ -99,7 +155,8 @@ fn clock_timers_and_irqs() {
     q.set_irq_in(dev, None, 0, 1).unwrap();
     assert_eq!(q.readl(0x1000_001c).unwrap(), 1);
     assert_eq!(
-        q.command(&format!("set_irq_in {dev} unnamed-gpio-in 5 1")).unwrap(),
+        q.command(&format!("set_irq_in {dev} unnamed-gpio-in 5 1"))
+            .unwrap(),
         format!("FAIL No GPIO input 'unnamed-gpio-in'[5] on {dev}")
     );
     // Version 1.0 of the board has the compat revision.
@@ -117,28 +174,35 @@ fn intercepting_inputs() {
     q.set_irq_in("/machine/peripheral/t0", None, 1, 1).unwrap();
     assert!(q.get_irq(1));
     assert_eq!(q.readl(0x1000_001c).unwrap(), 2, "forwarded to the device");
-    assert_eq!(q.command("irq_intercept_in t0").unwrap(), "OK", "same device, partial path");
+    assert_eq!(
+        q.command("irq_intercept_in t0").unwrap(),
+        "OK",
+        "same device, partial path"
+    );
 }
 
 #[test]
 fn malformed_lines_fail_without_killing_the_machine() {
     let mut q = start("-M none -m 1M");
     assert_eq!(
-        raw(&mut q, &[
-            "read 0x0 0x10000000000",
-            "b64read 0x0 0x1000001",
-            "memset 0 0x10000000000 0",
-            "readl",
-            "writel 0x0",
-            "readl banana",
-            "outb 0x10000 1",
-            "write 0 4 zz",
-            "b64write 0 4 ***",
-            "set_irq_in /machine/peripheral/none unnamed-gpio-in 0 1",
-            "irq_intercept_out /machine/nothing",
-            "fly_to_the_moon",
-            "readb 0",
-        ]),
+        raw(
+            &mut q,
+            &[
+                "read 0x0 0x10000000000",
+                "b64read 0x0 0x1000001",
+                "memset 0 0x10000000000 0",
+                "readl",
+                "writel 0x0",
+                "readl banana",
+                "outb 0x10000 1",
+                "write 0 4 zz",
+                "b64write 0 4 ***",
+                "set_irq_in /machine/peripheral/none unnamed-gpio-in 0 1",
+                "irq_intercept_out /machine/nothing",
+                "fly_to_the_moon",
+                "readb 0",
+            ]
+        ),
         [
             "FAIL read: size 0x10000000000 exceeds the limit of 0x1000000 bytes",
             "FAIL b64read: size 0x1000001 exceeds the limit of 0x1000000 bytes",
@@ -170,7 +234,20 @@ fn qtest_log_records_the_session() {
     assert!(q.terminate().unwrap().success());
     let text = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<&str> = text.lines().collect();
-    assert!(lines[0].starts_with("[I +") && lines[0].ends_with("] OPENED"), "{text}");
-    assert!(lines.iter().any(|l| l.starts_with("[R +") && l.ends_with("] readb 0x0")), "{text}");
-    assert!(lines.iter().any(|l| l.starts_with("[S +") && l.ends_with("] OK 0x0000000000000000")), "{text}");
+    assert!(
+        lines[0].starts_with("[I +") && lines[0].ends_with("] OPENED"),
+        "{text}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("[R +") && l.ends_with("] readb 0x0")),
+        "{text}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("[S +") && l.ends_with("] OK 0x0000000000000000")),
+        "{text}"
+    );
 }
