@@ -306,6 +306,7 @@ fn main() {
                 format!("Invalid parameter '{k}'"),
             ));
         }
+        let b = claim(&vm, &id).unwrap_or_else(|e| die(CliError::at("mon", Some(m), e)));
         if mode != "control" {
             die(CliError::at(
                 "mon",
@@ -313,7 +314,7 @@ fn main() {
                 "HMP monitors are not supported by oxemu-system-aarch64; use mode=control",
             ));
         }
-        qmp_backends.push(claim(&vm, &id).unwrap_or_else(|e| die(CliError::at("mon", Some(m), e))));
+        qmp_backends.push(b);
     }
     for (i, q) in c.qmps.iter().enumerate() {
         match legacy_backend(&vm, q, &format!("compat_monitor{i}")) {
