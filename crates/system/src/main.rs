@@ -46,7 +46,7 @@ fn choose_accel(c: &cli::Config) -> Result<bool, CliError> {
     if let Some(m) = c.machine.get("accel") {
         names.extend(m.split(':').map(String::from));
     }
-    for n in &names {
+    if let Some(n) = names.first() {
         match n.as_str() {
             "qtest" => return Ok(true),
             "tcg" | "kvm" | "hvf" | "xen" => {
@@ -162,7 +162,9 @@ fn qtest_on(vm: &Arc<Vm>, b: Backend, log: Option<Box<dyn Write + Send>>) -> Res
     }
 }
 
-struct SharedLog(Arc<std::sync::Mutex<Box<dyn Write + Send>>>);
+type LogSink = Arc<std::sync::Mutex<Box<dyn Write + Send>>>;
+
+struct SharedLog(LogSink);
 impl Write for SharedLog {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).write(b)

@@ -91,6 +91,9 @@ fn located<'a>(opt: &'a str, arg: &'a str) -> impl Fn(String) -> CliError + 'a {
     move |m| CliError::at(opt, Some(arg), m)
 }
 
+/// An object's type, id and remaining properties.
+pub type CheckedObject = (String, String, Vec<(String, Value)>);
+
 /// Checks `-object`/`object-add` arguments the way QEMU's QAPI `ObjectOptions`
 /// does before any object exists. `cmdline` selects the command-line wording of
 /// unknown parameters. Returns the type, id and remaining properties.
@@ -98,7 +101,7 @@ pub fn check_object_args(
     types: &TypeRegistry,
     mut props: Vec<(String, Value)>,
     cmdline: bool,
-) -> Result<(String, String, Vec<(String, Value)>), String> {
+) -> Result<CheckedObject, String> {
     let mut take = |k: &str| {
         let i = props.iter().position(|(n, _)| n == k)?;
         Some(props.remove(i).1)
@@ -214,7 +217,7 @@ pub fn build_machine(c: &Config, qtest_accel: bool) -> Result<Vm, CliError> {
     let cpu_type = match &c.cpu {
         None => None,
         Some(spec) => {
-            let mut o = Opts::parse(spec, Some("model")).map_err(|e| CliError::plain(e))?;
+            let mut o = Opts::parse(spec, Some("model")).map_err(CliError::plain)?;
             let model = o.take("model").unwrap_or_default();
             let ty = cpu_models()
                 .iter()
