@@ -346,6 +346,18 @@ impl QmpServer {
         Ok(local)
     }
 
+    /// Serves a connection the program opened itself, such as a monitor on a
+    /// chardev socket in client mode (`-chardev socket,path=…` without `server=on`).
+    pub fn serve_unix_stream(self: &Arc<Self>, s: std::os::unix::net::UnixStream) {
+        let w = s.try_clone();
+        let fd = s.as_fd().try_clone_to_owned();
+        self.spawn_client(
+            Box::new(s),
+            w.map(|w| Box::new(w) as Box<dyn Write + Send>),
+            fd,
+        );
+    }
+
     fn add_listener(&self, fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
         let fd = fd.try_clone_to_owned()?;
         self.listeners

@@ -1,0 +1,310 @@
+//! The command line, parsed as `qemu-system-aarch64` parses it.
+//!
+//! Options take one dash or two. Errors carry QEMU's texts; [`CliError::at`] is
+//! the option the error is reported against (QEMU prefixes `-opt arg: ` to some
+//! messages and not to others, and so does oxemu, option by option).
+
+use crate::opts::Opts;
+
+/// A command-line error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CliError {
+    /// `-opt arg` to prefix, if QEMU prefixes it.
+    pub at: Option<String>,
+    /// The message (may span lines).
+    pub msg: String,
+}
+
+impl CliError {
+    /// An error located at option `opt` with argument `arg`.
+    pub fn at(opt: &str, arg: Option<&str>, msg: impl Into<String>) -> Self {
+        CliError {
+            at: Some(match arg {
+                Some(a) => format!("-{opt} {a}"),
+                None => format!("-{opt}"),
+            }),
+            msg: msg.into(),
+        }
+    }
+    /// An error without location.
+    pub fn plain(msg: impl Into<String>) -> Self {
+        CliError {
+            at: None,
+            msg: msg.into(),
+        }
+    }
+    /// The text printed to stderr (each line prefixed like QEMU's error_report).
+    pub fn render(&self, prog: &str) -> String {
+        let mut lines = self.msg.lines();
+        let first = lines.next().unwrap_or("");
+        let mut s = match &self.at {
+            Some(a) => format!("{prog}: {a}: {first}\n"),
+            None => format!("{prog}: {first}\n"),
+        };
+        for l in lines {
+            s.push_str(l);
+            s.push('\n');
+        }
+        s
+    }
+}
+
+/// What a help request asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Help {
+    /// `-M help`
+    Machines,
+    /// `-cpu help`
+    Cpus,
+    /// `-device help`
+    Devices,
+    /// `-device DRIVER,help`
+    DeviceProps(String),
+    /// `-h`, `-help`
+    Usage,
+    /// `-version`
+    Version,
+}
+
+/// Everything the command line asked for, in order where order matters.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// `-M`/`-machine` options (merged, later wins).
+    pub machine: Opts,
+    /// `-cpu` model and its properties.
+    pub cpu: Option<String>,
+    /// `-smp`.
+    pub smp: Option<String>,
+    /// `-m`.
+    pub mem: Option<String>,
+    /// `-object`s, as written.
+    pub objects: Vec<String>,
+    /// `-device`s, as written.
+    pub devices: Vec<String>,
+    /// `-global`s, as written.
+    pub globals: Vec<String>,
+    /// `-chardev`s, as written.
+    pub chardevs: Vec<String>,
+    /// `-serial`s.
+    pub serials: Vec<String>,
+    /// `-mon`s.
+    pub mons: Vec<String>,
+    /// `-qmp`s.
+    pub qmps: Vec<String>,
+    /// `-monitor`s.
+    pub monitors: Vec<String>,
+    /// `-qtest`.
+    pub qtest: Option<String>,
+    /// `-qtest-log`.
+    pub qtest_log: Option<String>,
+    /// `-accel`s.
+    pub accels: Vec<String>,
+    /// `-display`.
+    pub display: Option<String>,
+    /// `-nographic`.
+    pub nographic: bool,
+    /// `-nodefaults`.
+    pub nodefaults: bool,
+    /// `-S`.
+    pub stopped: bool,
+    /// `-name`.
+    pub name: Option<String>,
+    /// `-pidfile`.
+    pub pidfile: Option<String>,
+    /// `-daemonize`.
+    pub daemonize: bool,
+    /// A help request (handled before anything is built).
+    pub help: Option<Help>,
+}
+
+const WITH_ARG: &[&str] = &[
+    "M",
+    "machine",
+    "cpu",
+    "smp",
+    "m",
+    "object",
+    "device",
+    "global",
+    "chardev",
+    "serial",
+    "mon",
+    "qmp",
+    "monitor",
+    "qtest",
+    "qtest-log",
+    "accel",
+    "display",
+    "name",
+    "pidfile",
+];
+const FLAGS: &[&str] = &[
+    "nographic",
+    "nodefaults",
+    "S",
+    "daemonize",
+    "h",
+    "help",
+    "version",
+];
+/// Options QEMU has that oxemu does not implement (refused with a clear error).
+const UNSUPPORTED: &[&str] = &[
+    "blockdev",
+    "drive",
+    "kernel",
+    "initrd",
+    "append",
+    "bios",
+    "netdev",
+    "nic",
+    "vga",
+    "enable-kvm",
+    "icount",
+];
+
+/// Parses the arguments after the program name.
+pub fn parse(args: &[String]) -> Result<Config, CliError> {
+    let mut c = Config::default();
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        i += 1;
+        let Some(name) = a.strip_prefix("--").or_else(|| a.strip_prefix('-')) else {
+            return Err(CliError::plain(format!(
+                "{a}: oxemu-system-aarch64 has no disk images: positional arguments are not accepted"
+            )));
+        };
+        if FLAGS.contains(&name) {
+            match name {
+                "nographic" => c.nographic = true,
+                "nodefaults" => c.nodefaults = true,
+                "S" => c.stopped = true,
+                "daemonize" => c.daemonize = true,
+                "version" => c.help = Some(Help::Version),
+                _ => c.help = Some(Help::Usage),
+            }
+            continue;
+        }
+        if UNSUPPORTED.contains(&name) {
+            return Err(CliError::at(
+                name,
+                None,
+                format!("option -{name} is not supported by oxemu-system-aarch64 yet"),
+            ));
+        }
+        if !WITH_ARG.contains(&name) {
+            return Err(CliError::at(name, None, "invalid option"));
+        }
+        let Some(v) = args.get(i).cloned() else {
+            return Err(CliError::at(name, None, "requires an argument"));
+        };
+        i += 1;
+        let is_help = |s: &str| s == "help" || s == "?";
+        match name {
+            "M" | "machine" => {
+                let o =
+                    Opts::parse(&v, Some("type")).map_err(|e| CliError::at(name, Some(&v), e))?;
+                if o.get("type").is_some_and(is_help) {
+                    c.help = Some(Help::Machines);
+                }
+                c.machine.0.extend(o.0);
+            }
+            "cpu" => {
+                if is_help(&v) {
+                    c.help = Some(Help::Cpus);
+                }
+                c.cpu = Some(v);
+            }
+            "smp" => c.smp = Some(v),
+            "m" => c.mem = Some(v),
+            "object" => c.objects.push(v),
+            "device" => {
+                let o =
+                    Opts::parse(&v, Some("driver")).map_err(|e| CliError::at(name, Some(&v), e))?;
+                match o.get("driver") {
+                    Some(d) if is_help(d) => c.help = Some(Help::Devices),
+                    Some(d) if o.get("help").is_some() || o.get("?").is_some() => {
+                        c.help = Some(Help::DeviceProps(d.to_string()))
+                    }
+                    _ => {}
+                }
+                c.devices.push(v)
+            }
+            "global" => c.globals.push(v),
+            "chardev" => c.chardevs.push(v),
+            "serial" => c.serials.push(v),
+            "mon" => c.mons.push(v),
+            "qmp" => c.qmps.push(v),
+            "monitor" => c.monitors.push(v),
+            "qtest" => c.qtest = Some(v),
+            "qtest-log" => c.qtest_log = Some(v),
+            "accel" => c.accels.push(v),
+            "display" => c.display = Some(v),
+            "name" => c.name = Some(v),
+            "pidfile" => c.pidfile = Some(v),
+            _ => unreachable!("every option in WITH_ARG is handled"),
+        }
+    }
+    Ok(c)
+}
+
+/// The `-h` text.
+pub fn usage() -> String {
+    "usage: oxemu-system-aarch64 [options]\n\
+\n\
+Machine: -M/-machine TYPE[,memory-backend=ID][,accel=qtest]  -cpu cortex-a57|cortex-a72|max[,PROP=V]\n\
+         -smp N  -m SIZE  -object TYPE,id=ID,...  -device DRIVER[,PROP=V]  -global D.P=V\n\
+Chardev: -chardev socket|file|stdio|null|pipe,id=ID,...  -serial SPEC  -mon chardev=ID,mode=control\n\
+         -qmp SPEC  -monitor none\n\
+qtest:   -accel qtest  -qtest unix:PATH|stdio|chardev:ID  -qtest-log FILE|none\n\
+Other:   -display none  -nographic  -nodefaults  -S  -name NAME  -pidfile FILE  -daemonize\n\
+Help:    -M help  -cpu help  -device help  -device DRIVER,help  -version\n\
+\n\
+oxemu-system-aarch64 has no CPU emulation: -accel tcg and -accel kvm are refused.\n"
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(a: &[&str]) -> Result<Config, CliError> {
+        parse(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn options_and_errors() {
+        let c = p(&[
+            "-M",
+            "none,",
+            "--machine",
+            "memory-backend=m",
+            "-S",
+            "-device",
+            "x,id=a",
+        ])
+        .unwrap();
+        assert_eq!(c.machine.get("type"), Some("none"));
+        assert_eq!(c.machine.get("memory-backend"), Some("m"));
+        assert!(c.stopped);
+        assert_eq!(c.devices, ["x,id=a"]);
+        assert_eq!(
+            p(&["-m"]).unwrap_err(),
+            CliError::at("m", None, "requires an argument")
+        );
+        assert_eq!(
+            p(&["-bogus"]).unwrap_err().render("q"),
+            "q: -bogus: invalid option\n"
+        );
+        assert_eq!(p(&["-device", "help"]).unwrap().help, Some(Help::Devices));
+        assert_eq!(
+            p(&["-device", "foo,help"]).unwrap().help,
+            Some(Help::DeviceProps("foo".into()))
+        );
+        assert_eq!(p(&["-M", "?"]).unwrap().help, Some(Help::Machines));
+        assert!(p(&["-drive", "file=x"])
+            .unwrap_err()
+            .msg
+            .contains("not supported"));
+    }
+}

@@ -1,0 +1,417 @@
+//! Building the machine from the command line, and the run state shared by QMP,
+//! qtest and the main thread.
+
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+
+use serde_json::{json, Value};
+
+use oxemu_devmodel::boards::machine_types;
+use oxemu_devmodel::machine::{find_machine, GlobalProp, Machine, MachineConfig, MachineType};
+use oxemu_devmodel::qom::{parse_size, PropType, TypeRegistry};
+use oxemu_devmodel::types::{cpu_models, register_standard};
+use oxemu_qmp::EventBus;
+
+use crate::chardev::Chardev;
+use crate::cli::{CliError, Config};
+use crate::opts::Opts;
+
+/// QEMU's run states that oxemu has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunState {
+    /// Started with `-S`, never continued.
+    Prelaunch,
+    /// Running (virtual time still only moves under qtest).
+    Running,
+    /// Stopped by `stop`.
+    Paused,
+}
+
+impl RunState {
+    /// The `status` string of `query-status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Prelaunch => "prelaunch",
+            RunState::Running => "running",
+            RunState::Paused => "paused",
+        }
+    }
+}
+
+/// The running program's shared state.
+pub struct Vm {
+    /// The machine, under the big lock.
+    pub machine: Arc<Mutex<Machine>>,
+    /// Run state.
+    pub state: Mutex<RunState>,
+    /// Set when the program must exit, with the SHUTDOWN reason.
+    pub shutdown: Mutex<Option<&'static str>>,
+    /// Signalled when `shutdown` is set.
+    pub shutdown_cv: Condvar,
+    /// Chardevs.
+    pub chardevs: Mutex<Vec<Chardev>>,
+    /// `-name`.
+    pub name: Option<String>,
+    /// Machine types.
+    pub machine_types: Vec<MachineType>,
+    /// The QMP event bus, once a server exists.
+    pub events: OnceLock<Arc<EventBus>>,
+    /// Whether `-accel qtest` is in effect.
+    pub qtest_accel: bool,
+}
+
+impl Vm {
+    /// Asks the main thread to exit, emitting SHUTDOWN with `reason`.
+    pub fn request_shutdown(&self, reason: &'static str) {
+        let mut s = self.shutdown.lock().unwrap_or_else(|p| p.into_inner());
+        if s.is_none() {
+            *s = Some(reason);
+            if let Some(e) = self.events.get() {
+                e.emit("SHUTDOWN", Some(json!({"guest": false, "reason": reason})));
+            }
+        }
+        self.shutdown_cv.notify_all();
+    }
+
+    /// Emits an event if a QMP server exists.
+    pub fn emit(&self, name: &str, data: Option<Value>) {
+        if let Some(e) = self.events.get() {
+            e.emit(name, data);
+        }
+    }
+}
+
+/// The registry with every standard type plus machine types' QOM types.
+pub fn registry() -> TypeRegistry {
+    let mut r = TypeRegistry::new();
+    register_standard(&mut r);
+    r
+}
+
+fn located<'a>(opt: &'a str, arg: &'a str) -> impl Fn(String) -> CliError + 'a {
+    move |m| CliError::at(opt, Some(arg), m)
+}
+
+/// An object's type, id and remaining properties.
+pub type CheckedObject = (String, String, Vec<(String, Value)>);
+
+/// Checks `-object`/`object-add` arguments the way QEMU's QAPI `ObjectOptions`
+/// does before any object exists. `cmdline` selects the command-line wording of
+/// unknown parameters. Returns the type, id and remaining properties.
+pub fn check_object_args(
+    types: &TypeRegistry,
+    mut props: Vec<(String, Value)>,
+    cmdline: bool,
+) -> Result<CheckedObject, String> {
+    let mut take = |k: &str| {
+        let i = props.iter().position(|(n, _)| n == k)?;
+        Some(props.remove(i).1)
+    };
+    let ty = match take("qom-type") {
+        Some(Value::String(s)) => s,
+        Some(_) => return Err("Invalid parameter type for 'qom-type', expected: string".into()),
+        None => return Err("Parameter 'qom-type' is missing".into()),
+    };
+    let ok = types
+        .get(&ty)
+        .is_some_and(|t| !t.is_abstract && types.is_a(&ty, "user-creatable"));
+    if !ok {
+        return Err(format!("Parameter 'qom-type' does not accept value '{ty}'"));
+    }
+    let id = match take("id") {
+        Some(Value::String(s)) => s,
+        Some(_) => return Err("Invalid parameter type for 'id', expected: string".into()),
+        None => return Err("Parameter 'id' is missing".into()),
+    };
+    let known = types.all_props(&ty);
+    for (k, v) in &props {
+        let Some(p) = known.iter().find(|p| &p.name == k) else {
+            return Err(if cmdline {
+                format!("Invalid parameter '{k}'")
+            } else {
+                format!("Parameter '{k}' is unexpected")
+            });
+        };
+        if p.ty == PropType::Size {
+            if let Value::String(s) = v {
+                if parse_size(s).is_none() {
+                    return Err(format!("Parameter '{k}' expects a size value"));
+                }
+            }
+        }
+    }
+    if types.is_a(&ty, "memory-backend") && !props.iter().any(|(k, _)| k == "size") {
+        return Err("Parameter 'size' is missing".into());
+    }
+    if ty == "memory-backend-file" && !props.iter().any(|(k, _)| k == "mem-path") {
+        return Err("Parameter 'mem-path' is missing".into());
+    }
+    Ok((ty, id, props))
+}
+
+fn opts_values(o: &Opts) -> Vec<(String, Value)> {
+    o.0.iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect()
+}
+
+/// The machine type chosen by `-M` (QEMU has no default for aarch64; oxemu's
+/// is `none`).
+pub fn choose_machine<'a>(
+    types: &'a [MachineType],
+    c: &Config,
+) -> Result<&'a MachineType, CliError> {
+    let name = c.machine.get("type").unwrap_or("none");
+    find_machine(types, name).ok_or_else(|| {
+        CliError::plain("unsupported machine type\nUse -machine help to list supported machines")
+    })
+}
+
+/// Builds the machine (objects, RAM, CPUs, devices) from the command line.
+pub fn build_machine(c: &Config, qtest_accel: bool) -> Result<Vm, CliError> {
+    let mts = machine_types();
+    let mt = choose_machine(&mts, c)?.clone();
+    let mut mopts = c.machine.clone();
+    mopts.take("type");
+    mopts.take("accel");
+    let memory_backend = mopts.take("memory-backend");
+    if let Some(k) = mopts.first_key() {
+        return Err(CliError::plain(format!(
+            "Property '{}.{k}' not found",
+            mt.qom_type()
+        )));
+    }
+    let mut globals = Vec::new();
+    for g in &c.globals {
+        let gp = if g.contains("driver=") {
+            let mut o = Opts::parse(g, None).map_err(located("global", g))?;
+            let d = o.take("driver");
+            let p = o.take("property");
+            let v = o.take("value");
+            match (d, p, v) {
+                (Some(driver), Some(property), Some(value)) => GlobalProp {
+                    driver,
+                    property,
+                    value,
+                },
+                _ => {
+                    return Err(CliError::at(
+                        "global",
+                        Some(g),
+                        "Invalid parameter 'driver'",
+                    ))
+                }
+            }
+        } else {
+            if !g.contains('=') {
+                return Err(CliError::at(
+                    "global",
+                    Some(g),
+                    format!("Invalid parameter '{g}'"),
+                ));
+            }
+            GlobalProp::parse(g).map_err(located("global", g))?
+        };
+        globals.push(gp);
+    }
+    // -cpu MODEL[,PROP=VALUE...]: the properties become globals on the CPU type.
+    let cpu_type = match &c.cpu {
+        None => None,
+        Some(spec) => {
+            let mut o = Opts::parse(spec, Some("model")).map_err(CliError::plain)?;
+            let model = o.take("model").unwrap_or_default();
+            let ty = cpu_models()
+                .iter()
+                .find(|(m, t)| *m == model || *t == model)
+                .map(|(_, t)| t.to_string())
+                .ok_or_else(|| CliError::plain(format!("unable to find CPU model '{model}'")))?;
+            for (k, v) in o.0 {
+                globals.push(GlobalProp {
+                    driver: ty.clone(),
+                    property: k,
+                    value: v,
+                });
+            }
+            Some(ty)
+        }
+    };
+    let cpus = match &c.smp {
+        None => 1,
+        Some(s) => {
+            let mut o = Opts::parse(s, Some("cpus")).map_err(located("smp", s))?;
+            let n = o.take("cpus").unwrap_or_else(|| "1".into());
+            let maxcpus = o.take("maxcpus");
+            if let Some(k) = o.first_key() {
+                return Err(CliError::at(
+                    "smp",
+                    Some(s),
+                    format!("Invalid parameter '{k}': oxemu-system-aarch64 takes cpus= and maxcpus= only"),
+                ));
+            }
+            let n: u32 = n
+                .parse()
+                .map_err(|_| CliError::at("smp", Some(s), "Parameter 'cpus' expects uint64"))?;
+            if let Some(m) = maxcpus {
+                if m.parse::<u32>().ok() != Some(n) {
+                    return Err(CliError::at(
+                        "smp",
+                        Some(s),
+                        "maxcpus must equal cpus: oxemu has no CPU hotplug",
+                    ));
+                }
+            }
+            n
+        }
+    };
+    let ram_size = match &c.mem {
+        None => None,
+        Some(s) => {
+            let mut o = Opts::parse(s, Some("size")).map_err(located("m", s))?;
+            let v = o.take("size").unwrap_or_default();
+            if let Some(k) = o.first_key() {
+                return Err(CliError::at(
+                    "m",
+                    Some(s),
+                    format!("Invalid parameter '{k}'"),
+                ));
+            }
+            // A number without suffix is MiB.
+            let v = if v.bytes().all(|b| b.is_ascii_digit()) && !v.is_empty() {
+                format!("{v}M")
+            } else {
+                v
+            };
+            Some(parse_size(&v).ok_or_else(|| {
+                CliError::at("m", Some(s), "Parameter 'size' expects a non-negative number below 2^64\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.")
+            })?)
+        }
+    };
+    let mut m = Machine::new(registry(), &mt, &globals);
+    for spec in &c.objects {
+        let o = Opts::parse(spec, Some("qom-type")).map_err(located("object", spec))?;
+        let (ty, id, props) =
+            check_object_args(&m.types, opts_values(&o), true).map_err(located("object", spec))?;
+        if m.tree.child(m.objects, &id).is_some() {
+            return Err(CliError::at(
+                "object",
+                Some(spec),
+                format!("Duplicate ID '{id}' for object"),
+            ));
+        }
+        m.object_add(&ty, &id, &props)
+            .map_err(|e| CliError::at("object", Some(spec), e.0))?;
+    }
+    let cfg = MachineConfig {
+        ram_size,
+        memory_backend,
+        cpu_type,
+        cpus,
+        globals: globals.clone(),
+    };
+    m.init(&cfg).map_err(CliError::plain)?;
+    for spec in &c.devices {
+        let mut o = Opts::parse(spec, Some("driver")).map_err(located("device", spec))?;
+        let driver = o.take("driver").unwrap_or_default();
+        let id = o.take("id");
+        m.device_add(&driver, id.as_deref(), &opts_values(&o))
+            .map_err(|e| CliError::at("device", Some(spec), e.0))?;
+    }
+    m.done = true;
+    Ok(Vm {
+        machine: Arc::new(Mutex::new(m)),
+        state: Mutex::new(if c.stopped {
+            RunState::Prelaunch
+        } else {
+            RunState::Running
+        }),
+        shutdown: Mutex::new(None),
+        shutdown_cv: Condvar::new(),
+        chardevs: Mutex::new(Vec::new()),
+        name: c.name.as_ref().map(|n| {
+            Opts::parse(n, Some("guest"))
+                .ok()
+                .and_then(|o| o.get("guest").map(String::from))
+                .unwrap_or_else(|| n.clone())
+        }),
+        machine_types: mts,
+        events: OnceLock::new(),
+        qtest_accel,
+    })
+}
+
+/// `-M help`.
+pub fn machines_help() -> String {
+    let mut s = String::from("Supported machines are:\n");
+    for m in machine_types() {
+        if let Some(a) = &m.alias {
+            s.push_str(&format!("{a:<20} {} (alias of {})\n", m.desc, m.name));
+        }
+        s.push_str(&format!("{:<20} {}\n", m.name, m.desc));
+    }
+    s
+}
+
+/// `-cpu help`.
+pub fn cpus_help() -> String {
+    let mut s = String::from("Available CPUs:\n");
+    for (m, _) in cpu_models() {
+        s.push_str(&format!("  {m}\n"));
+    }
+    s
+}
+
+/// `-device help`.
+pub fn devices_help() -> String {
+    let r = registry();
+    let mut s = String::new();
+    let mut cats: Vec<(&str, Vec<String>)> = Vec::new();
+    for t in r.list(Some("device"), false) {
+        if !t.user_creatable {
+            continue;
+        }
+        let cat = t.category.unwrap_or("Uncategorized devices");
+        let line = match &t.description {
+            Some(d) => format!("name \"{}\", desc \"{d}\"", t.name),
+            None => format!("name \"{}\"", t.name),
+        };
+        match cats.iter_mut().find(|(c, _)| *c == cat) {
+            Some((_, l)) => l.push(line),
+            None => cats.push((cat, vec![line])),
+        }
+    }
+    for (c, lines) in cats {
+        s.push_str(&format!("{c}:\n"));
+        for l in lines {
+            s.push_str(&l);
+            s.push('\n');
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// `-device DRIVER,help`.
+pub fn device_props_help(driver: &str) -> Result<String, CliError> {
+    let r = registry();
+    let t = r
+        .get(driver)
+        .filter(|t| r.is_a(&t.name, "device") && !t.is_abstract && t.user_creatable)
+        .ok_or_else(|| {
+            CliError::at(
+                "device",
+                Some(&format!("{driver},help")),
+                format!("'{driver}' is not a valid device model name"),
+            )
+        })?;
+    let mut s = format!("{} options:\n", t.name);
+    for p in r.all_props(driver) {
+        if matches!(p.name.as_str(), "realized" | "hotplugged" | "hotpluggable") {
+            continue;
+        }
+        let head = format!("{}=<{}>", p.name, p.ty.qom_name());
+        match p.default {
+            Some(d) => s.push_str(&format!("  {head:<24} - (default: {d})\n")),
+            None => s.push_str(&format!("  {head}\n")),
+        }
+    }
+    Ok(s)
+}
