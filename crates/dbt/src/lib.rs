@@ -1,11 +1,10 @@
 //! `oxemu-x86_64`: a same-ISA user-mode binary translator for x86-64 Linux programs
 //! (work in progress; see `NOTES.md` for what works).
 //!
-//! This crate currently provides the validated ELF parser, the CPU models (CPUID contents as
-//! QEMU presents them), the guest address-space map, the command-line options and the
-//! translator's building blocks (context switch, code cache, block translator).  The
-//! translator is not yet wired into the binary, which validates its input and then refuses
-//! to run the program.
+//! It loads static and dynamic (PIE, with `ld-linux-x86-64.so.2`) programs, translates guest
+//! blocks into a code cache by copy-through with rewritten control flow, answers `cpuid` from
+//! a CPU model and handles system calls.  Signals, threads, `fork`/`execve` and
+//! self-modifying-code detection are not implemented yet (see `NOTES.md`).
 //!
 //! ```
 //! use oxemu_dbt::cpu::CpuModel;
@@ -18,7 +17,9 @@
 pub mod cache;
 pub mod cpu;
 pub mod ctx;
+pub mod dispatch;
 pub mod elf;
+pub mod loader;
 pub mod log;
 pub mod mm;
 pub mod options;

@@ -406,6 +406,7 @@ fn refusal(ins: &Instruction, model: &CpuModel) -> Option<String> {
         return Some(format!("CPU model {} lacks {:?}", model.name, f));
     }
     match ins.mnemonic() {
+        Mnemonic::Syscall | Mnemonic::Cpuid => None,
         Mnemonic::Rdfsbase | Mnemonic::Rdgsbase | Mnemonic::Wrfsbase | Mnemonic::Wrgsbase => {
             Some("FSGSBASE is not enabled for user space (AT_HWCAP2)".into())
         }
