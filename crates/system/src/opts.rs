@@ -1,7 +1,7 @@
 //! QemuOpts-style option arguments (`-machine`, `-device`, `-chardev`, `-mon`, …).
 //!
 //! Elements are split on single commas (`,,` is a literal comma, through
-//! `oxemu_qmp::keyval::split_elements`). The first element may omit its key when
+//! `oxemu_opts::keyval::split_elements`). The first element may omit its key when
 //! the option has an implied one (`-device DRIVER`, `-chardev BACKEND`). A later
 //! element without `=` means `KEY=on`, as QemuOpts reads it. Empty elements
 //! (`-M virt,`) are skipped, as QEMU skips them.
@@ -14,7 +14,7 @@ impl Opts {
     /// Parses `s`; `implied` names the key of a leading element without `=`.
     pub fn parse(s: &str, implied: Option<&str>) -> Result<Self, String> {
         let mut out = Vec::new();
-        for (i, e) in oxemu_qmp::keyval::split_elements(s).into_iter().enumerate() {
+        for (i, e) in oxemu_opts::keyval::split_elements(s).into_iter().enumerate() {
             if e.is_empty() {
                 continue;
             }
