@@ -14,7 +14,10 @@ impl Opts {
     /// Parses `s`; `implied` names the key of a leading element without `=`.
     pub fn parse(s: &str, implied: Option<&str>) -> Result<Self, String> {
         let mut out = Vec::new();
-        for (i, e) in oxemu_opts::keyval::split_elements(s).into_iter().enumerate() {
+        for (i, e) in oxemu_opts::keyval::split_elements(s)
+            .into_iter()
+            .enumerate()
+        {
             if e.is_empty() {
                 continue;
             }
