@@ -136,6 +136,14 @@ pub trait BlockDriver: Send + Sync {
         None
     }
 
+    /// Reports a debug event (a step of a format driver's work, QEMU's
+    /// `BLKDBG_EVENT`) to this node. Format drivers call it on their `file` child;
+    /// filters pass it down; the [`Blkdebug`](crate::blkdebug::Blkdebug) filter acts
+    /// on it. The default ignores it.
+    fn debug_event(&self, ev: crate::blkdebug::DebugEvent) {
+        let _ = ev;
+    }
+
     /// Writes out cached metadata and marks the image clean; called before the node is
     /// closed. The default does a flush.
     async fn close(&self) -> BlockResult<()> {

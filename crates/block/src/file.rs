@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 use async_trait::async_trait;
 
@@ -104,6 +104,8 @@ pub struct FileDriver {
     mem_align: usize,
     /// On tmpfs or ramfs (see `engine::Target::inline`).
     in_memory: bool,
+    /// The errno of a failed `fdatasync`, latched: see [`FileDriver::flush_latched`].
+    flush_error: AtomicI32,
 }
 
 impl std::fmt::Debug for FileDriver {
@@ -124,6 +126,34 @@ fn with_path(path: &Path, e: io::Error) -> io::Error {
 }
 
 impl FileDriver {
+    /// The errno of an earlier failed flush, if one failed.
+    ///
+    /// When `fdatasync` fails, Linux may already have marked the dirty pages clean
+    /// and dropped the data: a later `fdatasync` can succeed without that data ever
+    /// reaching the disk. So, as QEMU's file-posix does, a failed flush of a file
+    /// opened through the page cache is remembered, and every later flush fails with
+    /// the same errno until the file is opened again. With `cache.direct=on` the page
+    /// cache is not involved and nothing is latched.
+    pub fn flush_latched(&self) -> Option<i32> {
+        match self.flush_error.load(Ordering::Acquire) {
+            0 => None,
+            e => Some(e),
+        }
+    }
+
+    fn latch_flush_error(&self, e: i32) {
+        if !self.opts.direct {
+            let _ = self
+                .flush_error
+                .compare_exchange(0, e, Ordering::AcqRel, Ordering::Acquire);
+            tracing::warn!(
+                "{}: flush failed ({}); every later flush fails too",
+                self.opts.filename.display(),
+                io::Error::from_raw_os_error(e)
+            );
+        }
+    }
+
     /// Opens a file or block device.
     pub fn open(opts: &FileOptions) -> io::Result<FileDriver> {
         let path = &opts.filename;
@@ -205,6 +235,7 @@ impl FileDriver {
             request_align,
             mem_align,
             in_memory: !block_device && in_memory_fs(fd),
+            flush_error: AtomicI32::new(0),
         })
     }
 
@@ -458,13 +489,18 @@ impl BlockDriver for FileDriver {
         if self.opts.no_flush || self.opts.read_only {
             return Ok(());
         }
+        if let Some(e) = self.flush_latched() {
+            return Err(errno(e));
+        }
         let mut r = self.exec(Req::Fdatasync).await;
         if r == -(libc::EINVAL as i64) && self.opts.aio == Aio::Native {
             // Many file systems lack IOCB_CMD_FDSYNC: do it on the pool, as QEMU does.
             r = engine::execute(Aio::Threads, self.target(), Req::Fdatasync).await;
         }
         if r < 0 {
-            return Err(errno(-r as i32));
+            let e = -r as i32;
+            self.latch_flush_error(e);
+            return Err(errno(e));
         }
         Ok(())
     }

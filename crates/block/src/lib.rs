@@ -4,17 +4,21 @@
 //!   (`raw`, `qcow2`) and exports (vhost-user-blk, NBD) build on.
 //! - [`mod@file`]: the `file` protocol driver for regular files and block devices.
 //! - [`engine`]: the AIO engines behind `aio=threads|native|io_uring`.
+//! - [`blkdebug`]: the `blkdebug` fault-injection filter, with QEMU's rules.
+//! - [`latch`]: a filter that makes a failed flush fail every later flush.
 //! - [`writethrough`]: `cache=writethrough`/`directsync` as a node that forces FUA.
 //! - [`export`]: the trait that block exports implement for the storage daemon.
 
 #![warn(missing_docs)]
 
+pub mod blkdebug;
 pub mod buffer;
 pub mod driver;
 pub mod engine;
 pub mod export;
 pub mod file;
 pub mod iovec;
+pub mod latch;
 pub mod lock;
 pub mod raw;
 pub mod writethrough;

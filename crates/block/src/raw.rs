@@ -4,6 +4,8 @@
 use std::io;
 use std::sync::Arc;
 
+use crate::blkdebug::DebugEvent;
+
 use async_trait::async_trait;
 
 use crate::driver::{
@@ -108,8 +110,12 @@ impl BlockDriver for RawFormat {
     fn memory_alignment(&self) -> usize {
         self.file.memory_alignment()
     }
+    fn debug_event(&self, ev: DebugEvent) {
+        self.file.debug_event(ev)
+    }
     async fn readv(&self, offset: u64, iov: &mut IoVecMut<'_>) -> BlockResult<()> {
         let o = self.check(offset, iov.len() as u64)?;
+        self.file.debug_event(DebugEvent::ReadAio);
         self.file.readv(o, iov).await
     }
     async fn writev(&self, offset: u64, iov: &IoVec<'_>, flags: WriteFlags) -> BlockResult<()> {
@@ -132,9 +138,12 @@ impl BlockDriver for RawFormat {
                 return Err(errno(libc::EPERM));
             }
         }
+        self.file.debug_event(DebugEvent::WriteAio);
         self.file.writev(o, iov, flags).await
     }
     async fn flush(&self) -> BlockResult<()> {
+        self.file.debug_event(DebugEvent::FlushToOs);
+        self.file.debug_event(DebugEvent::FlushToDisk);
         self.file.flush().await
     }
     async fn discard(&self, offset: u64, len: u64) -> BlockResult<()> {

@@ -37,6 +37,9 @@ impl BlockDriver for WriteThrough {
     fn memory_alignment(&self) -> usize {
         self.inner.memory_alignment()
     }
+    fn debug_event(&self, ev: crate::blkdebug::DebugEvent) {
+        self.inner.debug_event(ev)
+    }
     async fn readv(&self, offset: u64, iov: &mut IoVecMut<'_>) -> BlockResult<()> {
         self.inner.readv(offset, iov).await
     }
