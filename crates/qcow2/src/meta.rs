@@ -14,6 +14,7 @@
 //!    reusable after the next writeback), so that no on-disk L2 entry ever points to
 //!    a cluster with refcount 0.
 
+use oxemu_block::blkdebug::DebugEvent;
 use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
@@ -141,6 +142,8 @@ pub struct Meta {
     /// Their frees wait for a later writeback, so that a cluster is never handed out
     /// again while an old write to it may still land.
     pinned: HashMap<u64, u32>,
+    /// Host clusters a dropped write may still reach: never freed while open.
+    quarantined: std::collections::HashSet<u64>,
     /// Corruption was detected; writes fail with EIO.
     pub corrupt: bool,
     /// Guest clusters with an allocating write in flight, and who waits for them.
@@ -184,10 +187,16 @@ impl Meta {
             free_byte: 0,
             corrupt: false,
             pinned: HashMap::new(),
+            quarantined: Default::default(),
             inflight: HashMap::new(),
             file,
             h,
         })
+    }
+
+    /// Reports a blkdebug event to the file child.
+    pub(crate) fn ev(&self, e: DebugEvent) {
+        self.file.debug_event(e);
     }
 
     fn file_end(&self) -> u64 {
@@ -348,6 +357,7 @@ impl Meta {
         let off = self.reftable.get(rt).copied().unwrap_or(0) & !(self.cs - 1);
         if off == 0 {
             let Some(at) = create_at else { return Ok(None) };
+            self.ev(DebugEvent::RefblockAlloc);
             if !self.refblocks.make_room() {
                 Box::pin(self.writeback()).await?;
                 self.refblocks.make_room();
@@ -359,6 +369,7 @@ impl Meta {
         }
         if self.refblocks.get_mut(off).is_none() {
             let mut b = vec![0u8; self.cs as usize];
+            self.ev(DebugEvent::RefblockLoad);
             self.file.read_at(off, &mut b).await?;
             if !self.refblocks.make_room() {
                 Box::pin(self.writeback()).await?;
@@ -418,6 +429,7 @@ impl Meta {
 
     /// Allocates one cluster with refcount 1 and returns its host offset.
     pub async fn alloc_cluster(&mut self) -> io::Result<u64> {
+        self.ev(DebugEvent::ClusterAlloc);
         let epb = refcount::entries_per_block(self.h.cluster_bits, self.h.refcount_order);
         let mut c = self.free_hint.max(1);
         loop {
@@ -477,6 +489,7 @@ impl Meta {
     }
 
     async fn grow_reftable(&mut self, need: usize) -> io::Result<()> {
+        self.ev(DebugEvent::ReftableGrow);
         let cs = self.cs;
         let epb = refcount::entries_per_block(self.h.cluster_bits, self.h.refcount_order);
         let new_len = (need + need / 2 + 1) as u64;
@@ -550,6 +563,7 @@ impl Meta {
     /// several into one host cluster as QEMU does; each fragment holds one reference
     /// to the host cluster it lives in.
     pub async fn alloc_bytes(&mut self, len: u64) -> io::Result<u64> {
+        self.ev(DebugEvent::ClusterAllocBytes);
         let off = self.free_byte;
         let o = self.h.refcount_order;
         if off != 0
@@ -606,6 +620,12 @@ impl Meta {
         }
     }
 
+    /// Keeps the `n` host clusters from byte offset `host` from ever being freed while
+    /// the image is open (a dropped write may still land there; see `guard`).
+    pub fn quarantine(&mut self, host: u64, n: u64) {
+        self.quarantined.extend(host / self.cs..host / self.cs + n);
+    }
+
     /// Writes all dirty metadata in crash-safe order (module documentation).
     pub async fn writeback(&mut self) -> io::Result<()> {
         let f = self.file.clone();
@@ -621,6 +641,7 @@ impl Meta {
         for off in &dirty {
             let s = self.l2.map.get_mut(off).unwrap();
             let raw: Vec<u8> = s.val.iter().flat_map(|v| v.to_be_bytes()).collect();
+            f.debug_event(DebugEvent::L2Update);
             f.write_at(*off, &raw).await?;
             s.dirty = false;
         }
@@ -629,6 +650,7 @@ impl Meta {
         }
         if self.l1_dirty {
             let raw: Vec<u8> = self.l1.iter().flat_map(|v| v.to_be_bytes()).collect();
+            f.debug_event(DebugEvent::L1Update);
             f.write_at(self.h.l1_table_offset, &raw).await?;
             f.flush().await?;
             self.l1_dirty = false;
@@ -636,7 +658,7 @@ impl Meta {
         if !self.pending_free.is_empty() {
             let mut deferred = Vec::new();
             for c in std::mem::take(&mut self.pending_free) {
-                if self.pinned.contains_key(&c) {
+                if self.pinned.contains_key(&c) || self.quarantined.contains(&c) {
                     deferred.push(c);
                     continue;
                 }
@@ -688,6 +710,7 @@ impl Meta {
         let f = self.file.clone();
         let mut any = false;
         for (off, s) in self.refblocks.map.iter_mut().filter(|(_, s)| s.dirty) {
+            f.debug_event(DebugEvent::RefblockUpdate);
             f.write_at(*off, &s.val).await?;
             s.dirty = false;
             any = true;
@@ -697,9 +720,11 @@ impl Meta {
         }
         if self.reftable_dirty {
             let raw: Vec<u8> = self.reftable.iter().flat_map(|v| v.to_be_bytes()).collect();
+            f.debug_event(DebugEvent::ReftableUpdate);
             f.write_at(self.h.refcount_table_offset, &raw).await?;
             f.flush().await?;
             if let Some((off, n)) = self.old_reftable.take() {
+                f.debug_event(DebugEvent::RefblockAllocSwitchTable);
                 self.write_header().await?;
                 f.flush().await?;
                 for c in 0..n {
