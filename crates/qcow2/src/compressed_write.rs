@@ -65,6 +65,8 @@ impl Qcow2 {
         }
         let host = m.alloc_bytes(c.len() as u64).await?;
         drop(m);
+        self.file
+            .debug_event(oxemu_block::blkdebug::DebugEvent::WriteCompressed);
         self.file.write_at(host, &c).await?;
         let mut m = self.meta.lock().await;
         let x = 62 - (self.cluster_bits - 8);

@@ -23,6 +23,7 @@ mod compressed_write;
 pub mod create;
 pub mod crypto;
 mod empty;
+mod guard;
 pub mod header;
 mod io;
 pub mod meta;
@@ -85,6 +86,8 @@ pub struct FormatSpecific {
 
 /// An open qcow2 image. See the crate documentation.
 pub struct Qcow2 {
+    /// This image itself, for cleanups that outlive a request (see `guard`).
+    me: std::sync::Weak<Qcow2>,
     file: Arc<dyn BlockDriver>,
     backing: Option<Image>,
     meta: Mutex<Meta>,
@@ -145,6 +148,14 @@ impl Qcow2 {
         opts: Qcow2OpenOptions,
         check: bool,
     ) -> std::io::Result<Arc<Qcow2>> {
+        // A failed flush of the file must fail every later flush, whatever the child
+        // is: otherwise a writeback after it could publish L2 entries whose data the
+        // child already lost (see `oxemu_block::latch`).
+        let file: Arc<dyn BlockDriver> = if opts.read_only {
+            file
+        } else {
+            Arc::new(oxemu_block::latch::FlushLatch::new(file))
+        };
         let fsize = file.size();
         let mut head = vec![0u8; 104.min(fsize as usize)];
         file.read_at(0, &mut head).await?;
@@ -206,7 +217,8 @@ impl Qcow2 {
         if !check {
             meta.validate_reftable()?;
         }
-        let q = Arc::new(Qcow2 {
+        let q = Arc::new_cyclic(|me| Qcow2 {
+            me: me.clone(),
             file,
             backing: opts.backing,
             size: AtomicU64::new(h.size),
@@ -395,6 +407,9 @@ impl BlockDriver for Qcow2 {
             return Ok(());
         }
         let mut m = self.meta.lock().await;
+        // As QEMU's bdrv_co_flush, which reports both to the node's file child.
+        self.file.debug_event(oxemu_block::blkdebug::DebugEvent::FlushToOs);
+        self.file.debug_event(oxemu_block::blkdebug::DebugEvent::FlushToDisk);
         m.writeback().await
     }
 

@@ -41,6 +41,7 @@ impl Meta {
             ));
         }
         let mut raw = vec![0u8; self.cs as usize];
+        self.ev(oxemu_block::blkdebug::DebugEvent::L2Load);
         self.file.read_at(off, &mut raw).await?;
         let t = raw
             .chunks_exact(8)
@@ -79,6 +80,7 @@ impl Meta {
     /// cache, so that a stale copy of a freed table is never written back over
     /// whatever reuses the cluster. Returns the new refcount.
     pub(crate) async fn unref(&mut self, c: u64) -> io::Result<u64> {
+        self.ev(oxemu_block::blkdebug::DebugEvent::ClusterFree);
         self.add_ref(c, -1).await?;
         let r = self.refcount(c).await?;
         if r == 0 {
