@@ -12,17 +12,19 @@ use oxemu_block::BlockDriver;
 use oxemu_qmp::args::from_value;
 use oxemu_qmp::QmpError;
 
-use crate::qapi::{FileBlockdev, Qcow2Blockdev, RawBlockdev};
+use crate::qapi::{BlkdebugBlockdev, FileBlockdev, Qcow2Blockdev, RawBlockdev};
+
+mod blkdebug;
 
 /// One node of the graph.
 pub struct Node {
     /// The node's name.
     pub name: String,
-    /// Driver name (`file`, `host_device`, `raw`).
+    /// Driver name (`file`, `host_device`, `raw`, `qcow2`, `blkdebug`).
     pub driver: String,
     /// The opened driver.
     pub node: Arc<dyn BlockDriver>,
-    /// Name of the `file` child, if any.
+    /// Name of the `file` child (blkdebug: the `image` child), if any.
     pub child: Option<String>,
     /// Name of the `backing` child given as a node (qcow2 only), if any.
     pub backing: Option<String>,
@@ -152,11 +154,13 @@ impl Graph {
             File(Box<FileBlockdev>),
             Raw(Box<RawBlockdev>),
             Qcow2(Box<Qcow2Blockdev>),
+            Blkdebug(Box<BlkdebugBlockdev>),
         }
         let parsed = match driver.as_str() {
             "file" | "host_device" => Parsed::File(from_value(opts)?),
             "raw" => Parsed::Raw(from_value(opts)?),
             "qcow2" => Parsed::Qcow2(from_value(opts)?),
+            "blkdebug" => Parsed::Blkdebug(from_value(opts)?),
             other => {
                 return Err(QmpError::generic(format!(
                     "Parameter 'driver' does not accept value '{other}'"
@@ -182,6 +186,7 @@ impl Graph {
             Parsed::File(o) => self.open_file(*o, &name, implicit)?,
             Parsed::Raw(o) => self.open_raw(*o, &name, implicit)?,
             Parsed::Qcow2(o) => self.open_qcow2(*o, &name, implicit)?,
+            Parsed::Blkdebug(o) => self.open_blkdebug(*o, &name, implicit)?,
         };
         self.nodes.insert(name.clone(), node);
         Ok(name)
@@ -254,6 +259,18 @@ impl Graph {
         cache: &crate::qapi::CacheOptions,
         discard: &Option<String>,
     ) -> Result<String, QmpError> {
+        self.child_named(file, "file", read_only, cache, discard)
+    }
+
+    /// [`Graph::child`] for a child option called `field`.
+    fn child_named(
+        &mut self,
+        file: &Value,
+        field: &str,
+        read_only: bool,
+        cache: &crate::qapi::CacheOptions,
+        discard: &Option<String>,
+    ) -> Result<String, QmpError> {
         match file {
             Value::String(s) => {
                 if !self.nodes.contains_key(s) {
@@ -282,9 +299,9 @@ impl Graph {
                 }
                 self.add_inner(Value::Object(m), true)
             }
-            _ => Err(QmpError::generic(
-                "Invalid parameter type for 'file', expected: object or string",
-            )),
+            _ => Err(QmpError::generic(format!(
+                "Invalid parameter type for '{field}', expected: object or string"
+            ))),
         }
     }
 
