@@ -1,0 +1,244 @@
+//! The `blkdebug:` file-name syntax of qemu-img: `blkdebug:CONFIG:IMAGE` puts QEMU's
+//! fault-injection filter ([`oxemu_block::blkdebug`]) between an image's format driver
+//! and its file, with the rules of the `-readconfig`-style file `CONFIG` (which may be
+//! empty: `blkdebug::IMAGE` injects nothing). The format is given with `-f` or probed
+//! from `IMAGE`, and format drivers above the filter report their events to it
+//! (raw: `read_aio`, `write_aio`; qcow2: its metadata events too).
+//!
+//! Block options (`--image-opts`, `json:`) with `file.driver=blkdebug` come here
+//! through [`open_spec`].
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use oxemu_block::blkdebug::{parse_config, Blkdebug, Rules};
+use oxemu_block::file::{FileDriver, FileOptions};
+use oxemu_block::raw::RawFormat;
+use oxemu_block::BlockDriver;
+
+use crate::image::{Image, OpenOpts};
+use crate::Error;
+
+/// The parts of a `blkdebug:CONFIG:IMAGE` name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Spec {
+    /// The rule file; None for `blkdebug::IMAGE`.
+    pub config: Option<PathBuf>,
+    /// The image file.
+    pub image: PathBuf,
+    /// Rules given as block options (`inject-error.N.*`, `set-state.N.*`), added after
+    /// the file's, as QEMU adds them.
+    pub rules: Rules,
+}
+
+/// Splits `name` as QEMU's blkdebug driver does: None when it does not start with
+/// `blkdebug:`; an error when it has no second colon.
+pub fn parse(name: &str) -> Result<Option<Spec>, Error> {
+    let Some(rest) = name.strip_prefix("blkdebug:") else {
+        return Ok(None);
+    };
+    let Some((config, image)) = rest.split_once(':') else {
+        return Err(Error::Msg(format!(
+            "Could not open '{name}': blkdebug requires both config file and image path"
+        )));
+    };
+    Ok(Some(Spec {
+        config: (!config.is_empty()).then(|| PathBuf::from(config)),
+        image: PathBuf::from(image),
+        rules: Rules::default(),
+    }))
+}
+
+/// QEMU's refusal to create an image on a `blkdebug:` name (`create`, and `convert`
+/// without `-n`, where qemu-img does not prefix the name).
+pub fn refuse_create(name: &str, prefixed: bool) -> Result<(), Error> {
+    if !name.starts_with("blkdebug:") {
+        return Ok(());
+    }
+    let m = "Protocol driver 'blkdebug' does not support image creation";
+    Err(Error::Msg(if prefixed {
+        format!("{name}: {m}")
+    } else {
+        m.to_string()
+    }))
+}
+
+/// The rules of `spec`: its config file's, then those given as options.
+fn rules(spec: &Spec) -> Result<Rules, String> {
+    let mut rules = Rules::default();
+    if let Some(c) = &spec.config {
+        let text = std::fs::read(c).map_err(|e| {
+            let m = e.to_string();
+            let m = m.split(" (os error").next().unwrap_or(&m).to_string();
+            format!("Could not read blkdebug config file: {m}")
+        })?;
+        parse_config(&String::from_utf8_lossy(&text), &mut rules)?;
+    }
+    rules.inject.extend(spec.rules.inject.iter().cloned());
+    rules.set_state.extend(spec.rules.set_state.iter().cloned());
+    Ok(rules)
+}
+
+/// Opens `spec` (given as `name`) with the format `o.format` or the probed one.
+pub fn open_spec(name: &str, spec: &Spec, o: &OpenOpts<'_>) -> Result<Image, Error> {
+    let fail = |m: String| Error::Msg(format!("Could not open '{name}': {m}"));
+    let rules = rules(spec).map_err(fail)?;
+    let format = match o.format {
+        Some("raw") => "raw",
+        Some("qcow2") => "qcow2",
+        Some(f) => return Err(Error::Msg(format!("Unknown file format '{f}'"))),
+        None => crate::image::probe_format(&spec.image)?,
+    };
+    let fo = FileOptions {
+        read_only: o.read_only,
+        direct: o.cache.direct,
+        no_flush: o.cache.no_flush,
+        aio: o.aio,
+        force_share: o.force_share,
+        shared_perms: Some(crate::image::shared_perms(format, o)),
+        ..FileOptions::new(&spec.image)
+    };
+    let file = Arc::new(FileDriver::open(&fo).map_err(|e| {
+        let m = e.to_string();
+        fail(m.split(" (os error").next().unwrap_or(&m).to_string())
+    })?);
+    let filter: Arc<dyn BlockDriver> = Arc::new(Blkdebug::new(file, rules));
+    let probed = o.format.is_none();
+    if format == "raw" {
+        if probed && !o.read_only {
+            crate::image::warn_probed_raw(name);
+        }
+        let raw = RawFormat::new(filter);
+        let node: Arc<dyn BlockDriver> = if probed {
+            Arc::new(raw.probed())
+        } else {
+            Arc::new(raw)
+        };
+        return Ok(Image {
+            node,
+            format: "raw",
+            // QEMU's blkdebug reports no disk size ("disk size: unavailable").
+            file: None,
+            qcow2: None,
+            display: None,
+        });
+    }
+    let chain = open_qcow2(&spec.image, filter, &fo, o).map_err(|e| fail(e.to_string()))?;
+    Ok(Image {
+        node: chain.driver.clone(),
+        format: "qcow2",
+        file: None,
+        qcow2: Some(chain),
+        display: None,
+    })
+}
+
+/// A qcow2 image over the filter; its backing chain is opened without one, as QEMU
+/// opens a backing file by its own name.
+fn open_qcow2(
+    path: &Path,
+    filter: Arc<dyn BlockDriver>,
+    fo: &FileOptions,
+    o: &OpenOpts<'_>,
+) -> std::io::Result<oxemu_qcow2::Image> {
+    use oxemu_qcow2::{Qcow2, Qcow2OpenOptions};
+    let lp = oxemu_block::EventLoop::with_defaults()?;
+    lp.block_on(async {
+        let peek = Qcow2::open(
+            filter.clone(),
+            Qcow2OpenOptions {
+                read_only: true,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let h = peek.header().await;
+        drop(peek);
+        let backing = match (&h.backing_file, o.no_backing) {
+            (Some(b), false) => {
+                let bp = oxemu_qcow2::chain::backing_path(path, b);
+                let opts = oxemu_qcow2::ImageOptions {
+                    file: FileOptions {
+                        read_only: true,
+                        shared_perms: None,
+                        ..fo.clone()
+                    },
+                    no_backing: false,
+                    l2_cache_size: 0,
+                };
+                let fmt = h.backing_format();
+                let img = oxemu_qcow2::open_image(&bp, fmt.as_deref(), &opts)
+                    .await
+                    .map_err(|e| {
+                        std::io::Error::new(e.kind(), format!("Could not open backing file: {e}"))
+                    })?;
+                Some(img)
+            }
+            _ => None,
+        };
+        let q = Qcow2::open(
+            filter,
+            Qcow2OpenOptions {
+                read_only: o.read_only,
+                backing,
+                l2_cache_size: 0,
+                keep_bitmaps: false,
+            },
+        )
+        .await?;
+        Ok(oxemu_qcow2::Image {
+            format: "qcow2",
+            path: path.to_path_buf(),
+            driver: q.clone(),
+            qcow2: Some(q),
+        })
+    })
+}
+
+/// Opens a `blkdebug:` qcow2 image the way `check` opens images (QEMU's
+/// `BDRV_O_CHECK`): read-write only to repair, even when marked corrupt.
+pub fn open_for_check(
+    lp: &oxemu_block::EventLoop,
+    name: &str,
+    spec: &Spec,
+    read_only: bool,
+    force_share: bool,
+) -> Result<Arc<oxemu_qcow2::Qcow2>, Error> {
+    use oxemu_block::lock::perm;
+    let fail = |m: String| Error::Msg(format!("Could not open '{name}': {m}"));
+    let strip = |e: std::io::Error| {
+        let m = e.to_string();
+        m.split(" (os error").next().unwrap_or(&m).to_string()
+    };
+    let rules = rules(spec).map_err(fail)?;
+    let file = FileDriver::open(&FileOptions {
+        read_only,
+        force_share,
+        shared_perms: Some(perm::ALL & !(perm::WRITE | perm::RESIZE)),
+        ..FileOptions::new(&spec.image)
+    })
+    .map_err(|e| fail(strip(e)))?;
+    let filter: Arc<dyn BlockDriver> = Arc::new(Blkdebug::new(Arc::new(file), rules));
+    lp.block_on(oxemu_qcow2::Qcow2::open_for_check(filter, read_only))
+        .map_err(|e| fail(strip(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_split_as_qemu_splits_them() {
+        assert_eq!(parse("a.raw").unwrap(), None);
+        let s = parse("blkdebug:c.conf:/x/a.raw").unwrap().unwrap();
+        assert_eq!(s.config.as_deref(), Some(Path::new("c.conf")));
+        assert_eq!(s.image, Path::new("/x/a.raw"));
+        // An empty config is allowed; a colon in the image name stays in it.
+        let s = parse("blkdebug::a:b").unwrap().unwrap();
+        assert_eq!((s.config, s.image), (None, PathBuf::from("a:b")));
+        assert_eq!(
+            parse("blkdebug:a.raw").unwrap_err().to_string(),
+            "Could not open 'blkdebug:a.raw': blkdebug requires both config file and image path"
+        );
+    }
+}
