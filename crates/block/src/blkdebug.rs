@@ -275,9 +275,8 @@ fn parse_bool(kv: &[(String, String)], key: &str) -> Result<bool, String> {
         None => Ok(false),
         Some("on" | "yes" | "true" | "y") => Ok(true),
         Some("off" | "no" | "false" | "n") => Ok(false),
-        Some(v) => Err(format!(
-            "Parameter '{key}' expects 'on' or 'off', not '{v}'"
-        )),
+        // QEMU's text does not repeat the value.
+        Some(_) => Err(format!("Parameter '{key}' expects 'on' or 'off'")),
     }
 }
 

@@ -87,7 +87,17 @@ pub fn open_spec(name: &str, spec: &Spec, o: &OpenOpts<'_>) -> Result<Image, Err
         Some("raw") => "raw",
         Some("qcow2") => "qcow2",
         Some(f) => return Err(Error::Msg(format!("Unknown file format '{f}'"))),
-        None => crate::image::probe_format(&spec.image)?,
+        None => crate::image::probe_format(&spec.image).map_err(|e| fail(e.to_string()))?,
+    };
+    // The image's own error, inside QEMU's error for the blkdebug node.
+    let image_error = |e: std::io::Error| {
+        let m = e.to_string();
+        let m = m.split(" (os error").next().unwrap_or(&m).to_string();
+        if m.starts_with("Could not open") {
+            fail(m)
+        } else {
+            fail(format!("Could not open '{}': {m}", spec.image.display()))
+        }
     };
     let fo = FileOptions {
         read_only: o.read_only,
@@ -98,10 +108,7 @@ pub fn open_spec(name: &str, spec: &Spec, o: &OpenOpts<'_>) -> Result<Image, Err
         shared_perms: Some(crate::image::shared_perms(format, o)),
         ..FileOptions::new(&spec.image)
     };
-    let file = Arc::new(FileDriver::open(&fo).map_err(|e| {
-        let m = e.to_string();
-        fail(m.split(" (os error").next().unwrap_or(&m).to_string())
-    })?);
+    let file = Arc::new(FileDriver::open(&fo).map_err(image_error)?);
     let filter: Arc<dyn BlockDriver> = Arc::new(Blkdebug::new(file, rules));
     let probed = o.format.is_none();
     if format == "raw" {
