@@ -49,6 +49,124 @@ pub fn parse(name: &str) -> Result<Option<Spec>, Error> {
     }))
 }
 
+/// Options of QEMU's blkdebug that oxemu refuses (see the storage daemon's notes):
+/// oxemu's block layer does not split or align requests for a node, and has no
+/// permissions between nodes.
+const REFUSED: &[&str] = &[
+    "align",
+    "max-transfer",
+    "opt-write-zero",
+    "max-write-zero",
+    "opt-discard",
+    "max-discard",
+    "take-child-perms",
+    "unshare-child-perms",
+];
+
+const INJECT_KEYS: &[&str] = &["event", "state", "iotype", "errno", "sector", "once", "immediately"];
+const SET_STATE_KEYS: &[&str] = &["event", "state", "new_state"];
+
+/// A [`Spec`] from the `file.*` options of an image given as block options (keys
+/// without the `file.` prefix): `image.filename`, `config`, `inject-error.N.KEY`,
+/// `set-state.N.KEY`. Errors are qemu-img's for the same options.
+pub fn spec_from_options(name: &str, opts: &[(String, String)]) -> Result<Spec, Error> {
+    let fail = |m: String| Error::Msg(format!("Could not open '{name}': {m}"));
+    let mut config = None;
+    let mut image = None;
+    let mut groups: [(&str, &[&str], Vec<(usize, String, String)>); 2] = [
+        ("inject-error", INJECT_KEYS, Vec::new()),
+        ("set-state", SET_STATE_KEYS, Vec::new()),
+    ];
+    for (k, v) in opts {
+        let head = k.split('.').next().unwrap_or("");
+        if REFUSED.contains(&head) {
+            return Err(fail(format!(
+                "blkdebug option '{head}' is not supported by oxemu (requests are not split or aligned for a node, and nodes take no permissions on their children)"
+            )));
+        }
+        match k.as_str() {
+            "config" => config = Some(PathBuf::from(v)),
+            "image.filename" => image = Some(PathBuf::from(v)),
+            "image.driver" if v == "file" => {}
+            "image.driver" => {
+                return Err(fail(format!(
+                    "oxemu-img opens only driver=file under blkdebug, not '{v}'"
+                )))
+            }
+            "image" => return Err(fail(format!("Cannot find device='{v}' nor node-name='{v}'"))),
+            _ => {
+                let group = groups
+                    .iter_mut()
+                    .find(|(g, _, _)| k.strip_prefix(g).is_some_and(|r| r.starts_with('.')));
+                let Some((g, _, list)) = group else {
+                    if k.starts_with("image.") {
+                        return Err(fail(format!(
+                            "oxemu-img does not support the option '{k}' of a file under blkdebug"
+                        )));
+                    }
+                    return Err(fail(format!(
+                        "Block protocol 'blkdebug' doesn't support the option '{k}'"
+                    )));
+                };
+                let rest = &k[g.len() + 1..];
+                let idx = rest
+                    .split_once('.')
+                    .and_then(|(i, key)| Some((i.parse::<usize>().ok()?, key)));
+                match idx {
+                    Some((i, key)) => list.push((i, key.to_string(), v.clone())),
+                    None => {
+                        return Err(fail(format!("Unused option '{rest}' for [{g}]")));
+                    }
+                }
+            }
+        }
+    }
+    let Some(image) = image else {
+        return Err(fail("A block device must be specified for \"image\"".into()));
+    };
+    let mut rules = Rules::default();
+    for (g, keys, list) in &groups {
+        // QEMU takes elements 0, 1, ... while they exist; what is left is unused.
+        let mut i = 0;
+        loop {
+            let kv: Vec<(String, String)> = list
+                .iter()
+                .filter(|(n, _, _)| *n == i)
+                .map(|(_, k, v)| (k.clone(), v.clone()))
+                .collect();
+            if kv.is_empty() {
+                break;
+            }
+            if let Some((k, _)) = kv.iter().find(|(k, _)| !keys.contains(&k.as_str())) {
+                return Err(fail(format!("[{g}] section doesn't support the option '{k}'")));
+            }
+            let r = if *g == "inject-error" {
+                rules.add_inject_config(&kv)
+            } else {
+                rules.add_set_state_config(&kv)
+            };
+            r.map_err(fail)?;
+            i += 1;
+        }
+        if let Some((n, k, _)) = list.iter().find(|(n, _, _)| *n >= i) {
+            return Err(fail(format!("Unused option '{n}.{k}' for [{g}]")));
+        }
+    }
+    Ok(Spec { config, image, rules })
+}
+
+/// The name qemu-img shows for an image given as block options over blkdebug:
+/// `blkdebug:CONFIG:IMAGE` when no rule is given inline, else the options as given
+/// (qemu-img shows a `json:` object there, in its dictionary's hash order).
+pub fn display_name(name: &str, spec: &Spec) -> String {
+    if spec.rules.inject.is_empty() && spec.rules.set_state.is_empty() {
+        let c = spec.config.as_deref().map(|c| c.display().to_string()).unwrap_or_default();
+        format!("blkdebug:{c}:{}", spec.image.display())
+    } else {
+        name.to_string()
+    }
+}
+
 /// QEMU's refusal to create an image on a `blkdebug:` name (`create`, and `convert`
 /// without `-n`, where qemu-img does not prefix the name).
 pub fn refuse_create(name: &str, prefixed: bool) -> Result<(), Error> {

@@ -250,3 +250,60 @@ fn the_filter_passes_writes_through_when_no_rule_is_active() {
     ]);
     assert!(c.status.success(), "{}", text(&c.stdout));
 }
+
+#[test]
+fn image_opts_and_json_names_put_the_filter_under_the_format() {
+    let d = tmp();
+    let dir = d.path();
+    images(dir);
+    config(dir, "eio.conf", "[inject-error]\nevent = \"read_aio\"\n");
+    let base = "driver=raw,file.driver=blkdebug,file.image.filename=src.raw";
+    let qbase = "driver=qcow2,file.driver=blkdebug,file.image.driver=file,file.image.filename=src.qcow2";
+    // Rules inline, from a config file, with set-state, and bad ones.
+    for (opts, fails) in [
+        (format!("{base},file.inject-error.0.event=read_aio"), true),
+        (format!("{base},file.inject-error.0.event=read_aio,file.inject-error.0.errno=28"), true),
+        (format!("{qbase},file.inject-error.0.event=read_aio,file.inject-error.0.once=on"), true),
+        (format!("{base},file.config=eio.conf"), true),
+        (format!("{base}"), false),
+        (
+            format!(
+                "{base},file.inject-error.0.event=read_aio,file.inject-error.0.state=2,\
+                 file.set-state.0.event=read_aio,file.set-state.0.new_state=2"
+            ),
+            true,
+        ),
+    ] {
+        let (_, e, code) = same(dir, &["convert", "-m", "1", "--image-opts", &opts, "-O", "raw", "out.raw"]);
+        assert_eq!(code, Some(if fails { 1 } else { 0 }), "{opts}: {e}");
+    }
+    for bad in [
+        ",file.inject-error.0.event=nope",
+        ",file.inject-error.0.event=read_aio,file.inject-error.0.errno=x",
+        ",file.inject-error.0.event=read_aio,file.inject-error.0.bogus=1",
+        ",file.inject-error.0.errno=5",
+        ",file.inject-error.1.event=read_aio",
+        ",file.set-state.0.event=x",
+        ",file.bogus=1",
+        ",file.config=missing.conf",
+    ] {
+        let (_, e, code) = same(dir, &["info", "--image-opts", &format!("{base}{bad}")]);
+        assert_eq!(code, Some(1), "{bad}: {e}");
+    }
+    for opts in ["driver=raw,file.driver=blkdebug", "driver=raw,file.driver=blkdebug,file.image=src.raw"] {
+        let (_, _, code) = same(dir, &["info", "--image-opts", opts]);
+        assert_eq!(code, Some(1));
+    }
+    // Without inline rules qemu-img names the image blkdebug:CONFIG:IMAGE.
+    same(dir, &["info", "--image-opts", base]);
+    same(dir, &["info", "--image-opts", &format!("{base},file.config=eio.conf")]);
+    // A json: name with a rule list.
+    let json = r#"json:{"driver":"raw","file":{"driver":"blkdebug","image":{"driver":"file","filename":"src.raw"},"inject-error":[{"event":"read_aio","errno":28}]}}"#;
+    let (_, e, code) = same(dir, &["compare", json, "src.raw"]);
+    assert_eq!(code, Some(4));
+    assert!(e.ends_with(": No space left on device\n"), "{e}");
+    // Options QEMU has and oxemu cannot honour are refused by name.
+    let o = oxemu_img(&["info", "--image-opts", &format!("{base},file.align=4096")]);
+    let e = text(&o.stderr);
+    assert!(!o.status.success() && e.contains("blkdebug option 'align' is not supported by oxemu"), "{e}");
+}
