@@ -63,6 +63,9 @@ const REFUSED: &[&str] = &[
     "unshare-child-perms",
 ];
 
+/// One rule list of the options: its name, its keys, and `(index, key, value)`s.
+type RuleList = (&'static str, &'static [&'static str], Vec<(usize, String, String)>);
+
 const INJECT_KEYS: &[&str] = &["event", "state", "iotype", "errno", "sector", "once", "immediately"];
 const SET_STATE_KEYS: &[&str] = &["event", "state", "new_state"];
 
@@ -73,7 +76,7 @@ pub fn spec_from_options(name: &str, opts: &[(String, String)]) -> Result<Spec, 
     let fail = |m: String| Error::Msg(format!("Could not open '{name}': {m}"));
     let mut config = None;
     let mut image = None;
-    let mut groups: [(&str, &[&str], Vec<(usize, String, String)>); 2] = [
+    let mut groups: [RuleList; 2] = [
         ("inject-error", INJECT_KEYS, Vec::new()),
         ("set-state", SET_STATE_KEYS, Vec::new()),
     ];

@@ -265,7 +265,7 @@ fn image_opts_and_json_names_put_the_filter_under_the_format() {
         (format!("{base},file.inject-error.0.event=read_aio,file.inject-error.0.errno=28"), true),
         (format!("{qbase},file.inject-error.0.event=read_aio,file.inject-error.0.once=on"), true),
         (format!("{base},file.config=eio.conf"), true),
-        (format!("{base}"), false),
+        (base.to_string(), false),
         (
             format!(
                 "{base},file.inject-error.0.event=read_aio,file.inject-error.0.state=2,\

@@ -74,7 +74,7 @@ fn inject_rule(i: usize, r: &BlkdebugInjectError) -> Result<InjectError, QmpErro
         None | Some(-1) => None,
         // QEMU compares the negative offset with each request's: it never matches.
         Some(s) if s < 0 => Some(u64::MAX),
-        Some(s) => Some((s as u64).checked_mul(512).unwrap_or(u64::MAX)),
+        Some(s) => Some((s as u64).saturating_mul(512)),
     };
     rule.once = r.once.unwrap_or(false);
     rule.immediately = r.immediately.unwrap_or(false);
