@@ -296,4 +296,54 @@ mod tests {
         assert_eq!(a.num_queues, Some(2));
         assert_eq!(a.node_name, b.node_name);
     }
+
+    #[derive(Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    struct Rule {
+        #[allow(dead_code)]
+        kind: Kind,
+        #[serde(default, deserialize_with = "flex_opt_i64")]
+        n: Option<i64>,
+    }
+
+    #[derive(Deserialize, Debug)]
+    #[serde(rename_all = "lowercase")]
+    enum Kind {
+        A,
+    }
+
+    #[derive(Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    struct List {
+        #[allow(dead_code)]
+        rules: Vec<Rule>,
+    }
+
+    #[test]
+    fn list_elements_are_named_as_qemus_visitors_name_them() {
+        let e = from_value::<List>(json!({"rules": [{"kind": "a", "n": "x"}]})).unwrap_err();
+        assert_eq!(e.desc, "Invalid parameter type for 'rules[0].n', expected: integer");
+        let kv = |v| keyval_wording(with_keyval(|| from_value::<List>(v)).unwrap_err()).desc;
+        assert_eq!(
+            kv(json!({"rules": [{"kind": "a"}, {"kind": "a", "n": "x"}]})),
+            "Parameter 'rules.1.n' expects integer"
+        );
+        assert_eq!(kv(json!({"rules": [{"n": "1"}]})), "Parameter 'rules.0.kind' is missing");
+        assert_eq!(kv(json!({"rules": [{"kind": "a", "b": "1"}]})), "Parameter 'rules.0.b' is unexpected");
+        // Enum values are reported by the member's name alone.
+        let e = from_value::<List>(json!({"rules": [{"kind": "z"}]})).unwrap_err();
+        assert_eq!(e.desc, "Parameter 'kind' does not accept value 'z'");
+    }
+
+    #[test]
+    fn signed_integers_from_json_and_keyval() {
+        let r: Rule = with_keyval(|| from_value(json!({"kind": "a", "n": "-2"}))).unwrap();
+        assert_eq!(r.n, Some(-2));
+        let r: Rule = with_keyval(|| from_value(json!({"kind": "a", "n": "0x10"}))).unwrap();
+        assert_eq!(r.n, Some(16));
+        let r: Rule = from_value(json!({"kind": "a", "n": -7})).unwrap();
+        assert_eq!(r.n, Some(-7));
+        let e = from_value::<Rule>(json!({"kind": "a", "n": "-2"})).unwrap_err();
+        assert_eq!(e.desc, "Invalid parameter type for 'n', expected: integer");
+    }
 }
