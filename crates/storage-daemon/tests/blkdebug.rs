@@ -158,7 +158,31 @@ fn bad_blockdev_options_read_like_qemu_storage_daemons() {
 /// of `sessions` against the export in turn and returns their output, with timing
 /// lines left out.
 fn nbd_sessions(prog: &str, dir: &Path, blkdebug_opts: &str, sessions: &[&[&str]]) -> Vec<String> {
-    let img = image(dir);
+    nbd_sessions_on(prog, dir, "raw", blkdebug_opts, sessions)
+}
+
+/// [`nbd_sessions`] with a `format` node (`raw` over a data file, or `qcow2` over a
+/// fresh 4 MiB image made by qemu-img) over the filter. For qcow2, the last element
+/// is `qemu-img check`'s verdict on the image afterwards.
+fn nbd_sessions_on(
+    prog: &str,
+    dir: &Path,
+    format: &str,
+    blkdebug_opts: &str,
+    sessions: &[&[&str]],
+) -> Vec<String> {
+    let img = if format == "qcow2" {
+        let p = dir.join("q.qcow2");
+        let _ = std::fs::remove_file(&p);
+        let o = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", p.to_str().unwrap(), "4M"])
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        p
+    } else {
+        image(dir)
+    };
     let sock = dir.join(format!("{}.sock", Path::new(prog).file_name().unwrap().to_string_lossy()));
     let _ = std::fs::remove_file(&sock);
     let mut args = file_node(&img);
@@ -166,15 +190,15 @@ fn nbd_sessions(prog: &str, dir: &Path, blkdebug_opts: &str, sessions: &[&[&str]
         "--blockdev".to_string(),
         format!("driver=blkdebug,node-name=b,image=f{blkdebug_opts}"),
         "--blockdev".into(),
-        "driver=raw,node-name=r,file=b".into(),
+        format!("driver={format},node-name=r,file=b"),
         "--nbd-server".into(),
         format!("addr.type=unix,addr.path={}", sock.display()),
         "--export".into(),
         "type=nbd,id=e,node-name=r,name=d,writable=on".into(),
     ]);
-    let _d = start(prog, &args, &sock);
+    let d = start(prog, &args, &sock);
     let uri = format!("nbd+unix:///d?socket={}", sock.display());
-    sessions
+    let mut out: Vec<String> = sessions
         .iter()
         .map(|cmds| {
             let mut a = vec!["10", "qemu-io", "-f", "raw"];
@@ -193,7 +217,14 @@ fn nbd_sessions(prog: &str, dir: &Path, blkdebug_opts: &str, sessions: &[&[&str]
                 .map(|l| format!("{l}\n"))
                 .collect::<String>()
         })
-        .collect()
+        .collect();
+    drop(d);
+    if format == "qcow2" {
+        let o = Command::new("qemu-img").arg("check").arg(&img).output().unwrap();
+        let verdict = String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_string();
+        out.push(format!("check {:?}: {verdict}", o.status.code()));
+    }
+    out
 }
 
 /// Runs [`nbd_sessions`] on both daemons and asserts that the clients saw the same.
@@ -248,6 +279,28 @@ fn nbd_clients_see_injected_errnos_and_once_rules_as_with_qemu() {
         &[&["write -P 5 0 512", "read 0 512"], &["read 0 512"]],
     );
     assert_eq!(out, ["wrote 512/512 bytes at offset 0\nread failed: Input/output error\n", "read failed: Input/output error\n"]);
+}
+
+#[test]
+fn qcow2_metadata_events_fail_guest_writes_as_with_qemu() {
+    // ENOSPC once on the first L2 update, the first cluster allocation, or the data
+    // write itself: the first guest write fails, the rest work, the data read back is
+    // the second write's and the image stays clean.
+    for ev in ["l2_update", "cluster_alloc", "write_aio", "l2_load"] {
+        let d = tmp();
+        let opts = format!(",inject-error.0.event={ev},inject-error.0.errno=28,inject-error.0.once=on");
+        let sessions: &[&[&str]] = &[&[
+            "write -P 1 0 64k",
+            "write -P 2 0 64k",
+            "write -P 3 1M 64k",
+            "read -P 2 0 64k",
+            "read -P 3 1M 64k",
+        ]];
+        let q = nbd_sessions_on(QEMU, d.path(), "qcow2", &opts, sessions);
+        let o = nbd_sessions_on(OXEMU, d.path(), "qcow2", &opts, sessions);
+        assert_eq!(o, q, "oxemu (left) and qemu (right) differ for {ev}");
+        assert_eq!(q[1], "check Some(0): No errors were found on the image.", "{ev}");
+    }
 }
 
 #[test]
