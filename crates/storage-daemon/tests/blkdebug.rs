@@ -366,8 +366,9 @@ impl Qmp {
     }
 }
 
-/// Runs `cmds` (blockdev-add arguments) over QMP against `prog`; returns each reply's
-/// error text ("" for success) and the drivers of the named nodes afterwards.
+/// Runs `cmds` (blockdev-add arguments, or `{"del": NAME}` for blockdev-del) over QMP
+/// against `prog`; returns each reply's error text ("" for success) and the drivers of
+/// the named nodes afterwards.
 fn qmp_session(prog: &str, dir: &Path, cmds: &[Value]) -> (Vec<String>, Vec<(String, String)>) {
     let sock = dir.join(format!("{}.qmp", Path::new(prog).file_name().unwrap().to_string_lossy()));
     let _ = std::fs::remove_file(&sock);
@@ -382,7 +383,10 @@ fn qmp_session(prog: &str, dir: &Path, cmds: &[Value]) -> (Vec<String>, Vec<(Str
     let errs = cmds
         .iter()
         .map(|c| {
-            let r = q.exec("blockdev-add", c.clone());
+            let r = match c.get("del") {
+                Some(n) => q.exec("blockdev-del", json!({"node-name": n})),
+                None => q.exec("blockdev-add", c.clone()),
+            };
             r["error"]["desc"].as_str().unwrap_or("").to_string()
         })
         .collect();
@@ -427,6 +431,14 @@ fn blockdev_add_over_qmp_with_nested_image_options() {
                "inject-error": [{"event": "read_aio", "iotype": "bogus"}]}),
         json!({"driver": "blkdebug", "node-name": "b3", "image": 5}),
         json!({"driver": "blkdebug", "node-name": "b4", "image": file(), "config": 5}),
+        // A blkdebug node over a named node; deleting in the wrong order fails.
+        json!({"driver": "file", "node-name": "f5", "filename": file()["filename"]}),
+        json!({"driver": "blkdebug", "node-name": "b5", "image": "f5"}),
+        json!({"del": "f5"}),
+        json!({"del": "b0"}),
+        json!({"del": "r0"}),
+        json!({"del": "b0"}),
+        json!({"del": "b5"}),
     ];
     let q = qmp_session(QEMU, d.path(), &cmds);
     let o = qmp_session(OXEMU, d.path(), &cmds);
@@ -445,5 +457,8 @@ fn blockdev_add_over_qmp_with_nested_image_options() {
         v
     };
     assert_eq!(sorted(o.1.clone()), sorted(q.1), "named nodes and drivers differ");
-    assert!(o.1.contains(&("b0".to_string(), "blkdebug".to_string())), "{:?}", o.1);
+    assert_eq!(o.1, [("b1".to_string(), "blkdebug".to_string()), ("f5".into(), "file".into())]);
+    // Deleting f5 under b5 and b0 under r0 failed; the rest succeeded.
+    assert!(!o.0[9].is_empty() && !o.0[10].is_empty(), "{:?}", o.0);
+    assert!(o.0[11..].iter().all(String::is_empty), "{:?}", o.0);
 }
