@@ -300,7 +300,7 @@ impl Graph {
                 self.add_inner(Value::Object(m), true)
             }
             _ => Err(QmpError::generic(format!(
-                "Invalid parameter type for '{field}', expected: object or string"
+                "Invalid parameter type for '{field}', expected: BlockdevRef"
             ))),
         }
     }
