@@ -40,6 +40,12 @@ pub struct Node {
     pub direct: bool,
     /// Flushes ignored.
     pub no_flush: bool,
+    /// The name `query-named-block-nodes` shows when it is not `filename`: QEMU's
+    /// `blkdebug:CONFIG:FILE` for a blkdebug node and every node above it.
+    pub shown: Option<String>,
+    /// No disk size to report (`actual-size` left out): the node is, or sits on, a
+    /// blkdebug node, which QEMU gives no allocated size.
+    pub no_disk_size: bool,
 }
 
 /// All nodes by name.
@@ -247,6 +253,8 @@ impl Graph {
             read_only: ro,
             direct: fo.direct,
             no_flush: fo.no_flush,
+            shown: None,
+            no_disk_size: false,
         })
     }
 
@@ -322,6 +330,10 @@ impl Graph {
                 c.no_flush,
                 c.implicit,
             )
+        };
+        let (cshown, cno_size) = {
+            let c = &self.nodes[&child];
+            (c.shown.clone(), c.no_disk_size)
         };
         let read_only = o.read_only || cro;
         // `backing`: null (none), a node (by name or nested options), or absent (the
@@ -443,6 +455,8 @@ impl Graph {
             read_only,
             direct: cdirect,
             no_flush: cnoflush,
+            shown: cshown,
+            no_disk_size: cno_size,
         })
     }
 
@@ -474,6 +488,8 @@ impl Graph {
             read_only: o.read_only || c.read_only,
             direct: c.direct,
             no_flush: c.no_flush,
+            shown: c.shown.clone(),
+            no_disk_size: c.no_disk_size,
         })
     }
 
@@ -544,10 +560,11 @@ impl Graph {
             .map(|n| {
                 let size = n.node.size();
                 let actual = n.node.allocated_size().unwrap_or(0);
-                json!({
+                let shown = n.shown.as_deref().unwrap_or(&n.filename);
+                let mut v = json!({
                     "node-name": n.name,
                     "drv": n.driver,
-                    "file": n.filename,
+                    "file": shown,
                     "ro": n.read_only,
                     "encrypted": false,
                     "backing_file_depth": n.backing_depth,
@@ -557,12 +574,16 @@ impl Graph {
                     "cache": {"writeback": true, "direct": n.direct, "no-flush": n.no_flush},
                     "image": {
                         "virtual-size": size,
-                        "filename": n.filename,
+                        "filename": shown,
                         "format": n.driver,
                         "actual-size": actual,
                         "dirty-flag": false,
                     },
-                })
+                });
+                if let Some(i) = v["image"].as_object_mut().filter(|_| n.no_disk_size) {
+                    i.remove("actual-size");
+                }
+                v
             })
             .collect();
         Value::Array(list)

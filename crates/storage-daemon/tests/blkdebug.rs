@@ -370,6 +370,13 @@ impl Qmp {
 /// against `prog`; returns each reply's error text ("" for success) and the drivers of
 /// the named nodes afterwards.
 fn qmp_session(prog: &str, dir: &Path, cmds: &[Value]) -> (Vec<String>, Vec<(String, String)>) {
+    let (errs, nodes) = qmp_session_nodes(prog, dir, cmds);
+    let names = nodes.iter().map(|n| (n[0].clone(), n[1].clone())).collect();
+    (errs, names)
+}
+
+/// [`qmp_session`] with each named node as `[name, drv, file, actual-size or "-"]`.
+fn qmp_session_nodes(prog: &str, dir: &Path, cmds: &[Value]) -> (Vec<String>, Vec<[String; 4]>) {
     let sock = dir.join(format!("{}.qmp", Path::new(prog).file_name().unwrap().to_string_lossy()));
     let _ = std::fs::remove_file(&sock);
     let args = vec![
@@ -396,10 +403,12 @@ fn qmp_session(prog: &str, dir: &Path, cmds: &[Value]) -> (Vec<String>, Vec<(Str
         .iter()
         .filter(|n| !n["node-name"].as_str().unwrap().starts_with('#'))
         .map(|n| {
-            (
+            [
                 n["node-name"].as_str().unwrap().to_string(),
                 n["drv"].as_str().unwrap().to_string(),
-            )
+                n["file"].as_str().unwrap().to_string(),
+                n["image"].get("actual-size").map_or("-".into(), |a| a.to_string()),
+            ]
         })
         .collect();
     (errs, nodes)
@@ -457,4 +466,25 @@ fn blockdev_add_over_qmp_with_nested_image_options() {
     // Deleting f5 under b5 and b0 under r0 failed; the rest succeeded.
     assert!(!o.0[9].is_empty() && !o.0[10].is_empty(), "{:?}", o.0);
     assert!(o.0[11..].iter().all(String::is_empty), "{:?}", o.0);
+}
+
+#[test]
+fn named_nodes_show_qemus_blkdebug_file_names() {
+    let d = tmp();
+    let img = image(d.path());
+    let conf = d.path().join("empty.conf");
+    std::fs::write(&conf, "").unwrap();
+    let file = json!({"driver": "file", "filename": img.display().to_string()});
+    let cmds = [
+        json!({"driver": "blkdebug", "node-name": "b", "image": file, "config": conf.display().to_string()}),
+        json!({"driver": "raw", "node-name": "r", "file": "b"}),
+    ];
+    let mut q = qmp_session_nodes(QEMU, d.path(), &cmds);
+    let mut o = qmp_session_nodes(OXEMU, d.path(), &cmds);
+    q.1.sort();
+    o.1.sort();
+    assert_eq!(o, q);
+    let shown = format!("blkdebug:{}:{}", conf.display(), img.display());
+    assert_eq!(o.1[0], ["b".to_string(), "blkdebug".into(), shown.clone(), "-".into()]);
+    assert_eq!(o.1[1], ["r".to_string(), "raw".into(), shown, "-".into()]);
 }

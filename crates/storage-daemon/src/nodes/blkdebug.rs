@@ -122,6 +122,13 @@ impl Graph {
         let rules = rules(&o)?;
         let child = self.child_named(&o.image, "image", o.read_only, &o.cache, &o.discard)?;
         let c = &self.nodes[&child];
+        // QEMU's name for the node; with rules given inline QEMU shows a json: object
+        // of the options instead, in its dictionary's hash order.
+        let config = o.config.as_deref().unwrap_or("");
+        let shown = format!(
+            "blkdebug:{config}:{}",
+            c.shown.as_deref().unwrap_or(&c.filename)
+        );
         Ok(Node {
             name: name.into(),
             driver: "blkdebug".into(),
@@ -134,6 +141,8 @@ impl Graph {
             read_only: o.read_only || c.read_only,
             direct: c.direct,
             no_flush: c.no_flush,
+            shown: Some(shown),
+            no_disk_size: true,
         })
     }
 }
