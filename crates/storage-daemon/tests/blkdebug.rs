@@ -270,6 +270,27 @@ fn nbd_clients_see_injected_errnos_and_once_rules_as_with_qemu() {
         &[&["write 0 512", "write 0 512", "write -z 4096 512", "write 8192 512"]],
     );
     assert_eq!(out[0].matches("failed: Operation not permitted").count(), 4, "{}", out[0]);
+    // NBD carries only some errnos: the others reach the client as EINVAL, EDQUOT as
+    // ENOSPC; errno 0 makes the rule inert.
+    for (errno, seen) in [
+        (2, "Invalid argument"),
+        (12, "Cannot allocate memory"),
+        (95, "Operation not supported"),
+        (75, "Value too large for defined data type"),
+        (108, "Cannot send after transport endpoint shutdown"),
+        (122, "No space left on device"),
+        (0, ""),
+    ] {
+        let out = same_over_nbd(
+            &format!(",inject-error.0.event=write_aio,inject-error.0.errno={errno}"),
+            &[&["write 0 512"]],
+        );
+        if errno == 0 {
+            assert!(out[0].starts_with("wrote 512/512"), "{}", out[0]);
+        } else {
+            assert_eq!(out[0], format!("write failed: {seen}\n"));
+        }
+    }
     // Reads differ: QEMU 7.2's NBD server drops the client when a structured read
     // fails (the client then reports EIO for it and for every later request), while
     // oxemu's replies with the errno and keeps the connection. A read that fails with
