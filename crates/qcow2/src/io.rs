@@ -486,11 +486,12 @@ impl Qcow2 {
             unsafe { v.push_raw(s.iov_base.cast(), s.iov_len) };
         }
         v.push(&tail);
-        self.file.debug_event(if head.is_empty() && tail.is_empty() {
-            DebugEvent::WriteAio
-        } else {
-            DebugEvent::CowWrite
-        });
+        self.file
+            .debug_event(if head.is_empty() && tail.is_empty() {
+                DebugEvent::WriteAio
+            } else {
+                DebugEvent::CowWrite
+            });
         self.file
             .writev(target + fs, &v, WriteFlags::default())
             .await

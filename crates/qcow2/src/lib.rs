@@ -410,8 +410,10 @@ impl BlockDriver for Qcow2 {
         }
         let mut m = self.meta.lock().await;
         // As QEMU's bdrv_co_flush, which reports both to the node's file child.
-        self.file.debug_event(oxemu_block::blkdebug::DebugEvent::FlushToOs);
-        self.file.debug_event(oxemu_block::blkdebug::DebugEvent::FlushToDisk);
+        self.file
+            .debug_event(oxemu_block::blkdebug::DebugEvent::FlushToOs);
+        self.file
+            .debug_event(oxemu_block::blkdebug::DebugEvent::FlushToDisk);
         m.writeback().await
     }
 

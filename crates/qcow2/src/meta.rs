@@ -752,7 +752,10 @@ impl Meta {
             .collect();
         for off in dirty {
             let cs = self.cs;
-            if let Err(e) = self.overlap_check(off, cs, Some(MetaKind::RefcountBlock)).await {
+            if let Err(e) = self
+                .overlap_check(off, cs, Some(MetaKind::RefcountBlock))
+                .await
+            {
                 return Err(self.mark_corrupt(e).await);
             }
             let s = self.refblocks.map.get_mut(&off).unwrap();
@@ -767,7 +770,10 @@ impl Meta {
         if self.reftable_dirty {
             let raw: Vec<u8> = self.reftable.iter().flat_map(|v| v.to_be_bytes()).collect();
             let (at, n) = (self.h.refcount_table_offset, raw.len() as u64);
-            if let Err(e) = self.overlap_check(at, n, Some(MetaKind::RefcountTable)).await {
+            if let Err(e) = self
+                .overlap_check(at, n, Some(MetaKind::RefcountTable))
+                .await
+            {
                 return Err(self.mark_corrupt(e).await);
             }
             f.debug_event(DebugEvent::ReftableUpdate);

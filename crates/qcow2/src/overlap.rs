@@ -248,7 +248,10 @@ impl Meta {
             if hit == 0 {
                 continue;
             }
-            let kind = MetaKind::ALL.into_iter().find(|k| hit & k.bit() != 0).unwrap();
+            let kind = MetaKind::ALL
+                .into_iter()
+                .find(|k| hit & k.bit() != 0)
+                .unwrap();
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(

@@ -62,7 +62,10 @@ fn patch(p: &Path, off: u64, bytes: &[u8]) {
 }
 
 fn corrupt_bit(p: &Path) -> bool {
-    let out = common::run("qemu-img", &["info", "-U", "--output=json", p.to_str().unwrap()]);
+    let out = common::run(
+        "qemu-img",
+        &["info", "-U", "--output=json", p.to_str().unwrap()],
+    );
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     v["format-specific"]["data"]["corrupt"].as_bool().unwrap()
 }
@@ -74,7 +77,8 @@ fn qemu_write(p: &Path, off: u64) -> (bool, String) {
         .arg(p)
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success() && !text.contains("write failed"), text)
 }
 
@@ -100,7 +104,14 @@ fn oxemu_write(p: &Path, off: u64, mode: OverlapCheck) -> std::io::Result<()> {
 /// Runs the same crafted image through qemu-io and oxemu; both must refuse the
 /// write at guest `off` as overlapping `what`, mark the image corrupt and leave the
 /// metadata bytes at `[meta, meta + cs)` alone.
-fn both_refuse(dir: &Path, name: &str, craft: impl Fn(&Path, &Layout), off: u64, what: &str, meta: impl Fn(&Layout) -> u64) {
+fn both_refuse(
+    dir: &Path,
+    name: &str,
+    craft: impl Fn(&Path, &Layout),
+    off: u64,
+    what: &str,
+    meta: impl Fn(&Layout) -> u64,
+) {
     let (base, lay) = make(dir);
     craft(&base, &lay);
     let q = dir.join(format!("{name}-qemu.qcow2"));
@@ -121,7 +132,12 @@ fn both_refuse(dir: &Path, name: &str, craft: impl Fn(&Path, &Layout), off: u64,
     for p in [&q, &o] {
         assert!(corrupt_bit(p), "{name}: {} not marked corrupt", p.display());
         let after = std::fs::read(p).unwrap()[m..m + lay.cs as usize].to_vec();
-        assert_eq!(before, after, "{name}: metadata at {m:#x} changed in {}", p.display());
+        assert_eq!(
+            before,
+            after,
+            "{name}: metadata at {m:#x} changed in {}",
+            p.display()
+        );
     }
     // Marked corrupt: a read-write open is refused, by both.
     assert!(oxemu_write(&o, off, OverlapCheck::Cached).is_err());
@@ -135,10 +151,38 @@ fn crafted_l2_entries_are_refused_as_qemu() {
     let point_at = |target: fn(&Layout) -> u64| {
         move |p: &Path, l: &Layout| patch(p, l.l2, &(target(l) | COPIED).to_be_bytes())
     };
-    both_refuse(d.path(), "l1", point_at(|l| l.l1), 0, "active L1 table", |l| l.l1);
-    both_refuse(d.path(), "reftable", point_at(|l| l.reftable), 0, "refcount table", |l| l.reftable);
-    both_refuse(d.path(), "refblock", point_at(|l| l.refblock), 0, "refcount block", |l| l.refblock);
-    both_refuse(d.path(), "l2", point_at(|l| l.l2), 0, "active L2 table", |l| l.l2);
+    both_refuse(
+        d.path(),
+        "l1",
+        point_at(|l| l.l1),
+        0,
+        "active L1 table",
+        |l| l.l1,
+    );
+    both_refuse(
+        d.path(),
+        "reftable",
+        point_at(|l| l.reftable),
+        0,
+        "refcount table",
+        |l| l.reftable,
+    );
+    both_refuse(
+        d.path(),
+        "refblock",
+        point_at(|l| l.refblock),
+        0,
+        "refcount block",
+        |l| l.refblock,
+    );
+    both_refuse(
+        d.path(),
+        "l2",
+        point_at(|l| l.l2),
+        0,
+        "active L2 table",
+        |l| l.l2,
+    );
 }
 
 #[test]
@@ -148,7 +192,9 @@ fn an_l1_entry_naming_the_refcount_table_is_not_written_back_as_l2() {
     // cluster, but writing the table back (at flush) would overwrite the refcounts.
     let l1_at_reftable =
         |p: &Path, l: &Layout| patch(p, l.l1, &(l.reftable | COPIED).to_be_bytes());
-    both_refuse(d.path(), "l1e", l1_at_reftable, 0, "refcount table", |l| l.reftable);
+    both_refuse(d.path(), "l1e", l1_at_reftable, 0, "refcount table", |l| {
+        l.reftable
+    });
 }
 
 #[test]
@@ -160,7 +206,14 @@ fn a_free_looking_l2_table_is_not_handed_out_as_data() {
         let idx = l.l2 / l.cs;
         patch(p, l.refblock + 2 * idx, &0u16.to_be_bytes());
     };
-    both_refuse(d.path(), "alloc", free_l2, 1 << 20, "active L2 table", |l| l.l2);
+    both_refuse(
+        d.path(),
+        "alloc",
+        free_l2,
+        1 << 20,
+        "active L2 table",
+        |l| l.l2,
+    );
 }
 
 #[test]
@@ -179,7 +232,9 @@ fn levels_none_constant_and_cached() {
     assert!(oxemu_write(&c, 0, OverlapCheck::Constant).is_err());
     std::fs::copy(&base, &c).unwrap();
     assert!(oxemu_write(&c, 0, OverlapCheck::None).is_ok());
-    assert_eq!("all".parse::<OverlapCheck>().unwrap_err(),
-        "overlap-check 'all' (inactive L2 tables) is not supported; use 'cached' or 'constant'");
+    assert_eq!(
+        "all".parse::<OverlapCheck>().unwrap_err(),
+        "overlap-check 'all' (inactive L2 tables) is not supported; use 'cached' or 'constant'"
+    );
     assert!("bogus".parse::<OverlapCheck>().is_err());
 }

@@ -69,7 +69,8 @@ impl Meta {
         let new = self.alloc_cluster().await?;
         self.ensure_room_l2().await?;
         self.l2.insert(new, content, true);
-        self.ol.add(new, self.cs, crate::overlap::MetaKind::ActiveL2);
+        self.ol
+            .add(new, self.cs, crate::overlap::MetaKind::ActiveL2);
         self.l1[l1i] = new | COPIED;
         self.l1_dirty = true;
         self.free_later(old, 1);
