@@ -278,6 +278,7 @@ impl Qcow2 {
                 while k < count && self.run_kind(m, gc0 + k).await? == Some(Some(h0 + k * cs)) {
                     k += 1;
                 }
+                m.overlap_check(h0, k * cs, None).await?;
                 m.pin(h0, k);
                 Ok(Some((h0, k, None)))
             }
@@ -308,6 +309,7 @@ impl Qcow2 {
                     got += 1;
                 }
                 old.truncate(got as usize);
+                m.overlap_check(host, got * cs, None).await?;
                 for i in 0..got {
                     m.inflight.insert(gc0 + i, Vec::new());
                 }
@@ -337,6 +339,7 @@ impl Qcow2 {
             ));
         }
         if normal && !self.ext && (e & ZERO == 0 || self.version.load(Ordering::Acquire) == 2) {
+            m.overlap_check(host, cs, None).await?;
             m.pin(host, 1);
             return Ok(Plan::Direct(host));
         }
@@ -344,6 +347,7 @@ impl Qcow2 {
         let (s0, s1) = (a / scs, (b - 1) / scs);
         let (mut fill_start, mut fill_end, target, fresh, sub) = if normal && self.ext {
             if bm & sub_mask(s0, s1) == sub_mask(s0, s1) {
+                m.overlap_check(host, cs, None).await?;
                 m.pin(host, 1);
                 return Ok(Plan::Direct(host));
             }
@@ -369,6 +373,7 @@ impl Qcow2 {
             m.l2_table(gc, true).await?;
             (0, cs, m.alloc_cluster().await?, true, false)
         };
+        m.overlap_check(target, cs, None).await?;
         fill_start = fill_start.min(a);
         fill_end = fill_end.max(b);
         // A fresh cluster past the end of the file reads as zeroes already: when the old
@@ -481,11 +486,12 @@ impl Qcow2 {
             unsafe { v.push_raw(s.iov_base.cast(), s.iov_len) };
         }
         v.push(&tail);
-        self.file.debug_event(if head.is_empty() && tail.is_empty() {
-            DebugEvent::WriteAio
-        } else {
-            DebugEvent::CowWrite
-        });
+        self.file
+            .debug_event(if head.is_empty() && tail.is_empty() {
+                DebugEvent::WriteAio
+            } else {
+                DebugEvent::CowWrite
+            });
         self.file
             .writev(target + fs, &v, WriteFlags::default())
             .await

@@ -27,6 +27,7 @@ mod guard;
 pub mod header;
 mod io;
 pub mod meta;
+pub mod overlap;
 pub mod refcount;
 mod reorder;
 mod resize;
@@ -65,6 +66,9 @@ pub struct Qcow2OpenOptions {
     /// stays set): only for a caller that changes no guest data before it stores the
     /// bitmaps back ([`Qcow2::store_bitmaps`]), as `qemu-img bitmap`.
     pub keep_bitmaps: bool,
+    /// What writes are checked against before they are made (QEMU's
+    /// `overlap-check`, default `cached`).
+    pub overlap_check: overlap::OverlapCheck,
 }
 
 /// QEMU's `ImageInfoSpecificQCow2`, for `qemu-img info`.
@@ -213,7 +217,8 @@ impl Qcow2 {
             };
             h.autoclear_features &= keep;
         }
-        let meta = Meta::load(h.clone(), file.clone(), cache).await?;
+        let mut meta = Meta::load(h.clone(), file.clone(), cache).await?;
+        meta.overlap = opts.overlap_check;
         if !check {
             meta.validate_reftable()?;
         }
@@ -325,14 +330,11 @@ impl Qcow2 {
     /// Marks the image corrupt on disk (QEMU's `qcow2_signal_corruption`) and returns
     /// the error to report.
     async fn signal_corruption(&self, m: &mut Meta, e: std::io::Error) -> std::io::Error {
-        if !self.read_only && m.h.version == 3 && m.h.incompatible_features & INCOMPAT_CORRUPT == 0
-        {
-            m.h.incompatible_features |= INCOMPAT_CORRUPT;
-            let _ = m.write_header().await;
-            let _ = self.file.flush().await;
+        if self.read_only {
+            m.corrupt = true;
+            return e;
         }
-        m.corrupt = true;
-        e
+        m.mark_corrupt(e).await
     }
 
     /// Points the image at a new backing file (`rebase -u`, `commit`): updates the
@@ -408,8 +410,10 @@ impl BlockDriver for Qcow2 {
         }
         let mut m = self.meta.lock().await;
         // As QEMU's bdrv_co_flush, which reports both to the node's file child.
-        self.file.debug_event(oxemu_block::blkdebug::DebugEvent::FlushToOs);
-        self.file.debug_event(oxemu_block::blkdebug::DebugEvent::FlushToDisk);
+        self.file
+            .debug_event(oxemu_block::blkdebug::DebugEvent::FlushToOs);
+        self.file
+            .debug_event(oxemu_block::blkdebug::DebugEvent::FlushToDisk);
         m.writeback().await
     }
 

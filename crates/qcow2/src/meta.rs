@@ -14,7 +14,6 @@
 //!    reusable after the next writeback), so that no on-disk L2 entry ever points to
 //!    a cluster with refcount 0.
 
-use oxemu_block::blkdebug::DebugEvent;
 use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
@@ -22,7 +21,10 @@ use std::sync::Arc;
 use futures::channel::oneshot;
 use oxemu_block::{BlockDriver, BlockDriverExt};
 
-use crate::header::{bad, Header};
+use oxemu_block::blkdebug::DebugEvent;
+
+use crate::header::{bad, Header, INCOMPAT_CORRUPT};
+use crate::overlap::MetaKind;
 use crate::refcount;
 
 mod shared;
@@ -115,7 +117,7 @@ pub enum Mapping {
 pub struct Meta {
     /// The header as last written.
     pub h: Header,
-    file: Arc<dyn BlockDriver>,
+    pub(crate) file: Arc<dyn BlockDriver>,
     /// Cluster size in bytes.
     pub cs: u64,
     /// Entries per L2 table.
@@ -142,6 +144,10 @@ pub struct Meta {
     /// Their frees wait for a later writeback, so that a cluster is never handed out
     /// again while an old write to it may still land.
     pinned: HashMap<u64, u32>,
+    /// Metadata clusters, for [`Meta::overlap_check`].
+    pub(crate) ol: crate::overlap::OverlapIndex,
+    /// What writes are checked against (QEMU's `overlap-check`).
+    pub overlap: crate::overlap::OverlapCheck,
     /// Host clusters a dropped write may still reach: never freed while open.
     quarantined: std::collections::HashSet<u64>,
     /// Corruption was detected; writes fail with EIO.
@@ -188,6 +194,8 @@ impl Meta {
             corrupt: false,
             pinned: HashMap::new(),
             quarantined: Default::default(),
+            ol: Default::default(),
+            overlap: Default::default(),
             inflight: HashMap::new(),
             file,
             h,
@@ -219,6 +227,7 @@ impl Meta {
             self.ensure_room_l2().await?;
             self.l2
                 .insert(off, vec![0u64; (self.cs / 8) as usize], true);
+            self.ol.add(off, self.cs, MetaKind::ActiveL2);
             self.l1[l1i] = off | COPIED;
             self.l1_dirty = true;
             return Ok(Some(off));
@@ -363,6 +372,7 @@ impl Meta {
                 self.refblocks.make_room();
             }
             self.refblocks.insert(at, vec![0u8; self.cs as usize], true);
+            self.ol.add(at, self.cs, MetaKind::RefcountBlock);
             self.reftable[rt] = at;
             self.reftable_dirty = true;
             return Ok(Some(at));
@@ -525,6 +535,7 @@ impl Meta {
             self.h.refcount_table_offset,
             self.h.refcount_table_clusters as u64,
         )));
+        self.ol.invalidate();
         let old = std::mem::replace(&mut self.reftable, tab);
         for (i, e) in self.reftable.clone().iter().enumerate() {
             if *e != 0 && old.get(i).copied().unwrap_or(0) == 0 {
@@ -626,6 +637,24 @@ impl Meta {
         self.quarantined.extend(host / self.cs..host / self.cs + n);
     }
 
+    /// Marks the image corrupt (QEMU's `qcow2_signal_corruption`): writes are refused
+    /// from now on and, for v3 images, the header's corrupt bit is set so that the
+    /// image opens read-only until it is repaired. Returns `e` for the caller.
+    pub(crate) async fn mark_corrupt(&mut self, e: io::Error) -> io::Error {
+        if !self.corrupt {
+            tracing::error!(
+                "qcow2: Marking image as corrupt: {e}; further corruption events will be suppressed"
+            );
+        }
+        if self.h.version == 3 && self.h.incompatible_features & INCOMPAT_CORRUPT == 0 {
+            self.h.incompatible_features |= INCOMPAT_CORRUPT;
+            let _ = self.write_header().await;
+            let _ = self.file.flush().await;
+        }
+        self.corrupt = true;
+        e
+    }
+
     /// Writes all dirty metadata in crash-safe order (module documentation).
     pub async fn writeback(&mut self) -> io::Result<()> {
         let f = self.file.clone();
@@ -639,17 +668,25 @@ impl Meta {
             .map(|(k, _)| *k)
             .collect();
         for off in &dirty {
-            let s = self.l2.map.get_mut(off).unwrap();
+            let s = &self.l2.map[off];
             let raw: Vec<u8> = s.val.iter().flat_map(|v| v.to_be_bytes()).collect();
+            let cs = self.cs;
+            if let Err(e) = self.overlap_check(*off, cs, Some(MetaKind::ActiveL2)).await {
+                return Err(self.mark_corrupt(e).await);
+            }
             f.debug_event(DebugEvent::L2Update);
             f.write_at(*off, &raw).await?;
-            s.dirty = false;
+            self.l2.map.get_mut(off).unwrap().dirty = false;
         }
         if !dirty.is_empty() {
             f.flush().await?;
         }
         if self.l1_dirty {
             let raw: Vec<u8> = self.l1.iter().flat_map(|v| v.to_be_bytes()).collect();
+            let (at, n) = (self.h.l1_table_offset, raw.len() as u64);
+            if let Err(e) = self.overlap_check(at, n, Some(MetaKind::ActiveL1)).await {
+                return Err(self.mark_corrupt(e).await);
+            }
             f.debug_event(DebugEvent::L1Update);
             f.write_at(self.h.l1_table_offset, &raw).await?;
             f.flush().await?;
@@ -709,9 +746,21 @@ impl Meta {
     async fn write_refcounts(&mut self) -> io::Result<()> {
         let f = self.file.clone();
         let mut any = false;
-        for (off, s) in self.refblocks.map.iter_mut().filter(|(_, s)| s.dirty) {
+        let dirty: Vec<u64> = (self.refblocks.map.iter())
+            .filter(|(_, s)| s.dirty)
+            .map(|(k, _)| *k)
+            .collect();
+        for off in dirty {
+            let cs = self.cs;
+            if let Err(e) = self
+                .overlap_check(off, cs, Some(MetaKind::RefcountBlock))
+                .await
+            {
+                return Err(self.mark_corrupt(e).await);
+            }
+            let s = self.refblocks.map.get_mut(&off).unwrap();
             f.debug_event(DebugEvent::RefblockUpdate);
-            f.write_at(*off, &s.val).await?;
+            f.write_at(off, &s.val).await?;
             s.dirty = false;
             any = true;
         }
@@ -720,6 +769,13 @@ impl Meta {
         }
         if self.reftable_dirty {
             let raw: Vec<u8> = self.reftable.iter().flat_map(|v| v.to_be_bytes()).collect();
+            let (at, n) = (self.h.refcount_table_offset, raw.len() as u64);
+            if let Err(e) = self
+                .overlap_check(at, n, Some(MetaKind::RefcountTable))
+                .await
+            {
+                return Err(self.mark_corrupt(e).await);
+            }
             f.debug_event(DebugEvent::ReftableUpdate);
             f.write_at(self.h.refcount_table_offset, &raw).await?;
             f.flush().await?;
@@ -742,6 +798,7 @@ impl Meta {
     /// block described by another block is freed after that, so a crash leaks at most.
     pub async fn drop_unused_refblocks(&mut self) -> io::Result<()> {
         self.writeback().await?;
+        self.ol.invalidate();
         let epb = refcount::entries_per_block(self.h.cluster_bits, self.h.refcount_order);
         let o = self.h.refcount_order;
         let mut freed_elsewhere = Vec::new();
@@ -800,12 +857,14 @@ impl Meta {
 
     /// Replaces the L1 table (used by resize): new table must already be written.
     pub fn set_l1(&mut self, l1: Vec<u64>) {
+        self.ol.invalidate();
         self.l1 = l1;
     }
 
     /// Shows another L1 table (a snapshot's) on a read-only image: the cached L2
     /// tables are forgotten, and nothing is ever written back.
     pub fn show_l1(&mut self, l1: Vec<u64>) {
+        self.ol.invalidate();
         self.l1 = l1;
         self.l2.map.clear();
         self.l1_dirty = false;
@@ -833,6 +892,7 @@ impl Meta {
     /// locations in `self.h`: used after `check` rewrote metadata directly in the file.
     /// Call only after [`Meta::writeback`] (nothing may be dirty).
     pub async fn reload(&mut self) -> io::Result<()> {
+        self.ol.invalidate();
         let read = |off: u64, n: u64| {
             let f = self.file.clone();
             async move {

@@ -62,14 +62,19 @@ async fn open_slow(p: &Path) -> (Arc<Qcow2>, Arc<AtomicBool>) {
         inner: f,
         slow: slow.clone(),
     });
-    let q = Qcow2::open(file, Qcow2OpenOptions::default()).await.unwrap();
+    let q = Qcow2::open(file, Qcow2OpenOptions::default())
+        .await
+        .unwrap();
     (q, slow)
 }
 
 /// Polls `fut` once (so that it reaches the slow write) and drops it.
 async fn start_and_drop<F: std::future::Future>(fut: F) {
     let mut fut = Box::pin(fut);
-    assert!(futures::poll!(fut.as_mut()).is_pending(), "the write did not block");
+    assert!(
+        futures::poll!(fut.as_mut()).is_pending(),
+        "the write did not block"
+    );
     drop(fut);
 }
 
@@ -117,12 +122,18 @@ fn dropped_writes_release_their_clusters() {
         // An allocating run of whole clusters, dropped.
         start_and_drop(q.write_at(4 << 16, &vec![4; 4 << 16])).await;
         slow.store(false, Ordering::SeqCst);
-        within("a write to the dropped allocation's cluster", q.write_at(65536, &[5; 4096]))
-            .await
-            .unwrap();
-        within("a write over the dropped run", q.write_at(5 << 16, &[6; 4096]))
-            .await
-            .unwrap();
+        within(
+            "a write to the dropped allocation's cluster",
+            q.write_at(65536, &[5; 4096]),
+        )
+        .await
+        .unwrap();
+        within(
+            "a write over the dropped run",
+            q.write_at(5 << 16, &[6; 4096]),
+        )
+        .await
+        .unwrap();
         // Pins and in-flight marks are gone: a snapshot is not refused as busy.
         within("snapshot create", q.snapshot_create(&snap("s1")))
             .await

@@ -319,6 +319,10 @@ impl Graph {
         name: &str,
         implicit: bool,
     ) -> Result<Node, QmpError> {
+        let overlap_check: oxemu_qcow2::overlap::OverlapCheck = match &o.overlap_check {
+            None => Default::default(),
+            Some(v) => v.parse().map_err(QmpError::generic)?,
+        };
         let child = self.child(&o.file, o.read_only, &o.cache, &o.discard)?;
         let (cnode, cfile, cro, cdirect, cnoflush, cimplicit) = {
             let c = &self.nodes[&child];
@@ -369,6 +373,7 @@ impl Graph {
                                 backing: None,
                                 l2_cache_size: 0,
                                 keep_bitmaps: false,
+                                overlap_check: Default::default(),
                             },
                         )
                         .await?;
@@ -411,6 +416,7 @@ impl Graph {
                         backing,
                         l2_cache_size: o.l2_cache_size.unwrap_or(0),
                         keep_bitmaps: false,
+                        overlap_check,
                     },
                 )
                 .await

@@ -250,6 +250,8 @@ pub struct Qcow2Blockdev {
     /// Bytes of L2 tables to cache.
     #[serde(default, deserialize_with = "flex_opt_u64")]
     pub l2_cache_size: Option<u64>,
+    /// Metadata overlap checks: `none`, `constant` or `cached` (the default).
+    pub overlap_check: Option<String>,
     /// Accepted for compatibility (the image header decides).
     #[serde(default, deserialize_with = "flex_opt_bool")]
     pub lazy_refcounts: Option<bool>,

@@ -69,6 +69,8 @@ impl Meta {
         let new = self.alloc_cluster().await?;
         self.ensure_room_l2().await?;
         self.l2.insert(new, content, true);
+        self.ol
+            .add(new, self.cs, crate::overlap::MetaKind::ActiveL2);
         self.l1[l1i] = new | COPIED;
         self.l1_dirty = true;
         self.free_later(old, 1);
@@ -85,6 +87,7 @@ impl Meta {
         let r = self.refcount(c).await?;
         if r == 0 {
             self.l2.map.remove(&(c * self.cs));
+            self.ol.freed(c);
             self.free_hint = self.free_hint.min(c);
             if self.free_byte / self.cs == c {
                 self.free_byte = 0;
