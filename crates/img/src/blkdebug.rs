@@ -311,6 +311,8 @@ fn open_qcow2(
                 backing,
                 l2_cache_size: 0,
                 keep_bitmaps: false,
+                // QEMU's default, as the chain's own images.
+                overlap_check: Default::default(),
             },
         )
         .await?;
