@@ -228,6 +228,9 @@ impl Meta {
             self.l2
                 .insert(off, vec![0u64; (self.cs / 8) as usize], true);
             self.ol.add(off, self.cs, MetaKind::ActiveL2);
+            // QEMU writes a new table at once; this one reaches the disk at the next
+            // writeback, so the event's rules act on the request that comes next.
+            self.ev(DebugEvent::L2AllocWrite);
             self.l1[l1i] = off | COPIED;
             self.l1_dirty = true;
             return Ok(Some(off));
@@ -366,7 +369,6 @@ impl Meta {
         let off = self.reftable.get(rt).copied().unwrap_or(0) & !(self.cs - 1);
         if off == 0 {
             let Some(at) = create_at else { return Ok(None) };
-            self.ev(DebugEvent::RefblockAlloc);
             if !self.refblocks.make_room() {
                 Box::pin(self.writeback()).await?;
                 self.refblocks.make_room();
@@ -407,6 +409,8 @@ impl Meta {
     /// Adds `delta` to the refcount of host cluster index `c` (the refcount block must
     /// exist). Marks the image corrupt on overflow or underflow.
     pub async fn add_ref(&mut self, c: u64, delta: i64) -> io::Result<()> {
+        // As QEMU's alloc_refcount_block, which every refcount update goes through.
+        self.ev(DebugEvent::RefblockAlloc);
         let epb = refcount::entries_per_block(self.h.cluster_bits, self.h.refcount_order);
         let rt = (c / epb) as usize;
         let Some(b) = self.refblock(rt, None).await? else {

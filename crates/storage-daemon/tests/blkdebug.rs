@@ -307,7 +307,14 @@ fn qcow2_metadata_events_fail_guest_writes_as_with_qemu() {
     // ENOSPC once on the first L2 update, the first cluster allocation, or the data
     // write itself: the first guest write fails, the rest work, the data read back is
     // the second write's and the image stays clean.
-    for ev in ["l2_update", "cluster_alloc", "write_aio", "l2_load"] {
+    for ev in [
+        "l2_update",
+        "cluster_alloc",
+        "write_aio",
+        "l2_load",
+        "refblock_alloc",
+        "l2_alloc_write",
+    ] {
         let d = tmp();
         let opts = format!(",inject-error.0.event={ev},inject-error.0.errno=28,inject-error.0.once=on");
         let sessions: &[&[&str]] = &[&[
