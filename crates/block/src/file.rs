@@ -368,7 +368,7 @@ impl FileDriver {
         let total = iov.len();
         let mut done = 0usize;
         while done < total {
-            let part = iov.slice(done, total - done);
+            let part = iov.slice_mut(done, total - done);
             let r = self
                 .exec(Req::Read {
                     off: offset + done as u64,
