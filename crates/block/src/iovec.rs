@@ -272,7 +272,7 @@ mod tests {
         let mut v = IoVecMut::new();
         v.push(&mut a);
         v.push(&mut b);
-        let s = v.slice(2, 4);
+        let s = v.slice_mut(2, 4);
         assert_eq!(s.len(), 4);
         let mut out = [0u8; 4];
         s.copy_to_slice(&mut out);
