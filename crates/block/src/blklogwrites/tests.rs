@@ -198,3 +198,24 @@ fn flushes_are_logged_only_after_changes() {
     let kinds: Vec<bool> = log.entries.iter().map(|e| e.is_flush()).collect();
     assert_eq!(kinds, [false, true, false, false, true, true]);
 }
+
+#[test]
+fn super_block_is_updated_every_interval_entries() {
+    let s = setup();
+    let lp = crate::EventLoop::with_defaults().unwrap();
+    let count = || Super::decode(&std::fs::read(&s.log).unwrap()).nr_entries;
+    lp.block_on(async {
+        let o = BlkLogWritesOptions {
+            log_super_update_interval: Some(3),
+            ..Default::default()
+        };
+        let n = open(&s, &o).await.unwrap();
+        for i in 0..7u64 {
+            n.write_at(i * 512, &[9; 512]).await.unwrap();
+        }
+        // Updated at entries 3 and 6; entry 7 is not counted yet.
+        assert_eq!(count(), 6);
+        n.close().await.unwrap();
+        assert_eq!(count(), 8);
+    });
+}
