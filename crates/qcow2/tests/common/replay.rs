@@ -289,18 +289,20 @@ impl std::ops::AddAssign for Stats {
 
 struct Job {
     image: Vec<u8>,
-    /// Entries fully included (the prefix).
-    prefix: usize,
+    /// Index of the next flush entry after the state's prefix (or the number of
+    /// entries): the crash may have happened at any time before it was logged.
+    horizon: usize,
     what: String,
 }
 
 impl Recorded {
-    /// Batches covered by the last guest flush whose log position the state's
-    /// prefix of `prefix` entries includes.
-    fn covered(&self, prefix: usize) -> u32 {
+    /// Batches covered by the last guest flush that completed before entry
+    /// `horizon` was logged: a crash state between two flush entries may come from
+    /// any time before the second, so every flush acknowledged by then must hold.
+    fn covered(&self, horizon: usize) -> u32 {
         self.flushes
             .iter()
-            .filter(|f| f.1 as usize <= prefix)
+            .filter(|f| f.1 as usize <= horizon)
             .map(|f| f.0)
             .max()
             .unwrap_or(0)
@@ -436,7 +438,7 @@ impl Recorded {
                 let end = points.get(pi + 1).copied().unwrap_or(n);
                 tx.send(Job {
                     image: img.clone(),
-                    prefix: f + 1,
+                    horizon: end,
                     what: format!("prefix of {} entries", f + 1),
                 })
                 .unwrap();
@@ -456,7 +458,7 @@ impl Recorded {
                     }
                     tx.send(Job {
                         image: s,
-                        prefix: f + 1,
+                        horizon: end,
                         what: format!("prefix of {} entries + entries {took:?}", f + 1),
                     })
                     .unwrap();
@@ -500,15 +502,15 @@ impl Recorded {
             let size = u64::from_be_bytes(h[24..32].try_into().unwrap());
             let part = &data[at.min(data.len())..(at + size as usize).min(data.len())];
             at += size as usize;
-            if let Err(e) = self.verify(jobs[i].prefix, size, part) {
+            if let Err(e) = self.verify(jobs[i].horizon, size, part) {
                 res[i] = Err((false, e));
             }
         }
         res
     }
 
-    fn verify(&self, prefix: usize, size: u64, data: &[u8]) -> Result<(), String> {
-        let b = self.covered(prefix);
+    fn verify(&self, horizon: usize, size: u64, data: &[u8]) -> Result<(), String> {
+        let b = self.covered(horizon);
         let durable = self.sizes.iter().rposition(|&(sb, _)| sb < b).unwrap_or(0);
         if !self.sizes[durable..].iter().any(|&(_, sz)| sz == size) || data.len() as u64 != size {
             return Err(format!("virtual size {size} not possible after batch {b} ({:?})", self.sizes));
