@@ -7,7 +7,9 @@ use libfuzzer_sys::fuzz_target;
 use oxemu_block::blklogwrites::{format::Super, parse_log};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(log) = parse_log(data.to_vec()) else { return };
+    let Ok(log) = parse_log(data.to_vec()) else {
+        return;
+    };
     let ss = log.sector_size() as usize;
     assert_eq!(log.entries.len() as u64, log.sup.nr_entries);
     let mut out = Super::new(log.sup.nr_entries, log.sup.sectorsize).encode(ss);

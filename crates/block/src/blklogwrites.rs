@@ -74,7 +74,7 @@ use async_trait::async_trait;
 use crate::driver::{errno, BlockDriver, BlockResult, NodeInfo, WriteFlags, ZeroFlags};
 use crate::iovec::{IoVec, IoVecMut};
 pub use format::{parse_log, read_log, EntryHeader, Log, LogEntry, LogError, Super};
-use format::{sector_size_valid, FLAG_DISCARD, FLAG_FLUSH, ENTRY_SIZE};
+use format::{sector_size_valid, ENTRY_SIZE, FLAG_DISCARD, FLAG_FLUSH};
 use ranges::Ranges;
 
 /// Default `log-sector-size`.
@@ -119,8 +119,7 @@ impl BlkLogWritesOptions {
                 }
             }
             "log-super-update-interval" => {
-                self.log_super_update_interval =
-                    Some(value.parse().map_err(|_| bad("a number"))?)
+                self.log_super_update_interval = Some(value.parse().map_err(|_| bad("a number"))?)
             }
             _ => {
                 return Err(io::Error::new(
@@ -209,7 +208,9 @@ impl BlkLogWrites {
     ) -> io::Result<Self> {
         let (sector, pos) = if opts.log_append {
             if opts.log_sector_size.is_some() {
-                return Err(inval("log-append and log-sector-size are mutually exclusive"));
+                return Err(inval(
+                    "log-append and log-sector-size are mutually exclusive",
+                ));
             }
             Self::find_end(&*log).await?
         } else {
@@ -217,7 +218,13 @@ impl BlkLogWrites {
             if !sector_size_valid(s) {
                 return Err(inval(format!("Invalid log sector size {s}")));
             }
-            (s, Pos { cur_sector: 1, nr_entries: 0 })
+            (
+                s,
+                Pos {
+                    cur_sector: 1,
+                    nr_entries: 0,
+                },
+            )
         };
         let interval = opts
             .log_super_update_interval
@@ -251,7 +258,9 @@ impl BlkLogWrites {
             let mut b = [0u8; format::SUPER_SIZE];
             log.readv(0, &mut IoVecMut::from_slice(&mut b))
                 .await
-                .map_err(|e| io::Error::new(e.kind(), format!("Could not read log superblock: {e}")))?;
+                .map_err(|e| {
+                    io::Error::new(e.kind(), format!("Could not read log superblock: {e}"))
+                })?;
             Super::decode(&b)
         };
         sup.check().map_err(|e| inval(e.msg))?;
@@ -287,7 +296,13 @@ impl BlkLogWrites {
                     ))
                 })?;
         }
-        Ok((ss, Pos { cur_sector: cur, nr_entries: sup.nr_entries }))
+        Ok((
+            ss,
+            Pos {
+                cur_sector: cur,
+                nr_entries: sup.nr_entries,
+            },
+        ))
     }
 
     /// The log sector size in bytes.
@@ -320,14 +335,24 @@ impl BlkLogWrites {
 
     /// Performs `op` on `file`, then appends its record (even if `file` failed, as
     /// QEMU does). The log's error wins over the file's.
-    async fn logged(&self, op: Op, offset: u64, len: u64, data: Option<&IoVec<'_>>) -> BlockResult<()> {
+    async fn logged(
+        &self,
+        op: Op,
+        offset: u64,
+        len: u64,
+        data: Option<&IoVec<'_>>,
+    ) -> BlockResult<()> {
         let file_ret = match op {
             Op::Write => {
                 self.file
                     .writev(offset, data.expect("write data"), WriteFlags::default())
                     .await
             }
-            Op::Zero => self.file.write_zeroes(offset, len, ZeroFlags::default()).await,
+            Op::Zero => {
+                self.file
+                    .write_zeroes(offset, len, ZeroFlags::default())
+                    .await
+            }
             Op::Discard => self.file.discard(offset, len).await,
             Op::Flush => self.file.flush().await,
         };
@@ -349,7 +374,12 @@ impl BlkLogWrites {
 
     /// Appends one record: the entry sector followed by `data`, or by `zero_len`
     /// bytes written as zeroes; then the super block when due.
-    async fn append(&self, header: EntryHeader, data: Option<&IoVec<'_>>, zero_len: u64) -> BlockResult<()> {
+    async fn append(
+        &self,
+        header: EntryHeader,
+        data: Option<&IoVec<'_>>,
+        zero_len: u64,
+    ) -> BlockResult<()> {
         let ss = self.ss();
         let data_len = data.map_or(0, |d| d.len() as u64);
         let (off, nr) = {
@@ -414,7 +444,8 @@ impl BlkLogWrites {
         while done < iov.len() as u64 {
             let n = max.min(iov.len() as u64 - done);
             let part = iov.slice(done as usize, n as usize);
-            self.logged(Op::Write, offset + done, n, Some(&part)).await?;
+            self.logged(Op::Write, offset + done, n, Some(&part))
+                .await?;
             done += n;
         }
         Ok(())
@@ -447,7 +478,9 @@ impl BlkLogWrites {
     /// child gives them).
     async fn read_sector(&self, at: u64) -> BlockResult<Vec<u8>> {
         let mut b = vec![0u8; self.sector as usize];
-        self.file.readv(at, &mut IoVecMut::from_slice(&mut b)).await?;
+        self.file
+            .readv(at, &mut IoVecMut::from_slice(&mut b))
+            .await?;
         Ok(b)
     }
 
@@ -480,7 +513,9 @@ impl BlockDriver for BlkLogWrites {
     }
 
     fn memory_alignment(&self) -> usize {
-        self.file.memory_alignment().max(self.log.memory_alignment())
+        self.file
+            .memory_alignment()
+            .max(self.log.memory_alignment())
     }
 
     fn debug_event(&self, ev: crate::blkdebug::DebugEvent) {
@@ -509,7 +544,11 @@ impl BlockDriver for BlkLogWrites {
         let r = async {
             let _g = self.ranges.acquire(a, b, true).await;
             let ss = self.ss();
-            let head = if a < offset { self.read_sector(a).await? } else { Vec::new() };
+            let head = if a < offset {
+                self.read_sector(a).await?
+            } else {
+                Vec::new()
+            };
             // One partial sector holding both ends comes from `head`.
             let tail = if end < b && (b - a > ss || a == offset) {
                 self.read_sector(b - ss).await?

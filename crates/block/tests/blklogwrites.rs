@@ -11,9 +11,7 @@ use std::sync::Arc;
 
 use oxemu_block::blklogwrites::{read_log, BlkLogWrites, BlkLogWritesOptions};
 use oxemu_block::writethrough::WriteThrough;
-use oxemu_block::{
-    BlockDriver, EventLoop, FileDriver, FileOptions, IoVec, WriteFlags, ZeroFlags,
-};
+use oxemu_block::{BlockDriver, EventLoop, FileDriver, FileOptions, IoVec, WriteFlags, ZeroFlags};
 
 #[derive(Clone, Copy, Debug)]
 enum Op {
@@ -51,7 +49,13 @@ fn opts_string(o: &BlkLogWritesOptions) -> String {
 }
 
 /// Runs `ops` through qemu-io; `Err` carries qemu-io's message when it fails.
-fn qemu(img: &Path, log: &Path, o: &BlkLogWritesOptions, ops: &[Op], writeback: bool) -> Result<(), String> {
+fn qemu(
+    img: &Path,
+    log: &Path,
+    o: &BlkLogWritesOptions,
+    ops: &[Op],
+    writeback: bool,
+) -> Result<(), String> {
     let mut c = Command::new("qemu-io");
     if writeback {
         c.args(["-t", "writeback"]);
@@ -75,7 +79,13 @@ fn qemu(img: &Path, log: &Path, o: &BlkLogWritesOptions, ops: &[Op], writeback: 
 
 /// Runs `ops` through oxemu's filter (under a `WriteThrough` node unless
 /// `writeback`).
-fn oxemu(img: &Path, log: &Path, o: &BlkLogWritesOptions, ops: &[Op], writeback: bool) -> Result<(), String> {
+fn oxemu(
+    img: &Path,
+    log: &Path,
+    o: &BlkLogWritesOptions,
+    ops: &[Op],
+    writeback: bool,
+) -> Result<(), String> {
     let lp = EventLoop::with_defaults().unwrap();
     lp.block_on(async {
         let f = Arc::new(FileDriver::open(&FileOptions::new(img)).unwrap());
@@ -85,15 +95,28 @@ fn oxemu(img: &Path, log: &Path, o: &BlkLogWritesOptions, ops: &[Op], writeback:
                 .await
                 .map_err(|e| e.to_string())?,
         );
-        let n: Arc<dyn BlockDriver> = if writeback { n } else { Arc::new(WriteThrough::new(n)) };
+        let n: Arc<dyn BlockDriver> = if writeback {
+            n
+        } else {
+            Arc::new(WriteThrough::new(n))
+        };
         for &op in ops {
             match op {
                 W(off, len, p, fua) => {
                     let buf = vec![p; len as usize];
-                    n.writev(off, &IoVec::from_slice(&buf), WriteFlags { fua }).await
+                    n.writev(off, &IoVec::from_slice(&buf), WriteFlags { fua })
+                        .await
                 }
                 Z(off, len, fua) => {
-                    n.write_zeroes(off, len, ZeroFlags { fua, ..Default::default() }).await
+                    n.write_zeroes(
+                        off,
+                        len,
+                        ZeroFlags {
+                            fua,
+                            ..Default::default()
+                        },
+                    )
+                    .await
                 }
                 D(off, len) => n.discard(off, len).await,
                 F => n.flush().await,
@@ -111,7 +134,9 @@ struct Pair {
 
 impl Pair {
     fn new() -> Self {
-        let p = Pair { dir: tempfile::tempdir().unwrap() };
+        let p = Pair {
+            dir: tempfile::tempdir().unwrap(),
+        };
         for who in ["q", "o"] {
             std::fs::write(p.img(who), vec![0u8; 1 << 20]).unwrap();
             std::fs::write(p.log(who), b"").unwrap();
@@ -130,12 +155,21 @@ impl Pair {
     }
     /// Asserts identical logs and images; returns the number of entries.
     fn same(&self) -> usize {
-        let (q, o) = (std::fs::read(self.log("q")).unwrap(), std::fs::read(self.log("o")).unwrap());
+        let (q, o) = (
+            std::fs::read(self.log("q")).unwrap(),
+            std::fs::read(self.log("o")).unwrap(),
+        );
         if q != o {
             let at = q.iter().zip(&o).position(|(a, b)| a != b);
             let dump = |p| {
                 read_log(&self.log(p))
-                    .map(|l| l.entries.iter().map(|e| format!("{:?}", e.header)).collect::<Vec<_>>().join("\n"))
+                    .map(|l| {
+                        l.entries
+                            .iter()
+                            .map(|e| format!("{:?}", e.header))
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    })
                     .unwrap_or_else(|e| e.to_string())
             };
             panic!(
@@ -187,7 +221,10 @@ fn same_log_as_qemu_with_512_byte_sectors() {
 #[test]
 fn same_log_as_qemu_with_4096_byte_sectors() {
     let p = Pair::new();
-    let o = BlkLogWritesOptions { log_sector_size: Some(4096), ..Default::default() };
+    let o = BlkLogWritesOptions {
+        log_sector_size: Some(4096),
+        ..Default::default()
+    };
     let mut ops = mixed();
     ops.push(D(8192, 12288));
     p.run(&o, &ops, true);
@@ -199,7 +236,10 @@ fn same_log_as_qemu_with_4096_byte_sectors() {
 #[test]
 fn same_log_as_qemu_in_writethrough_mode_and_with_an_update_interval() {
     let p = Pair::new();
-    let o = BlkLogWritesOptions { log_super_update_interval: Some(3), ..Default::default() };
+    let o = BlkLogWritesOptions {
+        log_super_update_interval: Some(3),
+        ..Default::default()
+    };
     p.run(&o, &mixed(), false);
     p.same();
 }
@@ -209,8 +249,14 @@ fn log_append_continues_a_log_written_by_the_other() {
     let p = Pair::new();
     let all = mixed();
     let (a, b) = all.split_at(8);
-    let o = BlkLogWritesOptions { log_sector_size: Some(4096), ..Default::default() };
-    let ap = BlkLogWritesOptions { log_append: true, ..Default::default() };
+    let o = BlkLogWritesOptions {
+        log_sector_size: Some(4096),
+        ..Default::default()
+    };
+    let ap = BlkLogWritesOptions {
+        log_append: true,
+        ..Default::default()
+    };
     // QEMU starts, oxemu appends / oxemu starts, QEMU appends: the same bytes as
     // each doing both halves.
     qemu(&p.img("q"), &p.log("q"), &o, a, true).unwrap();
@@ -228,8 +274,14 @@ fn log_append_continues_a_log_written_by_the_other() {
     qemu(&qimg, &qlog, &ap, b, true).unwrap();
     oxemu(&oimg, &olog, &ap, b, true).unwrap();
     let q = std::fs::read(&qlog).unwrap();
-    assert!(q == std::fs::read(&olog).unwrap(), "cross-appended logs differ");
-    assert!(q == std::fs::read(p.log("q")).unwrap(), "cross-appended log differs from qemu's");
+    assert!(
+        q == std::fs::read(&olog).unwrap(),
+        "cross-appended logs differ"
+    );
+    assert!(
+        q == std::fs::read(p.log("q")).unwrap(),
+        "cross-appended log differs from qemu's"
+    );
     // Appending to an empty log starts one with 512-byte sectors.
     let p = Pair::new();
     p.run(&ap, a, true);
@@ -244,15 +296,35 @@ fn same_errors_as_qemu() {
     let check = |o: BlkLogWritesOptions, who_log: &str| {
         let q = qemu(&p.img("q"), &p.log(who_log), &o, &ops, true).unwrap_err();
         let x = oxemu(&p.img("o"), &p.log(who_log), &o, &ops, true).unwrap_err();
-        let q = q.trim().strip_prefix("qemu-io: can't open: ").unwrap_or(&q).to_string();
+        let q = q
+            .trim()
+            .strip_prefix("qemu-io: can't open: ")
+            .unwrap_or(&q)
+            .to_string();
         assert!(x.starts_with(&q), "qemu: {q:?}, oxemu: {x:?}");
     };
     for o in [
-        BlkLogWritesOptions { log_sector_size: Some(16), ..Default::default() },
-        BlkLogWritesOptions { log_sector_size: Some(1000), ..Default::default() },
-        BlkLogWritesOptions { log_sector_size: Some(1 << 24), ..Default::default() },
-        BlkLogWritesOptions { log_super_update_interval: Some(0), ..Default::default() },
-        BlkLogWritesOptions { log_append: true, log_sector_size: Some(512), ..Default::default() },
+        BlkLogWritesOptions {
+            log_sector_size: Some(16),
+            ..Default::default()
+        },
+        BlkLogWritesOptions {
+            log_sector_size: Some(1000),
+            ..Default::default()
+        },
+        BlkLogWritesOptions {
+            log_sector_size: Some(1 << 24),
+            ..Default::default()
+        },
+        BlkLogWritesOptions {
+            log_super_update_interval: Some(0),
+            ..Default::default()
+        },
+        BlkLogWritesOptions {
+            log_append: true,
+            log_sector_size: Some(512),
+            ..Default::default()
+        },
     ] {
         check(o, "q");
     }
@@ -261,12 +333,15 @@ fn same_errors_as_qemu() {
     let good = std::fs::read(p.log("q")).unwrap();
     let log = read_log(&p.log("q")).unwrap();
     let second = log.entries[1].log_offset as usize;
-    let ap = BlkLogWritesOptions { log_append: true, ..Default::default() };
+    let ap = BlkLogWritesOptions {
+        log_append: true,
+        ..Default::default()
+    };
     let corrupt: [(usize, &[u8]); 4] = [
-        (0, b"x"),                       // magic
-        (8, &[9]),                       // version
-        (24, &[0, 3]),                   // sector size 768
-        (second + 16, &[0x41]),          // flags of entry 1
+        (0, b"x"),              // magic
+        (8, &[9]),              // version
+        (24, &[0, 3]),          // sector size 768
+        (second + 16, &[0x41]), // flags of entry 1
     ];
     for (at, bytes) in corrupt {
         let mut b = good.clone();

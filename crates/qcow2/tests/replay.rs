@@ -6,8 +6,10 @@
 //! must hold the value acknowledged at the last guest flush the state covers, or a
 //! value written after it.
 //!
-//! `OXEMU_REPLAY_STATES` sets the number of states per workload (default 300);
-//! `scripts/replay-long` runs many more.
+//! `OXEMU_REPLAY_STATES` sets the number of states per workload (default 350),
+//! `OXEMU_REPLAY_ROUNDS` how many times the workloads are recorded afresh (with
+//! other seeds, default 1), `OXEMU_REPLAY_SEED` the first seed (default 7);
+//! `scripts/replay-long` runs many more states.
 
 mod common;
 
@@ -140,9 +142,18 @@ async fn lazy(g: &mut Guest, rng: &mut StdRng) {
     }
 }
 
-type Workload = for<'a> fn(&'a mut Guest, &'a mut StdRng) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>>;
+type Workload = for<'a> fn(
+    &'a mut Guest,
+    &'a mut StdRng,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>>;
 
-fn record(dir: &std::path::Path, name: &str, o: Qcow2CreateOptions, w: Workload, seed: u64) -> Recorded {
+fn record(
+    dir: &std::path::Path,
+    name: &str,
+    o: Qcow2CreateOptions,
+    w: Workload,
+    seed: u64,
+) -> Recorded {
     let lp = EventLoop::with_defaults().unwrap();
     lp.block_on(async {
         let img = dir.join(format!("{name}.qcow2"));
@@ -158,12 +169,20 @@ fn workloads() -> Vec<(&'static str, Qcow2CreateOptions, Workload)> {
     vec![
         (
             "alloc-4k-clusters",
-            Qcow2CreateOptions { size: 4 * MIB, cluster_size: 4096, ..Default::default() },
+            Qcow2CreateOptions {
+                size: 4 * MIB,
+                cluster_size: 4096,
+                ..Default::default()
+            },
             |g, r| Box::pin(alloc(g, r)),
         ),
         (
             "discard-compress-resize",
-            Qcow2CreateOptions { size: 2 * MIB, cluster_size: 16384, ..Default::default() },
+            Qcow2CreateOptions {
+                size: 2 * MIB,
+                cluster_size: 16384,
+                ..Default::default()
+            },
             |g, r| Box::pin(discard_compress_resize(g, r)),
         ),
         (
@@ -221,7 +240,24 @@ fn crash_states_are_consistent_and_keep_flushed_data() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(7);
-    let (total, fails) = run_all(per, seed);
+    let rounds: u64 = std::env::var("OXEMU_REPLAY_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let mut total = Stats::default();
+    let mut fails = Vec::new();
+    for r in 0..rounds {
+        // Each round records the workloads afresh with other seeds.
+        let (t, f) = run_all(per, seed + r * 1000);
+        total += t;
+        fails.extend(f);
+    }
+    if rounds > 1 {
+        println!(
+            "replay, {rounds} rounds: {} states checked, {} corrupt, {} lost",
+            total.states, total.corrupt, total.lost
+        );
+    }
     assert!(
         fails.is_empty() && total.corrupt == 0 && total.lost == 0,
         "{} corrupt, {} lost of {} states:\n{}",
@@ -230,5 +266,9 @@ fn crash_states_are_consistent_and_keep_flushed_data() {
         total.states,
         fails.join("\n")
     );
-    assert!(total.states >= per.min(1000), "only {} states", total.states);
+    assert!(
+        total.states as u64 >= (3 * per as u64 * rounds).min(1000),
+        "only {} states",
+        total.states
+    );
 }

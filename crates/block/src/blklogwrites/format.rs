@@ -16,7 +16,7 @@ use std::ops::Range;
 use std::path::Path;
 
 /// `magic` of the super block ("jsfwshr" with a leading zero byte, read as a `u64`).
-pub const LOG_MAGIC: u64 = 0x6a73_6677_7368_72;
+pub const LOG_MAGIC: u64 = 0x006a_7366_7773_6872;
 /// The only `version` there is.
 pub const LOG_VERSION: u64 = 1;
 /// Entry flag: a flush of the logged node.
@@ -459,7 +459,10 @@ mod tests {
 
         let mut b = log_of(&[], 512);
         b[0] ^= 1;
-        assert_eq!(parse_log(b).unwrap_err().msg, "Invalid log superblock magic");
+        assert_eq!(
+            parse_log(b).unwrap_err().msg,
+            "Invalid log superblock magic"
+        );
         let mut b = log_of(&[], 512);
         b[8] = 2;
         assert_eq!(parse_log(b).unwrap_err().msg, "Unsupported log version 2");

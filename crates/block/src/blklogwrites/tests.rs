@@ -19,7 +19,11 @@ fn setup() -> Setup {
     let log = dir.path().join("log");
     FileDriver::create(&img, 1 << 20, false).unwrap();
     FileDriver::create(&log, 0, false).unwrap();
-    Setup { _dir: dir, img, log }
+    Setup {
+        _dir: dir,
+        img,
+        log,
+    }
 }
 
 async fn open(s: &Setup, o: &BlkLogWritesOptions) -> io::Result<BlkLogWrites> {
@@ -38,8 +42,14 @@ fn option_errors_name_the_option() {
         };
         let s = &s;
         let e = |o| async move { open(s, &o).await.err().unwrap().to_string() };
-        assert_eq!(e(o(|o| o.log_sector_size = Some(1000))).await, "Invalid log sector size 1000");
-        assert_eq!(e(o(|o| o.log_sector_size = Some(16))).await, "Invalid log sector size 16");
+        assert_eq!(
+            e(o(|o| o.log_sector_size = Some(1000))).await,
+            "Invalid log sector size 1000"
+        );
+        assert_eq!(
+            e(o(|o| o.log_sector_size = Some(16))).await,
+            "Invalid log sector size 16"
+        );
         assert_eq!(
             e(o(|o| o.log_super_update_interval = Some(0))).await,
             "Invalid log superblock update interval 0"
@@ -65,8 +75,16 @@ fn option_errors_name_the_option() {
             log_super_update_interval: Some(7)
         }
     );
-    assert!(o.set("log-size", "1").unwrap_err().to_string().contains("'log-size'"));
-    assert!(o.set("log-append", "maybe").unwrap_err().to_string().contains("'log-append'"));
+    assert!(o
+        .set("log-size", "1")
+        .unwrap_err()
+        .to_string()
+        .contains("'log-size'"));
+    assert!(o
+        .set("log-append", "maybe")
+        .unwrap_err()
+        .to_string()
+        .contains("'log-append'"));
 }
 
 #[test]
@@ -86,7 +104,9 @@ fn partial_sector_writes_are_read_modify_write_and_concurrent_ones_do_not_mix() 
         for r in futures::future::join_all(futs).await {
             r.unwrap();
         }
-        n.write_zeroes(4000, 200, ZeroFlags::default()).await.unwrap();
+        n.write_zeroes(4000, 200, ZeroFlags::default())
+            .await
+            .unwrap();
         n.close().await.unwrap();
     });
     let mut expect = vec![1u8; 4096];
@@ -164,7 +184,9 @@ fn append_continues_the_count_and_refuses_a_bad_log() {
     assert_eq!(try_log(&b).unwrap(), "Invalid log sector size 1000");
     let mut b = good.clone();
     b[3 * 4096 + 16] |= 0x30;
-    assert!(try_log(&b).unwrap().starts_with("Invalid flags 0x34 in log entry 1"));
+    assert!(try_log(&b)
+        .unwrap()
+        .starts_with("Invalid flags 0x34 in log entry 1"));
     let mut b = good.clone();
     b[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
     assert!(try_log(&b).unwrap().contains("Failed to read log entry 5"));
@@ -189,9 +211,13 @@ fn flushes_are_logged_only_after_changes() {
             .await
             .unwrap();
         // FUA after an unflushed write: a flush entry.
-        n.writev(1024, &IoVec::from_slice(&[3; 512]), WriteFlags { fua: true })
-            .await
-            .unwrap();
+        n.writev(
+            1024,
+            &IoVec::from_slice(&[3; 512]),
+            WriteFlags { fua: true },
+        )
+        .await
+        .unwrap();
         n.close().await.unwrap();
     });
     let log = read_log(&s.log).unwrap();

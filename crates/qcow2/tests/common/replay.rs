@@ -88,7 +88,10 @@ impl BlockDriver for TruncRec {
     }
     async fn truncate(&self, size: u64) -> BlockResult<()> {
         self.inner.truncate(size).await?;
-        self.truncs.lock().unwrap().push((self.inner.nr_entries(), size));
+        self.truncs
+            .lock()
+            .unwrap()
+            .push((self.inner.nr_entries(), size));
         Ok(())
     }
     async fn close(&self) -> BlockResult<()> {
@@ -362,17 +365,26 @@ impl Recorded {
     /// Replays about `target` crash states (every flush entry of the log is a
     /// point; a point gives its prefix and random subsets of the writes up to the
     /// next flush entry), checking each with qemu-img in `workers` threads.
-    pub fn replay(&self, target: usize, seed: u64, dir: &Path, workers: usize) -> (Stats, Vec<String>) {
+    pub fn replay(
+        &self,
+        target: usize,
+        seed: u64,
+        dir: &Path,
+        workers: usize,
+    ) -> (Stats, Vec<String>) {
         let n = self.log.entries.len();
         let points: Vec<usize> = (0..n).filter(|&i| self.log.entries[i].is_flush()).collect();
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         // States per point: its prefix, plus subsets; `per` of them at `target / per`
         // random points.
         let per = target.div_ceil(points.len().max(1)).max(1);
-        let chosen: std::collections::HashSet<usize> =
-            rand::seq::index::sample(&mut rng, points.len(), target.div_ceil(per).min(points.len()))
-                .into_iter()
-                .collect();
+        let chosen: std::collections::HashSet<usize> = rand::seq::index::sample(
+            &mut rng,
+            points.len(),
+            target.div_ceil(per).min(points.len()),
+        )
+        .into_iter()
+        .collect();
         let stats = Mutex::new(Stats {
             flush_points: points.len(),
             ..Default::default()
@@ -470,7 +482,12 @@ impl Recorded {
     }
 
     /// Checks states: for each, `Ok(repaired)` or `Err((corrupt, why))`.
-    fn check_states(&self, jobs: &[Job], paths: &[PathBuf], raw: &Path) -> Vec<Result<bool, (bool, String)>> {
+    fn check_states(
+        &self,
+        jobs: &[Job],
+        paths: &[PathBuf],
+        raw: &Path,
+    ) -> Vec<Result<bool, (bool, String)>> {
         let mut res: Vec<Result<bool, (bool, String)>> = Vec::new();
         for (job, path) in jobs.iter().zip(paths) {
             std::fs::write(path, &job.image).unwrap();
@@ -513,7 +530,10 @@ impl Recorded {
         let b = self.covered(horizon);
         let durable = self.sizes.iter().rposition(|&(sb, _)| sb < b).unwrap_or(0);
         if !self.sizes[durable..].iter().any(|&(_, sz)| sz == size) || data.len() as u64 != size {
-            return Err(format!("virtual size {size} not possible after batch {b} ({:?})", self.sizes));
+            return Err(format!(
+                "virtual size {size} not possible after batch {b} ({:?})",
+                self.sizes
+            ));
         }
         for (s, sec) in data.chunks(512).enumerate() {
             let got = decode(s as u64, sec);
@@ -542,8 +562,12 @@ fn qemu_check(path: &Path, image: &[u8]) -> Result<bool, (bool, String)> {
         c.args(["-r", "all"]);
     }
     let out = c.arg(path).output().unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|_| (true, format!("qemu-img check: {}", String::from_utf8_lossy(&out.stderr))))?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|_| {
+        (
+            true,
+            format!("qemu-img check: {}", String::from_utf8_lossy(&out.stderr)),
+        )
+    })?;
     let n = |k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
     if n("corruptions") > 0 || n("check-errors") > 0 {
         return Err((true, format!("qemu-img check: {v}")));
