@@ -3,7 +3,7 @@
 //!
 //! A [`BlkLogWrites`] node sits over a `file` child and passes every request
 //! through to it; once a request has completed on `file`, it appends a record to
-//! the `log` child (see [`format`] for the layout): an entry sector, then the data
+//! the `log` child (see [`mod@format`] for the layout): an entry sector, then the data
 //! for writes. Like QEMU:
 //!
 //! - requests are aligned to the log sector size (`log-sector-size`, default 512, a
