@@ -93,6 +93,10 @@ pub struct BlkLogWritesOptions {
     /// `log-super-update-interval`: entries between super block updates (besides
     /// those after flushes); `None` for 4096.
     pub log_super_update_interval: Option<u64>,
+    /// Drop discards without passing them on or logging them, as a QEMU node
+    /// opened without `discard=unmap` does (the block layer ignores discards on
+    /// it). The default (false) is a node with `discard=unmap`.
+    pub ignore_discards: bool,
 }
 
 impl BlkLogWritesOptions {
@@ -178,6 +182,7 @@ pub struct BlkLogWrites {
     sector: u32,
     bits: u32,
     interval: u64,
+    ignore_discards: bool,
     pos: Mutex<Pos>,
     /// Serialises super block updates, so that a later count is never overwritten
     /// by an earlier one.
@@ -240,6 +245,7 @@ impl BlkLogWrites {
             sector: sector as u32,
             bits: sector.trailing_zeros(),
             interval,
+            ignore_discards: opts.ignore_discards,
             pos: Mutex::new(pos),
             super_lock: futures::lock::Mutex::new(()),
             flushed_gen: futures::lock::Mutex::new(0),
@@ -575,6 +581,9 @@ impl BlockDriver for BlkLogWrites {
     }
 
     async fn discard(&self, offset: u64, len: u64) -> BlockResult<()> {
+        if self.ignore_discards {
+            return Ok(());
+        }
         let end = offset.checked_add(len).ok_or_else(|| errno(libc::EINVAL))?;
         let (a, b) = (self.align_up(offset)?, self.align_down(end));
         if a >= b {

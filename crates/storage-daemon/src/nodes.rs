@@ -12,7 +12,7 @@ use oxemu_block::BlockDriver;
 use oxemu_qmp::args::from_value;
 use oxemu_qmp::QmpError;
 
-use crate::qapi::{FileBlockdev, Qcow2Blockdev, RawBlockdev};
+use crate::qapi::{BlklogwritesBlockdev, FileBlockdev, Qcow2Blockdev, RawBlockdev};
 
 /// One node of the graph.
 pub struct Node {
@@ -46,6 +46,8 @@ pub struct Graph {
     nodes: BTreeMap<String, Node>,
     /// The qcow2 drivers of qcow2 nodes, by node name (for use as backing images).
     qcow2s: BTreeMap<String, Arc<oxemu_qcow2::Qcow2>>,
+    /// The `log` child of each blklogwrites node, by node name.
+    logs: BTreeMap<String, String>,
     next_implicit: u32,
 }
 
@@ -65,6 +67,7 @@ impl Graph {
         self.nodes
             .values()
             .any(|n| n.child.as_deref() == Some(name) || n.backing.as_deref() == Some(name))
+            || self.logs.values().any(|l| l == name)
     }
 
     /// Resolves a qcow2 node's `backing` given as a node: an existing node's name (which
@@ -152,11 +155,13 @@ impl Graph {
             File(Box<FileBlockdev>),
             Raw(Box<RawBlockdev>),
             Qcow2(Box<Qcow2Blockdev>),
+            Blklogwrites(Box<BlklogwritesBlockdev>),
         }
         let parsed = match driver.as_str() {
             "file" | "host_device" => Parsed::File(from_value(opts)?),
             "raw" => Parsed::Raw(from_value(opts)?),
             "qcow2" => Parsed::Qcow2(from_value(opts)?),
+            "blklogwrites" => Parsed::Blklogwrites(from_value(opts)?),
             other => {
                 return Err(QmpError::generic(format!(
                     "Parameter 'driver' does not accept value '{other}'"
@@ -182,6 +187,7 @@ impl Graph {
             Parsed::File(o) => self.open_file(*o, &name, implicit)?,
             Parsed::Raw(o) => self.open_raw(*o, &name, implicit)?,
             Parsed::Qcow2(o) => self.open_qcow2(*o, &name, implicit)?,
+            Parsed::Blklogwrites(o) => self.open_blklogwrites(*o, &name, implicit)?,
         };
         self.nodes.insert(name.clone(), node);
         Ok(name)
@@ -460,6 +466,68 @@ impl Graph {
         })
     }
 
+    /// `driver=blklogwrites`: a filter over `file` that logs every write and flush to
+    /// `log` (both children inherit read-only, cache and discard like a format's).
+    fn open_blklogwrites(
+        &mut self,
+        o: BlklogwritesBlockdev,
+        name: &str,
+        implicit: bool,
+    ) -> Result<Node, QmpError> {
+        if let Some(dz) = o.detect_zeroes.as_deref().filter(|d| *d != "off") {
+            return Err(QmpError::generic(format!(
+                "detect-zeroes={dz} is not supported by oxemu (only off)"
+            )));
+        }
+        let file = self.child(&o.file, o.read_only, &o.cache, &o.discard)?;
+        let log = match self.child(&o.log, o.read_only, &o.cache, &o.discard) {
+            Ok(l) => l,
+            Err(e) => {
+                if self.nodes[&file].implicit {
+                    self.nodes.remove(&file);
+                }
+                return Err(e);
+            }
+        };
+        let opts = oxemu_block::blklogwrites::BlkLogWritesOptions {
+            log_sector_size: o.log_sector_size,
+            log_append: o.log_append.unwrap_or(false),
+            log_super_update_interval: o.log_super_update_interval,
+            // QEMU's block layer drops discards on a node without discard=unmap.
+            ignore_discards: !matches!(o.discard.as_deref(), Some("unmap") | Some("on")),
+        };
+        let (fnode, lnode) = (self.nodes[&file].node.clone(), self.nodes[&log].node.clone());
+        let r = oxemu_block::EventLoop::with_defaults().and_then(|lp| {
+            lp.block_on(oxemu_block::blklogwrites::BlkLogWrites::open(fnode, lnode, &opts))
+        });
+        let node = match r {
+            Ok(n) => n,
+            Err(e) => {
+                for c in [&file, &log] {
+                    if self.nodes[c].implicit {
+                        self.nodes.remove(c);
+                    }
+                }
+                return Err(QmpError::from(e));
+            }
+        };
+        self.logs.insert(name.to_string(), log);
+        let c = &self.nodes[&file];
+        Ok(Node {
+            name: name.into(),
+            driver: "blklogwrites".into(),
+            node: Arc::new(node),
+            child: Some(file.clone()),
+            backing: None,
+            backing_depth: 0,
+            implicit,
+            filename: c.filename.clone(),
+            read_only: o.read_only || c.read_only,
+            direct: c.direct,
+            no_flush: c.no_flush,
+        })
+    }
+
     /// Removes a node the monitor created, with its implicit children. `in_use` says
     /// whether an export uses it. Returns the removed drivers, to be closed.
     pub fn remove(
@@ -501,8 +569,9 @@ impl Graph {
             return Vec::new();
         };
         self.qcow2s.remove(name);
+        let log = self.logs.remove(name);
         let mut out = vec![node.node];
-        for c in [node.child, node.backing].into_iter().flatten() {
+        for c in [node.child, node.backing, log].into_iter().flatten() {
             if self.nodes.get(&c).is_some_and(|n| n.implicit) && !self.is_child(&c) {
                 out.extend(self.remove_tree(&c));
             }
@@ -513,6 +582,7 @@ impl Graph {
     /// Every node's driver, for shutdown.
     pub fn drain(&mut self) -> Vec<Arc<dyn BlockDriver>> {
         self.qcow2s.clear();
+        self.logs.clear();
         std::mem::take(&mut self.nodes)
             .into_values()
             .map(|n| n.node)

@@ -72,7 +72,8 @@ fn option_errors_name_the_option() {
         BlkLogWritesOptions {
             log_sector_size: Some(4096),
             log_append: true,
-            log_super_update_interval: Some(7)
+            log_super_update_interval: Some(7),
+            ignore_discards: false,
         }
     );
     assert!(o
