@@ -275,9 +275,8 @@ fn parse_bool(kv: &[(String, String)], key: &str) -> Result<bool, String> {
         None => Ok(false),
         Some("on" | "yes" | "true" | "y") => Ok(true),
         Some("off" | "no" | "false" | "n") => Ok(false),
-        Some(v) => Err(format!(
-            "Parameter '{key}' expects 'on' or 'off', not '{v}'"
-        )),
+        // QEMU's text does not repeat the value.
+        Some(_) => Err(format!("Parameter '{key}' expects 'on' or 'off'")),
     }
 }
 
@@ -305,6 +304,19 @@ fn parse_event(kv: &[(String, String)]) -> Result<DebugEvent, String> {
         .parse()
 }
 
+/// QEMU's config-file wording for an unknown event or iotype name.
+fn config_wording(e: String, kv: &[(String, String)]) -> String {
+    for key in ["event", "iotype"] {
+        if e.starts_with(&format!("Parameter '{key}' does not accept value")) {
+            return format!(
+                "invalid parameter value: {}",
+                rule_value(kv, key).unwrap_or("")
+            );
+        }
+    }
+    e
+}
+
 impl Rules {
     /// Adds an `inject-error` rule from its options (keys as QEMU spells them, values
     /// as strings, for example `[("event", "l2_update"), ("once", "on")]`).
@@ -324,6 +336,17 @@ impl Rules {
         r.immediately = parse_bool(kv, "immediately")?;
         self.inject.push(r);
         Ok(())
+    }
+
+    /// [`Rules::add_inject`] with the wording of a config file for unknown event and
+    /// iotype names (`invalid parameter value: NAME`).
+    pub fn add_inject_config(&mut self, kv: &[(String, String)]) -> Result<(), String> {
+        self.add_inject(kv).map_err(|e| config_wording(e, kv))
+    }
+
+    /// [`Rules::add_set_state`] with the wording of a config file.
+    pub fn add_set_state_config(&mut self, kv: &[(String, String)]) -> Result<(), String> {
+        self.add_set_state(kv).map_err(|e| config_wording(e, kv))
     }
 
     /// Adds a `set-state` rule from its options (see [`Rules::add_inject`]).
@@ -352,69 +375,66 @@ impl Rules {
 /// once = "on"
 /// ```
 ///
-/// Errors name the file and line, as QEMU's `FILE:LINE: ...`.
-pub fn parse_config(text: &str, file: &str, rules: &mut Rules) -> Result<(), String> {
+/// Errors are QEMU's texts, which name neither the file nor the line (qemu-img and
+/// qemu-storage-daemon print them after the image or option). As in QEMU, a line that
+/// is not `key = "value"` is read as its first word with an empty value, so
+/// `errno="5"` (no spaces) is the parameter `errno="5"`, and `event = l2_load` sets an
+/// empty event.
+pub fn parse_config(text: &str, rules: &mut Rules) -> Result<(), String> {
     enum Group {
         Inject,
         SetState,
-        Other,
     }
-    let mut cur: Option<(Group, usize, Vec<(String, String)>)> = None;
-    let finish = |g: Option<(Group, usize, Vec<(String, String)>)>,
-                  rules: &mut Rules|
-     -> Result<(), String> {
-        match g {
-            Some((Group::Inject, line, kv)) => rules
-                .add_inject(&kv)
-                .map_err(|e| format!("{file}:{line}: {e}")),
-            Some((Group::SetState, line, kv)) => rules
-                .add_set_state(&kv)
-                .map_err(|e| format!("{file}:{line}: {e}")),
-            _ => Ok(()),
-        }
+    let mut cur: Option<(Group, Vec<(String, String)>)> = None;
+    let finish = |g: Option<(Group, Vec<(String, String)>)>, rules: &mut Rules| match g {
+        Some((Group::Inject, kv)) => rules.add_inject_config(&kv),
+        Some((Group::SetState, kv)) => rules.add_set_state_config(&kv),
+        None => Ok(()),
     };
-    for (i, raw) in text.lines().enumerate() {
+    for raw in text.lines() {
         let line = raw.trim();
-        let n = i + 1;
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
         if let Some(rest) = line.strip_prefix('[') {
-            let Some(name) = rest.strip_suffix(']') else {
-                return Err(format!("{file}:{n}: Parse error"));
-            };
-            // `[group "id"]` is accepted, the id is not used.
+            // `[group]` or `[group "id"]`; the id is not used.
+            let name = rest.split(']').next().unwrap_or("");
             let group = name.split_whitespace().next().unwrap_or("");
             finish(cur.take(), rules)?;
             let g = match group {
                 "inject-error" => Group::Inject,
                 "set-state" => Group::SetState,
-                "" => return Err(format!("{file}:{n}: Parse error")),
-                _ => Group::Other,
+                _ => return Err(format!("There is no option group '{group}'")),
             };
-            if matches!(g, Group::Other) {
-                return Err(format!("{file}:{n}: There is no option group '{group}'"));
-            }
-            cur = Some((g, n, Vec::new()));
+            cur = Some((g, Vec::new()));
             continue;
         }
-        let Some((k, v)) = line.split_once('=') else {
-            return Err(format!("{file}:{n}: Parse error"));
-        };
-        let k = k.trim();
-        let v = v.trim();
-        let Some(v) = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')) else {
-            return Err(format!("{file}:{n}: Parse error"));
-        };
-        if k.is_empty() || k.contains(char::is_whitespace) || v.contains('"') {
-            return Err(format!("{file}:{n}: Parse error"));
-        }
+        let (k, v) = config_line(line);
         match cur.as_mut() {
-            Some((_, _, kv)) => kv.push((k.to_string(), v.to_string())),
-            None => return Err(format!("{file}:{n}: no group defined")),
+            Some((_, kv)) => kv.push((k, v)),
+            None => return Err("no group defined".into()),
         }
     }
     finish(cur.take(), rules)
+}
+
+/// One `key = "value"` line, read as QEMU's scanf patterns read it: the first word
+/// (at most 63 bytes) is the key; the value is what lies between the quotes after `=`
+/// (empty when the line does not have that shape).
+fn config_line(line: &str) -> (String, String) {
+    let word_end = line.find(char::is_whitespace).unwrap_or(line.len());
+    let mut key_end = word_end.min(63);
+    while !line.is_char_boundary(key_end) {
+        key_end -= 1;
+    }
+    let key = line[..key_end].to_string();
+    let value = (key_end == word_end)
+        .then(|| line[word_end..].trim_start().strip_prefix('='))
+        .flatten()
+        .and_then(|r| r.trim_start().strip_prefix('"'))
+        .map(|r| r.split('"').next().unwrap_or(""))
+        .unwrap_or("");
+    (key, value.chars().take(1023).collect())
 }
 
 struct State {

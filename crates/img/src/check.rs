@@ -52,7 +52,11 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
     let format = match p.get("f") {
         Some(f) => f,
         // An NBD export is probed through the connection.
-        None if crate::filename::parse(file)?.is_some() => ro_open(None)?.format,
+        None if crate::filename::parse(file)?.is_some()
+            || crate::blkdebug::parse(file)?.is_some() =>
+        {
+            ro_open(None)?.format
+        }
         None => image::probe_format(Path::new(file))?,
     };
     if format != "qcow2" {
@@ -145,6 +149,9 @@ fn open_for_check(
             .as_ref()
             .and_then(|c| c.qcow2.clone())
             .ok_or_else(|| Error::Exit(63, "This image format does not support checks".into()));
+    }
+    if let Some(spec) = crate::blkdebug::parse(file)? {
+        return crate::blkdebug::open_for_check(lp, file, &spec, read_only, force_share);
     }
     let path = Path::new(file);
     let could_not = |e: std::io::Error| {

@@ -143,6 +143,7 @@ pub fn run_convert(argv: &[String]) -> Result<(), Error> {
     crate::snapshot::load_tmp(&s, src, p.get("l"), p.get("s"))?;
     let size = s.node.size();
     if !p.has("n") {
+        crate::blkdebug::refuse_create(dst, false)?;
         if out_fmt == "qcow2" {
             crate::create_qcow2::run(
                 dst,

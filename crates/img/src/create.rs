@@ -142,6 +142,7 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
     let Some(size) = size else {
         return Err(Error::Msg("Image creation needs a size parameter".into()));
     };
+    crate::blkdebug::refuse_create(file, true)?;
     if !p.has("q") {
         let extra = hints.formatting();
         match prealloc_given {

@@ -102,6 +102,7 @@ pub fn run(
     quiet: bool,
 ) -> Result<(), Error> {
     crate::filename::refuse_create_on_nbd(file, "qcow2")?;
+    crate::blkdebug::refuse_create(file, true)?;
     let mut c = Qcow2CreateOptions::default();
     let mut size = size;
     c.backing_file = backing.map(str::to_string);

@@ -86,6 +86,11 @@ pub fn open_hook(path: &Path, o: &OpenOpts<'_>) -> Result<Option<Image>, Error> 
     let name = path.display().to_string();
     if let Some(spec) = objects::image_spec(&name)? {
         let driver = spec_driver(&spec)?;
+        if driver == "luks" && spec.blkdebug.is_some() {
+            return Err(Error::Msg(format!(
+                "Could not open '{name}': oxemu-img does not open LUKS images over blkdebug"
+            )));
+        }
         if driver == "luks" {
             return open_luks(&spec.filename, spec.key_secret.as_deref(), &name, o).map(Some);
         }
@@ -97,6 +102,12 @@ pub fn open_hook(path: &Path, o: &OpenOpts<'_>) -> Result<Option<Image>, Error> 
             }),
             ..o.clone()
         };
+        if let Some(b) = &spec.blkdebug {
+            let mut img = crate::blkdebug::open_spec(&name, b, &inner)?;
+            img.display = Some(crate::blkdebug::display_name(&name, b));
+            unlock_qcow2(&img, spec.key_secret.as_deref(), &name)?;
+            return Ok(Some(img));
+        }
         let mut img = crate::image::open_file(&spec.filename, &inner)?;
         unlock_qcow2(&img, spec.key_secret.as_deref(), &name)?;
         // qemu-img names an image given as plain options by its file (with a key the

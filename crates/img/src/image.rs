@@ -99,7 +99,7 @@ pub struct OpenOpts<'a> {
 /// The lock permissions an image of `format` opened with `o` shares, as qemu-img:
 /// everything for raw (but a convert source), never writing or resizing the file
 /// under qcow2 metadata.
-fn shared_perms(format: &str, o: &OpenOpts<'_>) -> u64 {
+pub(crate) fn shared_perms(format: &str, o: &OpenOpts<'_>) -> u64 {
     use oxemu_block::lock::perm;
     let user = if o.no_share {
         perm::CONSISTENT_READ | perm::WRITE_UNCHANGED
@@ -187,6 +187,9 @@ pub fn open(path: &Path, o: &OpenOpts<'_>) -> Result<Image, Error> {
         if let Some(spec) = crate::filename::parse(name)? {
             return crate::filename::open_nbd(name, &spec, o);
         }
+        if let Some(spec) = crate::blkdebug::parse(name)? {
+            return crate::blkdebug::open_spec(name, &spec, o);
+        }
     }
     match crate::encryption::open_hook(path, o)? {
         Some(img) => Ok(img),
@@ -196,6 +199,13 @@ pub fn open(path: &Path, o: &OpenOpts<'_>) -> Result<Image, Error> {
             Ok(img)
         }
     }
+}
+
+/// qemu-img's warning for a writable raw image whose format was probed.
+pub(crate) fn warn_probed_raw(name: &str) {
+    eprintln!(
+        "WARNING: Image format was not specified for '{name}' and probing guessed raw.\n         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n         Specify the 'raw' format explicitly to remove the restrictions."
+    );
 }
 
 /// Opens the file `path` as a raw or qcow2 image.
@@ -219,10 +229,7 @@ pub fn open_file(path: &Path, o: &OpenOpts<'_>) -> Result<Image, Error> {
     let file = Arc::new(file);
     let probed = o.format.is_none();
     if probed && format == "raw" && !o.read_only {
-        eprintln!(
-            "WARNING: Image format was not specified for '{}' and probing guessed raw.\n         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n         Specify the 'raw' format explicitly to remove the restrictions.",
-            path.display()
-        );
+        warn_probed_raw(&path.display().to_string());
     }
     let node: Arc<dyn BlockDriver> = match format {
         "raw" if probed => Arc::new(RawFormat::new(file.clone()).probed()),

@@ -39,11 +39,15 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
     if img.format == "luks" {
         return crate::encryption::info(&crate::encryption::shown_name(file), &img, json);
     }
+    // A blkdebug node has no disk size, but answers qemu-img's image-info query
+    // through its child (dirty-flag), which an NBD node does not.
+    let filtered = crate::blkdebug::parse(file).ok().flatten().is_some();
     let mut entries = vec![describe(
         img.name(file),
         &img.node,
         img.qcow2.as_ref(),
         img.file.as_deref(),
+        filtered,
     )?];
     if p.has("backing-chain") {
         let mut cur = img.qcow2.as_ref().and_then(|c| c.backing());
@@ -55,7 +59,7 @@ pub fn run(argv: &[String]) -> Result<(), Error> {
                 ..oxemu_block::FileOptions::new(&b.path)
             })
             .map_err(|e| Error::Msg(format!("Could not open '{name}': {e}")))?;
-            entries.push(describe(&name, &b.driver, Some(b), Some(&f))?);
+            entries.push(describe(&name, &b.driver, Some(b), Some(&f), false)?);
             cur = b.backing();
         }
     }
@@ -79,6 +83,7 @@ fn describe(
     node: &std::sync::Arc<dyn BlockDriver>,
     chain: Option<&oxemu_qcow2::Image>,
     file: Option<&oxemu_block::FileDriver>,
+    filtered: bool,
 ) -> Result<serde_json::Value, Error> {
     use serde_json::{Map, Value};
     let size = node.size();
@@ -99,6 +104,8 @@ fn describe(
         o.insert("format".into(), format.into());
         if let Some(actual) = actual {
             o.insert("actual-size".into(), actual.into());
+        }
+        if actual.is_some() || filtered {
             o.insert("dirty-flag".into(), false.into());
         }
         return Ok(Value::Object(o));

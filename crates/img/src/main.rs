@@ -2,6 +2,7 @@
 
 mod amend;
 mod bench;
+mod blkdebug;
 mod bitmap;
 mod check;
 mod commit;

@@ -161,7 +161,8 @@ const CMP_SPEC: &[Opt] = &[
 /// Chunk size `compare` reads in.
 const CMP_CHUNK: usize = 2 << 20;
 
-/// Result of `compare`: qemu-img's exit codes (0 equal, 1 differ, 2 error).
+/// Result of `compare`: qemu-img's exit codes (0 equal, 1 differ, 2 error, 4 a
+/// failed read).
 pub enum Compared {
     /// Contents are the same.
     Identical,
@@ -179,7 +180,8 @@ pub fn run_compare(argv: &[String]) -> Result<u8, Error> {
     let a = open_ro(f1, p.get("f"), fs)?;
     let b = open_ro(f2, p.get("F").or(p.get("f")), fs)?;
     let lp = event_loop()?;
-    let r = lp.block_on(compare(&*a.node, &*b.node, p.has("s")))?;
+    let names = (a.name(f1), b.name(f2));
+    let r = lp.block_on(compare(&*a.node, &*b.node, p.has("s"), names))?;
     let quiet = p.has("q");
     // qemu-img warns once the common part matched and it goes on to the longer tail.
     let (sa, sb) = (a.node.size(), b.node.size());
@@ -220,6 +222,7 @@ pub async fn compare(
     a: &dyn BlockDriver,
     b: &dyn BlockDriver,
     strict: bool,
+    names: (&str, &str),
 ) -> Result<Compared, Error> {
     let (sa, sb) = (a.size(), b.size());
     if strict && sa != sb {
@@ -229,24 +232,29 @@ pub async fn compare(
     let mut bb = AlignedBuf::new(CMP_CHUNK);
     let common = sa.min(sb);
     let mut off = 0u64;
-    let rd =
-        |e: std::io::Error, off: u64| Error::Msg(format!("Error while reading offset {off}: {e}"));
+    // qemu-img names the image and exits with 4 when a read fails.
+    let rd = |e: std::io::Error, off: u64, name: &str| {
+        Error::Exit(
+            4,
+            format!("Error while reading offset {off} of {name}: {}", crate::strip_os_errors(&e.to_string())),
+        )
+    };
     while off < common {
         let n = (common - off).min(CMP_CHUNK as u64) as usize;
-        a.read_at(off, &mut ba[..n]).await.map_err(|e| rd(e, off))?;
-        b.read_at(off, &mut bb[..n]).await.map_err(|e| rd(e, off))?;
+        a.read_at(off, &mut ba[..n]).await.map_err(|e| rd(e, off, names.0))?;
+        b.read_at(off, &mut bb[..n]).await.map_err(|e| rd(e, off, names.1))?;
         if let Some(i) = ba[..n].iter().zip(&bb[..n]).position(|(x, y)| x != y) {
             return Ok(Compared::Differ(Some((off + i as u64) & !511)));
         }
         off += n as u64;
     }
-    let longer = if sa > sb { a } else { b };
+    let (longer, longer_name) = if sa > sb { (a, names.0) } else { (b, names.1) };
     while off < sa.max(sb) {
         let n = (sa.max(sb) - off).min(CMP_CHUNK as u64) as usize;
         longer
             .read_at(off, &mut ba[..n])
             .await
-            .map_err(|e| rd(e, off))?;
+            .map_err(|e| rd(e, off, longer_name))?;
         if let Some(i) = ba[..n].iter().position(|&x| x != 0) {
             return Ok(Compared::Differ(Some((off + i as u64) & !511)));
         }

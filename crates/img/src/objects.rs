@@ -178,6 +178,9 @@ pub struct ImageSpec {
     pub filename: PathBuf,
     /// `key-secret` (luks) or `encrypt.key-secret` (qcow2).
     pub key_secret: Option<String>,
+    /// `file.driver=blkdebug`: the filter's config and rules (`filename` is then its
+    /// `file.image.filename`).
+    pub blkdebug: Option<crate::blkdebug::Spec>,
 }
 
 fn flatten_json(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, Option<String>)>) {
@@ -190,6 +193,11 @@ fn flatten_json(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, Opti
                     format!("{prefix}.{k}")
                 };
                 flatten_json(&key, v, out);
+            }
+        }
+        serde_json::Value::Array(a) => {
+            for (i, v) in a.iter().enumerate() {
+                flatten_json(&format!("{prefix}.{i}"), v, out);
             }
         }
         serde_json::Value::String(s) => out.push((prefix.into(), Some(s.clone()))),
@@ -215,9 +223,16 @@ pub fn image_spec(name: &str) -> Result<Option<ImageSpec>, Error> {
     };
     let mut spec = ImageSpec::default();
     let mut have_file = false;
+    // `file.*` options of a file driver other than `file` (blkdebug's), for later.
+    let mut file_driver = None;
+    let mut file_opts = Vec::new();
     for (k, v) in pairs {
         let v = v.unwrap_or_default();
         match k.as_str() {
+            "file.driver" if v != "file" => file_driver = Some(v),
+            k if k.starts_with("file.") && k != "file.filename" && k != "file.driver" => {
+                file_opts.push((k["file.".len()..].to_string(), v));
+            }
             "driver" => spec.driver = Some(v),
             "file.filename" | "filename" => {
                 spec.filename = v.into();
@@ -236,6 +251,30 @@ pub fn image_spec(name: &str) -> Result<Option<ImageSpec>, Error> {
                 )))
             }
         }
+    }
+    match file_driver.as_deref() {
+        Some("blkdebug") => {
+            if have_file {
+                return Err(Error::Msg(format!(
+                    "Could not open '{name}': Block protocol 'blkdebug' doesn't support the option 'filename'"
+                )));
+            }
+            let b = crate::blkdebug::spec_from_options(name, &file_opts)?;
+            spec.filename = b.image.clone();
+            spec.blkdebug = Some(b);
+            return Ok(Some(spec));
+        }
+        Some(d) => {
+            return Err(Error::Msg(format!(
+                "Could not open '{name}': Unknown protocol '{d}' (oxemu-img opens file and blkdebug here)"
+            )))
+        }
+        None => {}
+    }
+    if let Some((k, _)) = file_opts.first() {
+        return Err(Error::Msg(format!(
+            "Could not open '{name}': Block protocol 'file' doesn't support the option '{k}'"
+        )));
     }
     if !have_file {
         return Err(Error::Msg(format!(

@@ -179,6 +179,7 @@ async fn open_rec(
             backing,
             l2_cache_size: opts.l2_cache_size,
             keep_bitmaps: false,
+            overlap_check: Default::default(),
         },
     )
     .await

@@ -64,7 +64,12 @@ impl Qcow2 {
             return Err(os(libc::EIO));
         }
         let host = m.alloc_bytes(c.len() as u64).await?;
+        if let Err(e) = m.overlap_check(host, c.len() as u64, None).await {
+            return Err(m.mark_corrupt(e).await);
+        }
         drop(m);
+        self.file
+            .debug_event(oxemu_block::blkdebug::DebugEvent::WriteCompressed);
         self.file.write_at(host, &c).await?;
         let mut m = self.meta.lock().await;
         let x = 62 - (self.cluster_bits - 8);

@@ -82,6 +82,8 @@ impl Qcow2 {
         guest: u64,
         iov: &mut IoVecMut<'_>,
     ) -> io::Result<()> {
+        self.file
+            .debug_event(oxemu_block::blkdebug::DebugEvent::ReadAio);
         if !self.encrypted() {
             return self.file.readv(host, iov).await;
         }

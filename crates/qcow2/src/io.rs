@@ -6,9 +6,11 @@ use std::io;
 use std::sync::atomic::Ordering;
 
 use futures::channel::oneshot;
+use oxemu_block::blkdebug::DebugEvent;
 use oxemu_block::{BlockDriver, BlockDriverExt, IoVec, IoVecMut, WriteFlags};
 
 use crate::compress;
+use crate::guard::WriteGuard;
 use crate::meta::{Mapping, Meta, ALL_ZERO_BITMAP, COMPRESSED, COPIED, OFFSET_MASK, ZERO};
 use crate::{os, Qcow2};
 
@@ -104,6 +106,7 @@ impl Qcow2 {
             }
             Mapping::Unallocated => self.read_backing(off, iov).await,
             Mapping::Compressed(host, clen) => {
+                self.file.debug_event(DebugEvent::ReadCompressed);
                 let mut c = vec![0u8; clen as usize];
                 self.file.read_at(host, &mut c).await?;
                 // Inflate on the CPU worker pool, so that several clusters (from
@@ -126,6 +129,7 @@ impl Qcow2 {
             iov.zero_range(0, len as usize);
             return Ok(());
         };
+        self.file.debug_event(DebugEvent::ReadBackingAio);
         let bsize = b.driver.size();
         let have = bsize.saturating_sub(off).min(len);
         if have == len {
@@ -214,14 +218,20 @@ impl Qcow2 {
             }
             Err(e) => return Err(e),
         };
+        let mut guard = match old {
+            None => WriteGuard::pinned(self, host, k),
+            Some(_) => WriteGuard::inflight(self, gc0..gc0 + k),
+        };
         drop(m);
         let bytes = k * cs;
+        self.file.debug_event(DebugEvent::WriteAio);
         let res = self
             .file
             .writev(host, &data.slice(0, bytes as usize), WriteFlags::default())
             .await;
         let Some(old) = old else {
             self.meta.lock().await.unpin(host, k);
+            guard.disarm();
             return res.map(|()| bytes);
         };
         // Fresh clusters: map them (or give them back) and wake anyone waiting.
@@ -244,7 +254,9 @@ impl Qcow2 {
             for w in m.inflight.remove(&gc).unwrap_or_default() {
                 let _ = w.send(());
             }
+            guard.released(gc);
         }
+        guard.disarm();
         out.map(|()| bytes)
     }
 
@@ -266,6 +278,7 @@ impl Qcow2 {
                 while k < count && self.run_kind(m, gc0 + k).await? == Some(Some(h0 + k * cs)) {
                     k += 1;
                 }
+                m.overlap_check(h0, k * cs, None).await?;
                 m.pin(h0, k);
                 Ok(Some((h0, k, None)))
             }
@@ -296,6 +309,7 @@ impl Qcow2 {
                     got += 1;
                 }
                 old.truncate(got as usize);
+                m.overlap_check(host, got * cs, None).await?;
                 for i in 0..got {
                     m.inflight.insert(gc0 + i, Vec::new());
                 }
@@ -325,6 +339,7 @@ impl Qcow2 {
             ));
         }
         if normal && !self.ext && (e & ZERO == 0 || self.version.load(Ordering::Acquire) == 2) {
+            m.overlap_check(host, cs, None).await?;
             m.pin(host, 1);
             return Ok(Plan::Direct(host));
         }
@@ -332,6 +347,7 @@ impl Qcow2 {
         let (s0, s1) = (a / scs, (b - 1) / scs);
         let (mut fill_start, mut fill_end, target, fresh, sub) = if normal && self.ext {
             if bm & sub_mask(s0, s1) == sub_mask(s0, s1) {
+                m.overlap_check(host, cs, None).await?;
                 m.pin(host, 1);
                 return Ok(Plan::Direct(host));
             }
@@ -357,6 +373,7 @@ impl Qcow2 {
             m.l2_table(gc, true).await?;
             (0, cs, m.alloc_cluster().await?, true, false)
         };
+        m.overlap_check(target, cs, None).await?;
         fill_start = fill_start.min(a);
         fill_end = fill_end.max(b);
         // A fresh cluster past the end of the file reads as zeroes already: when the old
@@ -397,11 +414,14 @@ impl Qcow2 {
             };
             match plan {
                 Plan::Direct(host) => {
+                    let guard = WriteGuard::pinned(self, host, 1);
+                    self.file.debug_event(DebugEvent::WriteAio);
                     let r = self
                         .file
                         .writev(host + a, data, WriteFlags::default())
                         .await;
                     self.meta.lock().await.unpin(host, 1);
+                    guard.disarm();
                     return r;
                 }
                 Plan::Wait(rx) => {
@@ -415,12 +435,16 @@ impl Qcow2 {
                     sub,
                     old,
                 } => {
+                    let guard = WriteGuard::inflight(self, [gc]);
                     let res = self
                         .fill_and_write(gc, target, fill_start, fill_end, a, data, old.0)
                         .await;
-                    return self
+                    let r = self
                         .finish_allocation(gc, target, (fresh, sub), old, res, a, b)
                         .await;
+                    // finish_allocation released the cluster with no await after it.
+                    guard.disarm();
+                    return r;
                 }
             }
         }
@@ -445,7 +469,8 @@ impl Qcow2 {
             && self.version.load(Ordering::Acquire) == 3
             && old_e & ZERO != 0
             && old_e & COMPRESSED == 0;
-        if !zero_old {
+        if !zero_old && (!head.is_empty() || !tail.is_empty()) {
+            self.file.debug_event(DebugEvent::CowRead);
             if !head.is_empty() {
                 self.read_clamped(base + fs, &mut head).await?;
             }
@@ -461,6 +486,12 @@ impl Qcow2 {
             unsafe { v.push_raw(s.iov_base.cast(), s.iov_len) };
         }
         v.push(&tail);
+        self.file
+            .debug_event(if head.is_empty() && tail.is_empty() {
+                DebugEvent::WriteAio
+            } else {
+                DebugEvent::CowWrite
+            });
         self.file
             .writev(target + fs, &v, WriteFlags::default())
             .await

@@ -23,9 +23,11 @@ mod compressed_write;
 pub mod create;
 pub mod crypto;
 mod empty;
+mod guard;
 pub mod header;
 mod io;
 pub mod meta;
+pub mod overlap;
 pub mod refcount;
 mod reorder;
 mod resize;
@@ -64,6 +66,9 @@ pub struct Qcow2OpenOptions {
     /// stays set): only for a caller that changes no guest data before it stores the
     /// bitmaps back ([`Qcow2::store_bitmaps`]), as `qemu-img bitmap`.
     pub keep_bitmaps: bool,
+    /// What writes are checked against before they are made (QEMU's
+    /// `overlap-check`, default `cached`).
+    pub overlap_check: overlap::OverlapCheck,
 }
 
 /// QEMU's `ImageInfoSpecificQCow2`, for `qemu-img info`.
@@ -85,6 +90,8 @@ pub struct FormatSpecific {
 
 /// An open qcow2 image. See the crate documentation.
 pub struct Qcow2 {
+    /// This image itself, for cleanups that outlive a request (see `guard`).
+    me: std::sync::Weak<Qcow2>,
     file: Arc<dyn BlockDriver>,
     backing: Option<Image>,
     meta: Mutex<Meta>,
@@ -145,6 +152,14 @@ impl Qcow2 {
         opts: Qcow2OpenOptions,
         check: bool,
     ) -> std::io::Result<Arc<Qcow2>> {
+        // A failed flush of the file must fail every later flush, whatever the child
+        // is: otherwise a writeback after it could publish L2 entries whose data the
+        // child already lost (see `oxemu_block::latch`).
+        let file: Arc<dyn BlockDriver> = if opts.read_only {
+            file
+        } else {
+            Arc::new(oxemu_block::latch::FlushLatch::new(file))
+        };
         let fsize = file.size();
         let mut head = vec![0u8; 104.min(fsize as usize)];
         file.read_at(0, &mut head).await?;
@@ -202,11 +217,13 @@ impl Qcow2 {
             };
             h.autoclear_features &= keep;
         }
-        let meta = Meta::load(h.clone(), file.clone(), cache).await?;
+        let mut meta = Meta::load(h.clone(), file.clone(), cache).await?;
+        meta.overlap = opts.overlap_check;
         if !check {
             meta.validate_reftable()?;
         }
-        let q = Arc::new(Qcow2 {
+        let q = Arc::new_cyclic(|me| Qcow2 {
+            me: me.clone(),
             file,
             backing: opts.backing,
             size: AtomicU64::new(h.size),
@@ -313,14 +330,11 @@ impl Qcow2 {
     /// Marks the image corrupt on disk (QEMU's `qcow2_signal_corruption`) and returns
     /// the error to report.
     async fn signal_corruption(&self, m: &mut Meta, e: std::io::Error) -> std::io::Error {
-        if !self.read_only && m.h.version == 3 && m.h.incompatible_features & INCOMPAT_CORRUPT == 0
-        {
-            m.h.incompatible_features |= INCOMPAT_CORRUPT;
-            let _ = m.write_header().await;
-            let _ = self.file.flush().await;
+        if self.read_only {
+            m.corrupt = true;
+            return e;
         }
-        m.corrupt = true;
-        e
+        m.mark_corrupt(e).await
     }
 
     /// Points the image at a new backing file (`rebase -u`, `commit`): updates the
@@ -395,6 +409,11 @@ impl BlockDriver for Qcow2 {
             return Ok(());
         }
         let mut m = self.meta.lock().await;
+        // As QEMU's bdrv_co_flush, which reports both to the node's file child.
+        self.file
+            .debug_event(oxemu_block::blkdebug::DebugEvent::FlushToOs);
+        self.file
+            .debug_event(oxemu_block::blkdebug::DebugEvent::FlushToDisk);
         m.writeback().await
     }
 

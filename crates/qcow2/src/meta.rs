@@ -21,7 +21,10 @@ use std::sync::Arc;
 use futures::channel::oneshot;
 use oxemu_block::{BlockDriver, BlockDriverExt};
 
-use crate::header::{bad, Header};
+use oxemu_block::blkdebug::DebugEvent;
+
+use crate::header::{bad, Header, INCOMPAT_CORRUPT};
+use crate::overlap::MetaKind;
 use crate::refcount;
 
 mod shared;
@@ -114,7 +117,7 @@ pub enum Mapping {
 pub struct Meta {
     /// The header as last written.
     pub h: Header,
-    file: Arc<dyn BlockDriver>,
+    pub(crate) file: Arc<dyn BlockDriver>,
     /// Cluster size in bytes.
     pub cs: u64,
     /// Entries per L2 table.
@@ -141,6 +144,12 @@ pub struct Meta {
     /// Their frees wait for a later writeback, so that a cluster is never handed out
     /// again while an old write to it may still land.
     pinned: HashMap<u64, u32>,
+    /// Metadata clusters, for [`Meta::overlap_check`].
+    pub(crate) ol: crate::overlap::OverlapIndex,
+    /// What writes are checked against (QEMU's `overlap-check`).
+    pub overlap: crate::overlap::OverlapCheck,
+    /// Host clusters a dropped write may still reach: never freed while open.
+    quarantined: std::collections::HashSet<u64>,
     /// Corruption was detected; writes fail with EIO.
     pub corrupt: bool,
     /// Guest clusters with an allocating write in flight, and who waits for them.
@@ -184,10 +193,18 @@ impl Meta {
             free_byte: 0,
             corrupt: false,
             pinned: HashMap::new(),
+            quarantined: Default::default(),
+            ol: Default::default(),
+            overlap: Default::default(),
             inflight: HashMap::new(),
             file,
             h,
         })
+    }
+
+    /// Reports a blkdebug event to the file child.
+    pub(crate) fn ev(&self, e: DebugEvent) {
+        self.file.debug_event(e);
     }
 
     fn file_end(&self) -> u64 {
@@ -210,6 +227,10 @@ impl Meta {
             self.ensure_room_l2().await?;
             self.l2
                 .insert(off, vec![0u64; (self.cs / 8) as usize], true);
+            self.ol.add(off, self.cs, MetaKind::ActiveL2);
+            // QEMU writes a new table at once; this one reaches the disk at the next
+            // writeback, so the event's rules act on the request that comes next.
+            self.ev(DebugEvent::L2AllocWrite);
             self.l1[l1i] = off | COPIED;
             self.l1_dirty = true;
             return Ok(Some(off));
@@ -353,12 +374,14 @@ impl Meta {
                 self.refblocks.make_room();
             }
             self.refblocks.insert(at, vec![0u8; self.cs as usize], true);
+            self.ol.add(at, self.cs, MetaKind::RefcountBlock);
             self.reftable[rt] = at;
             self.reftable_dirty = true;
             return Ok(Some(at));
         }
         if self.refblocks.get_mut(off).is_none() {
             let mut b = vec![0u8; self.cs as usize];
+            self.ev(DebugEvent::RefblockLoad);
             self.file.read_at(off, &mut b).await?;
             if !self.refblocks.make_room() {
                 Box::pin(self.writeback()).await?;
@@ -386,6 +409,8 @@ impl Meta {
     /// Adds `delta` to the refcount of host cluster index `c` (the refcount block must
     /// exist). Marks the image corrupt on overflow or underflow.
     pub async fn add_ref(&mut self, c: u64, delta: i64) -> io::Result<()> {
+        // As QEMU's alloc_refcount_block, which every refcount update goes through.
+        self.ev(DebugEvent::RefblockAlloc);
         let epb = refcount::entries_per_block(self.h.cluster_bits, self.h.refcount_order);
         let rt = (c / epb) as usize;
         let Some(b) = self.refblock(rt, None).await? else {
@@ -418,6 +443,7 @@ impl Meta {
 
     /// Allocates one cluster with refcount 1 and returns its host offset.
     pub async fn alloc_cluster(&mut self) -> io::Result<u64> {
+        self.ev(DebugEvent::ClusterAlloc);
         let epb = refcount::entries_per_block(self.h.cluster_bits, self.h.refcount_order);
         let mut c = self.free_hint.max(1);
         loop {
@@ -477,6 +503,7 @@ impl Meta {
     }
 
     async fn grow_reftable(&mut self, need: usize) -> io::Result<()> {
+        self.ev(DebugEvent::ReftableGrow);
         let cs = self.cs;
         let epb = refcount::entries_per_block(self.h.cluster_bits, self.h.refcount_order);
         let new_len = (need + need / 2 + 1) as u64;
@@ -512,6 +539,7 @@ impl Meta {
             self.h.refcount_table_offset,
             self.h.refcount_table_clusters as u64,
         )));
+        self.ol.invalidate();
         let old = std::mem::replace(&mut self.reftable, tab);
         for (i, e) in self.reftable.clone().iter().enumerate() {
             if *e != 0 && old.get(i).copied().unwrap_or(0) == 0 {
@@ -550,6 +578,7 @@ impl Meta {
     /// several into one host cluster as QEMU does; each fragment holds one reference
     /// to the host cluster it lives in.
     pub async fn alloc_bytes(&mut self, len: u64) -> io::Result<u64> {
+        self.ev(DebugEvent::ClusterAllocBytes);
         let off = self.free_byte;
         let o = self.h.refcount_order;
         if off != 0
@@ -606,6 +635,30 @@ impl Meta {
         }
     }
 
+    /// Keeps the `n` host clusters from byte offset `host` from ever being freed while
+    /// the image is open (a dropped write may still land there; see `guard`).
+    pub fn quarantine(&mut self, host: u64, n: u64) {
+        self.quarantined.extend(host / self.cs..host / self.cs + n);
+    }
+
+    /// Marks the image corrupt (QEMU's `qcow2_signal_corruption`): writes are refused
+    /// from now on and, for v3 images, the header's corrupt bit is set so that the
+    /// image opens read-only until it is repaired. Returns `e` for the caller.
+    pub(crate) async fn mark_corrupt(&mut self, e: io::Error) -> io::Error {
+        if !self.corrupt {
+            tracing::error!(
+                "qcow2: Marking image as corrupt: {e}; further corruption events will be suppressed"
+            );
+        }
+        if self.h.version == 3 && self.h.incompatible_features & INCOMPAT_CORRUPT == 0 {
+            self.h.incompatible_features |= INCOMPAT_CORRUPT;
+            let _ = self.write_header().await;
+            let _ = self.file.flush().await;
+        }
+        self.corrupt = true;
+        e
+    }
+
     /// Writes all dirty metadata in crash-safe order (module documentation).
     pub async fn writeback(&mut self) -> io::Result<()> {
         let f = self.file.clone();
@@ -619,16 +672,26 @@ impl Meta {
             .map(|(k, _)| *k)
             .collect();
         for off in &dirty {
-            let s = self.l2.map.get_mut(off).unwrap();
+            let s = &self.l2.map[off];
             let raw: Vec<u8> = s.val.iter().flat_map(|v| v.to_be_bytes()).collect();
+            let cs = self.cs;
+            if let Err(e) = self.overlap_check(*off, cs, Some(MetaKind::ActiveL2)).await {
+                return Err(self.mark_corrupt(e).await);
+            }
+            f.debug_event(DebugEvent::L2Update);
             f.write_at(*off, &raw).await?;
-            s.dirty = false;
+            self.l2.map.get_mut(off).unwrap().dirty = false;
         }
         if !dirty.is_empty() {
             f.flush().await?;
         }
         if self.l1_dirty {
             let raw: Vec<u8> = self.l1.iter().flat_map(|v| v.to_be_bytes()).collect();
+            let (at, n) = (self.h.l1_table_offset, raw.len() as u64);
+            if let Err(e) = self.overlap_check(at, n, Some(MetaKind::ActiveL1)).await {
+                return Err(self.mark_corrupt(e).await);
+            }
+            f.debug_event(DebugEvent::L1Update);
             f.write_at(self.h.l1_table_offset, &raw).await?;
             f.flush().await?;
             self.l1_dirty = false;
@@ -636,7 +699,7 @@ impl Meta {
         if !self.pending_free.is_empty() {
             let mut deferred = Vec::new();
             for c in std::mem::take(&mut self.pending_free) {
-                if self.pinned.contains_key(&c) {
+                if self.pinned.contains_key(&c) || self.quarantined.contains(&c) {
                     deferred.push(c);
                     continue;
                 }
@@ -687,8 +750,21 @@ impl Meta {
     async fn write_refcounts(&mut self) -> io::Result<()> {
         let f = self.file.clone();
         let mut any = false;
-        for (off, s) in self.refblocks.map.iter_mut().filter(|(_, s)| s.dirty) {
-            f.write_at(*off, &s.val).await?;
+        let dirty: Vec<u64> = (self.refblocks.map.iter())
+            .filter(|(_, s)| s.dirty)
+            .map(|(k, _)| *k)
+            .collect();
+        for off in dirty {
+            let cs = self.cs;
+            if let Err(e) = self
+                .overlap_check(off, cs, Some(MetaKind::RefcountBlock))
+                .await
+            {
+                return Err(self.mark_corrupt(e).await);
+            }
+            let s = self.refblocks.map.get_mut(&off).unwrap();
+            f.debug_event(DebugEvent::RefblockUpdate);
+            f.write_at(off, &s.val).await?;
             s.dirty = false;
             any = true;
         }
@@ -697,9 +773,18 @@ impl Meta {
         }
         if self.reftable_dirty {
             let raw: Vec<u8> = self.reftable.iter().flat_map(|v| v.to_be_bytes()).collect();
+            let (at, n) = (self.h.refcount_table_offset, raw.len() as u64);
+            if let Err(e) = self
+                .overlap_check(at, n, Some(MetaKind::RefcountTable))
+                .await
+            {
+                return Err(self.mark_corrupt(e).await);
+            }
+            f.debug_event(DebugEvent::ReftableUpdate);
             f.write_at(self.h.refcount_table_offset, &raw).await?;
             f.flush().await?;
             if let Some((off, n)) = self.old_reftable.take() {
+                f.debug_event(DebugEvent::RefblockAllocSwitchTable);
                 self.write_header().await?;
                 f.flush().await?;
                 for c in 0..n {
@@ -717,6 +802,7 @@ impl Meta {
     /// block described by another block is freed after that, so a crash leaks at most.
     pub async fn drop_unused_refblocks(&mut self) -> io::Result<()> {
         self.writeback().await?;
+        self.ol.invalidate();
         let epb = refcount::entries_per_block(self.h.cluster_bits, self.h.refcount_order);
         let o = self.h.refcount_order;
         let mut freed_elsewhere = Vec::new();
@@ -775,12 +861,14 @@ impl Meta {
 
     /// Replaces the L1 table (used by resize): new table must already be written.
     pub fn set_l1(&mut self, l1: Vec<u64>) {
+        self.ol.invalidate();
         self.l1 = l1;
     }
 
     /// Shows another L1 table (a snapshot's) on a read-only image: the cached L2
     /// tables are forgotten, and nothing is ever written back.
     pub fn show_l1(&mut self, l1: Vec<u64>) {
+        self.ol.invalidate();
         self.l1 = l1;
         self.l2.map.clear();
         self.l1_dirty = false;
@@ -808,6 +896,7 @@ impl Meta {
     /// locations in `self.h`: used after `check` rewrote metadata directly in the file.
     /// Call only after [`Meta::writeback`] (nothing may be dirty).
     pub async fn reload(&mut self) -> io::Result<()> {
+        self.ol.invalidate();
         let read = |off: u64, n: u64| {
             let f = self.file.clone();
             async move {

@@ -226,6 +226,7 @@ impl Qcow2 {
             at
         };
         if m.update_refcounts(&mut l1, 1).await? {
+            m.ol.invalidate();
             m.l1 = l1.clone();
             m.l1_changed();
         }
@@ -379,6 +380,7 @@ impl Qcow2 {
         let mut old = m.l1.clone();
         let mut new = sn_l1;
         new.resize(old.len(), 0);
+        m.ol.invalidate();
         m.l1 = new;
         m.l1_changed();
         m.writeback().await?;
@@ -386,6 +388,7 @@ impl Qcow2 {
         m.update_refcounts(&mut old, -1).await?;
         let mut cur = m.l1.clone();
         if m.update_refcounts(&mut cur, 0).await? {
+            m.ol.invalidate();
             m.l1 = cur;
             m.l1_changed();
         }
@@ -422,6 +425,7 @@ impl Qcow2 {
         }
         let mut cur = m.l1.clone();
         if m.update_refcounts(&mut cur, 0).await? {
+            m.ol.invalidate();
             m.l1 = cur;
             m.l1_changed();
         }

@@ -37,7 +37,9 @@ pub fn from_value<T: DeserializeOwned>(v: Value) -> Result<T, QmpError> {
             };
             QmpError::generic(format!("Parameter '{p}' is unexpected"))
         } else if let Some(f) = between(&inner, "unknown variant `", "`") {
-            QmpError::generic(format!("Parameter '{path}' does not accept value '{f}'"))
+            // QEMU names just the member, not its whole path, for enum values.
+            let member = path.rsplit(['.', ']']).next().unwrap_or(&path);
+            QmpError::generic(format!("Parameter '{member}' does not accept value '{f}'"))
         } else if inner.starts_with("invalid type") {
             let expected = if inner.contains("expected a string") {
                 "string"
@@ -63,7 +65,14 @@ pub fn from_value<T: DeserializeOwned>(v: Value) -> Result<T, QmpError> {
 /// (`a=b,c=d`), where every value is a string: QEMU's keyval visitor says
 /// `Parameter 'x' expects integer` (or `expects 'on' or 'off'`) where its JSON
 /// visitor says `Invalid parameter type for 'x', expected: integer`.
+///
+/// List elements are also renamed as the keyval visitor names them: `a[0].b` becomes
+/// `a.0.b`.
 pub fn keyval_wording(e: QmpError) -> QmpError {
+    let e = QmpError {
+        class: e.class,
+        desc: keyval_path(&e.desc),
+    };
     let Some(rest) = e.desc.strip_prefix("Invalid parameter type for '") else {
         return e;
     };
@@ -79,6 +88,27 @@ pub fn keyval_wording(e: QmpError) -> QmpError {
         class: e.class,
         desc: format!("Parameter '{param}' expects {want}"),
     }
+}
+
+/// Rewrites the first quoted parameter of `desc` from JSON's `a[0].b` to keyval's
+/// `a.0.b`.
+fn keyval_path(desc: &str) -> String {
+    let Some(i) = desc.find('\'') else {
+        return desc.to_string();
+    };
+    let Some(len) = desc[i + 1..].find('\'') else {
+        return desc.to_string();
+    };
+    let param = &desc[i + 1..i + 1 + len];
+    let mut out = String::with_capacity(param.len());
+    for c in param.chars() {
+        match c {
+            '[' => out.push('.'),
+            ']' => {}
+            c => out.push(c),
+        }
+    }
+    format!("{}{out}{}", &desc[..i + 1], &desc[i + 1 + len..])
 }
 
 fn between<'a>(s: &'a str, start: &str, end: &str) -> Option<&'a str> {
@@ -158,6 +188,28 @@ pub fn flex_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 /// Like [`flex_u64`] for an optional field.
 pub fn flex_opt_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     flex_u64(d).map(Some)
+}
+
+/// Accepts a JSON integer, negative ones included, or within [`with_keyval`] a
+/// keyval integer (decimal with an optional `-`, or `0x` hex), for an optional
+/// signed QAPI `int` field.
+pub fn flex_opt_i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    let bad = |what: String| serde::de::Error::custom(format!("invalid type: {what}, expected an integer"));
+    match Value::deserialize(d)? {
+        Value::Number(n) => n
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| bad("number".into())),
+        Value::String(s) if keyval_typing() => {
+            let v = match s.strip_prefix('-') {
+                Some(r) => parse_int(r).and_then(|u| i64::try_from(u).ok()).map(|u| -u),
+                None => parse_int(&s).and_then(|u| i64::try_from(u).ok()),
+            };
+            v.map(Some).ok_or_else(|| bad(format!("string \"{s}\"")))
+        }
+        Value::String(s) => Err(bad(format!("string \"{s}\""))),
+        other => Err(bad(other.to_string())),
+    }
 }
 
 fn parse_int(s: &str) -> Option<u64> {
@@ -243,5 +295,55 @@ mod tests {
         assert_eq!((a.writable, a.num_queues), (b.writable, b.num_queues));
         assert_eq!(a.num_queues, Some(2));
         assert_eq!(a.node_name, b.node_name);
+    }
+
+    #[derive(Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    struct Rule {
+        #[allow(dead_code)]
+        kind: Kind,
+        #[serde(default, deserialize_with = "flex_opt_i64")]
+        n: Option<i64>,
+    }
+
+    #[derive(Deserialize, Debug)]
+    #[serde(rename_all = "lowercase")]
+    enum Kind {
+        A,
+    }
+
+    #[derive(Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    struct List {
+        #[allow(dead_code)]
+        rules: Vec<Rule>,
+    }
+
+    #[test]
+    fn list_elements_are_named_as_qemus_visitors_name_them() {
+        let e = from_value::<List>(json!({"rules": [{"kind": "a", "n": "x"}]})).unwrap_err();
+        assert_eq!(e.desc, "Invalid parameter type for 'rules[0].n', expected: integer");
+        let kv = |v| keyval_wording(with_keyval(|| from_value::<List>(v)).unwrap_err()).desc;
+        assert_eq!(
+            kv(json!({"rules": [{"kind": "a"}, {"kind": "a", "n": "x"}]})),
+            "Parameter 'rules.1.n' expects integer"
+        );
+        assert_eq!(kv(json!({"rules": [{"n": "1"}]})), "Parameter 'rules.0.kind' is missing");
+        assert_eq!(kv(json!({"rules": [{"kind": "a", "b": "1"}]})), "Parameter 'rules.0.b' is unexpected");
+        // Enum values are reported by the member's name alone.
+        let e = from_value::<List>(json!({"rules": [{"kind": "z"}]})).unwrap_err();
+        assert_eq!(e.desc, "Parameter 'kind' does not accept value 'z'");
+    }
+
+    #[test]
+    fn signed_integers_from_json_and_keyval() {
+        let r: Rule = with_keyval(|| from_value(json!({"kind": "a", "n": "-2"}))).unwrap();
+        assert_eq!(r.n, Some(-2));
+        let r: Rule = with_keyval(|| from_value(json!({"kind": "a", "n": "0x10"}))).unwrap();
+        assert_eq!(r.n, Some(16));
+        let r: Rule = from_value(json!({"kind": "a", "n": -7})).unwrap();
+        assert_eq!(r.n, Some(-7));
+        let e = from_value::<Rule>(json!({"kind": "a", "n": "-2"})).unwrap_err();
+        assert_eq!(e.desc, "Invalid parameter type for 'n', expected: integer");
     }
 }

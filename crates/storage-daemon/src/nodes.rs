@@ -12,17 +12,22 @@ use oxemu_block::BlockDriver;
 use oxemu_qmp::args::from_value;
 use oxemu_qmp::QmpError;
 
-use crate::qapi::{BlklogwritesBlockdev, FileBlockdev, Qcow2Blockdev, RawBlockdev};
+use crate::qapi::{
+    BlkdebugBlockdev, BlklogwritesBlockdev, FileBlockdev, Qcow2Blockdev, RawBlockdev,
+};
+
+mod blkdebug;
+mod blklogwrites;
 
 /// One node of the graph.
 pub struct Node {
     /// The node's name.
     pub name: String,
-    /// Driver name (`file`, `host_device`, `raw`).
+    /// Driver name (`file`, `host_device`, `raw`, `qcow2`, `blkdebug`).
     pub driver: String,
     /// The opened driver.
     pub node: Arc<dyn BlockDriver>,
-    /// Name of the `file` child, if any.
+    /// Name of the `file` child (blkdebug: the `image` child), if any.
     pub child: Option<String>,
     /// Name of the `backing` child given as a node (qcow2 only), if any.
     pub backing: Option<String>,
@@ -38,6 +43,12 @@ pub struct Node {
     pub direct: bool,
     /// Flushes ignored.
     pub no_flush: bool,
+    /// The name `query-named-block-nodes` shows when it is not `filename`: QEMU's
+    /// `blkdebug:CONFIG:FILE` for a blkdebug node and every node above it.
+    pub shown: Option<String>,
+    /// No disk size to report (`actual-size` left out): the node is, or sits on, a
+    /// blkdebug node, which QEMU gives no allocated size.
+    pub no_disk_size: bool,
 }
 
 /// All nodes by name.
@@ -155,12 +166,14 @@ impl Graph {
             File(Box<FileBlockdev>),
             Raw(Box<RawBlockdev>),
             Qcow2(Box<Qcow2Blockdev>),
+            Blkdebug(Box<BlkdebugBlockdev>),
             Blklogwrites(Box<BlklogwritesBlockdev>),
         }
         let parsed = match driver.as_str() {
             "file" | "host_device" => Parsed::File(from_value(opts)?),
             "raw" => Parsed::Raw(from_value(opts)?),
             "qcow2" => Parsed::Qcow2(from_value(opts)?),
+            "blkdebug" => Parsed::Blkdebug(from_value(opts)?),
             "blklogwrites" => Parsed::Blklogwrites(from_value(opts)?),
             other => {
                 return Err(QmpError::generic(format!(
@@ -187,6 +200,7 @@ impl Graph {
             Parsed::File(o) => self.open_file(*o, &name, implicit)?,
             Parsed::Raw(o) => self.open_raw(*o, &name, implicit)?,
             Parsed::Qcow2(o) => self.open_qcow2(*o, &name, implicit)?,
+            Parsed::Blkdebug(o) => self.open_blkdebug(*o, &name, implicit)?,
             Parsed::Blklogwrites(o) => self.open_blklogwrites(*o, &name, implicit)?,
         };
         self.nodes.insert(name.clone(), node);
@@ -248,6 +262,8 @@ impl Graph {
             read_only: ro,
             direct: fo.direct,
             no_flush: fo.no_flush,
+            shown: None,
+            no_disk_size: false,
         })
     }
 
@@ -256,6 +272,18 @@ impl Graph {
     fn child(
         &mut self,
         file: &Value,
+        read_only: bool,
+        cache: &crate::qapi::CacheOptions,
+        discard: &Option<String>,
+    ) -> Result<String, QmpError> {
+        self.child_named(file, "file", read_only, cache, discard)
+    }
+
+    /// [`Graph::child`] for a child option called `field`.
+    fn child_named(
+        &mut self,
+        file: &Value,
+        field: &str,
         read_only: bool,
         cache: &crate::qapi::CacheOptions,
         discard: &Option<String>,
@@ -288,9 +316,9 @@ impl Graph {
                 }
                 self.add_inner(Value::Object(m), true)
             }
-            _ => Err(QmpError::generic(
-                "Invalid parameter type for 'file', expected: object or string",
-            )),
+            _ => Err(QmpError::generic(format!(
+                "Invalid parameter type for '{field}', expected: BlockdevRef"
+            ))),
         }
     }
 
@@ -300,6 +328,10 @@ impl Graph {
         name: &str,
         implicit: bool,
     ) -> Result<Node, QmpError> {
+        let overlap_check: oxemu_qcow2::overlap::OverlapCheck = match &o.overlap_check {
+            None => Default::default(),
+            Some(v) => v.parse().map_err(QmpError::generic)?,
+        };
         let child = self.child(&o.file, o.read_only, &o.cache, &o.discard)?;
         let (cnode, cfile, cro, cdirect, cnoflush, cimplicit) = {
             let c = &self.nodes[&child];
@@ -311,6 +343,10 @@ impl Graph {
                 c.no_flush,
                 c.implicit,
             )
+        };
+        let (cshown, cno_size) = {
+            let c = &self.nodes[&child];
+            (c.shown.clone(), c.no_disk_size)
         };
         let read_only = o.read_only || cro;
         // `backing`: null (none), a node (by name or nested options), or absent (the
@@ -346,6 +382,7 @@ impl Graph {
                                 backing: None,
                                 l2_cache_size: 0,
                                 keep_bitmaps: false,
+                                overlap_check: Default::default(),
                             },
                         )
                         .await?;
@@ -388,6 +425,7 @@ impl Graph {
                         backing,
                         l2_cache_size: o.l2_cache_size.unwrap_or(0),
                         keep_bitmaps: false,
+                        overlap_check,
                     },
                 )
                 .await
@@ -432,6 +470,8 @@ impl Graph {
             read_only,
             direct: cdirect,
             no_flush: cnoflush,
+            shown: cshown,
+            no_disk_size: cno_size,
         })
     }
 
@@ -463,68 +503,8 @@ impl Graph {
             read_only: o.read_only || c.read_only,
             direct: c.direct,
             no_flush: c.no_flush,
-        })
-    }
-
-    /// `driver=blklogwrites`: a filter over `file` that logs every write and flush to
-    /// `log` (both children inherit read-only, cache and discard like a format's).
-    fn open_blklogwrites(
-        &mut self,
-        o: BlklogwritesBlockdev,
-        name: &str,
-        implicit: bool,
-    ) -> Result<Node, QmpError> {
-        if let Some(dz) = o.detect_zeroes.as_deref().filter(|d| *d != "off") {
-            return Err(QmpError::generic(format!(
-                "detect-zeroes={dz} is not supported by oxemu (only off)"
-            )));
-        }
-        let file = self.child(&o.file, o.read_only, &o.cache, &o.discard)?;
-        let log = match self.child(&o.log, o.read_only, &o.cache, &o.discard) {
-            Ok(l) => l,
-            Err(e) => {
-                if self.nodes[&file].implicit {
-                    self.nodes.remove(&file);
-                }
-                return Err(e);
-            }
-        };
-        let opts = oxemu_block::blklogwrites::BlkLogWritesOptions {
-            log_sector_size: o.log_sector_size,
-            log_append: o.log_append.unwrap_or(false),
-            log_super_update_interval: o.log_super_update_interval,
-            // QEMU's block layer drops discards on a node without discard=unmap.
-            ignore_discards: !matches!(o.discard.as_deref(), Some("unmap") | Some("on")),
-        };
-        let (fnode, lnode) = (self.nodes[&file].node.clone(), self.nodes[&log].node.clone());
-        let r = oxemu_block::EventLoop::with_defaults().and_then(|lp| {
-            lp.block_on(oxemu_block::blklogwrites::BlkLogWrites::open(fnode, lnode, &opts))
-        });
-        let node = match r {
-            Ok(n) => n,
-            Err(e) => {
-                for c in [&file, &log] {
-                    if self.nodes[c].implicit {
-                        self.nodes.remove(c);
-                    }
-                }
-                return Err(QmpError::from(e));
-            }
-        };
-        self.logs.insert(name.to_string(), log);
-        let c = &self.nodes[&file];
-        Ok(Node {
-            name: name.into(),
-            driver: "blklogwrites".into(),
-            node: Arc::new(node),
-            child: Some(file.clone()),
-            backing: None,
-            backing_depth: 0,
-            implicit,
-            filename: c.filename.clone(),
-            read_only: o.read_only || c.read_only,
-            direct: c.direct,
-            no_flush: c.no_flush,
+            shown: c.shown.clone(),
+            no_disk_size: c.no_disk_size,
         })
     }
 
@@ -597,10 +577,11 @@ impl Graph {
             .map(|n| {
                 let size = n.node.size();
                 let actual = n.node.allocated_size().unwrap_or(0);
-                json!({
+                let shown = n.shown.as_deref().unwrap_or(&n.filename);
+                let mut v = json!({
                     "node-name": n.name,
                     "drv": n.driver,
-                    "file": n.filename,
+                    "file": shown,
                     "ro": n.read_only,
                     "encrypted": false,
                     "backing_file_depth": n.backing_depth,
@@ -610,12 +591,16 @@ impl Graph {
                     "cache": {"writeback": true, "direct": n.direct, "no-flush": n.no_flush},
                     "image": {
                         "virtual-size": size,
-                        "filename": n.filename,
+                        "filename": shown,
                         "format": n.driver,
                         "actual-size": actual,
                         "dirty-flag": false,
                     },
-                })
+                });
+                if let Some(i) = v["image"].as_object_mut().filter(|_| n.no_disk_size) {
+                    i.remove("actual-size");
+                }
+                v
             })
             .collect();
         Value::Array(list)

@@ -8,7 +8,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use oxemu_qmp::args::{flex_bool, flex_opt_bool, flex_opt_u64};
+use oxemu_qmp::args::{flex_bool, flex_opt_bool, flex_opt_i64, flex_opt_u64};
 
 /// `cache` of a blockdev.
 #[derive(Deserialize, Debug, Default, Clone, Copy)]
@@ -271,6 +271,8 @@ pub struct Qcow2Blockdev {
     /// Bytes of L2 tables to cache.
     #[serde(default, deserialize_with = "flex_opt_u64")]
     pub l2_cache_size: Option<u64>,
+    /// Metadata overlap checks: `none`, `constant` or `cached` (the default).
+    pub overlap_check: Option<String>,
     /// Accepted for compatibility (the image header decides).
     #[serde(default, deserialize_with = "flex_opt_bool")]
     pub lazy_refcounts: Option<bool>,
@@ -280,4 +282,118 @@ pub struct Qcow2Blockdev {
 /// Distinguishes an explicit `null` (Some(Null)) from an absent field (None).
 fn deserialize_some<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
     Value::deserialize(d).map(Some)
+}
+
+blockdev_options! {
+/// `driver=blkdebug`: QEMU's `BlockdevOptionsBlkdebug`. The request-limit and
+/// permission options are read so that they can be refused by name
+/// (see `nodes::blkdebug`).
+pub struct BlkdebugBlockdev {
+    /// Always `blkdebug`.
+    pub driver: String,
+    /// The child the filter sits on: a node name or nested options.
+    pub image: Value,
+    /// A rule file in `-readconfig` syntax.
+    pub config: Option<String>,
+    /// Request alignment (refused: oxemu has no generic request alignment).
+    #[serde(default, deserialize_with = "flex_opt_i64")]
+    pub align: Option<i64>,
+    /// Refused, as `align`.
+    #[serde(default, deserialize_with = "flex_opt_i64")]
+    pub max_transfer: Option<i64>,
+    /// Refused, as `align`.
+    #[serde(default, deserialize_with = "flex_opt_i64")]
+    pub opt_write_zero: Option<i64>,
+    /// Refused, as `align`.
+    #[serde(default, deserialize_with = "flex_opt_i64")]
+    pub max_write_zero: Option<i64>,
+    /// Refused, as `align`.
+    #[serde(default, deserialize_with = "flex_opt_i64")]
+    pub opt_discard: Option<i64>,
+    /// Refused, as `align`.
+    #[serde(default, deserialize_with = "flex_opt_i64")]
+    pub max_discard: Option<i64>,
+    /// `inject-error` rules.
+    pub inject_error: Option<Vec<BlkdebugInjectError>>,
+    /// `set-state` rules.
+    pub set_state: Option<Vec<BlkdebugSetState>>,
+    /// Refused: oxemu has no permission system between nodes.
+    pub take_child_perms: Option<Vec<String>>,
+    /// Refused, as `take-child-perms`.
+    pub unshare_child_perms: Option<Vec<String>>,
+}
+}
+
+/// QEMU's `BlkdebugInjectErrorOptions`.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct BlkdebugInjectError {
+    /// The event name (checked against QEMU's `BlkdebugEvent`).
+    #[serde(deserialize_with = "debug_event")]
+    pub event: oxemu_block::blkdebug::DebugEvent,
+    /// The state the rule needs (0 or absent: any).
+    #[serde(default, deserialize_with = "flex_opt_i64")]
+    pub state: Option<i64>,
+    /// The request type that fails.
+    #[serde(default, deserialize_with = "io_type")]
+    pub iotype: Option<oxemu_block::blkdebug::IoType>,
+    /// The errno to fail with (default EIO).
+    #[serde(default, deserialize_with = "flex_opt_i64")]
+    pub errno: Option<i64>,
+    /// Only requests containing this sector fail (-1 or absent: any).
+    #[serde(default, deserialize_with = "flex_opt_i64")]
+    pub sector: Option<i64>,
+    /// Remove the rule after one failure.
+    #[serde(default, deserialize_with = "flex_opt_bool")]
+    pub once: Option<bool>,
+    /// Fail without a turn of the event loop.
+    #[serde(default, deserialize_with = "flex_opt_bool")]
+    pub immediately: Option<bool>,
+}
+
+/// QEMU's `BlkdebugSetStateOptions`.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct BlkdebugSetState {
+    /// The event name.
+    #[serde(deserialize_with = "debug_event")]
+    pub event: oxemu_block::blkdebug::DebugEvent,
+    /// The state the rule needs (0 or absent: any).
+    #[serde(default, deserialize_with = "flex_opt_i64")]
+    pub state: Option<i64>,
+    /// The state to move to.
+    #[serde(deserialize_with = "flex_i64")]
+    pub new_state: i64,
+}
+
+fn flex_i64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    flex_opt_i64(d).map(|v| v.unwrap_or_default())
+}
+
+/// Reads an enum member by QEMU's name; an unknown one is reported as serde's
+/// unknown variant, which `from_value` words as QEMU does.
+fn enum_member<'de, D: serde::Deserializer<'de>, T: std::str::FromStr>(
+    d: D,
+    names: &'static [&'static str],
+) -> Result<T, D::Error> {
+    match Value::deserialize(d)? {
+        Value::String(s) => s
+            .parse()
+            .map_err(|_| serde::de::Error::unknown_variant(&s, names)),
+        other => Err(serde::de::Error::custom(format!(
+            "invalid type: {other}, expected a string"
+        ))),
+    }
+}
+
+fn debug_event<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<oxemu_block::blkdebug::DebugEvent, D::Error> {
+    enum_member(d, &[])
+}
+
+fn io_type<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<oxemu_block::blkdebug::IoType>, D::Error> {
+    enum_member(d, &[]).map(Some)
 }

@@ -41,6 +41,7 @@ impl Meta {
             ));
         }
         let mut raw = vec![0u8; self.cs as usize];
+        self.ev(oxemu_block::blkdebug::DebugEvent::L2Load);
         self.file.read_at(off, &mut raw).await?;
         let t = raw
             .chunks_exact(8)
@@ -68,6 +69,8 @@ impl Meta {
         let new = self.alloc_cluster().await?;
         self.ensure_room_l2().await?;
         self.l2.insert(new, content, true);
+        self.ol
+            .add(new, self.cs, crate::overlap::MetaKind::ActiveL2);
         self.l1[l1i] = new | COPIED;
         self.l1_dirty = true;
         self.free_later(old, 1);
@@ -79,10 +82,12 @@ impl Meta {
     /// cache, so that a stale copy of a freed table is never written back over
     /// whatever reuses the cluster. Returns the new refcount.
     pub(crate) async fn unref(&mut self, c: u64) -> io::Result<u64> {
+        self.ev(oxemu_block::blkdebug::DebugEvent::ClusterFree);
         self.add_ref(c, -1).await?;
         let r = self.refcount(c).await?;
         if r == 0 {
             self.l2.map.remove(&(c * self.cs));
+            self.ol.freed(c);
             self.free_hint = self.free_hint.min(c);
             if self.free_byte / self.cs == c {
                 self.free_byte = 0;
