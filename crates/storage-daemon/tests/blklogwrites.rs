@@ -191,3 +191,73 @@ fn same_option_errors_as_qemu_storage_daemon() {
         assert_eq!(run(BIN), run("qemu-storage-daemon"), "{extra}");
     }
 }
+
+/// `query-named-block-nodes` of a daemon started with `args`: the entry of node
+/// `lw`, through a QMP socket.
+fn lw_node(daemon: &str, dir: &Path, extra: &str) -> serde_json::Value {
+    use std::io::{BufRead, BufReader, Write};
+    let (img, log) = (dir.join("q.img"), dir.join("q.log"));
+    std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+    std::fs::write(&log, b"").unwrap();
+    let qmp = dir.join("qmp.sock");
+    let _ = std::fs::remove_file(&qmp);
+    let _ = std::fs::remove_file(dir.join("n.sock"));
+    let mut a = args(&img, &log, extra, &dir.join("n.sock"));
+    a.extend([
+        "--chardev".into(),
+        format!("socket,id=m0,path={},server=on,wait=off", qmp.display()),
+        "--monitor".into(),
+        "chardev=m0".into(),
+    ]);
+    let _d = Running(Command::new(daemon).args(&a).spawn().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let s = loop {
+        if let Ok(s) = std::os::unix::net::UnixStream::connect(&qmp) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "{daemon}: no QMP socket");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    let mut greeting = String::new();
+    r.read_line(&mut greeting).unwrap();
+    let mut call = |cmd: &str| -> serde_json::Value {
+        writeln!(w, "{{\"execute\": \"{cmd}\"}}").unwrap();
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if v.get("return").is_some() || v.get("error").is_some() {
+                return v;
+            }
+        }
+    };
+    call("qmp_capabilities");
+    let nodes = call("query-named-block-nodes");
+    call("quit");
+    nodes["return"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node-name"] == "lw")
+        .cloned()
+        .unwrap()
+}
+
+#[test]
+fn query_named_block_nodes_shows_qemus_json_name() {
+    let dir = tempfile::tempdir().unwrap();
+    for extra in ["", ",log-sector-size=4096", ",log-append=on"] {
+        let q = lw_node("qemu-storage-daemon", dir.path(), extra);
+        let o = lw_node(BIN, dir.path(), extra);
+        for k in ["/drv", "/file", "/image/filename", "/image/format", "/ro"] {
+            assert_eq!(q.pointer(k), o.pointer(k), "{k} ({extra})");
+        }
+        assert!(
+            o["file"].as_str().unwrap().starts_with("json:{\"log\": "),
+            "{o}"
+        );
+    }
+}

@@ -58,6 +58,7 @@ impl Graph {
                 return Err(QmpError::from(e));
             }
         };
+        let shown = self.json_name(&file, &log, &o);
         self.logs.insert(name.to_string(), log);
         let c = &self.nodes[&file];
         Ok(Node {
@@ -72,8 +73,36 @@ impl Graph {
             read_only: o.read_only || c.read_only,
             direct: c.direct,
             no_flush: c.no_flush,
-            shown: c.shown.clone(),
+            shown: shown.or_else(|| c.shown.clone()),
             no_disk_size: c.no_disk_size,
         })
+    }
+
+    /// The `json:` name QEMU gives a blklogwrites node over two protocol nodes
+    /// (keys in QEMU's order, options only when given). `None` when a child is not a
+    /// protocol node: then the node shows its `file` child's name (QEMU would nest
+    /// that child's options).
+    fn json_name(&self, file: &str, log: &str, o: &BlklogwritesBlockdev) -> Option<String> {
+        let opts = |n: &str| {
+            let c = &self.nodes[n];
+            matches!(c.driver.as_str(), "file" | "host_device").then(|| {
+                format!(
+                    "{{\"driver\": \"{}\", \"filename\": {}}}",
+                    c.driver,
+                    serde_json::to_string(&c.filename).unwrap()
+                )
+            })
+        };
+        let (f, l) = (opts(file)?, opts(log)?);
+        let mut s = format!("json:{{\"log\": {l}, ");
+        if let Some(v) = o.log_sector_size {
+            s += &format!("\"log-sector-size\": {v}, ");
+        }
+        s += "\"driver\": \"blklogwrites\", ";
+        if let Some(v) = o.log_append {
+            s += &format!("\"log-append\": {v}, ");
+        }
+        s += &format!("\"file\": {f}}}");
+        Some(s)
     }
 }
