@@ -129,7 +129,19 @@ pub struct Guest {
 impl Guest {
     /// Creates the image at `img` and opens it over a logging node writing `log`.
     pub async fn start(img: &Path, log: &Path, o: &Qcow2CreateOptions) -> Guest {
+        Self::start_prepared(img, log, o, |_| {}).await
+    }
+
+    /// As [`Guest::start`], with `prepare` run on the new image (say, qemu-io
+    /// writing zeroes) before logging starts; what it leaves must read as zeroes.
+    pub async fn start_prepared(
+        img: &Path,
+        log: &Path,
+        o: &Qcow2CreateOptions,
+        prepare: impl FnOnce(&Path),
+    ) -> Guest {
         create(img, o).await.unwrap();
+        prepare(img);
         std::fs::write(log, b"").unwrap();
         let base = std::fs::read(img).unwrap();
         let f = Arc::new(FileDriver::open(&FileOptions::new(img)).unwrap());
