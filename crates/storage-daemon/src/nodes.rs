@@ -18,6 +18,7 @@ use crate::qapi::{
 
 mod blkdebug;
 mod blklogwrites;
+mod perms;
 
 /// One node of the graph.
 pub struct Node {
@@ -59,6 +60,9 @@ pub struct Graph {
     qcow2s: BTreeMap<String, Arc<oxemu_qcow2::Qcow2>>,
     /// The `log` child of each blklogwrites node, by node name.
     logs: BTreeMap<String, String>,
+    /// The file drivers of file nodes, by node name, whose lock bytes follow what
+    /// their users need (see `perms`).
+    files: BTreeMap<String, Arc<FileDriver>>,
     next_implicit: u32,
 }
 
@@ -239,6 +243,7 @@ impl Graph {
             force_share: o.force_share,
             no_inline: o.x_inline == Some(false),
             aio_max_batch: o.aio_max_batch.unwrap_or(0),
+            perms_from_users: true,
             ..FileOptions::new(PathBuf::from(&o.filename))
         };
         let f = match FileDriver::open(&fo) {
@@ -250,10 +255,12 @@ impl Graph {
         };
         let driver = f.info().driver;
         let ro = fo.read_only;
+        let f = Arc::new(f);
+        self.files.insert(name.to_string(), f.clone());
         Ok(Node {
             name: name.into(),
             driver,
-            node: Arc::new(f),
+            node: f,
             child: None,
             backing: None,
             backing_depth: 0,
@@ -363,86 +370,93 @@ impl Graph {
                 Err(e) => {
                     if cimplicit {
                         self.nodes.remove(&child);
+                        self.files.remove(&child);
                     }
                     return Err(e);
                 }
             },
         };
-        let r = (|| -> std::io::Result<Arc<oxemu_qcow2::Qcow2>> {
-            let lp = oxemu_block::EventLoop::with_defaults()?;
-            lp.block_on(async {
-                let backing = match explicit {
-                    Some(b) => b,
-                    None => {
-                        // Peek at the header for the backing file name and format.
-                        let peek = oxemu_qcow2::Qcow2::open(
-                            cnode.clone(),
-                            oxemu_qcow2::Qcow2OpenOptions {
-                                read_only: true,
-                                backing: None,
-                                l2_cache_size: 0,
-                                keep_bitmaps: false,
-                                overlap_check: Default::default(),
-                            },
-                        )
-                        .await?;
-                        let h = peek.header().await;
-                        let b = h.backing_file.clone().map(|f| (f, h.backing_format()));
-                        drop(peek);
-                        match b {
-                            None => None,
-                            Some((f, fmt)) => {
-                                let path = oxemu_qcow2::chain::backing_path(
-                                    std::path::Path::new(&cfile),
-                                    &f,
-                                );
-                                let file = FileOptions {
+        // Lock what the node will need of its file before it writes anything there.
+        let pre = self.pretake_for_qcow2(&child, read_only);
+        let r = pre.and_then(|()| {
+            (|| -> std::io::Result<Arc<oxemu_qcow2::Qcow2>> {
+                let lp = oxemu_block::EventLoop::with_defaults()?;
+                lp.block_on(async {
+                    let backing = match explicit {
+                        Some(b) => b,
+                        None => {
+                            // Peek at the header for the backing file name and format.
+                            let peek = oxemu_qcow2::Qcow2::open(
+                                cnode.clone(),
+                                oxemu_qcow2::Qcow2OpenOptions {
                                     read_only: true,
-                                    direct: cdirect,
-                                    no_flush: cnoflush,
-                                    ..FileOptions::new(path.clone())
-                                };
-                                Some(
-                                    oxemu_qcow2::open_image(
-                                        &path,
-                                        fmt.as_deref(),
-                                        &oxemu_qcow2::ImageOptions {
-                                            file,
-                                            no_backing: false,
-                                            l2_cache_size: 0,
-                                        },
+                                    backing: None,
+                                    l2_cache_size: 0,
+                                    keep_bitmaps: false,
+                                    overlap_check: Default::default(),
+                                },
+                            )
+                            .await?;
+                            let h = peek.header().await;
+                            let b = h.backing_file.clone().map(|f| (f, h.backing_format()));
+                            drop(peek);
+                            match b {
+                                None => None,
+                                Some((f, fmt)) => {
+                                    let path = oxemu_qcow2::chain::backing_path(
+                                        std::path::Path::new(&cfile),
+                                        &f,
+                                    );
+                                    let file = FileOptions {
+                                        read_only: true,
+                                        direct: cdirect,
+                                        no_flush: cnoflush,
+                                        ..FileOptions::new(path.clone())
+                                    };
+                                    Some(
+                                        oxemu_qcow2::open_image(
+                                            &path,
+                                            fmt.as_deref(),
+                                            &oxemu_qcow2::ImageOptions {
+                                                file,
+                                                no_backing: false,
+                                                l2_cache_size: 0,
+                                            },
+                                        )
+                                        .await?,
                                     )
-                                    .await?,
-                                )
+                                }
                             }
                         }
-                    }
-                };
-                oxemu_qcow2::Qcow2::open(
-                    cnode.clone(),
-                    oxemu_qcow2::Qcow2OpenOptions {
-                        read_only,
-                        backing,
-                        l2_cache_size: o.l2_cache_size.unwrap_or(0),
-                        keep_bitmaps: false,
-                        overlap_check,
-                    },
-                )
-                .await
-            })
-        })();
+                    };
+                    oxemu_qcow2::Qcow2::open(
+                        cnode.clone(),
+                        oxemu_qcow2::Qcow2OpenOptions {
+                            read_only,
+                            backing,
+                            l2_cache_size: o.l2_cache_size.unwrap_or(0),
+                            keep_bitmaps: false,
+                            overlap_check,
+                        },
+                    )
+                    .await
+                })
+            })()
+            .map_err(QmpError::from)
+        });
         let q = match r {
             Ok(q) => q,
             Err(e) => {
                 if cimplicit {
                     self.nodes.remove(&child);
+                    self.files.remove(&child);
                 }
                 if let Some(b) = &backing_node {
                     if self.nodes.get(b).is_some_and(|n| n.implicit) {
                         self.remove_tree(b);
                     }
                 }
-                return Err(QmpError::from(e));
+                return Err(e);
             }
         };
         let backing_depth = match &backing_node {
@@ -486,6 +500,7 @@ impl Graph {
             Err(e) => {
                 if cimplicit {
                     self.nodes.remove(&child);
+                    self.files.remove(&child);
                 }
                 return Err(QmpError::from(e));
             }
@@ -550,6 +565,7 @@ impl Graph {
         };
         self.qcow2s.remove(name);
         let log = self.logs.remove(name);
+        self.files.remove(name);
         let mut out = vec![node.node];
         for c in [node.child, node.backing, log].into_iter().flatten() {
             if self.nodes.get(&c).is_some_and(|n| n.implicit) && !self.is_child(&c) {
@@ -563,6 +579,7 @@ impl Graph {
     pub fn drain(&mut self) -> Vec<Arc<dyn BlockDriver>> {
         self.qcow2s.clear();
         self.logs.clear();
+        self.files.clear();
         std::mem::take(&mut self.nodes)
             .into_values()
             .map(|n| n.node)

@@ -36,9 +36,9 @@ fn args(img: &Path, log: &Path, extra: &str, sock: &Path) -> Vec<String> {
     ]
 }
 
-/// Runs `daemon`, sends `cmds` through qemu-io over NBD, stops the daemon with
-/// SIGTERM.
-fn session(daemon: &str, dir: &Path, img: &Path, log: &Path, extra: &str, cmds: &[&str]) {
+/// Starts `daemon` with the filter exported over NBD at `dir/nbd.sock`; returns it
+/// once the socket is there.
+fn start(daemon: &str, dir: &Path, img: &Path, log: &Path, extra: &str) -> (Running, PathBuf) {
     let sock = dir.join("nbd.sock");
     let _ = std::fs::remove_file(&sock);
     let mut d = Running(
@@ -58,6 +58,13 @@ fn session(daemon: &str, dir: &Path, img: &Path, log: &Path, extra: &str, cmds: 
         assert!(Instant::now() < deadline, "{daemon}: no NBD socket");
         std::thread::sleep(Duration::from_millis(20));
     }
+    (d, sock)
+}
+
+/// Runs `daemon`, sends `cmds` through qemu-io over NBD, stops the daemon with
+/// SIGTERM.
+fn session(daemon: &str, dir: &Path, img: &Path, log: &Path, extra: &str, cmds: &[&str]) {
+    let (mut d, sock) = start(daemon, dir, img, log, extra);
     let mut c = Command::new("qemu-io");
     c.args(["-t", "writeback", "-f", "raw"])
         .arg(format!("nbd+unix:///lw?socket={}", sock.display()));
@@ -260,4 +267,55 @@ fn query_named_block_nodes_shows_qemus_json_name() {
             "{o}"
         );
     }
+}
+
+#[test]
+fn image_locks_like_qemu_storage_daemon() {
+    // With a writable export, the log is locked against writers (a metadata child)
+    // and the image shares writing, as QEMU's permissions say.
+    let f = Files::new();
+    let mut seen = Vec::new();
+    for (who, daemon) in [("q", "qemu-storage-daemon"), ("o", BIN)] {
+        let (_d, _) = start(
+            daemon,
+            f.dir.path(),
+            &f.path(who, "img"),
+            &f.path(who, "log"),
+            "",
+        );
+        let mut lines = Vec::new();
+        for what in ["log", "img"] {
+            for ro in [false, true] {
+                let mut c = Command::new("qemu-io");
+                if ro {
+                    c.arg("-r");
+                }
+                let out = c
+                    .args([
+                        "-f",
+                        "raw",
+                        "-c",
+                        if ro { "read 0 512" } else { "write 0 512" },
+                    ])
+                    .arg(f.path(who, what))
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                    + &String::from_utf8_lossy(&out.stderr);
+                let first = text
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .replace(&format!("{who}."), "");
+                lines.push(format!("{what} ro={ro}: {first}"));
+            }
+        }
+        seen.push(lines);
+    }
+    assert_eq!(seen[0], seen[1]);
+    assert!(
+        seen[1][0].contains("Failed to get \"write\" lock"),
+        "{:?}",
+        seen[1]
+    );
 }
