@@ -12,9 +12,12 @@ use oxemu_block::BlockDriver;
 use oxemu_qmp::args::from_value;
 use oxemu_qmp::QmpError;
 
-use crate::qapi::{BlkdebugBlockdev, FileBlockdev, Qcow2Blockdev, RawBlockdev};
+use crate::qapi::{
+    BlkdebugBlockdev, BlklogwritesBlockdev, FileBlockdev, Qcow2Blockdev, RawBlockdev,
+};
 
 mod blkdebug;
+mod blklogwrites;
 mod perms;
 
 /// One node of the graph.
@@ -55,6 +58,8 @@ pub struct Graph {
     nodes: BTreeMap<String, Node>,
     /// The qcow2 drivers of qcow2 nodes, by node name (for use as backing images).
     qcow2s: BTreeMap<String, Arc<oxemu_qcow2::Qcow2>>,
+    /// The `log` child of each blklogwrites node, by node name.
+    logs: BTreeMap<String, String>,
     /// The file drivers of file nodes, by node name, whose lock bytes follow what
     /// their users need (see `perms`).
     files: BTreeMap<String, Arc<FileDriver>>,
@@ -77,6 +82,7 @@ impl Graph {
         self.nodes
             .values()
             .any(|n| n.child.as_deref() == Some(name) || n.backing.as_deref() == Some(name))
+            || self.logs.values().any(|l| l == name)
     }
 
     /// Resolves a qcow2 node's `backing` given as a node: an existing node's name (which
@@ -165,12 +171,14 @@ impl Graph {
             Raw(Box<RawBlockdev>),
             Qcow2(Box<Qcow2Blockdev>),
             Blkdebug(Box<BlkdebugBlockdev>),
+            Blklogwrites(Box<BlklogwritesBlockdev>),
         }
         let parsed = match driver.as_str() {
             "file" | "host_device" => Parsed::File(from_value(opts)?),
             "raw" => Parsed::Raw(from_value(opts)?),
             "qcow2" => Parsed::Qcow2(from_value(opts)?),
             "blkdebug" => Parsed::Blkdebug(from_value(opts)?),
+            "blklogwrites" => Parsed::Blklogwrites(from_value(opts)?),
             other => {
                 return Err(QmpError::generic(format!(
                     "Parameter 'driver' does not accept value '{other}'"
@@ -197,6 +205,7 @@ impl Graph {
             Parsed::Raw(o) => self.open_raw(*o, &name, implicit)?,
             Parsed::Qcow2(o) => self.open_qcow2(*o, &name, implicit)?,
             Parsed::Blkdebug(o) => self.open_blkdebug(*o, &name, implicit)?,
+            Parsed::Blklogwrites(o) => self.open_blklogwrites(*o, &name, implicit)?,
         };
         self.nodes.insert(name.clone(), node);
         Ok(name)
@@ -555,9 +564,10 @@ impl Graph {
             return Vec::new();
         };
         self.qcow2s.remove(name);
+        let log = self.logs.remove(name);
         self.files.remove(name);
         let mut out = vec![node.node];
-        for c in [node.child, node.backing].into_iter().flatten() {
+        for c in [node.child, node.backing, log].into_iter().flatten() {
             if self.nodes.get(&c).is_some_and(|n| n.implicit) && !self.is_child(&c) {
                 out.extend(self.remove_tree(&c));
             }
@@ -568,6 +578,7 @@ impl Graph {
     /// Every node's driver, for shutdown.
     pub fn drain(&mut self) -> Vec<Arc<dyn BlockDriver>> {
         self.qcow2s.clear();
+        self.logs.clear();
         self.files.clear();
         std::mem::take(&mut self.nodes)
             .into_values()

@@ -3,7 +3,8 @@
 //! Each node's users say what they need (`perm`) and what they let others do
 //! (`shared`), as QEMU's `BLK_PERM_*` bits. Exports need a consistent read and, when
 //! writable, writing, and share everything (QEMU's block exports do). A `raw` or
-//! `blkdebug` node passes its users' needs down to its child. A `qcow2` node always
+//! `blkdebug` node passes its users' needs down to its child, as a `blklogwrites` node
+//! does to its `file` (its `log` is treated as a qcow2 node's file). A `qcow2` node always
 //! needs a consistent read of its file, writing and resizing when it is read-write
 //! (it updates metadata whatever its users do), and never shares writing or
 //! resizing of it; its backing node is only read, and shares writing only if the
@@ -54,8 +55,11 @@ impl Graph {
         // opened before their parents), so this ends.
         let mut parents: BTreeMap<&'a str, usize> =
             self.nodes.keys().map(|k| (k.as_str(), 0)).collect();
-        for n in self.nodes.values() {
-            for c in [&n.child, &n.backing].into_iter().flatten() {
+        for (name, n) in &self.nodes {
+            for c in [&n.child, &n.backing, &self.logs.get(name).cloned()]
+                .into_iter()
+                .flatten()
+            {
                 if let Some(k) = parents.get_mut(c.as_str()) {
                     *k += 1;
                 }
@@ -88,6 +92,11 @@ impl Graph {
             }
             if let Some(b) = &node.backing {
                 pass(b, qcow2_backing(mine), &mut ready);
+            }
+            // A blklogwrites node's log is a metadata child: QEMU gives it what a
+            // format's file gets (its `file` child gets its users' needs, above).
+            if let Some(l) = self.logs.get(name) {
+                pass(l, qcow2_file(node.read_only, mine), &mut ready);
             }
         }
         need
