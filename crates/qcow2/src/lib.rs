@@ -153,9 +153,9 @@ impl Qcow2 {
         check: bool,
     ) -> std::io::Result<Arc<Qcow2>> {
         // A failed flush of the file must fail every later flush, whatever the child
-        // is: otherwise a writeback after it could publish L2 entries whose data the
+        // is (a `file` node does it itself; others get a latch): otherwise a writeback after it could publish L2 entries whose data the
         // child already lost (see `oxemu_block::latch`).
-        let file: Arc<dyn BlockDriver> = if opts.read_only {
+        let file: Arc<dyn BlockDriver> = if opts.read_only || file.latches_flush_errors() {
             file
         } else {
             Arc::new(oxemu_block::latch::FlushLatch::new(file))
