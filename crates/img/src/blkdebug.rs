@@ -341,6 +341,7 @@ fn open_qcow2(
                 keep_bitmaps: false,
                 // QEMU's default, as the chain's own images.
                 overlap_check: Default::default(),
+                lazy_refcounts: None,
             },
         )
         .await?;

@@ -394,6 +394,7 @@ impl Graph {
                                     l2_cache_size: 0,
                                     keep_bitmaps: false,
                                     overlap_check: Default::default(),
+                                    lazy_refcounts: None,
                                 },
                             )
                             .await?;
@@ -437,6 +438,7 @@ impl Graph {
                             l2_cache_size: o.l2_cache_size.unwrap_or(0),
                             keep_bitmaps: false,
                             overlap_check,
+                            lazy_refcounts: o.lazy_refcounts,
                         },
                     )
                     .await

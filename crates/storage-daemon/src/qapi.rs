@@ -273,7 +273,7 @@ pub struct Qcow2Blockdev {
     pub l2_cache_size: Option<u64>,
     /// Metadata overlap checks: `none`, `constant` or `cached` (the default).
     pub overlap_check: Option<String>,
-    /// Accepted for compatibility (the image header decides).
+    /// Use lazy refcounts for this open (default: as the image header says).
     #[serde(default, deserialize_with = "flex_opt_bool")]
     pub lazy_refcounts: Option<bool>,
 }
