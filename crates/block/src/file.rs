@@ -368,11 +368,18 @@ impl FileDriver {
         let total = iov.len();
         let mut done = 0usize;
         while done < total {
-            let part = iov.slice_mut(done, total - done);
+            // The first attempt (almost always the only one) needs no sub-list.
+            let part;
+            let raw = if done == 0 {
+                iov.as_raw()
+            } else {
+                part = iov.slice_mut(done, total - done);
+                part.as_raw()
+            };
             let r = self
                 .exec(Req::Read {
                     off: offset + done as u64,
-                    iov: part.as_raw(),
+                    iov: raw,
                 })
                 .await;
             match r {
@@ -396,11 +403,17 @@ impl FileDriver {
         let total = iov.len();
         let mut done = 0usize;
         while done < total {
-            let part = iov.slice(done, total - done);
+            let part;
+            let raw = if done == 0 {
+                iov.as_raw()
+            } else {
+                part = iov.slice(done, total - done);
+                part.as_raw()
+            };
             let r = self
                 .exec(Req::Write {
                     off: offset + done as u64,
-                    iov: part.as_raw(),
+                    iov: raw,
                 })
                 .await;
             match r {

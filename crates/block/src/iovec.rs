@@ -12,13 +12,17 @@ use std::marker::PhantomData;
 /// One segment of a scatter-gather list, layout-compatible with `struct iovec`.
 pub type RawIoVec = libc::iovec;
 
+/// Segments of a list: up to four inline (the common requests have one or two, so
+/// building a list allocates nothing), more on the heap.
+type Segs = smallvec::SmallVec<[RawIoVec; 4]>;
+
 macro_rules! iovec_common {
     ($name:ident) => {
         impl<'a> $name<'a> {
             /// An empty list; extend it with `push`.
             pub fn new() -> Self {
                 Self {
-                    segs: Vec::new(),
+                    segs: Segs::new(),
                     len: 0,
                     _borrow: PhantomData,
                 }
@@ -154,14 +158,14 @@ macro_rules! iovec_common {
 /// assert_eq!(buf, [0, 0, 0, 0, 1, 1, 1, 1]);
 /// ```
 pub struct IoVecMut<'a> {
-    segs: Vec<RawIoVec>,
+    segs: Segs,
     len: usize,
     _borrow: PhantomData<&'a mut [u8]>,
 }
 
 /// A scatter-gather list that a request writes *from*.
 pub struct IoVec<'a> {
-    segs: Vec<RawIoVec>,
+    segs: Segs,
     len: usize,
     _borrow: PhantomData<&'a [u8]>,
 }
