@@ -81,9 +81,14 @@ fn main() {
         .unwrap();
         let f = file(&raw);
         let r: Arc<dyn BlockDriver> = Arc::new(RawFormat::new(f.clone()));
-        let q = oxemu_qcow2::Qcow2::open(file(&q2), Default::default()).await.unwrap();
+        let q = oxemu_qcow2::Qcow2::open(file(&q2), Default::default())
+            .await
+            .unwrap();
         per_request(&*q, true, SIZE / 4096).await; // allocate every cluster first
-        println!("allocations per 4 KiB request, QD1, io_uring, {}", dir.display());
+        println!(
+            "allocations per 4 KiB request, QD1, io_uring, {}",
+            dir.display()
+        );
         for (name, d) in [("file", &f), ("raw", &r)] {
             println!("{name:6} read {:.2}", per_request(&**d, false, n).await);
             println!("{name:6} write {:.2}", per_request(&**d, true, n).await);

@@ -117,6 +117,15 @@ pub struct Qcow2 {
     cipher: crypto::CipherSlot,
 }
 
+/// The C library's text for an I/O error, without Rust's ` (os error N)`.
+pub(crate) fn strerror(e: &std::io::Error) -> String {
+    let t = e.to_string();
+    match t.rfind(" (os error ") {
+        Some(i) => t[..i].to_string(),
+        None => t,
+    }
+}
+
 fn os(e: i32) -> std::io::Error {
     std::io::Error::from_raw_os_error(e)
 }

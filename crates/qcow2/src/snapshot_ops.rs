@@ -190,8 +190,10 @@ impl Qcow2 {
     pub async fn snapshot_create(&self, new: &NewSnapshot) -> io::Result<Snapshot> {
         let mark = self.mark_dirty().await?;
         let r = self.create_inner(new).await;
-        self.unmark_dirty(mark, r.as_ref().err()).await?;
-        r
+        // The operation's own error says more than a failure to clear the bit after it.
+        let u = self.unmark_dirty(mark, r.as_ref().err()).await;
+        let v = r?;
+        u.map(|()| v)
     }
 
     async fn create_inner(&self, new: &NewSnapshot) -> io::Result<Snapshot> {
@@ -295,7 +297,12 @@ impl Qcow2 {
         let (old_off, old_size) = old;
         if old_off != 0 && old_size > 0 {
             for c in old_off / cs..=(old_off + old_size - 1) / cs {
-                m.unref(c).await?;
+                // The new table is in place: failing to free the old one only leaks it.
+                // QEMU reports that (from qcow2_free_clusters) and goes on.
+                if let Err(e) = m.unref(c).await {
+                    eprintln!("qcow2_free_clusters failed: {}", crate::strerror(&e));
+                    break;
+                }
             }
         }
         Ok(())
@@ -347,8 +354,10 @@ impl Qcow2 {
     pub async fn snapshot_apply(&self, id_or_name: &str) -> io::Result<()> {
         let mark = self.mark_dirty().await?;
         let r = self.apply_inner(id_or_name).await;
-        self.unmark_dirty(mark, r.as_ref().err()).await?;
-        r
+        // The operation's own error says more than a failure to clear the bit after it.
+        let u = self.unmark_dirty(mark, r.as_ref().err()).await;
+        let v = r?;
+        u.map(|()| v)
     }
 
     async fn apply_inner(&self, id_or_name: &str) -> io::Result<()> {
@@ -400,8 +409,10 @@ impl Qcow2 {
     pub async fn snapshot_delete(&self, id: Option<&str>, name: Option<&str>) -> io::Result<()> {
         let mark = self.mark_dirty().await?;
         let r = self.delete_inner(id, name).await;
-        self.unmark_dirty(mark, r.as_ref().err()).await?;
-        r
+        // The operation's own error says more than a failure to clear the bit after it.
+        let u = self.unmark_dirty(mark, r.as_ref().err()).await;
+        let v = r?;
+        u.map(|()| v)
     }
 
     async fn delete_inner(&self, id: Option<&str>, name: Option<&str>) -> io::Result<()> {
@@ -414,22 +425,33 @@ impl Qcow2 {
         snaps.remove(i);
         self.write_snapshot_table(&mut m, snaps, (table.offset, table.size))
             .await?;
-        // Nothing on disk reaches the snapshot's tables any more.
-        m.update_refcounts(&mut sn_l1, -1).await?;
-        let len = sn.l1_size as u64 * 8;
-        if len > 0 {
-            let cs = m.cs;
-            for c in sn.l1_table_offset / cs..=(sn.l1_table_offset + len - 1) / cs {
-                m.unref(c).await?;
+        // Nothing on disk reaches the snapshot's tables any more. A failure here leaves
+        // leaks only (the table no longer names the snapshot); QEMU's words for it.
+        let freed = async {
+            m.update_refcounts(&mut sn_l1, -1).await?;
+            let len = sn.l1_size as u64 * 8;
+            if len > 0 {
+                let cs = m.cs;
+                for c in sn.l1_table_offset / cs..=(sn.l1_table_offset + len - 1) / cs {
+                    m.unref(c).await?;
+                }
             }
+            let mut cur = m.l1.clone();
+            if m.update_refcounts(&mut cur, 0).await? {
+                m.ol.invalidate();
+                m.l1 = cur;
+                m.l1_changed();
+            }
+            // The refcounts drop on disk here.
+            m.writeback().await
         }
-        let mut cur = m.l1.clone();
-        if m.update_refcounts(&mut cur, 0).await? {
-            m.ol.invalidate();
-            m.l1 = cur;
-            m.l1_changed();
-        }
-        m.writeback().await
+        .await;
+        freed.map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("Failed to free the cluster and L1 table: {e}"),
+            )
+        })
     }
 
     /// Refuses a downgrade to compat=0.10 that would lose snapshot data: QEMU's
