@@ -15,6 +15,7 @@ use oxemu_qmp::QmpError;
 use crate::qapi::{BlkdebugBlockdev, FileBlockdev, Qcow2Blockdev, RawBlockdev};
 
 mod blkdebug;
+mod query;
 
 /// One node of the graph.
 pub struct Node {
@@ -556,42 +557,5 @@ impl Graph {
             .into_values()
             .map(|n| n.node)
             .collect()
-    }
-
-    /// `query-named-block-nodes`.
-    pub fn query(&self) -> Value {
-        let list: Vec<Value> = self
-            .nodes
-            .values()
-            .map(|n| {
-                let size = n.node.size();
-                let actual = n.node.allocated_size().unwrap_or(0);
-                let shown = n.shown.as_deref().unwrap_or(&n.filename);
-                let mut v = json!({
-                    "node-name": n.name,
-                    "drv": n.driver,
-                    "file": shown,
-                    "ro": n.read_only,
-                    "encrypted": false,
-                    "backing_file_depth": n.backing_depth,
-                    "detect_zeroes": "off",
-                    "bps": 0, "bps_rd": 0, "bps_wr": 0, "iops": 0, "iops_rd": 0, "iops_wr": 0,
-                    "write_threshold": 0,
-                    "cache": {"writeback": true, "direct": n.direct, "no-flush": n.no_flush},
-                    "image": {
-                        "virtual-size": size,
-                        "filename": shown,
-                        "format": n.driver,
-                        "actual-size": actual,
-                        "dirty-flag": false,
-                    },
-                });
-                if let Some(i) = v["image"].as_object_mut().filter(|_| n.no_disk_size) {
-                    i.remove("actual-size");
-                }
-                v
-            })
-            .collect();
-        Value::Array(list)
     }
 }

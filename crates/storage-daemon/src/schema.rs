@@ -1,0 +1,67 @@
+//! The daemon's QAPI schema (`schema.json`, QEMU's introspection format with readable
+//! type names): the commands, argument types, return types and events oxemu
+//! implements, and only those (drivers `blkdebug`, `file`, `host_device`, `qcow2`,
+//! `raw`; export types `nbd`, `vhost-user-blk`; objects `iothread`,
+//! `tls-creds-x509`). The QMP server builds its command table and
+//! `query-qmp-schema` from it, and the daemon refuses members it does not declare
+//! (`Parameter 'x' is unexpected`) before running a command. The tests below hold
+//! the typed parsers in `qapi.rs` to the same member lists.
+
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+use oxemu_qmp::schema::{Schema, BUILTIN_SCHEMA};
+use oxemu_qmp::QmpError;
+
+/// The schema source.
+pub const SOURCE: &str = include_str!("schema.json");
+
+/// The parsed schema (with the QMP server's builtin part).
+pub fn schema() -> &'static Schema {
+    static S: OnceLock<Schema> = OnceLock::new();
+    S.get_or_init(|| {
+        Schema::parse(&[BUILTIN_SCHEMA, SOURCE])
+            .unwrap_or_else(|e| panic!("oxemu-storage-daemon's schema.json is invalid: {e}"))
+    })
+}
+
+/// Refuses members type `ty` does not declare.
+pub fn check(ty: &str, v: &Value) -> Result<(), QmpError> {
+    schema().check_members(ty, v)
+}
+
+/// The type `nbd-server-start`'s `addr` is checked against: QEMU's
+/// `SocketAddressLegacy` (`{"type": ..., "data": {...}}`) when `data` is given, else
+/// the flat `SocketAddress` that `--nbd-server` takes (an oxemu extension on QMP).
+pub fn check_nbd_server(v: &Value) -> Result<(), QmpError> {
+    let Some(m) = v.as_object() else {
+        return Ok(());
+    };
+    let mut rest = m.clone();
+    let addr = rest.remove("addr");
+    let wrapped = addr.as_ref().and_then(|a| a.get("data")).is_some();
+    // The members besides `addr` are the same in both forms.
+    check("q_obj_nbd-server-start-arg", &Value::Object(rest))?;
+    match addr {
+        Some(a) if wrapped => schema()
+            .check_members("SocketAddressLegacy", &a)
+            .map_err(|e| prefix(e, "addr")),
+        Some(a) => schema()
+            .check_members("SocketAddress", &a)
+            .map_err(|e| prefix(e, "addr")),
+        None => Ok(()),
+    }
+}
+
+/// Puts `p.` in front of the parameter path of an "is unexpected" error.
+fn prefix(e: QmpError, p: &str) -> QmpError {
+    match e.desc.strip_prefix("Parameter '") {
+        Some(rest) => QmpError::generic(format!("Parameter '{p}.{rest}")),
+        None => e,
+    }
+}
+
+#[cfg(test)]
+#[path = "schema_tests.rs"]
+mod tests;
