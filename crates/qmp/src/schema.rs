@@ -230,22 +230,92 @@ impl Schema {
     /// QEMU's text (`Parameter 'a.b' is unexpected`; list elements as `a[0]`).
     /// Only member names are checked: types and missing members are the parsers'.
     pub fn check_members(&self, ty: &str, v: &Value) -> Result<(), QmpError> {
-        self.members_at(ty, v, "").map_err(QmpError::generic)
+        self.check_members_except(ty, v, &[])
+    }
+
+    /// [`Schema::check_members`], letting members `(type, member)` of `except`
+    /// through (the type being the object type or the union variant that would
+    /// declare it): options a parser reads only to refuse them by name, with a
+    /// better error than "unexpected".
+    pub fn check_members_except(
+        &self,
+        ty: &str,
+        v: &Value,
+        except: &[(&str, &str)],
+    ) -> Result<(), QmpError> {
+        Except(except)
+            .members_at(self, ty, v, "")
+            .map_err(QmpError::generic)
     }
 
     fn members_at(&self, ty: &str, v: &Value, path: &str) -> Result<(), String> {
+        Except(&[]).members_at(self, ty, v, path)
+    }
+
+    /// False for a union value whose tag is missing or names no variant (nor a tag
+    /// value without members); true for plain objects.
+    fn tag_selects_variant(&self, ty: &str, v: &Map<String, Value>) -> bool {
+        let Some(e) = self.get(ty) else { return true };
+        let Some(tag) = str_field(e, "tag") else {
+            return true;
+        };
+        let Some(case) = v.get(tag).and_then(Value::as_str) else {
+            return false;
+        };
+        let enum_ty = e["members"]
+            .as_array()
+            .and_then(|ms| ms.iter().find(|m| str_field(m, "name") == Some(tag)))
+            .and_then(|m| str_field(m, "type"));
+        enum_ty
+            .and_then(|t| self.get(t))
+            .and_then(|t| t["values"].as_array())
+            .is_some_and(|vals| vals.iter().any(|x| x.as_str() == Some(case)))
+    }
+
+    /// The types whose members an object value of type `ty` may have.
+    fn object_types<'a>(&'a self, ty: &'a str, v: &Map<String, Value>) -> Vec<&'a str> {
+        let mut out = vec![ty];
+        if let Some(e) = self.get(ty) {
+            if let Some(tag) = str_field(e, "tag") {
+                let case = v.get(tag).and_then(Value::as_str);
+                if let Some(t) = e
+                    .get("variants")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .find(|x| case.is_some() && str_field(x, "case") == case)
+                    .and_then(|x| str_field(x, "type"))
+                {
+                    out.extend(self.object_types(t, v));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Members let through by [`Schema::check_members_except`].
+struct Except<'a>(&'a [(&'a str, &'a str)]);
+
+impl Except<'_> {
+    fn members_at(&self, s: &Schema, ty: &str, v: &Value, path: &str) -> Result<(), String> {
         if let Some(el) = ty.strip_prefix('[').and_then(|x| x.strip_suffix(']')) {
             if let Value::Array(list) = v {
                 for (i, x) in list.iter().enumerate() {
-                    self.members_at(el, x, &format!("{path}[{i}]"))?;
+                    self.members_at(s, el, x, &format!("{path}[{i}]"))?;
                 }
             }
             return Ok(());
         }
-        match self.meta(ty) {
+        match s.meta(ty) {
             Some("object") => {
                 let Value::Object(m) = v else { return Ok(()) };
-                let members = self.object_members(ty, m);
+                if !s.tag_selects_variant(ty, m) {
+                    // A missing or unknown tag is the parser's error to report.
+                    return Ok(());
+                }
+                let members = s.object_members(ty, m);
+                let types = s.object_types(ty, m);
                 for (k, x) in m {
                     let p = if path.is_empty() {
                         k.clone()
@@ -253,15 +323,16 @@ impl Schema {
                         format!("{path}.{k}")
                     };
                     match members.iter().find(|d| str_field(d, "name") == Some(k)) {
+                        None if self.0.iter().any(|(t, n)| n == k && types.contains(t)) => {}
                         None => return Err(format!("Parameter '{p}' is unexpected")),
-                        Some(d) => self.members_at(str_field(d, "type").unwrap_or("any"), x, &p)?,
+                        Some(d) => self.members_at(s, str_field(d, "type").unwrap_or("any"), x, &p)?,
                     }
                 }
                 Ok(())
             }
             Some("alternate") => {
                 // The member whose JSON type matches the value decides.
-                let members = self
+                let members = s
                     .get(ty)
                     .and_then(|e| e.get("members"))
                     .and_then(Value::as_array)
@@ -269,8 +340,8 @@ impl Schema {
                     .unwrap_or_default();
                 for d in members {
                     let t = str_field(&d, "type").unwrap_or("any");
-                    if self.json_type_matches(t, v) {
-                        return self.members_at(t, v, path);
+                    if s.json_type_matches(t, v) {
+                        return self.members_at(s, t, v, path);
                     }
                 }
                 Ok(())
@@ -278,7 +349,9 @@ impl Schema {
             _ => Ok(()),
         }
     }
+}
 
+impl Schema {
     fn json_type_matches(&self, ty: &str, v: &Value) -> bool {
         if ty.starts_with('[') {
             return v.is_array();

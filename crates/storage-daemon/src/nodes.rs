@@ -156,6 +156,10 @@ impl Graph {
             .get("node-name")
             .and_then(Value::as_str)
             .map(str::to_string);
+        let opts_detect_zeroes = opts
+            .get("detect-zeroes")
+            .and_then(Value::as_str)
+            .map(str::to_string);
         // Options are checked before the node name, as QEMU does.
         enum Parsed {
             File(Box<FileBlockdev>),
@@ -174,6 +178,12 @@ impl Graph {
                 )))
             }
         };
+        // Valid in QEMU for every driver; oxemu detects zeroes in none, so only off.
+        if let Some(dz) = opts_detect_zeroes.as_deref().filter(|d| *d != "off") {
+            return Err(QmpError::generic(format!(
+                "detect-zeroes={dz} is not supported by oxemu (only off)"
+            )));
+        }
         let name = match given {
             Some(n) => {
                 self.check_name(&n)?;
@@ -215,12 +225,6 @@ impl Graph {
             Some("unmap") | Some("on") => Discard::Unmap,
             Some(v) => return Err(bad(v, "discard")),
         };
-        if let Some(dz) = o.detect_zeroes.as_deref().filter(|d| *d != "off") {
-            // Valid in QEMU; oxemu's file driver does not detect zeroes yet.
-            return Err(QmpError::generic(format!(
-                "detect-zeroes={dz} is not supported by oxemu (only off)"
-            )));
-        }
         let mut fo = FileOptions {
             read_only: o.read_only,
             direct: o.cache.direct,
@@ -460,8 +464,9 @@ impl Graph {
             implicit,
             filename: cfile,
             read_only,
-            direct: cdirect,
-            no_flush: cnoflush,
+            // Its own cache options, as for raw.
+            direct: o.cache.direct,
+            no_flush: o.cache.no_flush,
             shown: cshown,
             no_disk_size: cno_size,
         })
@@ -493,8 +498,11 @@ impl Graph {
             implicit,
             filename: c.filename.clone(),
             read_only: o.read_only || c.read_only,
-            direct: c.direct,
-            no_flush: c.no_flush,
+            // A format node reports its own cache options, as QEMU does; its I/O
+            // and flushes go through the child, whose options decide them (QEMU's
+            // flush also reaches the children of a no-flush node).
+            direct: o.cache.direct,
+            no_flush: o.cache.no_flush,
             shown: c.shown.clone(),
             no_disk_size: c.no_disk_size,
         })

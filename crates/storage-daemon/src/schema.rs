@@ -26,9 +26,26 @@ pub fn schema() -> &'static Schema {
     })
 }
 
-/// Refuses members type `ty` does not declare.
+/// QEMU options the parsers read only to refuse them with an error naming them
+/// (oxemu cannot honour them), by the schema type that would declare them. The
+/// schema leaves them out, so introspection does not offer them.
+pub const REFUSED_BY_NAME: &[(&str, &str)] = &[
+    ("BlockdevOptionsBlkdebug", "align"),
+    ("BlockdevOptionsBlkdebug", "max-transfer"),
+    ("BlockdevOptionsBlkdebug", "opt-write-zero"),
+    ("BlockdevOptionsBlkdebug", "max-write-zero"),
+    ("BlockdevOptionsBlkdebug", "opt-discard"),
+    ("BlockdevOptionsBlkdebug", "max-discard"),
+    ("BlockdevOptionsBlkdebug", "take-child-perms"),
+    ("BlockdevOptionsBlkdebug", "unshare-child-perms"),
+    ("BlockExportOptions", "iothread"),
+    ("BlockExportOptionsNbd", "bitmaps"),
+];
+
+/// Refuses members type `ty` does not declare (except [`REFUSED_BY_NAME`], whose
+/// parsers refuse them with a better message).
 pub fn check(ty: &str, v: &Value) -> Result<(), QmpError> {
-    schema().check_members(ty, v)
+    schema().check_members_except(ty, v, REFUSED_BY_NAME)
 }
 
 /// The type `nbd-server-start`'s `addr` is checked against: QEMU's

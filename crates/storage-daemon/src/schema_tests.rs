@@ -75,6 +75,10 @@ fn set(names: &[&str]) -> BTreeSet<String> {
 
 fn without(mut s: BTreeSet<String>, refused: &[&str]) -> BTreeSet<String> {
     for r in refused {
+        assert!(
+            super::REFUSED_BY_NAME.iter().any(|(_, n)| n == r),
+            "{r} missing from REFUSED_BY_NAME"
+        );
         assert!(s.remove(*r), "{r} is not a parser field");
     }
     s
