@@ -295,6 +295,11 @@ impl Daemon {
                 st.iothreads.insert(o.id, t);
             }
             "tls-creds-x509" => {
+                if o.priority.is_some() {
+                    return Err(QmpError::generic(
+                        "tls-creds-x509 property 'priority' is not supported by oxemu-storage-daemon (its TLS library has no GnuTLS priority strings)",
+                    ));
+                }
                 let dir = o
                     .dir
                     .ok_or_else(|| QmpError::generic("Parameter 'dir' is missing"))?;

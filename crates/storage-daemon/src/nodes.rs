@@ -328,6 +328,13 @@ impl Graph {
             None => Default::default(),
             Some(v) => v.parse().map_err(QmpError::generic)?,
         };
+        if o.lazy_refcounts.is_some() {
+            // QEMU's option overrides the image header's setting for this open; oxemu's
+            // qcow2 driver always follows the header.
+            return Err(QmpError::generic(
+                "Parameter 'lazy-refcounts' is not supported by oxemu-storage-daemon: the image header's lazy-refcounts bit decides (set it with qemu-img amend)",
+            ));
+        }
         let child = self.child(&o.file, o.read_only, &o.cache, &o.discard)?;
         let (cnode, cfile, cro, cdirect, cnoflush, cimplicit) = {
             let c = &self.nodes[&child];

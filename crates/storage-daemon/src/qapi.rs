@@ -214,7 +214,7 @@ pub struct ObjectOptions {
     /// tls-creds-x509: require client certificates.
     #[serde(default, deserialize_with = "flex_opt_bool")]
     pub verify_peer: Option<bool>,
-    /// tls-creds-x509: accepted for compatibility.
+    /// tls-creds-x509: GnuTLS priority string; refused (oxemu's TLS has none).
     pub priority: Option<String>,
 }
 
@@ -252,7 +252,7 @@ pub struct Qcow2Blockdev {
     pub l2_cache_size: Option<u64>,
     /// Metadata overlap checks: `none`, `constant` or `cached` (the default).
     pub overlap_check: Option<String>,
-    /// Accepted for compatibility (the image header decides).
+    /// Refused when given: the image header decides.
     #[serde(default, deserialize_with = "flex_opt_bool")]
     pub lazy_refcounts: Option<bool>,
 }

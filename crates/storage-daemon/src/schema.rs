@@ -38,6 +38,8 @@ pub const REFUSED_BY_NAME: &[(&str, &str)] = &[
     ("BlockdevOptionsBlkdebug", "max-discard"),
     ("BlockdevOptionsBlkdebug", "take-child-perms"),
     ("BlockdevOptionsBlkdebug", "unshare-child-perms"),
+    ("BlockdevOptionsQcow2", "lazy-refcounts"),
+    ("TlsCredsX509Properties", "priority"),
     ("BlockExportOptions", "iothread"),
     ("BlockExportOptionsNbd", "bitmaps"),
 ];

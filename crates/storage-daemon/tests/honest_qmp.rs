@@ -523,3 +523,102 @@ fn export_iothread_is_refused_by_name() {
     );
     assert_eq!(q.ok("query-block-exports", json!({})).as_array().unwrap().len(), 1);
 }
+
+/// Options the schema leaves out because oxemu cannot honour them are refused by
+/// name, not accepted and ignored: qcow2 `lazy-refcounts` (the header decides) and
+/// tls-creds-x509 `priority` (no GnuTLS priority strings).
+#[test]
+fn options_oxemu_cannot_honour_are_refused_by_name() {
+    let dir = tmp();
+    let img = dir.path().join("a.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", img.to_str().unwrap(), "1M"]);
+    let sock = dir.path().join("qmp.sock");
+    let _d = start(&bin(), &sock, &[]);
+    let mut q = Qmp::connect(&sock);
+    for lazy in [true, false] {
+        let e = q.err(
+            "blockdev-add",
+            json!({"driver": "qcow2", "node-name": "q0", "lazy-refcounts": lazy,
+                   "file": {"driver": "file", "filename": img.display().to_string()}}),
+        );
+        assert!(e.starts_with("Parameter 'lazy-refcounts' is not supported"), "{e}");
+    }
+    // Nothing was left behind by the refused open.
+    assert_eq!(q.ok("query-named-block-nodes", json!({})), json!([]));
+    let e = q.err(
+        "object-add",
+        json!({"qom-type": "tls-creds-x509", "id": "t0", "dir": dir.path().display().to_string(),
+               "endpoint": "server", "priority": "NORMAL"}),
+    );
+    assert!(e.contains("'priority' is not supported"), "{e}");
+}
+
+/// `shutting-down`: oxemu removes an export completely before `block-export-del`
+/// replies (clients cut off, requests drained, node flushed, event sent), so no
+/// export it lists is ever shutting down. In safe mode an export with a client is
+/// refused, in both daemons, with the same text.
+#[test]
+fn block_export_del_removes_the_export_before_replying() {
+    for prog in [bin(), QSD.to_string()] {
+        let dir = tmp();
+        let img = dir.path().join("a.raw");
+        std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+        let nbd = dir.path().join("nbd.sock");
+        let sock = dir.path().join("qmp.sock");
+        let _d = start(
+            &prog,
+            &sock,
+            &[
+                "--blockdev".into(),
+                format!("driver=file,node-name=f0,filename={}", img.display()),
+                "--nbd-server".into(),
+                format!("addr.type=unix,addr.path={}", nbd.display()),
+                "--export".into(),
+                "type=nbd,id=e0,node-name=f0,name=f0".into(),
+            ],
+        );
+        let mut q = Qmp::connect(&sock);
+        // A client that has finished the handshake and stays connected.
+        let client = nbd_connect(&nbd, "f0");
+        let e = q.err("block-export-del", json!({"id": "e0"}));
+        assert_eq!(e, "export 'e0' still in use", "{prog}");
+        let listed = q.ok("query-block-exports", json!({}));
+        assert_eq!(listed[0]["shutting-down"], false, "{prog}");
+        q.events.clear();
+        q.ok("block-export-del", json!({"id": "e0", "mode": "hard"}));
+        if prog == bin() {
+            // Gone, and the event sent, by the time the reply arrives.
+            assert!(q.events.iter().any(|e| e["event"] == "BLOCK_EXPORT_DELETED"));
+        }
+        // Both: by the next command the export is gone and the event was sent.
+        assert_eq!(q.ok("query-block-exports", json!({})), json!([]), "{prog}");
+        assert!(
+            q.events.iter().any(|e| e["event"] == "BLOCK_EXPORT_DELETED"),
+            "{prog}: {:?}",
+            q.events
+        );
+        drop(client);
+    }
+}
+
+/// Connects to an NBD server and finishes the fixed-newstyle handshake for
+/// `name` (NBD_OPT_EXPORT_NAME), returning the connected socket.
+fn nbd_connect(path: &Path, name: &str) -> UnixStream {
+    use std::io::Read;
+    let mut s = UnixStream::connect(path).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut hello = [0u8; 18];
+    s.read_exact(&mut hello).unwrap();
+    assert_eq!(&hello[..16], b"NBDMAGICIHAVEOPT");
+    // Client flags: fixed newstyle, no zeroes.
+    s.write_all(&3u32.to_be_bytes()).unwrap();
+    let mut opt = b"IHAVEOPT".to_vec();
+    opt.extend(1u32.to_be_bytes());
+    opt.extend((name.len() as u32).to_be_bytes());
+    opt.extend(name.as_bytes());
+    s.write_all(&opt).unwrap();
+    // Export size and transmission flags: the client is now connected.
+    let mut info = [0u8; 10];
+    s.read_exact(&mut info).unwrap();
+    s
+}
