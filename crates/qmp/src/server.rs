@@ -608,7 +608,7 @@ impl QmpServer {
                 Err(e) => (err(e), None),
             };
         }
-        let known = self.command_names().iter().any(|c| *c == name);
+        let known = self.command_names().contains(&name);
         if !known {
             return (
                 err(QmpError::command_not_found(format!(
