@@ -47,6 +47,8 @@ pub struct Daemon {
 impl Daemon {
     /// A daemon with an empty graph.
     pub fn new() -> std::io::Result<Arc<Self>> {
+        // Parse the schema now, not while the first option that needs it is applied.
+        crate::schema::schema();
         Ok(Arc::new(Daemon {
             state: Mutex::new(State::default()),
             main_loop: IoThread::spawn("main-loop", EventLoopConfig::default())?,
