@@ -686,36 +686,12 @@ impl QmpServer {
         if let Some(s) = &self.schema {
             return s.introspect();
         }
-        let mut out = vec![
-            json!({"name": "str", "meta-type": "builtin", "json-type": "string"}),
-            json!({"name": "int", "meta-type": "builtin", "json-type": "int"}),
-            json!({"name": "bool", "meta-type": "builtin", "json-type": "boolean"}),
-            json!({"name": "any", "meta-type": "builtin", "json-type": "value"}),
-            json!({"name": "empty", "meta-type": "object", "members": []}),
-        ];
-        for c in builtin_commands()
+        let commands: Vec<CommandInfo> = builtin_commands()
             .iter()
-            .chain(self.dispatcher.commands().iter())
-        {
-            let arg_type = format!("{}-arg", c.name);
-            out.push(json!({"name": c.name, "meta-type": "command", "arg-type": arg_type, "ret-type": "any"}));
-            let members: Vec<Value> = c
-                .args
-                .iter()
-                .map(|(n, t, opt)| {
-                    let mut m = json!({"name": n, "type": t});
-                    if *opt {
-                        m["default"] = Value::Null;
-                    }
-                    m
-                })
-                .collect();
-            out.push(json!({"name": arg_type, "meta-type": "object", "members": members}));
-        }
-        for e in self.dispatcher.events() {
-            out.push(json!({"name": e, "meta-type": "event", "arg-type": "any"}));
-        }
-        Value::Array(out)
+            .cloned()
+            .chain(self.dispatcher.commands())
+            .collect();
+        crate::schema::untyped_listing(&commands, &self.dispatcher.events())
     }
 
     /// Stops accepting clients, disconnects the connected ones and removes the unix
