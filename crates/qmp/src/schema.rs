@@ -228,7 +228,10 @@ impl Schema {
 
     /// Refuses members of `v` that type `ty` does not declare, recursively, with
     /// QEMU's text (`Parameter 'a.b' is unexpected`; list elements as `a[0]`).
-    /// Only member names are checked: types and missing members are the parsers'.
+    /// Members are visited in QEMU's order: each declared member in turn (the JSON
+    /// type of a builtin or enum value, then its own members; `Parameter 'x' is
+    /// missing` for an absent required one), then the undeclared members. Enum
+    /// values, alternates and a union's tag are left to the typed parsers.
     pub fn check_members(&self, ty: &str, v: &Value) -> Result<(), QmpError> {
         self.check_members_except(ty, v, &[])
     }
@@ -243,9 +246,14 @@ impl Schema {
         v: &Value,
         except: &[(&str, &str)],
     ) -> Result<(), QmpError> {
-        Except(except)
+        let r = Except(except)
             .members_at(self, ty, v, "")
-            .map_err(QmpError::generic)
+            .map_err(QmpError::generic);
+        if crate::args::keyval_typing() {
+            r.map_err(crate::args::keyval_wording)
+        } else {
+            r
+        }
     }
 
     fn members_at(&self, ty: &str, v: &Value, path: &str) -> Result<(), String> {
@@ -316,16 +324,36 @@ impl Except<'_> {
                 }
                 let members = s.object_members(ty, m);
                 let types = s.object_types(ty, m);
-                for (k, x) in m {
-                    let p = if path.is_empty() {
-                        k.clone()
+                let join = |k: &str| {
+                    if path.is_empty() {
+                        k.to_string()
                     } else {
                         format!("{path}.{k}")
-                    };
-                    match members.iter().find(|d| str_field(d, "name") == Some(k)) {
-                        None if self.0.iter().any(|(t, n)| n == k && types.contains(t)) => {}
-                        None => return Err(format!("Parameter '{p}' is unexpected")),
-                        Some(d) => self.members_at(s, str_field(d, "type").unwrap_or("any"), x, &p)?,
+                    }
+                };
+                // QEMU's visiting order: each declared member in turn (its value's
+                // type, then its own members), a missing required member where it
+                // comes, and the members left over at the end of the struct.
+                for d in &members {
+                    let n = str_field(d, "name").unwrap_or("");
+                    let p = join(n);
+                    let t = str_field(d, "type").unwrap_or("any");
+                    match m.get(n) {
+                        Some(x) => {
+                            s.scalar_ok(t, x, &p)?;
+                            self.members_at(s, t, x, &p)?;
+                        }
+                        None if d.get("default").is_none() => {
+                            return Err(format!("Parameter '{p}' is missing"))
+                        }
+                        None => {}
+                    }
+                }
+                for k in m.keys() {
+                    let declared = members.iter().any(|d| str_field(d, "name") == Some(k));
+                    let excepted = self.0.iter().any(|(t, n)| n == k && types.contains(t));
+                    if !declared && !excepted {
+                        return Err(format!("Parameter '{}' is unexpected", join(k)));
                     }
                 }
                 Ok(())
@@ -352,6 +380,29 @@ impl Except<'_> {
 }
 
 impl Schema {
+    /// The check QEMU's input visitor makes on a builtin or enum value's JSON type
+    /// (not with keyval input, where every value is a string the parser converts).
+    fn scalar_ok(&self, ty: &str, v: &Value, p: &str) -> Result<(), String> {
+        let keyval = crate::args::keyval_typing();
+        match self.meta(ty) {
+            Some("builtin") if !keyval && !self.json_type_matches(ty, v) => {
+                let want = match ty {
+                    "str" => "string",
+                    "int" => "integer",
+                    "bool" => "boolean",
+                    other => other,
+                };
+                Err(format!("Invalid parameter type for '{p}', expected: {want}"))
+            }
+            // Enum values are the parsers' to refuse: they word values QEMU has but
+            // oxemu does not implement differently from values that do not exist.
+            Some("enum") if !keyval && !v.is_string() => Err(format!(
+                "Invalid parameter type for '{p}', expected: string"
+            )),
+            _ => Ok(()),
+        }
+    }
+
     fn json_type_matches(&self, ty: &str, v: &Value) -> bool {
         if ty.starts_with('[') {
             return v.is_array();

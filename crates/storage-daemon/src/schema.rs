@@ -57,28 +57,29 @@ pub fn check_nbd_server(v: &Value) -> Result<(), QmpError> {
     let Some(m) = v.as_object() else {
         return Ok(());
     };
-    let mut rest = m.clone();
-    let addr = rest.remove("addr");
-    let wrapped = addr.as_ref().and_then(|a| a.get("data")).is_some();
-    // The members besides `addr` are the same in both forms.
-    check("q_obj_nbd-server-start-arg", &Value::Object(rest))?;
-    match addr {
-        Some(a) if wrapped => schema()
-            .check_members("SocketAddressLegacy", &a)
-            .map_err(|e| prefix(e, "addr")),
-        Some(a) => schema()
-            .check_members("SocketAddress", &a)
-            .map_err(|e| prefix(e, "addr")),
-        None => Ok(()),
+    let flat = m
+        .get("addr")
+        .and_then(Value::as_object)
+        .filter(|a| !a.contains_key("data"));
+    let Some(addr) = flat else {
+        return check("q_obj_nbd-server-start-arg", v);
+    };
+    // The flat form, checked as the legacy one it stands for: {type, data: {...}}.
+    let mut data = addr.clone();
+    let mut wrapped = serde_json::Map::new();
+    if let Some(t) = data.remove("type") {
+        wrapped.insert("type".into(), t);
     }
-}
-
-/// Puts `p.` in front of the parameter path of an "is unexpected" error.
-fn prefix(e: QmpError, p: &str) -> QmpError {
-    match e.desc.strip_prefix("Parameter '") {
-        Some(rest) => QmpError::generic(format!("Parameter '{p}.{rest}")),
-        None => e,
-    }
+    wrapped.insert("data".into(), Value::Object(data));
+    let mut whole = m.clone();
+    whole.insert("addr".into(), Value::Object(wrapped));
+    check("q_obj_nbd-server-start-arg", &Value::Object(whole)).map_err(|e| QmpError {
+        class: e.class,
+        desc: e
+            .desc
+            .replace("'addr.data.", "'addr.")
+            .replace("'addr.data'", "'addr'"),
+    })
 }
 
 #[cfg(test)]

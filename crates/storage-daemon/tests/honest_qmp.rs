@@ -652,3 +652,43 @@ fn nbd_connect(path: &Path, name: &str) -> UnixStream {
     s.read_exact(&mut info).unwrap();
     s
 }
+
+/// Arguments are checked against the schema in QEMU's visiting order, so inputs
+/// with several faults get the same first error as from qemu-storage-daemon 7.2
+/// (a missing member before an unexpected one, nested members before the outer
+/// struct's leftovers, JSON types on the way).
+#[test]
+fn argument_errors_come_in_qemus_order() {
+    let dir = tmp();
+    let raw = dir.path().join("r.raw");
+    std::fs::write(&raw, vec![0u8; 1 << 20]).unwrap();
+    let f = raw.display().to_string();
+    let n2 = dir.path().join("n2.sock").display().to_string();
+    let cases: Vec<(&str, Value)> = vec![
+        ("blockdev-add", json!({"driver": "file", "bogus": 1})),
+        ("blockdev-add", json!({"driver": "raw", "node-name": "r", "file": {"driver": "file", "bogus": 1}})),
+        ("blockdev-add", json!({"driver": "raw", "node-name": "r", "bogus": 2,
+                                "file": {"driver": "file", "filename": f, "bogus": 1}})),
+        ("blockdev-add", json!({"driver": "file", "node-name": 5})),
+        ("blockdev-add", json!({"driver": "raw", "node-name": "r", "file": {"driver": "file", "filename": f, "aio": 5}})),
+        ("blockdev-add", json!({"driver": "raw", "node-name": "r",
+                                "file": {"driver": "file", "filename": f, "cache": {"direct": "on"}}})),
+        ("blockdev-add", json!({"driver": "raw", "node-name": "r", "file": {"driver": "file", "filename": f}, "size": "x"})),
+        ("block-export-add", json!({"type": "nbd", "id": "e", "node-name": "x", "num-queues": 1})),
+        ("block-export-add", json!({"type": "vhost-user-blk", "id": "e", "node-name": "x", "name": "n"})),
+        ("nbd-server-start", json!({"addr": {"type": "unix", "data": {"path": n2, "x": 1}}})),
+        ("nbd-server-start", json!({"addr": {"type": "inet", "data": {"host": "localhost", "port": 10809}}})),
+        ("object-add", json!({"qom-type": "iothread", "id": "i", "poll-max-ns": "x"})),
+        ("object-add", json!({"qom-type": "iothread", "poll-max-ns": 1})),
+    ];
+    let answers = |prog: &str, sock: &Path| -> Vec<String> {
+        let _d = start(prog, sock, &[]);
+        let mut q = Qmp::connect(sock);
+        cases.iter().map(|(c, a)| q.err(c, a.clone())).collect()
+    };
+    let ours = answers(&bin(), &dir.path().join("ox.sock"));
+    let theirs = answers(QSD, &dir.path().join("qsd.sock"));
+    for ((case, o), t) in cases.iter().zip(&ours).zip(&theirs) {
+        assert_eq!(o, t, "{case:?}");
+    }
+}
