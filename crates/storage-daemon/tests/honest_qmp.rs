@@ -296,7 +296,7 @@ fn replies_and_events_conform_to_the_schema() {
 }
 
 /// One node's state, without what legitimately differs between two daemons
-/// (generated node names, allocation sizes, QEMU's format-specific block).
+/// (generated node names, allocation sizes).
 fn node_view(n: &Value, dir: &Path) -> Value {
     fn image(i: &Value, dir: &Path) -> Value {
         let mut o = serde_json::Map::new();
@@ -309,6 +309,7 @@ fn node_view(n: &Value, dir: &Path) -> Value {
             "backing-filename",
             "full-backing-filename",
             "backing-filename-format",
+            "format-specific",
         ] {
             if let Some(v) = i.get(k) {
                 o.insert(k.into(), strip(v, dir));

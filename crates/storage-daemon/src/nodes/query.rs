@@ -52,6 +52,22 @@ async fn image_info(
         let st = qcow2_state(q).await;
         dirty = st.dirty;
         i.insert("cluster-size".into(), json!(q.cluster_size()));
+        // QEMU's qcow2 block; an encrypted image's also describes its LUKS header,
+        // which oxemu does not report, so it is left out for those.
+        if !st.encrypted {
+            let f = q.format_specific().await;
+            let mut data = json!({
+                "compat": f.compat,
+                "compression-type": f.compression_type,
+                "refcount-bits": f.refcount_bits,
+            });
+            if f.compat != "0.10" {
+                data["lazy-refcounts"] = json!(f.lazy_refcounts);
+                data["corrupt"] = json!(f.corrupt);
+                data["extended-l2"] = json!(f.extended_l2);
+            }
+            i.insert("format-specific".into(), json!({"type": "qcow2", "data": data}));
+        }
         if st.encrypted {
             i.insert("encrypted".into(), json!(true));
         }
