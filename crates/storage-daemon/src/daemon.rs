@@ -117,7 +117,9 @@ impl Daemon {
 
     /// `block-export-add`.
     pub fn block_export_add(&self, args: Value) -> Result<Value, QmpError> {
-        let o: BlockExportOptions = from_value(args.clone())?;
+        // The schema first: it visits the arguments in QEMU's order.
+        crate::schema::check("BlockExportOptions", &args)?;
+        let o: BlockExportOptions = from_value(args)?;
         // The type is the union's discriminator: QEMU rejects it before anything else.
         if !matches!(o.ty.as_str(), "nbd" | "vhost-user-blk") {
             return Err(QmpError::generic(format!(
@@ -125,8 +127,6 @@ impl Daemon {
                 o.ty
             )));
         }
-        // Members of the other export type are refused, as QEMU's union does.
-        crate::schema::check("BlockExportOptions", &args)?;
         let mut st = self.st();
         if st.exports.contains_key(&o.id) {
             return Err(QmpError::generic(format!(
@@ -261,14 +261,15 @@ impl Daemon {
 
     /// `object-add` / `--object`.
     pub fn object_add(&self, args: Value) -> Result<Value, QmpError> {
-        let o: ObjectOptions = from_value(args.clone())?;
+        // The schema first: it visits the arguments in QEMU's order.
+        crate::schema::check("ObjectOptions", &args)?;
+        let o: ObjectOptions = from_value(args)?;
         if !matches!(o.qom_type.as_str(), "iothread" | "tls-creds-x509") {
             return Err(QmpError::generic(format!(
                 "Parameter 'qom-type' does not accept value '{}'",
                 o.qom_type
             )));
         }
-        crate::schema::check("ObjectOptions", &args)?;
         if !id_wellformed(&o.id) {
             return Err(QmpError::generic("Parameter 'id' expects an identifier"));
         }
@@ -348,8 +349,8 @@ impl Daemon {
 
     /// `nbd-server-start` / `--nbd-server`.
     pub fn nbd_server_start(&self, args: Value) -> Result<Value, QmpError> {
-        let o: NbdServerOptions = from_value(args.clone())?;
         crate::schema::check_nbd_server(&args)?;
+        let o: NbdServerOptions = from_value(args)?;
         let addr = SocketAddress::from_value(&o.addr).map_err(QmpError::generic)?;
         let mut st = self.st();
         if st.nbd.is_some() {

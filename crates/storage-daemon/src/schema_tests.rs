@@ -119,11 +119,17 @@ fn parsers_accept_exactly_the_declared_members() {
         parser_fields::<BlkdebugSetState>(),
         members("BlkdebugSetStateOptions")
     );
-    assert_eq!(parser_fields::<CacheOptions>(), members("BlockdevCacheOptions"));
+    assert_eq!(
+        parser_fields::<CacheOptions>(),
+        members("BlockdevCacheOptions")
+    );
     // One struct reads every export type's members; the schema check refuses those
     // of the other type. `iothread` and non-empty `bitmaps` are refused by name.
     assert_eq!(
-        without(parser_fields::<BlockExportOptions>(), &["iothread", "bitmaps"]),
+        without(
+            parser_fields::<BlockExportOptions>(),
+            &["iothread", "bitmaps"]
+        ),
         union_members("BlockExportOptions", None)
     );
     assert_eq!(
@@ -134,12 +140,18 @@ fn parsers_accept_exactly_the_declared_members() {
         parser_fields::<NbdServerOptions>(),
         members("q_obj_nbd-server-start-arg")
     );
-    assert_eq!(parser_fields::<BlockdevDelArgs>(), members("q_obj_blockdev-del-arg"));
+    assert_eq!(
+        parser_fields::<BlockdevDelArgs>(),
+        members("q_obj_blockdev-del-arg")
+    );
     assert_eq!(
         parser_fields::<BlockExportDelArgs>(),
         members("q_obj_block-export-del-arg")
     );
-    assert_eq!(parser_fields::<ObjectDelArgs>(), members("q_obj_object-del-arg"));
+    assert_eq!(
+        parser_fields::<ObjectDelArgs>(),
+        members("q_obj_object-del-arg")
+    );
     assert_eq!(
         parser_fields::<QueryNamedBlockNodesArgs>(),
         members("q_obj_query-named-block-nodes-arg")
@@ -152,7 +164,12 @@ fn schema_commands_are_dispatched() {
     use oxemu_qmp::{Dispatcher, ErrorClass};
     let d = crate::daemon::Daemon::new().unwrap();
     let ev = oxemu_qmp::EventBus::default();
-    let builtin = set(&["qmp_capabilities", "query-version", "query-commands", "query-qmp-schema"]);
+    let builtin = set(&[
+        "qmp_capabilities",
+        "query-version",
+        "query-commands",
+        "query-qmp-schema",
+    ]);
     for c in schema().commands() {
         if builtin.contains(c) || c == "quit" {
             continue;
@@ -160,10 +177,16 @@ fn schema_commands_are_dispatched() {
         // Bad arguments: every handler refuses them, none is missing.
         let r = d.dispatch(c, serde_json::json!({"no-such-member": 1}), &ev);
         if let Err(e) = &r {
-            assert!(!matches!(e.class, ErrorClass::CommandNotFound), "{c}: {}", e.desc);
+            assert!(
+                !matches!(e.class, ErrorClass::CommandNotFound),
+                "{c}: {}",
+                e.desc
+            );
         }
     }
-    let e = d.dispatch("block-stream", serde_json::json!({}), &ev).unwrap_err();
+    let e = d
+        .dispatch("block-stream", serde_json::json!({}), &ev)
+        .unwrap_err();
     assert!(matches!(e.class, ErrorClass::CommandNotFound));
     d.shutdown(None);
 }
@@ -191,7 +214,10 @@ fn enums_match_the_code() {
         assert!(a.parse::<oxemu_block::Aio>().is_ok(), "{a}");
     }
     for m in values("Qcow2OverlapCheckMode") {
-        assert!(m.parse::<oxemu_qcow2::overlap::OverlapCheck>().is_ok(), "{m}");
+        assert!(
+            m.parse::<oxemu_qcow2::overlap::OverlapCheck>().is_ok(),
+            "{m}"
+        );
     }
     assert!("all".parse::<oxemu_qcow2::overlap::OverlapCheck>().is_err());
     assert_eq!(

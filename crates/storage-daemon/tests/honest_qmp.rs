@@ -54,7 +54,11 @@ fn start(prog: &str, sock: &Path, extra: &[String]) -> Daemon {
             std::io::Read::read_to_string(d.0.stderr.as_mut().unwrap(), &mut err).ok();
             panic!("{prog} exited early ({st}): {err}");
         }
-        assert!(Instant::now() < deadline, "{} did not appear", sock.display());
+        assert!(
+            Instant::now() < deadline,
+            "{} did not appear",
+            sock.display()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     d
@@ -115,8 +119,15 @@ fn tmp() -> tempfile::TempDir {
 }
 
 fn qemu_img(args: &[&str]) {
-    let o = Command::new("qemu-img").args(args).output().expect("qemu-img");
-    assert!(o.status.success(), "qemu-img {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new("qemu-img")
+        .args(args)
+        .output()
+        .expect("qemu-img");
+    assert!(
+        o.status.success(),
+        "qemu-img {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// The daemon's schema with readable names, as the test's reference.
@@ -266,9 +277,21 @@ fn replies_and_events_conform_to_the_schema() {
         json!({"driver": "qcow2", "node-name": "q0",
                "file": {"driver": "file", "filename": img.display().to_string()}}),
     );
-    q.ok("nbd-server-start", json!({"addr": {"type": "unix", "data": {"path": nbd.display().to_string()}}}));
-    q.ok("block-export-add", json!({"type": "nbd", "id": "e0", "node-name": "q0"}));
-    for cmd in ["query-named-block-nodes", "query-block-exports", "query-version", "query-commands", "query-qmp-schema"] {
+    q.ok(
+        "nbd-server-start",
+        json!({"addr": {"type": "unix", "data": {"path": nbd.display().to_string()}}}),
+    );
+    q.ok(
+        "block-export-add",
+        json!({"type": "nbd", "id": "e0", "node-name": "q0"}),
+    );
+    for cmd in [
+        "query-named-block-nodes",
+        "query-block-exports",
+        "query-version",
+        "query-commands",
+        "query-qmp-schema",
+    ] {
         let r = q.ok(cmd, json!({}));
         src.validate(src.ret_type(cmd).unwrap(), &r)
             .unwrap_or_else(|e| panic!("{cmd}: {e}: {r}"));
@@ -281,7 +304,10 @@ fn replies_and_events_conform_to_the_schema() {
     // Members of another export type or undeclared nested members are refused, as
     // QEMU's union and struct visitors refuse them.
     assert_eq!(
-        q.err("block-export-add", json!({"type": "nbd", "id": "e1", "node-name": "q0", "num-queues": 2})),
+        q.err(
+            "block-export-add",
+            json!({"type": "nbd", "id": "e1", "node-name": "q0", "num-queues": 2})
+        ),
         "Parameter 'num-queues' is unexpected"
     );
     assert_eq!(
@@ -289,8 +315,11 @@ fn replies_and_events_conform_to_the_schema() {
         "Parameter 'x' is unexpected"
     );
     assert_eq!(
-        q.err("blockdev-add", json!({"driver": "raw", "node-name": "r",
-            "file": {"driver": "file", "filename": img.display().to_string(), "bogus": 1}})),
+        q.err(
+            "blockdev-add",
+            json!({"driver": "raw", "node-name": "r",
+            "file": {"driver": "file", "filename": img.display().to_string(), "bogus": 1}})
+        ),
         "Parameter 'file.bogus' is unexpected"
     );
 }
@@ -352,16 +381,41 @@ fn strip(v: &Value, dir: &Path) -> Value {
 fn graph(dir: &Path) -> Vec<String> {
     let p = |n: &str| dir.join(n).display().to_string();
     qemu_img(&["create", "-q", "-f", "qcow2", &p("base.qcow2"), "1M"]);
-    qemu_img(&["create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", &p("top.qcow2")]);
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.qcow2",
+        "-F",
+        "qcow2",
+        &p("top.qcow2"),
+    ]);
     qemu_img(&["create", "-q", "-f", "raw", &p("r.raw"), "1M"]);
-    qemu_img(&["create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on", &p("lazy.qcow2"), "1M"]);
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "lazy_refcounts=on",
+        &p("lazy.qcow2"),
+        "1M",
+    ]);
     [
         "--blockdev".into(),
-        format!("driver=file,node-name=f0,filename={},cache.direct=on", p("top.qcow2")),
+        format!(
+            "driver=file,node-name=f0,filename={},cache.direct=on",
+            p("top.qcow2")
+        ),
         "--blockdev".into(),
         "driver=qcow2,node-name=q0,file=f0".into(),
         "--blockdev".into(),
-        format!("driver=file,node-name=rf,filename={},cache.no-flush=on", p("r.raw")),
+        format!(
+            "driver=file,node-name=rf,filename={},cache.no-flush=on",
+            p("r.raw")
+        ),
         "--blockdev".into(),
         "driver=raw,node-name=r0,file=rf".into(),
         "--blockdev".into(),
@@ -446,9 +500,16 @@ fn encrypted_qcow2_is_reported_encrypted() {
     let create = || {
         Command::new("qemu-img")
             .args([
-                "create", "-q", "--object", "secret,id=s0,data=pw", "-f", "qcow2",
-                "-o", "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=200",
-                img.to_str().unwrap(), "1M",
+                "create",
+                "-q",
+                "--object",
+                "secret,id=s0,data=pw",
+                "-f",
+                "qcow2",
+                "-o",
+                "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=200",
+                img.to_str().unwrap(),
+                "1M",
             ])
             .output()
             .expect("qemu-img")
@@ -505,7 +566,10 @@ fn export_iothread_is_refused_by_name() {
     // Command line.
     for export in [
         "type=nbd,id=e0,node-name=f0,iothread=io0".to_string(),
-        format!("type=vhost-user-blk,id=v0,node-name=f0,addr.type=unix,addr.path={},iothread=io0", vub.display()),
+        format!(
+            "type=vhost-user-blk,id=v0,node-name=f0,addr.type=unix,addr.path={},iothread=io0",
+            vub.display()
+        ),
     ] {
         let mut args = base.clone();
         args.extend(["--export".to_string(), export.clone()]);
@@ -530,7 +594,10 @@ fn export_iothread_is_refused_by_name() {
         let mut err = String::new();
         std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
         assert!(!status.success(), "{export} was accepted");
-        assert!(err.contains("Parameter 'iothread' is not supported"), "{err}");
+        assert!(
+            err.contains("Parameter 'iothread' is not supported"),
+            "{err}"
+        );
     }
     // QMP.
     let sock = dir.path().join("qmp.sock");
@@ -540,19 +607,31 @@ fn export_iothread_is_refused_by_name() {
         "block-export-add",
         json!({"type": "nbd", "id": "e0", "node-name": "f0", "iothread": "io0"}),
     );
-    assert!(e.starts_with("Parameter 'iothread' is not supported"), "{e}");
+    assert!(
+        e.starts_with("Parameter 'iothread' is not supported"),
+        "{e}"
+    );
     let e = q.err(
         "block-export-add",
         json!({"type": "vhost-user-blk", "id": "v0", "node-name": "f0", "iothread": "io0",
                "fixed-iothread": true, "addr": {"type": "unix", "path": vub.display().to_string()}}),
     );
-    assert!(e.starts_with("Parameter 'iothread' is not supported"), "{e}");
+    assert!(
+        e.starts_with("Parameter 'iothread' is not supported"),
+        "{e}"
+    );
     assert!(!vub.exists());
     q.ok(
         "block-export-add",
         json!({"type": "nbd", "id": "e0", "node-name": "f0", "fixed-iothread": true}),
     );
-    assert_eq!(q.ok("query-block-exports", json!({})).as_array().unwrap().len(), 1);
+    assert_eq!(
+        q.ok("query-block-exports", json!({}))
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 /// Options the schema leaves out because oxemu cannot honour them are refused by
@@ -572,7 +651,10 @@ fn options_oxemu_cannot_honour_are_refused_by_name() {
             json!({"driver": "qcow2", "node-name": "q0", "lazy-refcounts": lazy,
                    "file": {"driver": "file", "filename": img.display().to_string()}}),
         );
-        assert!(e.starts_with("Parameter 'lazy-refcounts' is not supported"), "{e}");
+        assert!(
+            e.starts_with("Parameter 'lazy-refcounts' is not supported"),
+            "{e}"
+        );
     }
     // Nothing was left behind by the refused open.
     assert_eq!(q.ok("query-named-block-nodes", json!({})), json!([]));
@@ -619,12 +701,17 @@ fn block_export_del_removes_the_export_before_replying() {
         q.ok("block-export-del", json!({"id": "e0", "mode": "hard"}));
         if prog == bin() {
             // Gone, and the event sent, by the time the reply arrives.
-            assert!(q.events.iter().any(|e| e["event"] == "BLOCK_EXPORT_DELETED"));
+            assert!(q
+                .events
+                .iter()
+                .any(|e| e["event"] == "BLOCK_EXPORT_DELETED"));
         }
         // Both: by the next command the export is gone and the event was sent.
         assert_eq!(q.ok("query-block-exports", json!({})), json!([]), "{prog}");
         assert!(
-            q.events.iter().any(|e| e["event"] == "BLOCK_EXPORT_DELETED"),
+            q.events
+                .iter()
+                .any(|e| e["event"] == "BLOCK_EXPORT_DELETED"),
             "{prog}: {:?}",
             q.events
         );
@@ -648,9 +735,25 @@ fn nbd_connect(path: &Path, name: &str) -> UnixStream {
     opt.extend((name.len() as u32).to_be_bytes());
     opt.extend(name.as_bytes());
     s.write_all(&opt).unwrap();
-    // Export size and transmission flags: the client is now connected.
+    // Export size and transmission flags.
     let mut info = [0u8; 10];
     s.read_exact(&mut info).unwrap();
+    // One read round trip: the server is in its transmission phase with this
+    // client counted on the export.
+    let mut req = 0x2560_9513u32.to_be_bytes().to_vec();
+    req.extend(0u16.to_be_bytes()); // flags
+    req.extend(0u16.to_be_bytes()); // NBD_CMD_READ
+    req.extend(1u64.to_be_bytes()); // handle
+    req.extend(0u64.to_be_bytes()); // offset
+    req.extend(512u32.to_be_bytes()); // length
+    s.write_all(&req).unwrap();
+    let mut reply = [0u8; 16 + 512];
+    s.read_exact(&mut reply).unwrap();
+    assert_eq!(
+        &reply[..8],
+        &[0x67, 0x44, 0x66, 0x98, 0, 0, 0, 0],
+        "NBD simple reply, no error"
+    );
     s
 }
 
@@ -667,20 +770,53 @@ fn argument_errors_come_in_qemus_order() {
     let n2 = dir.path().join("n2.sock").display().to_string();
     let cases: Vec<(&str, Value)> = vec![
         ("blockdev-add", json!({"driver": "file", "bogus": 1})),
-        ("blockdev-add", json!({"driver": "raw", "node-name": "r", "file": {"driver": "file", "bogus": 1}})),
-        ("blockdev-add", json!({"driver": "raw", "node-name": "r", "bogus": 2,
-                                "file": {"driver": "file", "filename": f, "bogus": 1}})),
+        (
+            "blockdev-add",
+            json!({"driver": "raw", "node-name": "r", "file": {"driver": "file", "bogus": 1}}),
+        ),
+        (
+            "blockdev-add",
+            json!({"driver": "raw", "node-name": "r", "bogus": 2,
+                                "file": {"driver": "file", "filename": f, "bogus": 1}}),
+        ),
         ("blockdev-add", json!({"driver": "file", "node-name": 5})),
-        ("blockdev-add", json!({"driver": "raw", "node-name": "r", "file": {"driver": "file", "filename": f, "aio": 5}})),
-        ("blockdev-add", json!({"driver": "raw", "node-name": "r",
-                                "file": {"driver": "file", "filename": f, "cache": {"direct": "on"}}})),
-        ("blockdev-add", json!({"driver": "raw", "node-name": "r", "file": {"driver": "file", "filename": f}, "size": "x"})),
-        ("block-export-add", json!({"type": "nbd", "id": "e", "node-name": "x", "num-queues": 1})),
-        ("block-export-add", json!({"type": "vhost-user-blk", "id": "e", "node-name": "x", "name": "n"})),
-        ("nbd-server-start", json!({"addr": {"type": "unix", "data": {"path": n2, "x": 1}}})),
-        ("nbd-server-start", json!({"addr": {"type": "inet", "data": {"host": "localhost", "port": 10809}}})),
-        ("object-add", json!({"qom-type": "iothread", "id": "i", "poll-max-ns": "x"})),
-        ("object-add", json!({"qom-type": "iothread", "poll-max-ns": 1})),
+        (
+            "blockdev-add",
+            json!({"driver": "raw", "node-name": "r", "file": {"driver": "file", "filename": f, "aio": 5}}),
+        ),
+        (
+            "blockdev-add",
+            json!({"driver": "raw", "node-name": "r",
+                                "file": {"driver": "file", "filename": f, "cache": {"direct": "on"}}}),
+        ),
+        (
+            "blockdev-add",
+            json!({"driver": "raw", "node-name": "r", "file": {"driver": "file", "filename": f}, "size": "x"}),
+        ),
+        (
+            "block-export-add",
+            json!({"type": "nbd", "id": "e", "node-name": "x", "num-queues": 1}),
+        ),
+        (
+            "block-export-add",
+            json!({"type": "vhost-user-blk", "id": "e", "node-name": "x", "name": "n"}),
+        ),
+        (
+            "nbd-server-start",
+            json!({"addr": {"type": "unix", "data": {"path": n2, "x": 1}}}),
+        ),
+        (
+            "nbd-server-start",
+            json!({"addr": {"type": "inet", "data": {"host": "localhost", "port": 10809}}}),
+        ),
+        (
+            "object-add",
+            json!({"qom-type": "iothread", "id": "i", "poll-max-ns": "x"}),
+        ),
+        (
+            "object-add",
+            json!({"qom-type": "iothread", "poll-max-ns": 1}),
+        ),
     ];
     let answers = |prog: &str, sock: &Path| -> Vec<String> {
         let _d = start(prog, sock, &[]);

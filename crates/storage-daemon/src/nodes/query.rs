@@ -66,7 +66,10 @@ async fn image_info(
                 data["corrupt"] = json!(f.corrupt);
                 data["extended-l2"] = json!(f.extended_l2);
             }
-            i.insert("format-specific".into(), json!({"type": "qcow2", "data": data}));
+            i.insert(
+                "format-specific".into(),
+                json!({"type": "qcow2", "data": data}),
+            );
         }
         if st.encrypted {
             i.insert("encrypted".into(), json!(true));
