@@ -1,7 +1,9 @@
 #!/bin/bash
 # NBD benchmark: fio's nbd engine, 4 KiB random reads and writes at QD1 and QD32,
 # against oxemu-nbd and qemu-storage-daemon's NBD export of the same image, in one
-# run; once with the image on tmpfs, once on the work disk with cache=none.
+# run; with the image on tmpfs, on the work disk in the page cache (ext4, read once
+# first, cache=writeback: where users' images live), and on the work disk with
+# cache=none (O_DIRECT).
 #
 # Usage: bench/nbd.sh [RUNTIME_SECONDS]    (env: SIZE=256M, REPEAT=1, WORKDIR=...)
 # Needs: fio (with the nbd engine), qemu-storage-daemon 7.2, a release build of
@@ -56,9 +58,14 @@ run_fio() {
 }
 
 printf '%-8s %-10s %-4s %12s %12s %7s\n' storage workload qd oxemu_iops qsd_iops ratio
-for storage in tmpfs disk; do
-    if [ $storage = tmpfs ]; then dir=$TMPFS_DIR; cache=writeback; else dir=$DISK_DIR; cache=none; fi
+for storage in tmpfs pagecache disk; do
+    case $storage in
+        tmpfs) dir=$TMPFS_DIR; cache=writeback ;;
+        pagecache) dir=$DISK_DIR; cache=writeback ;;
+        disk) dir=$DISK_DIR; cache=none ;;
+    esac
     head -c "$(numfmt --from=iec "$SIZE")" /dev/urandom > "$dir/img.raw"
+    cat "$dir/img.raw" > /dev/null
     for rw in randread randwrite; do
         for qd in 1 32; do
             best_ox=0; best_q=0

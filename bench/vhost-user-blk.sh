@@ -4,7 +4,9 @@
 # virtio-blk-vhost-user driver (bench/blkio-bench, no guest). 4 KiB random reads and
 # writes at QD32 per queue, with 1 and 2 queues. Also reports each server's CPU time
 # per request (utime+stime from /proc over the run / requests).
-# Usage: bench/vhost-user-blk.sh [SECONDS]   (env RUNS, default 3: best of RUNS)
+# Usage: bench/vhost-user-blk.sh [SECONDS]   (env RUNS, default 3: best of RUNS;
+#        DIR=/path/on/ext4 puts the image there instead of tmpfs, read once first so
+#        that it sits in the page cache, as users' images do)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-5}
@@ -12,10 +14,12 @@ RUNS=${RUNS:-3}
 cargo build --release -q -p oxemu-storage-daemon
 (cd bench/blkio-bench && cargo build --release -q)
 CLIENT=bench/blkio-bench/target/release/blkio-bench
-dir=$(mktemp -d /dev/shm/oxemu-vub.XXXXXX)
+dir=$(mktemp -d "${DIR:-/dev/shm}/oxemu-vub.XXXXXX")
 trap 'kill $srv 2>/dev/null || true; rm -rf "$dir"' EXIT
 img=$dir/disk.img
 head -c 1G /dev/urandom > "$img"
+cat "$img" > /dev/null
+fs=$(stat -f -c %T "$dir")
 hz=$(getconf CLK_TCK)
 
 start() { # oxemu|qemu -> sets srv
@@ -53,7 +57,7 @@ for server in oxemu qemu; do
     kill $srv; wait $srv 2>/dev/null || true
 done
 
-echo "vhost-user-blk, 1 GiB image on tmpfs, aio=io_uring, 4 KiB random I/O, QD32 per queue, ${SECS}s, best of $RUNS"
+echo "vhost-user-blk, 1 GiB image on $fs (page cache), aio=io_uring, 4 KiB random I/O, QD32 per queue, ${SECS}s, best of $RUNS"
 printf '%-7s %-6s %-10s %-10s %-8s %-16s %s\n' queues rw oxemu qemu ratio "oxemu CPU us/req" "qemu CPU us/req"
 for q in 1 2; do
     for rw in read write; do

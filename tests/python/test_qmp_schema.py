@@ -85,4 +85,4 @@ def test_schema_structure_masking_and_members_match_qemu(oxemu, qsd):
     assert {"blockdev-add", "block-export-add", "query-named-block-nodes", "query-qmp-schema"} <= commands
     # The drivers offered are exactly the ones oxemu implements.
     ba = o[o["blockdev-add"]["arg-type"]]
-    assert [v["case"] for v in ba["variants"]] == ["blkdebug", "file", "host_device", "qcow2", "raw"]
+    assert [v["case"] for v in ba["variants"]] == ["blkdebug", "blklogwrites", "file", "host_device", "qcow2", "raw"]

@@ -246,10 +246,18 @@ pub struct Rules {
 
 /// One `key = "value"` of a rule, with where it came from (for error messages).
 fn rule_value<'a>(kv: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    kv.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    kv.iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
 }
 
-fn parse_num(kv: &[(String, String)], key: &str, min: i64, max: i64) -> Result<Option<i64>, String> {
+fn parse_num(
+    kv: &[(String, String)],
+    key: &str,
+    min: i64,
+    max: i64,
+) -> Result<Option<i64>, String> {
     let Some(v) = rule_value(kv, key) else {
         return Ok(None);
     };
@@ -264,9 +272,7 @@ fn parse_num(kv: &[(String, String)], key: &str, min: i64, max: i64) -> Result<O
         Some(_) => Err(format!(
             "Parameter '{key}' must be between {min} and {max}, not {v}"
         )),
-        None => Err(format!(
-            "Parameter '{key}' expects a number"
-        )),
+        None => Err(format!("Parameter '{key}' expects a number")),
     }
 }
 

@@ -144,6 +144,13 @@ pub trait BlockDriver: Send + Sync {
         let _ = ev;
     }
 
+    /// True when a failed flush of this node fails every later flush by itself (the
+    /// `file` driver does, as QEMU's file-posix), so that a format driver need not
+    /// put a [`FlushLatch`](crate::latch::FlushLatch) over it. The default is false.
+    fn latches_flush_errors(&self) -> bool {
+        false
+    }
+
     /// Writes out cached metadata and marks the image clean; called before the node is
     /// closed. The default does a flush.
     async fn close(&self) -> BlockResult<()> {

@@ -75,6 +75,10 @@ pub struct FileOptions {
     /// waiting (0: the loop's `aio-max-batch`, itself 32 when unset), as QEMU's
     /// linux-aio does. The other engines do not batch this way, in QEMU as here.
     pub aio_max_batch: u64,
+    /// Take no lock bytes at open: the node's users set them later with
+    /// [`FileDriver::set_perms`], as QEMU derives them from the nodes and exports
+    /// above a file (a file no one uses locks nothing).
+    pub perms_from_users: bool,
 }
 
 impl FileOptions {
@@ -96,6 +100,8 @@ pub struct FileDriver {
     /// descriptor may be registered with io_uring rings, which release it
     /// asynchronously; locks on a separate description go away at once on close.
     _lock_file: Option<File>,
+    /// The `(held, shared)` permissions the lock bytes stand for.
+    perms: std::sync::Mutex<(u64, u64)>,
     id: u64,
     opts: FileOptions,
     block_device: bool,
@@ -220,14 +226,24 @@ impl FileDriver {
             if opts.force_share {
                 shared = lock::perm::ALL;
             }
+            let (held, shared) = if opts.perms_from_users {
+                (0, lock::perm::ALL)
+            } else {
+                (held, shared)
+            };
             lock::lock_image(lf.as_raw_fd(), &path.display().to_string(), held, shared)?;
-            Some(lf)
+            Some((lf, (held, shared)))
         } else {
             None
+        };
+        let (lock_file, perms) = match lock_file {
+            Some((f, p)) => (Some(f), p),
+            None => (None, (0, lock::perm::ALL)),
         };
         Ok(FileDriver {
             file,
             _lock_file: lock_file,
+            perms: std::sync::Mutex::new(perms),
             id: NEXT_FILE_ID.fetch_add(1, Ordering::Relaxed),
             opts: opts.clone(),
             block_device,
@@ -237,6 +253,35 @@ impl FileDriver {
             in_memory: !block_device && in_memory_fs(fd),
             flush_error: AtomicI32::new(0),
         })
+    }
+
+    /// Sets the lock bytes to holding `held` and sharing `shared` permissions
+    /// ([`lock::perm`] bits), as the node's users need them now (see
+    /// [`FileOptions::perms_from_users`]). With `force-share`, everything is shared.
+    /// Fails with QEMU's message when another process holds a conflicting lock, and
+    /// then changes nothing. Without locking (`locking=off`, no OFD locks) it only
+    /// records the permissions.
+    pub fn set_perms(&self, held: u64, shared: u64) -> io::Result<()> {
+        let shared = if self.opts.force_share {
+            lock::perm::ALL
+        } else {
+            shared
+        };
+        let mut cur = self.perms.lock().unwrap_or_else(|p| p.into_inner());
+        if *cur == (held, shared) {
+            return Ok(());
+        }
+        if let Some(lf) = &self._lock_file {
+            let path = self.opts.filename.display().to_string();
+            lock::relock_image(lf.as_raw_fd(), &path, *cur, (held, shared))?;
+        }
+        *cur = (held, shared);
+        Ok(())
+    }
+
+    /// The `(held, shared)` permissions the image locks currently stand for.
+    pub fn perms(&self) -> (u64, u64) {
+        *self.perms.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Creates (or truncates) a regular file of `size` bytes, as `qemu-img create -f raw`.
@@ -323,11 +368,18 @@ impl FileDriver {
         let total = iov.len();
         let mut done = 0usize;
         while done < total {
-            let part = iov.slice(done, total - done);
+            // The first attempt (almost always the only one) needs no sub-list.
+            let part;
+            let raw = if done == 0 {
+                iov.as_raw()
+            } else {
+                part = iov.slice_mut(done, total - done);
+                part.as_raw()
+            };
             let r = self
                 .exec(Req::Read {
                     off: offset + done as u64,
-                    iov: part.as_raw(),
+                    iov: raw,
                 })
                 .await;
             match r {
@@ -351,11 +403,17 @@ impl FileDriver {
         let total = iov.len();
         let mut done = 0usize;
         while done < total {
-            let part = iov.slice(done, total - done);
+            let part;
+            let raw = if done == 0 {
+                iov.as_raw()
+            } else {
+                part = iov.slice(done, total - done);
+                part.as_raw()
+            };
             let r = self
                 .exec(Req::Write {
                     off: offset + done as u64,
-                    iov: part.as_raw(),
+                    iov: raw,
                 })
                 .await;
             match r {
@@ -616,6 +674,11 @@ impl BlockDriver for FileDriver {
     fn allocated_size(&self) -> Option<u64> {
         use std::os::unix::fs::MetadataExt;
         self.file.metadata().ok().map(|m| m.blocks() * 512)
+    }
+
+    fn latches_flush_errors(&self) -> bool {
+        // Buffered: latched in `flush`. O_DIRECT: no page cache to lose, as QEMU.
+        true
     }
 }
 

@@ -12,13 +12,17 @@ use std::marker::PhantomData;
 /// One segment of a scatter-gather list, layout-compatible with `struct iovec`.
 pub type RawIoVec = libc::iovec;
 
+/// Segments of a list: up to four inline (the common requests have one or two, so
+/// building a list allocates nothing), more on the heap.
+type Segs = smallvec::SmallVec<[RawIoVec; 4]>;
+
 macro_rules! iovec_common {
     ($name:ident) => {
         impl<'a> $name<'a> {
             /// An empty list; extend it with `push`.
             pub fn new() -> Self {
                 Self {
-                    segs: Vec::new(),
+                    segs: Segs::new(),
                     len: 0,
                     _borrow: PhantomData,
                 }
@@ -77,10 +81,12 @@ macro_rules! iovec_common {
                 v
             }
 
-            /// The sub-range `offset..offset+len` of this list, borrowing the same memory.
+            /// The sub-range `offset..offset+len` of this list, borrowing the same memory
+            /// (private: for `IoVecMut` only `slice_mut`, under `&mut self`, may hand it
+            /// out).
             ///
             /// Panics if the range is out of bounds; callers derive it from `len()`.
-            pub fn slice(&self, offset: usize, len: usize) -> $name<'_> {
+            fn sub(&self, offset: usize, len: usize) -> $name<'_> {
                 assert!(offset.checked_add(len).is_some_and(|e| e <= self.len));
                 let mut out = $name::new();
                 let mut skip = offset;
@@ -134,15 +140,32 @@ macro_rules! iovec_common {
 }
 
 /// A scatter-gather list that a request reads *into*.
+///
+/// Writable sub-lists come only from [`IoVecMut::slice_mut`], under `&mut self`, so
+/// two writable views of the same memory never coexist:
+///
+/// ```compile_fail
+/// let mut buf = [0u8; 8];
+/// let v = oxemu_block::IoVecMut::from_slice(&mut buf);
+/// let (a, b) = (v.slice(0, 4), v.slice(0, 4)); // no `slice` from a shared borrow
+/// ```
+///
+/// ```
+/// let mut buf = [0u8; 8];
+/// let mut v = oxemu_block::IoVecMut::from_slice(&mut buf);
+/// v.slice_mut(4, 4).copy_from_slice(&[1; 4]);
+/// v.as_iovec().slice(0, 4).copy_to_slice(&mut [0u8; 4]);
+/// assert_eq!(buf, [0, 0, 0, 0, 1, 1, 1, 1]);
+/// ```
 pub struct IoVecMut<'a> {
-    segs: Vec<RawIoVec>,
+    segs: Segs,
     len: usize,
     _borrow: PhantomData<&'a mut [u8]>,
 }
 
 /// A scatter-gather list that a request writes *from*.
 pub struct IoVec<'a> {
-    segs: Vec<RawIoVec>,
+    segs: Segs,
     len: usize,
     _borrow: PhantomData<&'a [u8]>,
 }
@@ -175,7 +198,7 @@ impl<'a> IoVecMut<'a> {
 
     /// Fills `offset..offset+len` of the list with zeroes.
     pub fn zero_range(&mut self, offset: usize, len: usize) {
-        let part = self.slice(offset, len);
+        let part = self.slice_mut(offset, len);
         for s in part.as_raw() {
             // SAFETY: the segment is writable for 'a by the contract of IoVecMut.
             unsafe { std::ptr::write_bytes(s.iov_base as *mut u8, 0, s.iov_len) };
@@ -205,14 +228,19 @@ impl<'a> IoVecMut<'a> {
 
     /// A mutable sub-range `offset..offset+len` of this list.
     pub fn slice_mut(&mut self, offset: usize, len: usize) -> IoVecMut<'_> {
-        let part = self.slice(offset, len);
-        // SAFETY: `part` covers memory this list exclusively borrows; `&mut self` keeps
-        // the parent from being used while the sub-list lives.
-        unsafe { IoVecMut::from_raw(part.as_raw()) }
+        // `&mut self` keeps the parent from being used while the sub-list lives.
+        self.sub(offset, len)
     }
 }
 
 impl<'a> IoVec<'a> {
+    /// The sub-range `offset..offset+len` of this list, borrowing the same memory.
+    ///
+    /// Panics if the range is out of bounds; callers derive it from `len()`.
+    pub fn slice(&self, offset: usize, len: usize) -> IoVec<'_> {
+        self.sub(offset, len)
+    }
+
     /// A one-segment list over `buf`.
     pub fn from_slice(buf: &'a [u8]) -> Self {
         let mut v = Self::new();
@@ -248,7 +276,7 @@ mod tests {
         let mut v = IoVecMut::new();
         v.push(&mut a);
         v.push(&mut b);
-        let s = v.slice(2, 4);
+        let s = v.slice_mut(2, 4);
         assert_eq!(s.len(), 4);
         let mut out = [0u8; 4];
         s.copy_to_slice(&mut out);

@@ -125,6 +125,10 @@ impl BlockDriver for FlushLatch {
     fn allocated_size(&self) -> Option<u64> {
         self.inner.allocated_size()
     }
+    fn latches_flush_errors(&self) -> bool {
+        true
+    }
+
     async fn close(&self) -> BlockResult<()> {
         self.inner.close().await
     }

@@ -5,6 +5,8 @@
 //! - [`mod@file`]: the `file` protocol driver for regular files and block devices.
 //! - [`engine`]: the AIO engines behind `aio=threads|native|io_uring`.
 //! - [`blkdebug`]: the `blkdebug` fault-injection filter, with QEMU's rules.
+//! - [`blklogwrites`]: the `blklogwrites` filter, a dm-log-writes log of every write
+//!   and flush, and a reader for such logs.
 //! - [`latch`]: a filter that makes a failed flush fail every later flush.
 //! - [`writethrough`]: `cache=writethrough`/`directsync` as a node that forces FUA.
 //! - [`export`]: the trait that block exports implement for the storage daemon.
@@ -12,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod blkdebug;
+pub mod blklogwrites;
 pub mod buffer;
 pub mod driver;
 pub mod engine;

@@ -94,6 +94,34 @@ pub fn lock_image(fd: RawFd, path: &str, held: u64, shared: u64) -> io::Result<(
     Ok(())
 }
 
+/// Moves the lock bytes of `fd` from `old` = `(held, shared)` to `new`, as QEMU's
+/// file-posix does when the permissions its users need change: the new bytes are
+/// checked against other processes and taken first, then the bytes no longer needed
+/// are released. On a conflict nothing changes.
+pub fn relock_image(fd: RawFd, path: &str, old: (u64, u64), new: (u64, u64)) -> io::Result<()> {
+    lock_image(fd, path, new.0 & !old.0, new.1 | !old.1)?;
+    for i in 0..PERM_NAMES.len() {
+        let bit = 1u64 << i;
+        if old.0 & bit != 0 && new.0 & bit == 0 {
+            ofd_lock(
+                fd,
+                libc::F_OFD_SETLK,
+                libc::F_UNLCK as libc::c_short,
+                PERM_BASE + i as i64,
+            )?;
+        }
+        if old.1 & bit == 0 && new.1 & bit != 0 {
+            ofd_lock(
+                fd,
+                libc::F_OFD_SETLK,
+                libc::F_UNLCK as libc::c_short,
+                SHARED_BASE + i as i64,
+            )?;
+        }
+    }
+    Ok(())
+}
+
 fn conflict(path: &str, bit: usize, shared: bool) -> io::Error {
     let kind = if shared { "shared " } else { "" };
     io::Error::new(

@@ -113,6 +113,9 @@ impl BlockDriver for RawFormat {
     fn debug_event(&self, ev: DebugEvent) {
         self.file.debug_event(ev)
     }
+    fn latches_flush_errors(&self) -> bool {
+        self.file.latches_flush_errors()
+    }
     async fn readv(&self, offset: u64, iov: &mut IoVecMut<'_>) -> BlockResult<()> {
         let o = self.check(offset, iov.len() as u64)?;
         self.file.debug_event(DebugEvent::ReadAio);

@@ -40,6 +40,9 @@ impl BlockDriver for WriteThrough {
     fn debug_event(&self, ev: crate::blkdebug::DebugEvent) {
         self.inner.debug_event(ev)
     }
+    fn latches_flush_errors(&self) -> bool {
+        self.inner.latches_flush_errors()
+    }
     async fn readv(&self, offset: u64, iov: &mut IoVecMut<'_>) -> BlockResult<()> {
         self.inner.readv(offset, iov).await
     }

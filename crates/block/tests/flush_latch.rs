@@ -41,13 +41,29 @@ impl FailingFs {
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&small).unwrap();
         std::fs::create_dir(&mnt).unwrap();
-        sh("mount", &["-t", "tmpfs", "-o", "size=4M", "tmpfs", small.to_str().unwrap()]);
+        sh(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                "size=4M",
+                "tmpfs",
+                small.to_str().unwrap(),
+            ],
+        );
         let backing = small.join("backing");
-        std::fs::File::create(&backing).unwrap().set_len(64 << 20).unwrap();
+        std::fs::File::create(&backing)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
         sh("mkfs.ext2", &["-q", "-F", backing.to_str().unwrap()]);
         let dev = sh("losetup", &["-f", "--show", backing.to_str().unwrap()]);
         let fs = FailingFs { dir, dev };
-        sh("mount", &["-o", "errors=continue", &fs.dev, mnt.to_str().unwrap()]);
+        sh(
+            "mount",
+            &["-o", "errors=continue", &fs.dev, mnt.to_str().unwrap()],
+        );
         fs
     }
 
@@ -57,7 +73,10 @@ impl FailingFs {
 
     fn image(&self) -> PathBuf {
         let p = self.mnt().join("img");
-        std::fs::File::create(&p).unwrap().set_len(16 << 20).unwrap();
+        std::fs::File::create(&p)
+            .unwrap()
+            .set_len(16 << 20)
+            .unwrap();
         p
     }
 }
@@ -66,7 +85,9 @@ impl Drop for FailingFs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(self.mnt()).status();
         let _ = Command::new("losetup").args(["-d", &self.dev]).status();
-        let _ = Command::new("umount").arg(self.dir.path().join("small")).status();
+        let _ = Command::new("umount")
+            .arg(self.dir.path().join("small"))
+            .status();
     }
 }
 
@@ -80,7 +101,9 @@ fn a_failed_flush_fails_every_later_flush_as_qemu() {
     let fs = FailingFs::new();
     let img = fs.image();
     let f = Arc::new(FileDriver::open(&FileOptions::new(&img)).unwrap());
-    let data: Vec<u8> = (0..8u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let data: Vec<u8> = (0..8u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     let errs: Vec<Option<i32>> = EventLoop::with_defaults().unwrap().block_on(async {
         f.write_at(0, &data).await.unwrap();
         let mut errs = Vec::new();
@@ -109,13 +132,36 @@ fn a_failed_flush_fails_every_later_flush_as_qemu() {
     let fs = FailingFs::new();
     let img = fs.image();
     let out = Command::new("strace")
-        .args(["-f", "-qq", "-e", "trace=fdatasync,fsync", "qemu-io", "-f", "raw", "-t", "writeback"])
-        .args(["-c", "write -P 0x55 0 8M", "-c", "flush", "-c", "flush", "-c", "flush"])
+        .args([
+            "-f",
+            "-qq",
+            "-e",
+            "trace=fdatasync,fsync",
+            "qemu-io",
+            "-f",
+            "raw",
+            "-t",
+            "writeback",
+        ])
+        .args([
+            "-c",
+            "write -P 0x55 0 8M",
+            "-c",
+            "flush",
+            "-c",
+            "flush",
+            "-c",
+            "flush",
+        ])
         .arg(&img)
         .output()
         .expect("strace and qemu-io are installed by the test command");
     let trace = String::from_utf8_lossy(&out.stderr);
     let syncs: Vec<&str> = trace.lines().filter(|l| l.contains("fdatasync(")).collect();
-    assert_eq!(syncs.len(), 1, "qemu-io latches the failed flush too:\n{trace}");
+    assert_eq!(
+        syncs.len(),
+        1,
+        "qemu-io latches the failed flush too:\n{trace}"
+    );
     assert!(syncs[0].contains("= -1 E"), "{trace}");
 }

@@ -64,9 +64,21 @@ const REFUSED: &[&str] = &[
 ];
 
 /// One rule list of the options: its name, its keys, and `(index, key, value)`s.
-type RuleList = (&'static str, &'static [&'static str], Vec<(usize, String, String)>);
+type RuleList = (
+    &'static str,
+    &'static [&'static str],
+    Vec<(usize, String, String)>,
+);
 
-const INJECT_KEYS: &[&str] = &["event", "state", "iotype", "errno", "sector", "once", "immediately"];
+const INJECT_KEYS: &[&str] = &[
+    "event",
+    "state",
+    "iotype",
+    "errno",
+    "sector",
+    "once",
+    "immediately",
+];
 const SET_STATE_KEYS: &[&str] = &["event", "state", "new_state"];
 
 /// A [`Spec`] from the `file.*` options of an image given as block options (keys
@@ -96,7 +108,11 @@ pub fn spec_from_options(name: &str, opts: &[(String, String)]) -> Result<Spec, 
                     "oxemu-img opens only driver=file under blkdebug, not '{v}'"
                 )))
             }
-            "image" => return Err(fail(format!("Cannot find device='{v}' nor node-name='{v}'"))),
+            "image" => {
+                return Err(fail(format!(
+                    "Cannot find device='{v}' nor node-name='{v}'"
+                )))
+            }
             _ => {
                 let group = groups
                     .iter_mut()
@@ -125,7 +141,9 @@ pub fn spec_from_options(name: &str, opts: &[(String, String)]) -> Result<Spec, 
         }
     }
     let Some(image) = image else {
-        return Err(fail("A block device must be specified for \"image\"".into()));
+        return Err(fail(
+            "A block device must be specified for \"image\"".into(),
+        ));
     };
     let mut rules = Rules::default();
     for (g, keys, list) in &groups {
@@ -141,7 +159,9 @@ pub fn spec_from_options(name: &str, opts: &[(String, String)]) -> Result<Spec, 
                 break;
             }
             if let Some((k, _)) = kv.iter().find(|(k, _)| !keys.contains(&k.as_str())) {
-                return Err(fail(format!("[{g}] section doesn't support the option '{k}'")));
+                return Err(fail(format!(
+                    "[{g}] section doesn't support the option '{k}'"
+                )));
             }
             let r = if *g == "inject-error" {
                 rules.add_inject_config(&kv)
@@ -155,7 +175,11 @@ pub fn spec_from_options(name: &str, opts: &[(String, String)]) -> Result<Spec, 
             return Err(fail(format!("Unused option '{n}.{k}' for [{g}]")));
         }
     }
-    Ok(Spec { config, image, rules })
+    Ok(Spec {
+        config,
+        image,
+        rules,
+    })
 }
 
 /// The name qemu-img shows for an image given as block options over blkdebug:
@@ -163,7 +187,11 @@ pub fn spec_from_options(name: &str, opts: &[(String, String)]) -> Result<Spec, 
 /// (qemu-img shows a `json:` object there, in its dictionary's hash order).
 pub fn display_name(name: &str, spec: &Spec) -> String {
     if spec.rules.inject.is_empty() && spec.rules.set_state.is_empty() {
-        let c = spec.config.as_deref().map(|c| c.display().to_string()).unwrap_or_default();
+        let c = spec
+            .config
+            .as_deref()
+            .map(|c| c.display().to_string())
+            .unwrap_or_default();
         format!("blkdebug:{c}:{}", spec.image.display())
     } else {
         name.to_string()
@@ -313,6 +341,7 @@ fn open_qcow2(
                 keep_bitmaps: false,
                 // QEMU's default, as the chain's own images.
                 overlap_check: Default::default(),
+                lazy_refcounts: None,
             },
         )
         .await?;

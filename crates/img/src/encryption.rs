@@ -110,9 +110,10 @@ pub fn open_hook(path: &Path, o: &OpenOpts<'_>) -> Result<Option<Image>, Error> 
         }
         let mut img = crate::image::open_file(&spec.filename, &inner)?;
         unlock_qcow2(&img, spec.key_secret.as_deref(), &name)?;
-        // qemu-img names an image given as plain options by its file (with a key the
-        // options cannot be left out, and a json: name keeps its own text).
-        if !name.starts_with("json:") && spec.key_secret.is_none() {
+        // qemu-img names an image given as plain options, or as a json: name that says
+        // no more than the driver and the file, by its file (QEMU's
+        // bdrv_refresh_filename); with a key the options cannot be left out.
+        if spec.key_secret.is_none() {
             img.display = Some(spec.filename.display().to_string());
         }
         return Ok(Some(img));

@@ -375,6 +375,7 @@ pub fn open_nbd(name: &str, spec: &NbdSpec, o: &OpenOpts<'_>) -> Result<Image, E
                         l2_cache_size: 0,
                         keep_bitmaps: false,
                         overlap_check: Default::default(),
+                        lazy_refcounts: None,
                     },
                 ))
                 .map_err(|e| open_err(name, e))?;

@@ -2,8 +2,8 @@
 
 mod amend;
 mod bench;
-mod blkdebug;
 mod bitmap;
+mod blkdebug;
 mod check;
 mod commit;
 mod convert;

@@ -181,18 +181,8 @@ pub fn run_compare(argv: &[String]) -> Result<u8, Error> {
     let b = open_ro(f2, p.get("F").or(p.get("f")), fs)?;
     let lp = event_loop()?;
     let names = (a.name(f1), b.name(f2));
-    let r = lp.block_on(compare(&*a.node, &*b.node, p.has("s"), names))?;
     let quiet = p.has("q");
-    // qemu-img warns once the common part matched and it goes on to the longer tail.
-    let (sa, sb) = (a.node.size(), b.node.size());
-    let reached_tail = match r {
-        Compared::Identical => true,
-        Compared::Differ(Some(off)) => off >= sa.min(sb),
-        Compared::Differ(None) => false,
-    };
-    if sa != sb && reached_tail && !quiet {
-        println!("Warning: Image size mismatch!");
-    }
+    let r = lp.block_on(compare(&*a.node, &*b.node, p.has("s"), names, !quiet))?;
     Ok(match r {
         Compared::Identical => {
             if !quiet {
@@ -218,11 +208,15 @@ pub fn run_compare(argv: &[String]) -> Result<u8, Error> {
 /// Compares two nodes as qemu-img compare does: the common part byte for byte, the
 /// tail of the larger one must read as zeroes (unless `strict`, where sizes must match).
 /// Mismatches are reported at 512-byte sector granularity, as qemu-img reports them.
+/// With `warn`, prints qemu-img's size-mismatch warning when the common part matched
+/// and the tail of the larger one comes next (before it is read, so a failed read
+/// there still shows it).
 pub async fn compare(
     a: &dyn BlockDriver,
     b: &dyn BlockDriver,
     strict: bool,
     names: (&str, &str),
+    warn: bool,
 ) -> Result<Compared, Error> {
     let (sa, sb) = (a.size(), b.size());
     if strict && sa != sb {
@@ -236,17 +230,27 @@ pub async fn compare(
     let rd = |e: std::io::Error, off: u64, name: &str| {
         Error::Exit(
             4,
-            format!("Error while reading offset {off} of {name}: {}", crate::strip_os_errors(&e.to_string())),
+            format!(
+                "Error while reading offset {off} of {name}: {}",
+                crate::strip_os_errors(&e.to_string())
+            ),
         )
     };
     while off < common {
         let n = (common - off).min(CMP_CHUNK as u64) as usize;
-        a.read_at(off, &mut ba[..n]).await.map_err(|e| rd(e, off, names.0))?;
-        b.read_at(off, &mut bb[..n]).await.map_err(|e| rd(e, off, names.1))?;
+        a.read_at(off, &mut ba[..n])
+            .await
+            .map_err(|e| rd(e, off, names.0))?;
+        b.read_at(off, &mut bb[..n])
+            .await
+            .map_err(|e| rd(e, off, names.1))?;
         if let Some(i) = ba[..n].iter().zip(&bb[..n]).position(|(x, y)| x != y) {
             return Ok(Compared::Differ(Some((off + i as u64) & !511)));
         }
         off += n as u64;
+    }
+    if sa != sb && warn {
+        println!("Warning: Image size mismatch!");
     }
     let (longer, longer_name) = if sa > sb { (a, names.0) } else { (b, names.1) };
     while off < sa.max(sb) {

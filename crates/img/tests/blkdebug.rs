@@ -35,14 +35,21 @@ fn result(o: &Output) -> (String, String, Option<i32>) {
 /// Runs `args` through both programs in `dir`; asserts that they print the same and
 /// exit the same, and returns qemu-img's result.
 fn same(dir: &Path, args: &[&str]) -> (String, String, Option<i32>) {
-    let q = Command::new("qemu-img").args(args).current_dir(dir).output().unwrap();
+    let q = Command::new("qemu-img")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_oxemu-img"))
         .args(args)
         .current_dir(dir)
         .output()
         .unwrap();
     let (q, o) = (result(&q), result(&o));
-    assert_eq!(o, q, "oxemu-img {args:?} (left) differs from qemu-img (right)");
+    assert_eq!(
+        o, q,
+        "oxemu-img {args:?} (left) differs from qemu-img (right)"
+    );
     q
 }
 
@@ -57,7 +64,9 @@ fn tmp() -> tempfile::TempDir {
 fn images(dir: &Path) {
     let raw = dir.join("src.raw");
     let raw = raw.to_str().unwrap();
-    assert!(qemu_img(&["create", "-q", "-f", "raw", raw, "8M"]).status.success());
+    assert!(qemu_img(&["create", "-q", "-f", "raw", raw, "8M"])
+        .status
+        .success());
     let o = run("qemu-io", &["-f", "raw", "-c", "write -P 0xab 0 8M", raw]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let q = dir.join("src.qcow2");
@@ -75,9 +84,17 @@ fn injected_read_errors_fail_convert_and_compare_as_in_qemu_img() {
     let dir = d.path();
     images(dir);
     config(dir, "eio.conf", "[inject-error]\nevent = \"read_aio\"\n");
-    config(dir, "once.conf", "[inject-error]\nevent = \"read_aio\"\nonce = \"on\"\n");
+    config(
+        dir,
+        "once.conf",
+        "[inject-error]\nevent = \"read_aio\"\nonce = \"on\"\n",
+    );
     // sector 6144 = byte 3 MiB: only the chunk holding it fails.
-    config(dir, "sector.conf", "[inject-error]\nevent = \"read_aio\"\nsector = \"6144\"\n");
+    config(
+        dir,
+        "sector.conf",
+        "[inject-error]\nevent = \"read_aio\"\nsector = \"6144\"\n",
+    );
     for img in ["src.raw", "src.qcow2"] {
         for conf in ["eio", "once", "sector"] {
             let name = format!("blkdebug:{conf}.conf:{img}");
@@ -92,13 +109,42 @@ fn injected_read_errors_fail_convert_and_compare_as_in_qemu_img() {
         // The sector rule fails the chunk at 2 MiB, not the first.
         let (_, e, _) = same(
             dir,
-            &["convert", "-m", "1", "-O", "raw", &format!("blkdebug:sector.conf:{img}"), "out.raw"],
+            &[
+                "convert",
+                "-m",
+                "1",
+                "-O",
+                "raw",
+                &format!("blkdebug:sector.conf:{img}"),
+                "out.raw",
+            ],
         );
         assert!(e.contains("at byte 2097152"), "{e}");
         // Without rules the filter is transparent.
         let (o, _, code) = same(dir, &["compare", &format!("blkdebug::{img}"), "src.raw"]);
         assert_eq!((o.as_str(), code), ("Images are identical.\n", Some(0)));
     }
+    // Sizes differ and the tail of the larger fails: qemu-img prints its size warning
+    // (on stdout) before it reads the tail, and the read error (iotest 074).
+    assert!(qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        dir.join("empty.qcow2").to_str().unwrap(),
+        "0"
+    ])
+    .status
+    .success());
+    let (o, e, code) = same(
+        dir,
+        &["compare", "blkdebug:eio.conf:src.qcow2", "empty.qcow2"],
+    );
+    assert_eq!(
+        (o.as_str(), code),
+        ("Warning: Image size mismatch!\n", Some(4)),
+        "{e}"
+    );
     // check: raw has no checks; qcow2 is checked through the filter (its metadata
     // reads fire no read_aio, so the rule stays inert).
     let (_, _, code) = same(dir, &["check", "blkdebug:eio.conf:src.raw"]);
@@ -121,7 +167,11 @@ fn set_state_moves_the_node_to_the_next_rule() {
          [inject-error]\nevent = \"read_aio\"\nstate = \"2\"\n",
     );
     // A rule for a state the node never reaches is inert.
-    config(dir, "never.conf", "[inject-error]\nevent = \"read_aio\"\nstate = \"3\"\n");
+    config(
+        dir,
+        "never.conf",
+        "[inject-error]\nevent = \"read_aio\"\nstate = \"3\"\n",
+    );
     for img in ["src.raw", "src.qcow2"] {
         let name = format!("blkdebug:ss.conf:{img}");
         let (_, e, _) = same(dir, &["convert", "-m", "1", "-O", "raw", &name, "out.raw"]);
@@ -129,7 +179,10 @@ fn set_state_moves_the_node_to_the_next_rule() {
         let (_, e, code) = same(dir, &["compare", &name, "src.raw"]);
         assert_eq!(code, Some(4));
         assert!(e.contains("offset 2097152"), "{e}");
-        let (o, _, code) = same(dir, &["compare", &format!("blkdebug:never.conf:{img}"), "src.raw"]);
+        let (o, _, code) = same(
+            dir,
+            &["compare", &format!("blkdebug:never.conf:{img}"), "src.raw"],
+        );
         assert_eq!((o.as_str(), code), ("Images are identical.\n", Some(0)));
     }
 }
@@ -139,26 +192,51 @@ fn injected_enospc_fails_a_convert_into_the_filter() {
     let d = tmp();
     let dir = d.path();
     images(dir);
-    config(dir, "nospc.conf", "[inject-error]\nevent = \"write_aio\"\nerrno = \"28\"\n");
+    config(
+        dir,
+        "nospc.conf",
+        "[inject-error]\nevent = \"write_aio\"\nerrno = \"28\"\n",
+    );
     let fresh = |f: &str, fmt: &str| {
         let p = dir.join(f);
         let _ = std::fs::remove_file(&p);
-        assert!(qemu_img(&["create", "-q", "-f", fmt, p.to_str().unwrap(), "8M"]).status.success());
+        assert!(
+            qemu_img(&["create", "-q", "-f", fmt, p.to_str().unwrap(), "8M"])
+                .status
+                .success()
+        );
     };
     fresh("dst.raw", "raw");
     let (_, e, code) = same(
         dir,
-        &["convert", "-n", "-O", "raw", "src.raw", "blkdebug:nospc.conf:dst.raw"],
+        &[
+            "convert",
+            "-n",
+            "-O",
+            "raw",
+            "src.raw",
+            "blkdebug:nospc.conf:dst.raw",
+        ],
     );
     assert_eq!(code, Some(1));
-    assert_eq!(e, "qemu-img: error while writing at byte 0: No space left on device\n");
+    assert_eq!(
+        e,
+        "qemu-img: error while writing at byte 0: No space left on device\n"
+    );
     // qcow2 target: the same first error; qemu-img then also reports its refcount
     // cache flush failing on close, which oxemu's qcow2 does not print.
     let mut errs = Vec::new();
     for prog in ["qemu-img", env!("CARGO_BIN_EXE_oxemu-img")] {
         fresh("dst.qcow2", "qcow2");
         let o = Command::new(prog)
-            .args(["convert", "-n", "-O", "qcow2", "src.raw", "blkdebug:nospc.conf:dst.qcow2"])
+            .args([
+                "convert",
+                "-n",
+                "-O",
+                "qcow2",
+                "src.raw",
+                "blkdebug:nospc.conf:dst.qcow2",
+            ])
             .current_dir(dir)
             .output()
             .unwrap();
@@ -170,7 +248,10 @@ fn injected_enospc_fails_a_convert_into_the_filter() {
         assert!(c.status.success(), "{prog}: {}", text(&c.stdout));
     }
     assert_eq!(errs[0], errs[1]);
-    assert_eq!(errs[0], "qemu-img: error while writing at byte 0: No space left on device");
+    assert_eq!(
+        errs[0],
+        "qemu-img: error while writing at byte 0: No space left on device"
+    );
 }
 
 #[test]
@@ -180,21 +261,38 @@ fn names_configs_and_creation_are_refused_with_qemu_imgs_texts() {
     images(dir);
     let bad = [
         ("event.conf", "[inject-error]\nevent = \"nope\"\n"),
-        ("errno.conf", "[inject-error]\nevent = \"read_aio\"\nerrno = \"x\"\n"),
+        (
+            "errno.conf",
+            "[inject-error]\nevent = \"read_aio\"\nerrno = \"x\"\n",
+        ),
         ("group.conf", "[foo]\nx = \"1\"\n"),
         ("nogroup.conf", "garbage\n"),
         ("param.conf", "[inject-error]\nbogus = \"1\"\n"),
         ("noevent.conf", "[inject-error]\nerrno = \"5\"\n"),
-        ("iotype.conf", "[inject-error]\nevent = \"read_aio\"\niotype = \"frob\"\n"),
+        (
+            "iotype.conf",
+            "[inject-error]\nevent = \"read_aio\"\niotype = \"frob\"\n",
+        ),
         ("unquoted.conf", "[inject-error]\nevent = l2_load\n"),
-        ("nospace.conf", "[inject-error]\nevent = \"read_aio\"\nerrno=\"5\"\n"),
-        ("once.conf", "[inject-error]\nevent = \"read_aio\"\nonce = \"maybe\"\n"),
+        (
+            "nospace.conf",
+            "[inject-error]\nevent = \"read_aio\"\nerrno=\"5\"\n",
+        ),
+        (
+            "once.conf",
+            "[inject-error]\nevent = \"read_aio\"\nonce = \"maybe\"\n",
+        ),
     ];
     for (f, t) in bad {
         config(dir, f, t);
         let (_, e, code) = same(dir, &["info", &format!("blkdebug:{f}:src.raw")]);
         assert_eq!(code, Some(1), "{f}");
-        assert!(e.starts_with(&format!("qemu-img: Could not open 'blkdebug:{f}:src.raw': ")), "{e}");
+        assert!(
+            e.starts_with(&format!(
+                "qemu-img: Could not open 'blkdebug:{f}:src.raw': "
+            )),
+            "{e}"
+        );
     }
     for args in [
         vec!["info", "blkdebug:src.raw"],
@@ -214,10 +312,16 @@ fn names_configs_and_creation_are_refused_with_qemu_imgs_texts() {
     // An empty config is allowed; info shows the name as given and no disk size.
     let (o, _, code) = same(dir, &["info", "blkdebug::src.qcow2"]);
     assert_eq!(code, Some(0));
-    assert!(o.contains("image: blkdebug::src.qcow2\nfile format: qcow2\n"), "{o}");
+    assert!(
+        o.contains("image: blkdebug::src.qcow2\nfile format: qcow2\n"),
+        "{o}"
+    );
     assert!(o.contains("disk size: unavailable"), "{o}");
     same(dir, &["info", "-f", "raw", "blkdebug::src.raw"]);
-    same(dir, &["info", "--output=json", "-f", "raw", "blkdebug::src.raw"]);
+    same(
+        dir,
+        &["info", "--output=json", "-f", "raw", "blkdebug::src.raw"],
+    );
     same(dir, &["info", "--output=json", "blkdebug::src.qcow2"]);
 }
 
@@ -229,14 +333,22 @@ fn the_filter_passes_writes_through_when_no_rule_is_active() {
     // A rule for an event nothing fires leaves the filter transparent for writes too.
     config(dir, "idle.conf", "[inject-error]\nevent = \"l2_load\"\n");
     let dst = dir.join("dst.raw");
-    assert!(qemu_img(&["create", "-q", "-f", "raw", dst.to_str().unwrap(), "8M"]).status.success());
+    assert!(
+        qemu_img(&["create", "-q", "-f", "raw", dst.to_str().unwrap(), "8M"])
+            .status
+            .success()
+    );
     let o = oxemu_img(&[
         "convert",
         "-n",
         "-O",
         "raw",
         dir.join("src.raw").to_str().unwrap(),
-        &format!("blkdebug:{}:{}", dir.join("idle.conf").display(), dst.display()),
+        &format!(
+            "blkdebug:{}:{}",
+            dir.join("idle.conf").display(),
+            dst.display()
+        ),
     ]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let c = qemu_img(&[
@@ -258,12 +370,19 @@ fn image_opts_and_json_names_put_the_filter_under_the_format() {
     images(dir);
     config(dir, "eio.conf", "[inject-error]\nevent = \"read_aio\"\n");
     let base = "driver=raw,file.driver=blkdebug,file.image.filename=src.raw";
-    let qbase = "driver=qcow2,file.driver=blkdebug,file.image.driver=file,file.image.filename=src.qcow2";
+    let qbase =
+        "driver=qcow2,file.driver=blkdebug,file.image.driver=file,file.image.filename=src.qcow2";
     // Rules inline, from a config file, with set-state, and bad ones.
     for (opts, fails) in [
         (format!("{base},file.inject-error.0.event=read_aio"), true),
-        (format!("{base},file.inject-error.0.event=read_aio,file.inject-error.0.errno=28"), true),
-        (format!("{qbase},file.inject-error.0.event=read_aio,file.inject-error.0.once=on"), true),
+        (
+            format!("{base},file.inject-error.0.event=read_aio,file.inject-error.0.errno=28"),
+            true,
+        ),
+        (
+            format!("{qbase},file.inject-error.0.event=read_aio,file.inject-error.0.once=on"),
+            true,
+        ),
         (format!("{base},file.config=eio.conf"), true),
         (base.to_string(), false),
         (
@@ -274,7 +393,19 @@ fn image_opts_and_json_names_put_the_filter_under_the_format() {
             true,
         ),
     ] {
-        let (_, e, code) = same(dir, &["convert", "-m", "1", "--image-opts", &opts, "-O", "raw", "out.raw"]);
+        let (_, e, code) = same(
+            dir,
+            &[
+                "convert",
+                "-m",
+                "1",
+                "--image-opts",
+                &opts,
+                "-O",
+                "raw",
+                "out.raw",
+            ],
+        );
         assert_eq!(code, Some(if fails { 1 } else { 0 }), "{opts}: {e}");
     }
     for bad in [
@@ -290,13 +421,23 @@ fn image_opts_and_json_names_put_the_filter_under_the_format() {
         let (_, e, code) = same(dir, &["info", "--image-opts", &format!("{base}{bad}")]);
         assert_eq!(code, Some(1), "{bad}: {e}");
     }
-    for opts in ["driver=raw,file.driver=blkdebug", "driver=raw,file.driver=blkdebug,file.image=src.raw"] {
+    for opts in [
+        "driver=raw,file.driver=blkdebug",
+        "driver=raw,file.driver=blkdebug,file.image=src.raw",
+    ] {
         let (_, _, code) = same(dir, &["info", "--image-opts", opts]);
         assert_eq!(code, Some(1));
     }
     // Without inline rules qemu-img names the image blkdebug:CONFIG:IMAGE.
     same(dir, &["info", "--image-opts", base]);
-    same(dir, &["info", "--image-opts", &format!("{base},file.config=eio.conf")]);
+    same(
+        dir,
+        &[
+            "info",
+            "--image-opts",
+            &format!("{base},file.config=eio.conf"),
+        ],
+    );
     // A json: name with a rule list.
     let json = r#"json:{"driver":"raw","file":{"driver":"blkdebug","image":{"driver":"file","filename":"src.raw"},"inject-error":[{"event":"read_aio","errno":28}]}}"#;
     let (_, e, code) = same(dir, &["compare", json, "src.raw"]);
@@ -305,5 +446,8 @@ fn image_opts_and_json_names_put_the_filter_under_the_format() {
     // Options QEMU has and oxemu cannot honour are refused by name.
     let o = oxemu_img(&["info", "--image-opts", &format!("{base},file.align=4096")]);
     let e = text(&o.stderr);
-    assert!(!o.status.success() && e.contains("blkdebug option 'align' is not supported by oxemu"), "{e}");
+    assert!(
+        !o.status.success() && e.contains("blkdebug option 'align' is not supported by oxemu"),
+        "{e}"
+    );
 }

@@ -292,7 +292,7 @@ impl NbdServer {
         let (bound, unix_path, tcp_port, listen_fd);
         match &opts.addr {
             NbdAddr::Unix(path) => {
-                let l = UnixListener::bind(path).map_err(listen_err)?;
+                let l = oxemu_aio::net::bind_unix_listener(path).map_err(listen_err)?;
                 listen_fd = dup(&l).map_err(listen_err)?;
                 bound = BoundAddr::Unix(path.clone());
                 unix_path = Some(path.clone());

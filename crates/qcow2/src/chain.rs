@@ -180,6 +180,7 @@ async fn open_rec(
             l2_cache_size: opts.l2_cache_size,
             keep_bitmaps: false,
             overlap_check: Default::default(),
+            lazy_refcounts: None,
         },
     )
     .await

@@ -69,6 +69,10 @@ pub struct Qcow2OpenOptions {
     /// What writes are checked against before they are made (QEMU's
     /// `overlap-check`, default `cached`).
     pub overlap_check: overlap::OverlapCheck,
+    /// QEMU's runtime `lazy-refcounts` option: use lazy refcounts (the dirty bit,
+    /// refcounts written back only at flush) for this open whatever the header's
+    /// compatible bit says (`None`: as the header says). Needs a v3 image.
+    pub lazy_refcounts: Option<bool>,
 }
 
 /// QEMU's `ImageInfoSpecificQCow2`, for `qemu-img info`.
@@ -153,9 +157,9 @@ impl Qcow2 {
         check: bool,
     ) -> std::io::Result<Arc<Qcow2>> {
         // A failed flush of the file must fail every later flush, whatever the child
-        // is: otherwise a writeback after it could publish L2 entries whose data the
+        // is (a `file` node does it itself; others get a latch): otherwise a writeback after it could publish L2 entries whose data the
         // child already lost (see `oxemu_block::latch`).
-        let file: Arc<dyn BlockDriver> = if opts.read_only {
+        let file: Arc<dyn BlockDriver> = if opts.read_only || file.latches_flush_errors() {
             file
         } else {
             Arc::new(oxemu_block::latch::FlushLatch::new(file))
@@ -200,6 +204,12 @@ impl Qcow2 {
                 "qcow2: Image is corrupt; cannot be opened read/write",
             ));
         }
+        if opts.lazy_refcounts == Some(true) && h.version < 3 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level",
+            ));
+        }
         let cache = if opts.l2_cache_size == 0 {
             32 << 20
         } else {
@@ -232,7 +242,10 @@ impl Qcow2 {
             version: std::sync::atomic::AtomicU32::new(h.version),
             compression: h.compression_type,
             read_only: opts.read_only,
-            lazy: AtomicBool::new(h.compatible_features & header::COMPAT_LAZY_REFCOUNTS != 0),
+            lazy: AtomicBool::new(
+                opts.lazy_refcounts
+                    .unwrap_or(h.compatible_features & header::COMPAT_LAZY_REFCOUNTS != 0),
+            ),
             prealloc_state: AtomicU8::new(status::PREALLOC_UNKNOWN),
             // In check mode the dirty bit is the check's to clear, not close()'s.
             dirty_set: AtomicBool::new(dirty && !check),

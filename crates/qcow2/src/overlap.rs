@@ -19,6 +19,7 @@
 //! directory are rebuilt when their header fields change.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::str::FromStr;
 
@@ -109,14 +110,36 @@ impl MetaKind {
 /// The kinds `cached` checks beyond `constant`.
 const CACHED_ONLY: u8 = 1 << MetaKind::ActiveL2 as u8 | 1 << MetaKind::RefcountBlock as u8;
 
+/// A hasher for cluster indices: one multiplication (the index is not chosen by an
+/// attacker in a way that matters: a crafted image only makes its own lookups slower,
+/// and the map holds metadata clusters, bounded by the file size).
+#[derive(Default)]
+pub(crate) struct ClusterHasher(u64);
+
+impl Hasher for ClusterHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type ClusterMap = HashMap<u64, u8, BuildHasherDefault<ClusterHasher>>;
+
 /// Metadata clusters by cluster index.
 #[derive(Default)]
 pub(crate) struct OverlapIndex {
     /// From the header, L1 table and refcount table (`None`: to be rebuilt).
-    tables: Option<HashMap<u64, u8>>,
+    tables: Option<ClusterMap>,
     /// From the snapshot table and bitmap directory, with the header fields they
     /// were built for.
-    extra: Option<((u64, u32, Option<(u32, u64, u64)>), HashMap<u64, u8>)>,
+    extra: Option<((u64, u32, Option<(u32, u64, u64)>), ClusterMap)>,
 }
 
 impl OverlapIndex {
@@ -145,7 +168,7 @@ impl OverlapIndex {
     }
 }
 
-fn add_range(map: &mut HashMap<u64, u8>, cs: u64, off: u64, len: u64, kind: MetaKind) {
+fn add_range(map: &mut ClusterMap, cs: u64, off: u64, len: u64, kind: MetaKind) {
     if len == 0 {
         return;
     }
@@ -156,9 +179,9 @@ fn add_range(map: &mut HashMap<u64, u8>, cs: u64, off: u64, len: u64, kind: Meta
 }
 
 impl Meta {
-    fn build_tables(&self) -> HashMap<u64, u8> {
+    fn build_tables(&self) -> ClusterMap {
         let cs = self.cs;
-        let mut map = HashMap::new();
+        let mut map = ClusterMap::default();
         map.insert(0, MetaKind::Header.bit());
         add_range(
             &mut map,
@@ -188,9 +211,9 @@ impl Meta {
         map
     }
 
-    async fn build_extra(&self) -> io::Result<HashMap<u64, u8>> {
+    async fn build_extra(&self) -> io::Result<ClusterMap> {
         let cs = self.cs;
-        let mut map = HashMap::new();
+        let mut map = ClusterMap::default();
         if self.h.nb_snapshots > 0 {
             let t = crate::snapshot::read_table(&*self.file, &self.h).await?;
             add_range(&mut map, cs, t.offset, t.size, MetaKind::SnapshotTable);
@@ -225,11 +248,12 @@ impl Meta {
         if self.ol.tables.is_none() {
             self.ol.tables = Some(self.build_tables());
         }
-        let key = (
-            self.h.snapshots_offset,
-            self.h.nb_snapshots,
-            crate::bitmaps::directory_location(&self.h).unwrap_or(None),
-        );
+        let bitmaps = if self.h.autoclear_features & crate::bitmaps::AUTOCLEAR_BITMAPS != 0 {
+            crate::bitmaps::directory_location(&self.h).unwrap_or(None)
+        } else {
+            None
+        };
+        let key = (self.h.snapshots_offset, self.h.nb_snapshots, bitmaps);
         if self.ol.extra.as_ref().is_none_or(|(k, _)| *k != key) {
             // An unreadable snapshot table protects nothing; the rest still does.
             let map = self.build_extra().await.unwrap_or_default();
@@ -243,8 +267,11 @@ impl Meta {
             ignore |= CACHED_ONLY;
         }
         for c in off / cs..=(off + len - 1) / cs {
-            let hit = (tables.get(&c).copied().unwrap_or(0) | extra.get(&c).copied().unwrap_or(0))
-                & !ignore;
+            let mut hit = tables.get(&c).copied().unwrap_or(0);
+            if !extra.is_empty() {
+                hit |= extra.get(&c).copied().unwrap_or(0);
+            }
+            hit &= !ignore;
             if hit == 0 {
                 continue;
             }

@@ -14,7 +14,6 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::TcpListener;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -301,7 +300,7 @@ impl QmpServer {
 
     /// Listens on a unix socket (created now, removed by [`Self::shutdown`]).
     pub fn listen_unix(self: &Arc<Self>, path: &Path) -> io::Result<()> {
-        let l = UnixListener::bind(path).map_err(|e| {
+        let l = oxemu_aio::net::bind_unix_listener(path).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("Failed to bind socket to {}: {e}", path.display()),

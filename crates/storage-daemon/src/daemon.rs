@@ -23,6 +23,8 @@ use crate::qapi::{
 /// A running export.
 struct ExportEntry {
     export: Arc<dyn BlockExport>,
+    /// Exported writable (for the image locks).
+    writable: bool,
 }
 
 #[derive(Default)]
@@ -56,6 +58,18 @@ impl Daemon {
         }))
     }
 
+    /// Sets the image locks to what the nodes and exports need now, with `extra`
+    /// `(node, writable)` exports about to start.
+    fn apply_perms(st: &State, extra: Option<(&str, bool)>) -> Result<(), QmpError> {
+        let mut ex: Vec<(String, bool)> = st
+            .exports
+            .values()
+            .map(|e| (e.export.node_name().to_string(), e.writable))
+            .collect();
+        ex.extend(extra.map(|(n, w)| (n.to_string(), w)));
+        st.graph.apply_perms(&ex)
+    }
+
     fn st(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -82,7 +96,18 @@ impl Daemon {
     /// `blockdev-add`.
     pub fn blockdev_add(&self, opts: Value) -> Result<Value, QmpError> {
         crate::schema::check("BlockdevOptions", &opts)?;
-        self.st().graph.add(opts)?;
+        let mut st = self.st();
+        let r = st.graph.add(opts);
+        // Also after a failed add: an open that failed may have taken locks first.
+        let p = Self::apply_perms(&st, None);
+        let name = r?;
+        if let Err(e) = p {
+            let removed = st.graph.remove(&name, |_| false).unwrap_or_default();
+            let _ = Self::apply_perms(&st, None);
+            drop(st);
+            self.close_nodes(removed);
+            return Err(e);
+        }
         Ok(json!({}))
     }
 
@@ -96,8 +121,11 @@ impl Daemon {
                 .values()
                 .map(|e| e.export.node_name().to_string())
                 .collect();
-            st.graph
-                .remove(&a.node_name, |n| used.iter().any(|u| u == n))?
+            let removed = st
+                .graph
+                .remove(&a.node_name, |n| used.iter().any(|u| u == n))?;
+            let _ = Self::apply_perms(&st, None);
+            removed
         };
         self.close_nodes(removed);
         Ok(json!({}))
@@ -162,58 +190,68 @@ impl Daemon {
                 o.ty
             )));
         }
-        let export: Arc<dyn BlockExport> = match o.ty.as_str() {
-            "nbd" => {
-                let Some(server) = st.nbd.as_ref() else {
-                    return Err(QmpError::generic("NBD server not running"));
-                };
-                if o.bitmaps.as_ref().is_some_and(|b| !b.is_empty()) {
-                    return Err(QmpError::generic(
-                        "Dirty bitmaps are not supported by oxemu's NBD export",
-                    ));
-                }
-                let eo = NbdExportOptions {
-                    id: o.id.clone(),
-                    node_name: o.node_name.clone(),
-                    name: o.name.clone().unwrap_or_else(|| o.node_name.clone()),
-                    description: o.description.clone().unwrap_or_default(),
-                    writable,
-                    allocation_depth: o.allocation_depth.unwrap_or(false),
-                };
-                server
-                    .add_export(eo, driver)
-                    .map_err(|e| QmpError::generic(e.to_string()))?
-            }
-            "vhost-user-blk" => {
-                let addr = o
-                    .addr
-                    .as_ref()
-                    .ok_or_else(|| QmpError::generic("Parameter 'addr' is missing"))?;
-                let socket = match SocketAddress::from_value(addr).map_err(QmpError::generic)? {
-                    SocketAddress::Unix(p) => p,
-                    SocketAddress::Inet { .. } => {
+        Self::apply_perms(&st, Some((&o.node_name, writable)))?;
+        let started = (|| -> Result<Arc<dyn BlockExport>, QmpError> {
+            Ok(match o.ty.as_str() {
+                "nbd" => {
+                    let Some(server) = st.nbd.as_ref() else {
+                        return Err(QmpError::generic("NBD server not running"));
+                    };
+                    if o.bitmaps.as_ref().is_some_and(|b| !b.is_empty()) {
                         return Err(QmpError::generic(
-                            "vhost-user-blk exports need a unix socket address",
-                        ))
+                            "Dirty bitmaps are not supported by oxemu's NBD export",
+                        ));
                     }
-                };
-                let mut vo = VhostUserBlkOptions::new(&o.id, &o.node_name, socket);
-                vo.writable = writable;
-                if let Some(n) = o.logical_block_size {
-                    vo.logical_block_size = u32::try_from(n).unwrap_or(u32::MAX);
+                    let eo = NbdExportOptions {
+                        id: o.id.clone(),
+                        node_name: o.node_name.clone(),
+                        name: o.name.clone().unwrap_or_else(|| o.node_name.clone()),
+                        description: o.description.clone().unwrap_or_default(),
+                        writable,
+                        allocation_depth: o.allocation_depth.unwrap_or(false),
+                    };
+                    server
+                        .add_export(eo, driver)
+                        .map_err(|e| QmpError::generic(e.to_string()))?
                 }
-                if let Some(n) = o.num_queues {
-                    vo.num_queues = u16::try_from(n).unwrap_or(u16::MAX);
+                "vhost-user-blk" => {
+                    let addr = o
+                        .addr
+                        .as_ref()
+                        .ok_or_else(|| QmpError::generic("Parameter 'addr' is missing"))?;
+                    let socket = match SocketAddress::from_value(addr).map_err(QmpError::generic)? {
+                        SocketAddress::Unix(p) => p,
+                        SocketAddress::Inet { .. } => {
+                            return Err(QmpError::generic(
+                                "vhost-user-blk exports need a unix socket address",
+                            ))
+                        }
+                    };
+                    let mut vo = VhostUserBlkOptions::new(&o.id, &o.node_name, socket);
+                    vo.writable = writable;
+                    if let Some(n) = o.logical_block_size {
+                        vo.logical_block_size = u32::try_from(n).unwrap_or(u32::MAX);
+                    }
+                    if let Some(n) = o.num_queues {
+                        vo.num_queues = u16::try_from(n).unwrap_or(u16::MAX);
+                    }
+                    VhostUserBlkExport::start(vo, driver).map_err(QmpError::from)?
                 }
-                VhostUserBlkExport::start(vo, driver).map_err(QmpError::from)?
-            }
-            other => {
-                return Err(QmpError::generic(format!(
-                    "Parameter 'type' does not accept value '{other}'"
-                )))
+                other => {
+                    return Err(QmpError::generic(format!(
+                        "Parameter 'type' does not accept value '{other}'"
+                    )))
+                }
+            })
+        })();
+        let export = match started {
+            Ok(e) => e,
+            Err(e) => {
+                let _ = Self::apply_perms(&st, None);
+                return Err(e);
             }
         };
-        st.exports.insert(o.id.clone(), ExportEntry { export });
+        st.exports.insert(o.id.clone(), ExportEntry { export, writable });
         Ok(json!({}))
     }
 
@@ -238,7 +276,9 @@ impl Daemon {
             if !hard && e.export.in_use() {
                 return Err(QmpError::generic(format!("export '{}' still in use", a.id)));
             }
-            st.exports.remove(&a.id).expect("checked above")
+            let e = st.exports.remove(&a.id).expect("checked above");
+            let _ = Self::apply_perms(&st, None);
+            e
         };
         entry.export.shutdown(hard);
         events.emit("BLOCK_EXPORT_DELETED", Some(json!({"id": a.id})));
@@ -416,6 +456,7 @@ impl Daemon {
                 .filter_map(|id| st.exports.remove(&id).map(|e| (id, e)))
                 .collect();
             st.nbd_socket = None;
+            let _ = Self::apply_perms(&st, None);
             (server, removed)
         };
         for (id, e) in removed {

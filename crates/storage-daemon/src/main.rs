@@ -36,7 +36,8 @@ oxemu storage daemon: block nodes and exports, managed over QMP
              [,cache.direct=on|off][,cache.no-flush=on|off]
              [,read-only=on|off][,auto-read-only=on|off]
              [,force-share=on|off][,detect-zeroes=off][,<driver options>]
-                            configure a block backend (drivers: file, host_device, raw);
+                            configure a block backend (drivers: file, host_device, raw, qcow2,
+                            blkdebug, blklogwrites);
                             JSON syntax ('{\"driver\": ...}') is accepted too
 
   --chardev socket,id=<id>,path=<path>[,server=on][,wait=off]

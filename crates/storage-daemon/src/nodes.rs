@@ -12,9 +12,13 @@ use oxemu_block::BlockDriver;
 use oxemu_qmp::args::from_value;
 use oxemu_qmp::QmpError;
 
-use crate::qapi::{BlkdebugBlockdev, FileBlockdev, Qcow2Blockdev, RawBlockdev};
+use crate::qapi::{
+    BlkdebugBlockdev, BlklogwritesBlockdev, FileBlockdev, Qcow2Blockdev, RawBlockdev,
+};
 
 mod blkdebug;
+mod blklogwrites;
+mod perms;
 mod query;
 
 /// One node of the graph.
@@ -55,6 +59,11 @@ pub struct Graph {
     nodes: BTreeMap<String, Node>,
     /// The qcow2 drivers of qcow2 nodes, by node name (for use as backing images).
     qcow2s: BTreeMap<String, Arc<oxemu_qcow2::Qcow2>>,
+    /// The `log` child of each blklogwrites node, by node name.
+    logs: BTreeMap<String, String>,
+    /// The file drivers of file nodes, by node name, whose lock bytes follow what
+    /// their users need (see `perms`).
+    files: BTreeMap<String, Arc<FileDriver>>,
     next_implicit: u32,
 }
 
@@ -74,6 +83,7 @@ impl Graph {
         self.nodes
             .values()
             .any(|n| n.child.as_deref() == Some(name) || n.backing.as_deref() == Some(name))
+            || self.logs.values().any(|l| l == name)
     }
 
     /// Resolves a qcow2 node's `backing` given as a node: an existing node's name (which
@@ -166,12 +176,14 @@ impl Graph {
             Raw(Box<RawBlockdev>),
             Qcow2(Box<Qcow2Blockdev>),
             Blkdebug(Box<BlkdebugBlockdev>),
+            Blklogwrites(Box<BlklogwritesBlockdev>),
         }
         let parsed = match driver.as_str() {
             "file" | "host_device" => Parsed::File(from_value(opts)?),
             "raw" => Parsed::Raw(from_value(opts)?),
             "qcow2" => Parsed::Qcow2(from_value(opts)?),
             "blkdebug" => Parsed::Blkdebug(from_value(opts)?),
+            "blklogwrites" => Parsed::Blklogwrites(from_value(opts)?),
             other => {
                 return Err(QmpError::generic(format!(
                     "Parameter 'driver' does not accept value '{other}'"
@@ -204,6 +216,7 @@ impl Graph {
             Parsed::Raw(o) => self.open_raw(*o, &name, implicit)?,
             Parsed::Qcow2(o) => self.open_qcow2(*o, &name, implicit)?,
             Parsed::Blkdebug(o) => self.open_blkdebug(*o, &name, implicit)?,
+            Parsed::Blklogwrites(o) => self.open_blklogwrites(*o, &name, implicit)?,
         };
         self.nodes.insert(name.clone(), node);
         Ok(name)
@@ -235,6 +248,7 @@ impl Graph {
             force_share: o.force_share,
             no_inline: o.x_inline == Some(false),
             aio_max_batch: o.aio_max_batch.unwrap_or(0),
+            perms_from_users: true,
             ..FileOptions::new(PathBuf::from(&o.filename))
         };
         let f = match FileDriver::open(&fo) {
@@ -246,10 +260,12 @@ impl Graph {
         };
         let driver = f.info().driver;
         let ro = fo.read_only;
+        let f = Arc::new(f);
+        self.files.insert(name.to_string(), f.clone());
         Ok(Node {
             name: name.into(),
             driver,
-            node: Arc::new(f),
+            node: f,
             child: None,
             backing: None,
             backing_depth: 0,
@@ -328,13 +344,6 @@ impl Graph {
             None => Default::default(),
             Some(v) => v.parse().map_err(QmpError::generic)?,
         };
-        if o.lazy_refcounts.is_some() {
-            // QEMU's option overrides the image header's setting for this open; oxemu's
-            // qcow2 driver always follows the header.
-            return Err(QmpError::generic(
-                "Parameter 'lazy-refcounts' is not supported by oxemu-storage-daemon: the image header's lazy-refcounts bit decides (set it with qemu-img amend)",
-            ));
-        }
         let child = self.child(&o.file, o.read_only, &o.cache, &o.discard)?;
         let (cnode, cfile, cro, cdirect, cnoflush, cimplicit) = {
             let c = &self.nodes[&child];
@@ -366,86 +375,95 @@ impl Graph {
                 Err(e) => {
                     if cimplicit {
                         self.nodes.remove(&child);
+                        self.files.remove(&child);
                     }
                     return Err(e);
                 }
             },
         };
-        let r = (|| -> std::io::Result<Arc<oxemu_qcow2::Qcow2>> {
-            let lp = oxemu_block::EventLoop::with_defaults()?;
-            lp.block_on(async {
-                let backing = match explicit {
-                    Some(b) => b,
-                    None => {
-                        // Peek at the header for the backing file name and format.
-                        let peek = oxemu_qcow2::Qcow2::open(
-                            cnode.clone(),
-                            oxemu_qcow2::Qcow2OpenOptions {
-                                read_only: true,
-                                backing: None,
-                                l2_cache_size: 0,
-                                keep_bitmaps: false,
-                                overlap_check: Default::default(),
-                            },
-                        )
-                        .await?;
-                        let h = peek.header().await;
-                        let b = h.backing_file.clone().map(|f| (f, h.backing_format()));
-                        drop(peek);
-                        match b {
-                            None => None,
-                            Some((f, fmt)) => {
-                                let path = oxemu_qcow2::chain::backing_path(
-                                    std::path::Path::new(&cfile),
-                                    &f,
-                                );
-                                let file = FileOptions {
+        // Lock what the node will need of its file before it writes anything there.
+        let pre = self.pretake_for_qcow2(&child, read_only);
+        let r = pre.and_then(|()| {
+            (|| -> std::io::Result<Arc<oxemu_qcow2::Qcow2>> {
+                let lp = oxemu_block::EventLoop::with_defaults()?;
+                lp.block_on(async {
+                    let backing = match explicit {
+                        Some(b) => b,
+                        None => {
+                            // Peek at the header for the backing file name and format.
+                            let peek = oxemu_qcow2::Qcow2::open(
+                                cnode.clone(),
+                                oxemu_qcow2::Qcow2OpenOptions {
                                     read_only: true,
-                                    direct: cdirect,
-                                    no_flush: cnoflush,
-                                    ..FileOptions::new(path.clone())
-                                };
-                                Some(
-                                    oxemu_qcow2::open_image(
-                                        &path,
-                                        fmt.as_deref(),
-                                        &oxemu_qcow2::ImageOptions {
-                                            file,
-                                            no_backing: false,
-                                            l2_cache_size: 0,
-                                        },
+                                    backing: None,
+                                    l2_cache_size: 0,
+                                    keep_bitmaps: false,
+                                    overlap_check: Default::default(),
+                                    lazy_refcounts: None,
+                                },
+                            )
+                            .await?;
+                            let h = peek.header().await;
+                            let b = h.backing_file.clone().map(|f| (f, h.backing_format()));
+                            drop(peek);
+                            match b {
+                                None => None,
+                                Some((f, fmt)) => {
+                                    let path = oxemu_qcow2::chain::backing_path(
+                                        std::path::Path::new(&cfile),
+                                        &f,
+                                    );
+                                    let file = FileOptions {
+                                        read_only: true,
+                                        direct: cdirect,
+                                        no_flush: cnoflush,
+                                        ..FileOptions::new(path.clone())
+                                    };
+                                    Some(
+                                        oxemu_qcow2::open_image(
+                                            &path,
+                                            fmt.as_deref(),
+                                            &oxemu_qcow2::ImageOptions {
+                                                file,
+                                                no_backing: false,
+                                                l2_cache_size: 0,
+                                            },
+                                        )
+                                        .await?,
                                     )
-                                    .await?,
-                                )
+                                }
                             }
                         }
-                    }
-                };
-                oxemu_qcow2::Qcow2::open(
-                    cnode.clone(),
-                    oxemu_qcow2::Qcow2OpenOptions {
-                        read_only,
-                        backing,
-                        l2_cache_size: o.l2_cache_size.unwrap_or(0),
-                        keep_bitmaps: false,
-                        overlap_check,
-                    },
-                )
-                .await
-            })
-        })();
+                    };
+                    oxemu_qcow2::Qcow2::open(
+                        cnode.clone(),
+                        oxemu_qcow2::Qcow2OpenOptions {
+                            read_only,
+                            backing,
+                            l2_cache_size: o.l2_cache_size.unwrap_or(0),
+                            keep_bitmaps: false,
+                            overlap_check,
+                            lazy_refcounts: o.lazy_refcounts,
+                        },
+                    )
+                    .await
+                })
+            })()
+            .map_err(QmpError::from)
+        });
         let q = match r {
             Ok(q) => q,
             Err(e) => {
                 if cimplicit {
                     self.nodes.remove(&child);
+                    self.files.remove(&child);
                 }
                 if let Some(b) = &backing_node {
                     if self.nodes.get(b).is_some_and(|n| n.implicit) {
                         self.remove_tree(b);
                     }
                 }
-                return Err(QmpError::from(e));
+                return Err(e);
             }
         };
         let backing_depth = match &backing_node {
@@ -490,6 +508,7 @@ impl Graph {
             Err(e) => {
                 if cimplicit {
                     self.nodes.remove(&child);
+                    self.files.remove(&child);
                 }
                 return Err(QmpError::from(e));
             }
@@ -556,8 +575,10 @@ impl Graph {
             return Vec::new();
         };
         self.qcow2s.remove(name);
+        let log = self.logs.remove(name);
+        self.files.remove(name);
         let mut out = vec![node.node];
-        for c in [node.child, node.backing].into_iter().flatten() {
+        for c in [node.child, node.backing, log].into_iter().flatten() {
             if self.nodes.get(&c).is_some_and(|n| n.implicit) && !self.is_child(&c) {
                 out.extend(self.remove_tree(&c));
             }
@@ -568,6 +589,8 @@ impl Graph {
     /// Every node's driver, for shutdown.
     pub fn drain(&mut self) -> Vec<Arc<dyn BlockDriver>> {
         self.qcow2s.clear();
+        self.logs.clear();
+        self.files.clear();
         std::mem::take(&mut self.nodes)
             .into_values()
             .map(|n| n.node)

@@ -91,6 +91,27 @@ pub struct RawBlockdev {
 }
 }
 
+blockdev_options! {
+/// `driver=blklogwrites` (QEMU's `BlockdevOptionsBlklogwrites`).
+pub struct BlklogwritesBlockdev {
+    /// Always `blklogwrites`.
+    pub driver: String,
+    /// The logged child: a node name or nested options.
+    pub file: Value,
+    /// The log's child: a node name or nested options.
+    pub log: Value,
+    /// Log sector size (default 512).
+    #[serde(default, deserialize_with = "flex_opt_u64")]
+    pub log_sector_size: Option<u64>,
+    /// Append to an existing log.
+    #[serde(default, deserialize_with = "flex_opt_bool")]
+    pub log_append: Option<bool>,
+    /// Entries between super block updates (default 4096).
+    #[serde(default, deserialize_with = "flex_opt_u64")]
+    pub log_super_update_interval: Option<u64>,
+}
+}
+
 /// `SocketAddress` in its flat form (`addr.type=unix,addr.path=...`) or QMP's legacy
 /// form (`{"type": "unix", "data": {"path": ...}}`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,7 +273,7 @@ pub struct Qcow2Blockdev {
     pub l2_cache_size: Option<u64>,
     /// Metadata overlap checks: `none`, `constant` or `cached` (the default).
     pub overlap_check: Option<String>,
-    /// Refused when given: the image header decides.
+    /// Use lazy refcounts for this open (default: as the image header says).
     #[serde(default, deserialize_with = "flex_opt_bool")]
     pub lazy_refcounts: Option<bool>,
 }

@@ -1,7 +1,7 @@
 //! The daemon's QAPI schema (`schema.json`, QEMU's introspection format with readable
 //! type names): the commands, argument types, return types and events oxemu
-//! implements, and only those (drivers `blkdebug`, `file`, `host_device`, `qcow2`,
-//! `raw`; export types `nbd`, `vhost-user-blk`; objects `iothread`,
+//! implements, and only those (drivers `blkdebug`, `blklogwrites`, `file`,
+//! `host_device`, `qcow2`, `raw`; export types `nbd`, `vhost-user-blk`; objects `iothread`,
 //! `tls-creds-x509`). The QMP server builds its command table and
 //! `query-qmp-schema` from it, and the daemon refuses members it does not declare
 //! (`Parameter 'x' is unexpected`) before running a command. The tests below hold
@@ -38,7 +38,6 @@ pub const REFUSED_BY_NAME: &[(&str, &str)] = &[
     ("BlockdevOptionsBlkdebug", "max-discard"),
     ("BlockdevOptionsBlkdebug", "take-child-perms"),
     ("BlockdevOptionsBlkdebug", "unshare-child-perms"),
-    ("BlockdevOptionsQcow2", "lazy-refcounts"),
     ("TlsCredsX509Properties", "priority"),
     ("BlockExportOptions", "iothread"),
     ("BlockExportOptionsNbd", "bitmaps"),

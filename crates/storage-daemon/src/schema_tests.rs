@@ -93,9 +93,10 @@ fn parsers_accept_exactly_the_declared_members() {
     assert_eq!(parser_fields::<FileBlockdev>(), blockdev("file"));
     assert_eq!(parser_fields::<FileBlockdev>(), blockdev("host_device"));
     assert_eq!(parser_fields::<RawBlockdev>(), blockdev("raw"));
+    assert_eq!(parser_fields::<Qcow2Blockdev>(), blockdev("qcow2"));
     assert_eq!(
-        without(parser_fields::<Qcow2Blockdev>(), &["lazy-refcounts"]),
-        blockdev("qcow2")
+        parser_fields::<BlklogwritesBlockdev>(),
+        blockdev("blklogwrites")
     );
     let blkdebug_refused = [
         "align",
@@ -222,7 +223,7 @@ fn enums_match_the_code() {
     assert!("all".parse::<oxemu_qcow2::overlap::OverlapCheck>().is_err());
     assert_eq!(
         values("BlockdevDriver"),
-        set(&["blkdebug", "file", "host_device", "qcow2", "raw"])
+        set(&["blkdebug", "blklogwrites", "file", "host_device", "qcow2", "raw"])
     );
 }
 
@@ -254,6 +255,6 @@ fn introspection_is_well_formed_and_masked() {
         .find(|e| e["name"] == blockdev_add["arg-type"])
         .unwrap();
     assert_eq!(arg["tag"], "driver");
-    assert_eq!(arg["variants"].as_array().unwrap().len(), 5);
+    assert_eq!(arg["variants"].as_array().unwrap().len(), 6);
     let _: Value = arg.clone();
 }

@@ -40,7 +40,11 @@ fn start(prog: &str, args: &[String], sock: &Path) -> Daemon {
             std::io::Read::read_to_string(d.0.stderr.as_mut().unwrap(), &mut err).ok();
             panic!("{prog} exited early ({st}): {err}");
         }
-        assert!(Instant::now() < deadline, "{prog}: {} did not appear", sock.display());
+        assert!(
+            Instant::now() < deadline,
+            "{prog}: {} did not appear",
+            sock.display()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     d
@@ -73,7 +77,10 @@ fn startup_error(prog: &str, args: &[String]) -> (Option<i32>, String) {
         .unwrap();
     let e = String::from_utf8_lossy(&o.stderr);
     let line = e.lines().next().unwrap_or("").to_string();
-    let msg = line.split_once(": ").map(|(_, m)| m.to_string()).unwrap_or(line);
+    let msg = line
+        .split_once(": ")
+        .map(|(_, m)| m.to_string())
+        .unwrap_or(line);
     (o.status.code(), msg)
 }
 
@@ -95,7 +102,10 @@ fn bad_blockdev_options_read_like_qemu_storage_daemons() {
         p.display().to_string()
     };
     let bad_event = conf("event.conf", "[inject-error]\nevent = \"nope\"\n");
-    let bad_errno = conf("errno.conf", "[inject-error]\nevent = \"read_aio\"\nerrno = \"x\"\n");
+    let bad_errno = conf(
+        "errno.conf",
+        "[inject-error]\nevent = \"read_aio\"\nerrno = \"x\"\n",
+    );
     let no_group = conf("nogroup.conf", "event = \"read_aio\"\n");
     let cases = [
         "driver=blkdebug,node-name=b,image=f,inject-error.0.event=nope".to_string(),
@@ -147,7 +157,9 @@ fn bad_blockdev_options_read_like_qemu_storage_daemons() {
         let name = opt.trim_end_matches(".0");
         assert_eq!(code, Some(1), "{opt}: {msg}");
         assert!(
-            msg.contains(&format!("blkdebug option '{name}' is not supported by oxemu")),
+            msg.contains(&format!(
+                "blkdebug option '{name}' is not supported by oxemu"
+            )),
             "{opt}: {msg}"
         );
     }
@@ -183,7 +195,10 @@ fn nbd_sessions_on(
     } else {
         image(dir)
     };
-    let sock = dir.join(format!("{}.sock", Path::new(prog).file_name().unwrap().to_string_lossy()));
+    let sock = dir.join(format!(
+        "{}.sock",
+        Path::new(prog).file_name().unwrap().to_string_lossy()
+    ));
     let _ = std::fs::remove_file(&sock);
     let mut args = file_node(&img);
     args.extend([
@@ -220,8 +235,16 @@ fn nbd_sessions_on(
         .collect();
     drop(d);
     if format == "qcow2" {
-        let o = Command::new("qemu-img").arg("check").arg(&img).output().unwrap();
-        let verdict = String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_string();
+        let o = Command::new("qemu-img")
+            .arg("check")
+            .arg(&img)
+            .output()
+            .unwrap();
+        let verdict = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string();
         out.push(format!("check {:?}: {verdict}", o.status.code()));
     }
     out
@@ -232,7 +255,10 @@ fn same_over_nbd(blkdebug_opts: &str, sessions: &[&[&str]]) -> Vec<String> {
     let d = tmp();
     let q = nbd_sessions(QEMU, d.path(), blkdebug_opts, sessions);
     let o = nbd_sessions(OXEMU, d.path(), blkdebug_opts, sessions);
-    assert_eq!(o, q, "oxemu (left) and qemu (right) clients differ for {blkdebug_opts}");
+    assert_eq!(
+        o, q,
+        "oxemu (left) and qemu (right) clients differ for {blkdebug_opts}"
+    );
     q
 }
 
@@ -255,21 +281,48 @@ fn nbd_clients_see_injected_errnos_and_once_rules_as_with_qemu() {
     let out = same_over_nbd(
         &opts,
         &[
-            &["write -P 1 0 512", "write -P 2 0 512", "read -P 2 0 512", "read 4096 512"],
+            &[
+                "write -P 1 0 512",
+                "write -P 2 0 512",
+                "read -P 2 0 512",
+                "read 4096 512",
+            ],
             // Both `once` rules are gone: everything works now.
-            &["write -P 3 4096 512", "read -P 3 4096 512", "read -P 2 0 512"],
+            &[
+                "write -P 3 4096 512",
+                "read -P 3 4096 512",
+                "read -P 2 0 512",
+            ],
         ],
     );
-    assert!(out[0].starts_with("write failed: No space left on device\nwrote 512/512"), "{}", out[0]);
-    assert!(out[0].contains("read failed: Input/output error"), "{}", out[0]);
+    assert!(
+        out[0].starts_with("write failed: No space left on device\nwrote 512/512"),
+        "{}",
+        out[0]
+    );
+    assert!(
+        out[0].contains("read failed: Input/output error"),
+        "{}",
+        out[0]
+    );
     assert!(!out[1].contains("failed"), "{}", out[1]);
     // A rule without `once` keeps failing, for every request type its iotype mask
     // (here the default) covers; the client sees the rule's errno (EPERM).
     let out = same_over_nbd(
         ",inject-error.0.event=write_aio,inject-error.0.errno=1",
-        &[&["write 0 512", "write 0 512", "write -z 4096 512", "write 8192 512"]],
+        &[&[
+            "write 0 512",
+            "write 0 512",
+            "write -z 4096 512",
+            "write 8192 512",
+        ]],
     );
-    assert_eq!(out[0].matches("failed: Operation not permitted").count(), 4, "{}", out[0]);
+    assert_eq!(
+        out[0].matches("failed: Operation not permitted").count(),
+        4,
+        "{}",
+        out[0]
+    );
     // NBD carries only some errnos: the others reach the client as EINVAL, EDQUOT as
     // ENOSPC; errno 0 makes the rule inert.
     for (errno, seen) in [
@@ -299,7 +352,13 @@ fn nbd_clients_see_injected_errnos_and_once_rules_as_with_qemu() {
         ",inject-error.0.event=read_aio,inject-error.0.iotype=read",
         &[&["write -P 5 0 512", "read 0 512"], &["read 0 512"]],
     );
-    assert_eq!(out, ["wrote 512/512 bytes at offset 0\nread failed: Input/output error\n", "read failed: Input/output error\n"]);
+    assert_eq!(
+        out,
+        [
+            "wrote 512/512 bytes at offset 0\nread failed: Input/output error\n",
+            "read failed: Input/output error\n"
+        ]
+    );
 }
 
 #[test]
@@ -316,7 +375,8 @@ fn qcow2_metadata_events_fail_guest_writes_as_with_qemu() {
         "l2_alloc_write",
     ] {
         let d = tmp();
-        let opts = format!(",inject-error.0.event={ev},inject-error.0.errno=28,inject-error.0.once=on");
+        let opts =
+            format!(",inject-error.0.event={ev},inject-error.0.errno=28,inject-error.0.once=on");
         let sessions: &[&[&str]] = &[&[
             "write -P 1 0 64k",
             "write -P 2 0 64k",
@@ -327,7 +387,10 @@ fn qcow2_metadata_events_fail_guest_writes_as_with_qemu() {
         let q = nbd_sessions_on(QEMU, d.path(), "qcow2", &opts, sessions);
         let o = nbd_sessions_on(OXEMU, d.path(), "qcow2", &opts, sessions);
         assert_eq!(o, q, "oxemu (left) and qemu (right) differ for {ev}");
-        assert_eq!(q[1], "check Some(0): No errors were found on the image.", "{ev}");
+        assert_eq!(
+            q[1], "check Some(0): No errors were found on the image.",
+            "{ev}"
+        );
     }
 }
 
@@ -344,7 +407,12 @@ fn set_state_rules_move_between_inject_rules_as_with_qemu() {
         &[&["write 0 512", "write 0 512", "write 0 512", "read 0 512"]],
     );
     assert!(out[0].starts_with("wrote 512/512"), "{}", out[0]);
-    assert_eq!(out[0].matches("write failed: Input/output error").count(), 2, "{}", out[0]);
+    assert_eq!(
+        out[0].matches("write failed: Input/output error").count(),
+        2,
+        "{}",
+        out[0]
+    );
     // A `once` rule of state 2 and a read rule of state 3: the write in state 2 fails
     // once, the read after the move to 3 fails.
     let opts = ",set-state.0.event=write_aio,set-state.0.state=1,set-state.0.new_state=2,\
@@ -355,7 +423,11 @@ fn set_state_rules_move_between_inject_rules_as_with_qemu() {
         opts,
         &[&["write 0 512", "write 0 512", "write 0 512", "read 0 512"]],
     );
-    assert!(out[0].contains("read failed: Input/output error"), "{}", out[0]);
+    assert!(
+        out[0].contains("read failed: Input/output error"),
+        "{}",
+        out[0]
+    );
 }
 
 /// A negotiated QMP client.
@@ -405,7 +477,10 @@ fn qmp_session(prog: &str, dir: &Path, cmds: &[Value]) -> (Vec<String>, Vec<(Str
 
 /// [`qmp_session`] with each named node as `[name, drv, file, actual-size or "-"]`.
 fn qmp_session_nodes(prog: &str, dir: &Path, cmds: &[Value]) -> (Vec<String>, Vec<[String; 4]>) {
-    let sock = dir.join(format!("{}.qmp", Path::new(prog).file_name().unwrap().to_string_lossy()));
+    let sock = dir.join(format!(
+        "{}.qmp",
+        Path::new(prog).file_name().unwrap().to_string_lossy()
+    ));
     let _ = std::fs::remove_file(&sock);
     let args = vec![
         "--chardev".to_string(),
@@ -435,7 +510,9 @@ fn qmp_session_nodes(prog: &str, dir: &Path, cmds: &[Value]) -> (Vec<String>, Ve
                 n["node-name"].as_str().unwrap().to_string(),
                 n["drv"].as_str().unwrap().to_string(),
                 n["file"].as_str().unwrap().to_string(),
-                n["image"].get("actual-size").map_or("-".into(), |a| a.to_string()),
+                n["image"]
+                    .get("actual-size")
+                    .map_or("-".into(), |a| a.to_string()),
             ]
         })
         .collect();
@@ -482,15 +559,31 @@ fn blockdev_add_over_qmp_with_nested_image_options() {
     assert_eq!(q.0[0], "", "{:?}", q.0);
     assert_eq!(q.0[3], "", "{:?}", q.0);
     let (qe, oe) = (q.0.clone(), o.0.clone());
-    assert_eq!(qe[5], "Invalid parameter type for 'image', expected: BlockdevRef");
-    assert_eq!(oe, qe, "oxemu (left) and qemu (right) blockdev-add errors differ");
+    assert_eq!(
+        qe[5],
+        "Invalid parameter type for 'image', expected: BlockdevRef"
+    );
+    assert_eq!(
+        oe, qe,
+        "oxemu (left) and qemu (right) blockdev-add errors differ"
+    );
     // (QEMU lists the newest node first, oxemu by name.)
     let sorted = |mut v: Vec<(String, String)>| {
         v.sort();
         v
     };
-    assert_eq!(sorted(o.1.clone()), sorted(q.1), "named nodes and drivers differ");
-    assert_eq!(o.1, [("b1".to_string(), "blkdebug".to_string()), ("f5".into(), "file".into())]);
+    assert_eq!(
+        sorted(o.1.clone()),
+        sorted(q.1),
+        "named nodes and drivers differ"
+    );
+    assert_eq!(
+        o.1,
+        [
+            ("b1".to_string(), "blkdebug".to_string()),
+            ("f5".into(), "file".into())
+        ]
+    );
     // Deleting f5 under b5 and b0 under r0 failed; the rest succeeded.
     assert!(!o.0[9].is_empty() && !o.0[10].is_empty(), "{:?}", o.0);
     assert!(o.0[11..].iter().all(String::is_empty), "{:?}", o.0);
@@ -513,6 +606,14 @@ fn named_nodes_show_qemus_blkdebug_file_names() {
     o.1.sort();
     assert_eq!(o, q);
     let shown = format!("blkdebug:{}:{}", conf.display(), img.display());
-    assert_eq!(o.1[0], ["b".to_string(), "blkdebug".into(), shown.clone(), "-".into()]);
+    assert_eq!(
+        o.1[0],
+        [
+            "b".to_string(),
+            "blkdebug".into(),
+            shown.clone(),
+            "-".into()
+        ]
+    );
     assert_eq!(o.1[1], ["r".to_string(), "raw".into(), shown, "-".into()]);
 }

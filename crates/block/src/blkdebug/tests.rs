@@ -60,17 +60,33 @@ fn config_file_syntax_and_errors() {
     assert_eq!(i.iotype_mask, 1 << IoType::Write as u32);
     assert_eq!(
         r.set_state,
-        [SetState { event: DebugEvent::L1Update, state: 1, new_state: 2 }]
+        [SetState {
+            event: DebugEvent::L1Update,
+            state: 1,
+            new_state: 2
+        }]
     );
     let err = |cfg: &str| {
         let mut r = Rules::default();
         parse_config(cfg, &mut r).unwrap_err()
     };
     // QEMU 7.2's texts (qemu-img info blkdebug:CONF:IMG), without file or line.
-    assert_eq!(err("[inject-error]\nerrno = \"5\"\n"), "Missing event name for rule");
-    assert_eq!(err("[inject-error]\nevent = \"nope\"\n"), "invalid parameter value: nope");
-    assert_eq!(err("[inject-error]\nevent = l2_load\n"), "invalid parameter value: ");
-    assert_eq!(err("[inject-error]\nerrno=\"5\"\n"), "Invalid parameter 'errno=\"5\"'");
+    assert_eq!(
+        err("[inject-error]\nerrno = \"5\"\n"),
+        "Missing event name for rule"
+    );
+    assert_eq!(
+        err("[inject-error]\nevent = \"nope\"\n"),
+        "invalid parameter value: nope"
+    );
+    assert_eq!(
+        err("[inject-error]\nevent = l2_load\n"),
+        "invalid parameter value: "
+    );
+    assert_eq!(
+        err("[inject-error]\nerrno=\"5\"\n"),
+        "Invalid parameter 'errno=\"5\"'"
+    );
     assert_eq!(err("event = \"l2_load\"\n"), "no group defined");
     assert_eq!(err("garbage\n"), "no group defined");
     assert_eq!(err("[bogus]\n"), "There is no option group 'bogus'");
@@ -86,7 +102,10 @@ fn config_file_syntax_and_errors() {
         err("[inject-error]\nevent = \"l2_load\"\niotype = \"frob\"\n"),
         "invalid parameter value: frob"
     );
-    assert_eq!(err("[set-state]\nevent = \"x\"\n"), "invalid parameter value: x");
+    assert_eq!(
+        err("[set-state]\nevent = \"x\"\n"),
+        "invalid parameter value: x"
+    );
     // `[group "id"]` and a long value are accepted.
     let r = rules("[set-state \"a\"]\nevent = \"l1_update\"\nnew_state = \"3\"\n");
     assert_eq!(r.set_state[0].new_state, 3);
@@ -120,10 +139,17 @@ fn sector_iotype_and_once() {
         assert_eq!(code(d.read_at(0, &mut [0; 1024]).await), None);
         assert_eq!(code(d.write_at(1024, &[0; 512]).await), None);
         assert_eq!(code(d.flush().await), None);
-        assert_eq!(code(d.read_at(512, &mut [0; 1024]).await), Some(libc::ENOSPC));
+        assert_eq!(
+            code(d.read_at(512, &mut [0; 1024]).await),
+            Some(libc::ENOSPC)
+        );
         assert_eq!(code(d.read_at(512, &mut [0; 1024]).await), None);
         d.debug_event(DebugEvent::ReadAio);
-        assert_eq!(code(d.read_at(512, &mut [0; 1024]).await), None, "once deletes the rule");
+        assert_eq!(
+            code(d.read_at(512, &mut [0; 1024]).await),
+            None,
+            "once deletes the rule"
+        );
     });
 }
 
@@ -150,7 +176,11 @@ fn states_select_rules_and_a_new_event_replaces_the_active_set() {
         assert_eq!(code(d.flush().await), None);
         d.debug_event(DebugEvent::L1Update);
         assert_eq!(code(d.flush().await), Some(libc::EIO));
-        assert_eq!(code(d.write_at(0, &[0; 512]).await), None, "iotype=flush only");
+        assert_eq!(
+            code(d.write_at(0, &[0; 512]).await),
+            None,
+            "iotype=flush only"
+        );
     });
 }
 

@@ -87,3 +87,4 @@ pub fn oxemu_read_all(path: &Path) -> Vec<u8> {
         buf
     })
 }
+pub mod replay;
