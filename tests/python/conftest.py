@@ -28,10 +28,11 @@ class Daemon:
     def __init__(self, program: str, tmp: Path, extra: list[str], monitors: int = 1):
         self.tmp = tmp
         self.qmp = [tmp / f"qmp{i}.sock" for i in range(monitors)]
-        args = [program]
+        # Monitors last: options apply in order, so once the monitor sockets exist the
+        # NBD server and exports named before them are up too.
+        args = [program] + extra
         for i, sock in enumerate(self.qmp):
             args += ["--chardev", f"socket,id=m{i},path={sock},server=on,wait=off", "--monitor", f"chardev=m{i}"]
-        args += extra
         self.proc = subprocess.Popen(args, stderr=subprocess.PIPE)
         for sock in self.qmp:
             wait_for(sock, self.proc)

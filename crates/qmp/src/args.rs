@@ -136,7 +136,8 @@ pub fn with_keyval<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-fn keyval_typing() -> bool {
+/// True inside [`with_keyval`].
+pub(crate) fn keyval_typing() -> bool {
     KEYVAL.with(|k| k.get())
 }
 

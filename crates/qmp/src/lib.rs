@@ -4,6 +4,8 @@
 //! - [`server`]: monitors on unix or TCP sockets speaking QMP exactly as QEMU does
 //!   (greeting, `qmp_capabilities` negotiation, `execute` with `id`, error classes,
 //!   timestamped events broadcast to every negotiated client).
+//! - [`schema`]: QAPI schemas in QEMU's introspection format, the source of
+//!   `query-qmp-schema` and of the command table.
 //! - [`args`]: turning those JSON values into typed structures with QEMU's error texts.
 
 #![warn(missing_docs)]
@@ -11,6 +13,7 @@
 pub mod args;
 pub mod error;
 pub mod framing;
+pub mod schema;
 pub mod server;
 
 pub use error::{ErrorClass, QmpError};

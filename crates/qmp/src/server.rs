@@ -23,6 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Map, Value};
 
 use crate::framing::{Frame, Framer};
+use crate::schema::{Schema, BUILTIN_SCHEMA};
 use crate::QmpError;
 
 /// What `query-version` reports and the greeting carries.
@@ -76,8 +77,21 @@ pub trait Dispatcher: Send + Sync + 'static {
     /// reach here.
     fn dispatch(&self, name: &str, args: Value, events: &EventBus) -> Result<Value, QmpError>;
 
-    /// The commands `dispatch` accepts.
-    fn commands(&self) -> Vec<CommandInfo>;
+    /// The commands `dispatch` accepts, for a program without a schema (see
+    /// [`Dispatcher::schema_source`]); ignored when it has one.
+    fn commands(&self) -> Vec<CommandInfo> {
+        Vec::new()
+    }
+
+    /// The program's QAPI schema (see [`crate::schema`]): its commands, their
+    /// argument and return types, and its events. When given, it is the command
+    /// table (known commands, commands without arguments, `query-commands`) and
+    /// `query-qmp-schema` is generated from it together with the server's own
+    /// commands. Without it the server falls back to [`Dispatcher::commands`] and a
+    /// schema with untyped returns.
+    fn schema_source(&self) -> Option<&'static str> {
+        None
+    }
 
     /// Event names the program emits (for `query-qmp-schema`).
     fn events(&self) -> Vec<&'static str> {
@@ -235,6 +249,8 @@ impl EventBus {
 /// A QMP server: the dispatcher, the event bus and the monitors' listeners.
 pub struct QmpServer {
     dispatcher: Arc<dyn Dispatcher>,
+    /// The schema, when the dispatcher has one.
+    schema: Option<Schema>,
     events: Arc<EventBus>,
     version: VersionInfo,
     exec: Mutex<()>,
@@ -253,9 +269,18 @@ pub const MAX_COMMAND: usize = 16 << 20;
 
 impl QmpServer {
     /// A server for `dispatcher`, reporting `version`.
+    ///
+    /// The dispatcher's schema source is compiled into the program; one that does
+    /// not parse or refers to undefined types is a build defect and panics here
+    /// (each program's tests start a server).
     pub fn new(dispatcher: Arc<dyn Dispatcher>, version: VersionInfo) -> Arc<Self> {
+        let schema = dispatcher.schema_source().map(|src| {
+            Schema::parse(&[BUILTIN_SCHEMA, src])
+                .unwrap_or_else(|e| panic!("the program's QAPI schema is invalid: {e}"))
+        });
         Arc::new(QmpServer {
             dispatcher,
+            schema,
             events: Arc::new(EventBus::default()),
             version,
             exec: Mutex::new(()),
@@ -582,10 +607,7 @@ impl QmpServer {
                 Err(e) => (err(e), None),
             };
         }
-        let known = builtin_commands()
-            .iter()
-            .chain(self.dispatcher.commands().iter())
-            .any(|c| c.name == name);
+        let known = self.command_names().contains(&name);
         if !known {
             return (
                 err(QmpError::command_not_found(format!(
@@ -610,10 +632,10 @@ impl QmpServer {
             )),
             "query-version" => no_args(&args).map(|_| self.version.to_json()),
             "query-commands" => no_args(&args).map(|_| {
-                let mut names: Vec<Value> = builtin_commands()
+                let mut names: Vec<Value> = self
+                    .command_names()
                     .iter()
-                    .chain(self.dispatcher.commands().iter())
-                    .map(|c| json!({"name": c.name}))
+                    .map(|c| json!({"name": c}))
                     .collect();
                 names.dedup();
                 Value::Array(names)
@@ -622,11 +644,14 @@ impl QmpServer {
             _ => {
                 // Commands declared without arguments refuse any, as QEMU's
                 // generated marshallers do; others check their own (typed) arguments.
-                let takes_none = self
-                    .dispatcher
-                    .commands()
-                    .iter()
-                    .any(|c| c.name == name && c.args.is_empty());
+                let takes_none = match &self.schema {
+                    Some(s) => s.takes_no_args(&name),
+                    None => self
+                        .dispatcher
+                        .commands()
+                        .iter()
+                        .any(|c| c.name == name && c.args.is_empty()),
+                };
                 if takes_none {
                     no_args(&args).and_then(|_| self.dispatcher.dispatch(&name, args, &self.events))
                 } else {
@@ -640,39 +665,32 @@ impl QmpServer {
         }
     }
 
-    /// A `query-qmp-schema` answer in QEMU's SchemaInfo shape (names not masked). As in
-    /// QEMU, `allow-oob` is present only for OOB-capable commands, i.e. never here.
-    fn schema(&self) -> Value {
-        let mut out = vec![
-            json!({"name": "str", "meta-type": "builtin", "json-type": "string"}),
-            json!({"name": "int", "meta-type": "builtin", "json-type": "int"}),
-            json!({"name": "bool", "meta-type": "builtin", "json-type": "boolean"}),
-            json!({"name": "any", "meta-type": "builtin", "json-type": "value"}),
-            json!({"name": "empty", "meta-type": "object", "members": []}),
-        ];
-        for c in builtin_commands()
-            .iter()
-            .chain(self.dispatcher.commands().iter())
-        {
-            let arg_type = format!("{}-arg", c.name);
-            out.push(json!({"name": c.name, "meta-type": "command", "arg-type": arg_type, "ret-type": "any"}));
-            let members: Vec<Value> = c
-                .args
+    /// Every command name: the server's own and the program's.
+    fn command_names(&self) -> Vec<String> {
+        match &self.schema {
+            Some(s) => s.commands().into_iter().map(str::to_string).collect(),
+            None => builtin_commands()
                 .iter()
-                .map(|(n, t, opt)| {
-                    let mut m = json!({"name": n, "type": t});
-                    if *opt {
-                        m["default"] = Value::Null;
-                    }
-                    m
-                })
-                .collect();
-            out.push(json!({"name": arg_type, "meta-type": "object", "members": members}));
+                .chain(self.dispatcher.commands().iter())
+                .map(|c| c.name.to_string())
+                .collect(),
         }
-        for e in self.dispatcher.events() {
-            out.push(json!({"name": e, "meta-type": "event", "arg-type": "any"}));
+    }
+
+    /// The `query-qmp-schema` answer: generated from the program's schema (masked
+    /// type names, as QEMU's), or, for a program without one, a SchemaInfo list with
+    /// untyped returns built from [`Dispatcher::commands`]. As in QEMU, `allow-oob`
+    /// is present only for OOB-capable commands, i.e. never here.
+    fn schema(&self) -> Value {
+        if let Some(s) = &self.schema {
+            return s.introspect();
         }
-        Value::Array(out)
+        let commands: Vec<CommandInfo> = builtin_commands()
+            .iter()
+            .cloned()
+            .chain(self.dispatcher.commands())
+            .collect();
+        crate::schema::untyped_listing(&commands, &self.dispatcher.events())
     }
 
     /// Stops accepting clients, disconnects the connected ones and removes the unix

@@ -4,27 +4,27 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use oxemu_block::export::BlockExport;
-use oxemu_block::{BlockDriver, EventLoopConfig, IoThread, IoThreadHandle};
+use oxemu_block::{BlockDriver, EventLoopConfig, IoThread};
 use oxemu_nbd::server::{NbdAddr, NbdExportOptions, NbdServer, NbdServerOptions as NbdOpts};
 use oxemu_nbd::tls::X509Creds;
-use oxemu_qmp::args::{flex_opt_bool, from_value};
-use oxemu_qmp::{CommandInfo, Dispatcher, EventBus, QmpError};
+use oxemu_qmp::args::from_value;
+use oxemu_qmp::{Dispatcher, EventBus, QmpError};
 use oxemu_vhost_user_blk::{VhostUserBlkExport, VhostUserBlkOptions};
 
 use crate::nodes::Graph;
-use crate::qapi::{BlockExportOptions, NbdServerOptions, ObjectOptions, SocketAddress};
+use crate::qapi::{
+    BlockExportDelArgs, BlockExportOptions, BlockdevDelArgs, NbdServerOptions, ObjectDelArgs,
+    ObjectOptions, QueryNamedBlockNodesArgs, SocketAddress,
+};
 
 /// A running export.
 struct ExportEntry {
     export: Arc<dyn BlockExport>,
     /// Exported writable (for the image locks).
     writable: bool,
-    /// The iothread it runs in, if one was named.
-    iothread: Option<String>,
 }
 
 #[derive(Default)]
@@ -49,6 +49,8 @@ pub struct Daemon {
 impl Daemon {
     /// A daemon with an empty graph.
     pub fn new() -> std::io::Result<Arc<Self>> {
+        // Parse the schema now, not while the first option that needs it is applied.
+        crate::schema::schema();
         Ok(Arc::new(Daemon {
             state: Mutex::new(State::default()),
             main_loop: IoThread::spawn("main-loop", EventLoopConfig::default())?,
@@ -93,6 +95,7 @@ impl Daemon {
 
     /// `blockdev-add`.
     pub fn blockdev_add(&self, opts: Value) -> Result<Value, QmpError> {
+        crate::schema::check("BlockdevOptions", &opts)?;
         let mut st = self.st();
         let r = st.graph.add(opts);
         // Also after a failed add: an open that failed may have taken locks first.
@@ -110,12 +113,7 @@ impl Daemon {
 
     /// `blockdev-del`.
     pub fn blockdev_del(&self, args: Value) -> Result<Value, QmpError> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-        struct A {
-            node_name: String,
-        }
-        let a: A = from_value(args)?;
+        let a: BlockdevDelArgs = from_value(args)?;
         let removed = {
             let mut st = self.st();
             let used: Vec<String> = st
@@ -145,19 +143,10 @@ impl Daemon {
         }
     }
 
-    fn iothread_handle(&self, st: &State, name: Option<&str>) -> Result<IoThreadHandle, QmpError> {
-        match name {
-            None => Ok(self.main_loop.handle()),
-            Some(id) => st
-                .iothreads
-                .get(id)
-                .map(IoThread::handle)
-                .ok_or_else(|| QmpError::generic(format!("IOThread '{id}' not found"))),
-        }
-    }
-
     /// `block-export-add`.
     pub fn block_export_add(&self, args: Value) -> Result<Value, QmpError> {
+        // The schema first: it visits the arguments in QEMU's order.
+        crate::schema::check("BlockExportOptions", &args)?;
         let o: BlockExportOptions = from_value(args)?;
         // The type is the union's discriminator: QEMU rejects it before anything else.
         if !matches!(o.ty.as_str(), "nbd" | "vhost-user-blk") {
@@ -191,10 +180,15 @@ impl Daemon {
             // completes.
             driver = Arc::new(oxemu_block::writethrough::WriteThrough::new(driver));
         }
-        // Check the iothread before anything starts serving. (vhost-user-blk queues run
-        // on their own threads; NBD connections on the server's loop.)
+        // NBD connections run on the daemon's main loop and vhost-user-blk queues on
+        // threads of their own: neither can run in an iothread, so `iothread` is
+        // refused rather than accepted and ignored. (`fixed-iothread` only matters
+        // with `iothread`, as in QEMU, and is accepted.)
         if let Some(io) = &o.iothread {
-            self.iothread_handle(&st, Some(io))?;
+            return Err(QmpError::generic(format!(
+                "Parameter 'iothread' is not supported by oxemu-storage-daemon: {} exports do not run in an iothread (iothread '{io}')",
+                o.ty
+            )));
         }
         Self::apply_perms(&st, Some((&o.node_name, writable)))?;
         let started = (|| -> Result<Arc<dyn BlockExport>, QmpError> {
@@ -257,26 +251,13 @@ impl Daemon {
                 return Err(e);
             }
         };
-        st.exports.insert(
-            o.id.clone(),
-            ExportEntry {
-                export,
-                writable,
-                iothread: o.iothread.clone(),
-            },
-        );
+        st.exports.insert(o.id.clone(), ExportEntry { export, writable });
         Ok(json!({}))
     }
 
     /// `block-export-del`.
     pub fn block_export_del(&self, args: Value, events: &EventBus) -> Result<Value, QmpError> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-        struct A {
-            id: String,
-            mode: Option<String>,
-        }
-        let a: A = from_value(args)?;
+        let a: BlockExportDelArgs = from_value(args)?;
         let hard = match a.mode.as_deref() {
             None | Some("safe") => false,
             Some("hard") => true,
@@ -320,6 +301,8 @@ impl Daemon {
 
     /// `object-add` / `--object`.
     pub fn object_add(&self, args: Value) -> Result<Value, QmpError> {
+        // The schema first: it visits the arguments in QEMU's order.
+        crate::schema::check("ObjectOptions", &args)?;
         let o: ObjectOptions = from_value(args)?;
         if !matches!(o.qom_type.as_str(), "iothread" | "tls-creds-x509") {
             return Err(QmpError::generic(format!(
@@ -355,6 +338,11 @@ impl Daemon {
                 st.iothreads.insert(o.id, t);
             }
             "tls-creds-x509" => {
+                if o.priority.is_some() {
+                    return Err(QmpError::generic(
+                        "tls-creds-x509 property 'priority' is not supported by oxemu-storage-daemon (its TLS library has no GnuTLS priority strings)",
+                    ));
+                }
                 let dir = o
                     .dir
                     .ok_or_else(|| QmpError::generic("Parameter 'dir' is missing"))?;
@@ -385,24 +373,9 @@ impl Daemon {
 
     /// `object-del`.
     pub fn object_del(&self, args: Value) -> Result<Value, QmpError> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct A {
-            id: String,
-        }
-        let a: A = from_value(args)?;
+        let a: ObjectDelArgs = from_value(args)?;
         let t = {
             let mut st = self.st();
-            if st
-                .exports
-                .values()
-                .any(|e| e.iothread.as_deref() == Some(&a.id))
-            {
-                return Err(QmpError::generic(format!(
-                    "object '{}' is in use, can not be deleted",
-                    a.id
-                )));
-            }
             if st.tls.remove(&a.id).is_some() {
                 return Ok(json!({}));
             }
@@ -416,6 +389,7 @@ impl Daemon {
 
     /// `nbd-server-start` / `--nbd-server`.
     pub fn nbd_server_start(&self, args: Value) -> Result<Value, QmpError> {
+        crate::schema::check_nbd_server(&args)?;
         let o: NbdServerOptions = from_value(args)?;
         let addr = SocketAddress::from_value(&o.addr).map_err(QmpError::generic)?;
         let mut st = self.st();
@@ -527,15 +501,8 @@ impl Dispatcher for Daemon {
             "blockdev-add" => self.blockdev_add(args),
             "blockdev-del" => self.blockdev_del(args),
             "query-named-block-nodes" => {
-                #[derive(Deserialize)]
-                #[serde(deny_unknown_fields)]
-                struct A {
-                    #[serde(default, deserialize_with = "flex_opt_bool")]
-                    #[allow(dead_code)]
-                    flat: Option<bool>,
-                }
-                let _: A = from_value(args)?;
-                Ok(self.st().graph.query())
+                let a: QueryNamedBlockNodesArgs = from_value(args)?;
+                self.st().graph.query(a.flat.unwrap_or(false))
             }
             "block-export-add" => self.block_export_add(args),
             "block-export-del" => self.block_export_del(args, events),
@@ -557,78 +524,8 @@ impl Dispatcher for Daemon {
         }
     }
 
-    fn commands(&self) -> Vec<CommandInfo> {
-        vec![
-            CommandInfo {
-                name: "blockdev-add",
-                args: &[("driver", "str", false), ("node-name", "str", true)],
-            },
-            CommandInfo {
-                name: "blockdev-del",
-                args: &[("node-name", "str", false)],
-            },
-            CommandInfo {
-                name: "query-named-block-nodes",
-                args: &[("flat", "bool", true)],
-            },
-            CommandInfo {
-                name: "block-export-add",
-                args: &[
-                    ("type", "str", false),
-                    ("id", "str", false),
-                    ("node-name", "str", false),
-                    ("writable", "bool", true),
-                    ("writethrough", "bool", true),
-                    ("iothread", "str", true),
-                    ("fixed-iothread", "bool", true),
-                    ("name", "str", true),
-                    ("description", "str", true),
-                    ("bitmaps", "any", true),
-                    ("allocation-depth", "bool", true),
-                    ("addr", "any", true),
-                    ("logical-block-size", "int", true),
-                    ("num-queues", "int", true),
-                ],
-            },
-            CommandInfo {
-                name: "block-export-del",
-                args: &[("id", "str", false), ("mode", "str", true)],
-            },
-            CommandInfo {
-                name: "query-block-exports",
-                args: &[],
-            },
-            CommandInfo {
-                name: "object-add",
-                args: &[("qom-type", "str", false), ("id", "str", false)],
-            },
-            CommandInfo {
-                name: "object-del",
-                args: &[("id", "str", false)],
-            },
-            CommandInfo {
-                name: "nbd-server-start",
-                args: &[
-                    ("addr", "any", false),
-                    ("tls-creds", "str", true),
-                    ("tls-authz", "str", true),
-                    ("max-connections", "int", true),
-                    ("handshake-max-seconds", "int", true),
-                ],
-            },
-            CommandInfo {
-                name: "nbd-server-stop",
-                args: &[],
-            },
-            CommandInfo {
-                name: "quit",
-                args: &[],
-            },
-        ]
-    }
-
-    fn events(&self) -> Vec<&'static str> {
-        vec!["BLOCK_EXPORT_DELETED", "SHUTDOWN"]
+    fn schema_source(&self) -> Option<&'static str> {
+        Some(crate::schema::SOURCE)
     }
 }
 

@@ -7,6 +7,7 @@
 mod daemon;
 mod nodes;
 mod qapi;
+mod schema;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

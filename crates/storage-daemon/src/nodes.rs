@@ -19,6 +19,7 @@ use crate::qapi::{
 mod blkdebug;
 mod blklogwrites;
 mod perms;
+mod query;
 
 /// One node of the graph.
 pub struct Node {
@@ -165,6 +166,10 @@ impl Graph {
             .get("node-name")
             .and_then(Value::as_str)
             .map(str::to_string);
+        let opts_detect_zeroes = opts
+            .get("detect-zeroes")
+            .and_then(Value::as_str)
+            .map(str::to_string);
         // Options are checked before the node name, as QEMU does.
         enum Parsed {
             File(Box<FileBlockdev>),
@@ -185,6 +190,12 @@ impl Graph {
                 )))
             }
         };
+        // Valid in QEMU for every driver; oxemu detects zeroes in none, so only off.
+        if let Some(dz) = opts_detect_zeroes.as_deref().filter(|d| *d != "off") {
+            return Err(QmpError::generic(format!(
+                "detect-zeroes={dz} is not supported by oxemu (only off)"
+            )));
+        }
         let name = match given {
             Some(n) => {
                 self.check_name(&n)?;
@@ -227,12 +238,6 @@ impl Graph {
             Some("unmap") | Some("on") => Discard::Unmap,
             Some(v) => return Err(bad(v, "discard")),
         };
-        if let Some(dz) = o.detect_zeroes.as_deref().filter(|d| *d != "off") {
-            // Valid in QEMU; oxemu's file driver does not detect zeroes yet.
-            return Err(QmpError::generic(format!(
-                "detect-zeroes={dz} is not supported by oxemu (only off)"
-            )));
-        }
         let mut fo = FileOptions {
             read_only: o.read_only,
             direct: o.cache.direct,
@@ -484,8 +489,9 @@ impl Graph {
             implicit,
             filename: cfile,
             read_only,
-            direct: cdirect,
-            no_flush: cnoflush,
+            // Its own cache options, as for raw.
+            direct: o.cache.direct,
+            no_flush: o.cache.no_flush,
             shown: cshown,
             no_disk_size: cno_size,
         })
@@ -518,8 +524,11 @@ impl Graph {
             implicit,
             filename: c.filename.clone(),
             read_only: o.read_only || c.read_only,
-            direct: c.direct,
-            no_flush: c.no_flush,
+            // A format node reports its own cache options, as QEMU does; its I/O
+            // and flushes go through the child, whose options decide them (QEMU's
+            // flush also reaches the children of a no-flush node).
+            direct: o.cache.direct,
+            no_flush: o.cache.no_flush,
             shown: c.shown.clone(),
             no_disk_size: c.no_disk_size,
         })
@@ -586,42 +595,5 @@ impl Graph {
             .into_values()
             .map(|n| n.node)
             .collect()
-    }
-
-    /// `query-named-block-nodes`.
-    pub fn query(&self) -> Value {
-        let list: Vec<Value> = self
-            .nodes
-            .values()
-            .map(|n| {
-                let size = n.node.size();
-                let actual = n.node.allocated_size().unwrap_or(0);
-                let shown = n.shown.as_deref().unwrap_or(&n.filename);
-                let mut v = json!({
-                    "node-name": n.name,
-                    "drv": n.driver,
-                    "file": shown,
-                    "ro": n.read_only,
-                    "encrypted": false,
-                    "backing_file_depth": n.backing_depth,
-                    "detect_zeroes": "off",
-                    "bps": 0, "bps_rd": 0, "bps_wr": 0, "iops": 0, "iops_rd": 0, "iops_wr": 0,
-                    "write_threshold": 0,
-                    "cache": {"writeback": true, "direct": n.direct, "no-flush": n.no_flush},
-                    "image": {
-                        "virtual-size": size,
-                        "filename": shown,
-                        "format": n.driver,
-                        "actual-size": actual,
-                        "dirty-flag": false,
-                    },
-                });
-                if let Some(i) = v["image"].as_object_mut().filter(|_| n.no_disk_size) {
-                    i.remove("actual-size");
-                }
-                v
-            })
-            .collect();
-        Value::Array(list)
     }
 }

@@ -235,7 +235,7 @@ pub struct ObjectOptions {
     /// tls-creds-x509: require client certificates.
     #[serde(default, deserialize_with = "flex_opt_bool")]
     pub verify_peer: Option<bool>,
-    /// tls-creds-x509: accepted for compatibility.
+    /// tls-creds-x509: GnuTLS priority string; refused (oxemu's TLS has none).
     pub priority: Option<String>,
 }
 
@@ -396,4 +396,39 @@ fn io_type<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<oxemu_block::blkdebug::IoType>, D::Error> {
     enum_member(d, &[]).map(Some)
+}
+
+/// `blockdev-del` arguments.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BlockdevDelArgs {
+    /// The node to delete.
+    pub node_name: String,
+}
+
+/// `block-export-del` arguments.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BlockExportDelArgs {
+    /// The export.
+    pub id: String,
+    /// `safe` (default) or `hard`.
+    pub mode: Option<String>,
+}
+
+/// `object-del` arguments.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectDelArgs {
+    /// The object.
+    pub id: String,
+}
+
+/// `query-named-block-nodes` arguments.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct QueryNamedBlockNodesArgs {
+    /// Leave out the `backing-image` chain of each node's image.
+    #[serde(default, deserialize_with = "flex_opt_bool")]
+    pub flat: Option<bool>,
 }

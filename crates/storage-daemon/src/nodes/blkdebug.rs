@@ -139,8 +139,8 @@ impl Graph {
             implicit,
             filename: c.filename.clone(),
             read_only: o.read_only || c.read_only,
-            direct: c.direct,
-            no_flush: c.no_flush,
+            direct: o.cache.direct,
+            no_flush: o.cache.no_flush,
             shown: Some(shown),
             no_disk_size: true,
         })
