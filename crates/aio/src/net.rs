@@ -130,6 +130,20 @@ pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Binds a listening unix socket at `path` as QEMU does: a socket file left behind
+/// by an earlier server (one that was killed, say) is removed first, so that a
+/// restarted server starts. Anything else at `path` is left alone and the bind fails
+/// with `EADDRINUSE`, so a mistyped path never deletes a file.
+pub fn bind_unix_listener(path: &std::path::Path) -> io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        if m.file_type().is_socket() {
+            std::fs::remove_file(path)?;
+        }
+    }
+    std::os::unix::net::UnixListener::bind(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,18 +167,4 @@ mod tests {
             assert_eq!(reader.await, data);
         });
     }
-}
-
-/// Binds a listening unix socket at `path` as QEMU does: a socket file left behind
-/// by an earlier server (one that was killed, say) is removed first, so that a
-/// restarted server starts. Anything else at `path` is left alone and the bind fails
-/// with `EADDRINUSE`, so a mistyped path never deletes a file.
-pub fn bind_unix_listener(path: &std::path::Path) -> io::Result<std::os::unix::net::UnixListener> {
-    use std::os::unix::fs::FileTypeExt;
-    if let Ok(m) = std::fs::symlink_metadata(path) {
-        if m.file_type().is_socket() {
-            std::fs::remove_file(path)?;
-        }
-    }
-    std::os::unix::net::UnixListener::bind(path)
 }

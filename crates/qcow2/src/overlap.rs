@@ -132,6 +132,10 @@ impl Hasher for ClusterHasher {
 
 type ClusterMap = HashMap<u64, u8, BuildHasherDefault<ClusterHasher>>;
 
+/// The header fields the snapshot/bitmap part of the index was built for: snapshot
+/// table offset and count, bitmap directory location.
+type ExtraKey = (u64, u32, Option<(u32, u64, u64)>);
+
 /// Metadata clusters by cluster index.
 #[derive(Default)]
 pub(crate) struct OverlapIndex {
@@ -139,7 +143,7 @@ pub(crate) struct OverlapIndex {
     tables: Option<ClusterMap>,
     /// From the snapshot table and bitmap directory, with the header fields they
     /// were built for.
-    extra: Option<((u64, u32, Option<(u32, u64, u64)>), ClusterMap)>,
+    extra: Option<(ExtraKey, ClusterMap)>,
 }
 
 impl OverlapIndex {

@@ -356,8 +356,8 @@ impl Qcow2 {
         let r = self.apply_inner(id_or_name).await;
         // The operation's own error says more than a failure to clear the bit after it.
         let u = self.unmark_dirty(mark, r.as_ref().err()).await;
-        let v = r?;
-        u.map(|()| v)
+        r?;
+        u
     }
 
     async fn apply_inner(&self, id_or_name: &str) -> io::Result<()> {
@@ -411,8 +411,8 @@ impl Qcow2 {
         let r = self.delete_inner(id, name).await;
         // The operation's own error says more than a failure to clear the bit after it.
         let u = self.unmark_dirty(mark, r.as_ref().err()).await;
-        let v = r?;
-        u.map(|()| v)
+        r?;
+        u
     }
 
     async fn delete_inner(&self, id: Option<&str>, name: Option<&str>) -> io::Result<()> {

@@ -91,9 +91,13 @@ fn workload() -> Vec<Step> {
 }
 
 async fn run(dir: &Path, img: &Path, rules: Rules, m: &mut Model, recover: bool) -> bool {
-    let mut o = ImageOptions::default();
-    o.file = FileOptions::new(dir.join("base.raw"));
-    o.file.read_only = true;
+    let o = ImageOptions {
+        file: FileOptions {
+            read_only: true,
+            ..FileOptions::new(dir.join("base.raw"))
+        },
+        ..Default::default()
+    };
     let backing = open_image(&dir.join("base.raw"), Some("raw"), &o)
         .await
         .unwrap();
