@@ -74,9 +74,6 @@ thread_local! {
     static LOOP: RefCell<Option<EventLoop>> = const { RefCell::new(None) };
 }
 
-/// How long a queue thread polls for completions after a kick before it sleeps.
-const POLL_WINDOW: std::time::Duration = std::time::Duration::from_micros(32);
-
 impl Inner {
     /// The exported node.
     pub fn node(&self) -> &Arc<dyn BlockDriver> {
@@ -512,17 +509,6 @@ impl VhostUserBackend for BlkBackend {
                 self.process_queue(q, vring, lp)?;
             }
             lp.run_nonblocking();
-            // Poll for a short while before going back to epoll, as QEMU's event loop
-            // polls (`poll-max-ns`): page-cache hits complete within microseconds, and
-            // a completion seen here saves two wake-ups (the ring's eventfd, then the
-            // guest's next kick) per batch.
-            let until = std::time::Instant::now() + POLL_WINDOW;
-            while self.0.in_flight[q].load(Ordering::Acquire) > 0
-                && std::time::Instant::now() < until
-            {
-                lp.run_nonblocking();
-                self.notify_guests(vrings, thread_id);
-            }
             Ok(())
         })??;
         self.notify_guests(vrings, thread_id);
