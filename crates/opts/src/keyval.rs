@@ -141,6 +141,27 @@ pub fn parse_keyval(s: &str, implied: Option<&str>) -> Result<Value, KeyvalError
 /// ```
 pub fn parse_keyval_help(s: &str, implied: Option<&str>) -> Result<(Value, bool), KeyvalError> {
     let mut root = Map::new();
+    let help = parse_keyval_into(&mut root, s, implied)?;
+    Ok((Value::Object(root), help))
+}
+
+/// Parses keyval syntax into `root`, on top of what it holds (QEMU's
+/// `keyval_parse_into`, with which `-M` accumulates its options): a later value
+/// replaces an earlier one; a key used once as a value and once as an object is
+/// refused. Returns whether an element asked for help. On error `root` may hold part
+/// of the input.
+///
+/// ```
+/// let mut m = serde_json::Map::new();
+/// oxemu_opts::keyval::parse_keyval_into(&mut m, "none,x=1", Some("type")).unwrap();
+/// oxemu_opts::keyval::parse_keyval_into(&mut m, "virt", Some("type")).unwrap();
+/// assert_eq!((m["type"].as_str(), m["x"].as_str()), (Some("virt"), Some("1")));
+/// ```
+pub fn parse_keyval_into(
+    root: &mut Map<String, Value>,
+    s: &str,
+    implied: Option<&str>,
+) -> Result<bool, KeyvalError> {
     let mut help = false;
     let mut rest = s;
     let mut implied = implied;
@@ -168,13 +189,16 @@ pub fn parse_keyval_help(s: &str, implied: Option<&str>) -> Result<(Value, bool)
                 (key, value, next)
             }
         };
-        insert(&mut root, key, value)?;
+        insert(root, key, value)?;
         rest = next;
         implied = None;
     }
-    let mut v = Value::Object(root);
-    listify(&mut v, "")?;
-    Ok((v, help))
+    let mut v = Value::Object(std::mem::take(root));
+    let r = listify(&mut v, "");
+    if let Value::Object(m) = v {
+        *root = m;
+    }
+    r.map(|()| help)
 }
 
 /// Reads a value up to a single comma (`,,` is a comma); returns it and what follows.
@@ -382,6 +406,18 @@ mod tests {
             Err(KeyvalError::HelpNotAvailable)
         );
         assert_eq!(parse_keyval("", None), Ok(json!({})));
+    }
+
+    #[test]
+    fn parse_into_accumulates() {
+        let mut m = Map::new();
+        assert_eq!(parse_keyval_into(&mut m, "none,a.b=1", Some("type")), Ok(false));
+        assert_eq!(parse_keyval_into(&mut m, "virt,a.c=2,help", Some("type")), Ok(true));
+        assert_eq!(Value::Object(m.clone()), json!({"type": "virt", "a": {"b": "1", "c": "2"}}));
+        assert_eq!(
+            parse_keyval_into(&mut m, "a=3", None),
+            Err(KeyvalError::Inconsistent("a".into()))
+        );
     }
 
     #[test]
