@@ -177,7 +177,11 @@ pub fn parse_keyval_into(
         let (key, value, next) = match implied {
             Some(k) if bare => {
                 let after = &rest[head..];
-                (k, rest[..head].to_string(), after.strip_prefix(',').unwrap_or(after))
+                (
+                    k,
+                    rest[..head].to_string(),
+                    after.strip_prefix(',').unwrap_or(after),
+                )
             }
             _ => {
                 let key = &rest[..head];
@@ -225,7 +229,8 @@ fn check_key(key: &str) -> Result<(), KeyvalError> {
     for (i, p) in parts.iter().enumerate() {
         let index = i > 0 && !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
         let name = p.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
-            && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            && p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if !index && !name {
             return Err(KeyvalError::InvalidKey(key.to_string()));
         }
@@ -411,9 +416,18 @@ mod tests {
     #[test]
     fn parse_into_accumulates() {
         let mut m = Map::new();
-        assert_eq!(parse_keyval_into(&mut m, "none,a.b=1", Some("type")), Ok(false));
-        assert_eq!(parse_keyval_into(&mut m, "virt,a.c=2,help", Some("type")), Ok(true));
-        assert_eq!(Value::Object(m.clone()), json!({"type": "virt", "a": {"b": "1", "c": "2"}}));
+        assert_eq!(
+            parse_keyval_into(&mut m, "none,a.b=1", Some("type")),
+            Ok(false)
+        );
+        assert_eq!(
+            parse_keyval_into(&mut m, "virt,a.c=2,help", Some("type")),
+            Ok(true)
+        );
+        assert_eq!(
+            Value::Object(m.clone()),
+            json!({"type": "virt", "a": {"b": "1", "c": "2"}})
+        );
         assert_eq!(
             parse_keyval_into(&mut m, "a=3", None),
             Err(KeyvalError::Inconsistent("a".into()))

@@ -220,7 +220,10 @@ mod tests {
             pairs("null,,x,gic=3,,", Some("backend")),
             [p("backend", "null,x"), p("gic", "3,")]
         );
-        assert_eq!(pairs(",x=1", Some("backend")), [p("backend", ""), p("x", "1")]);
+        assert_eq!(
+            pairs(",x=1", Some("backend")),
+            [p("backend", ""), p("x", "1")]
+        );
         // Only the first element is implied; one with `=` is not.
         assert_eq!(pairs("a=1,b", Some("t")), [p("a", "1"), p("b", "on")]);
         assert_eq!(pairs("", Some("t")), []);
@@ -232,7 +235,12 @@ mod tests {
         let o = QemuOpts::parse("socket,server,nowait,no", Some("backend")).unwrap();
         assert_eq!(
             o.pairs,
-            [p("backend", "socket"), p("server", "on"), p("wait", "off"), p("", "off")]
+            [
+                p("backend", "socket"),
+                p("server", "on"),
+                p("wait", "off"),
+                p("", "off")
+            ]
         );
         assert_eq!(
             o.warnings,
@@ -248,7 +256,10 @@ mod tests {
             ["short-form boolean option 'nodelay' deprecated\nPlease use nodelay=on instead"]
         );
         // Flag names end at a comma: `a,,b` is the flags `a`, `` and `b`.
-        assert_eq!(pairs("a,,b", None), [p("a", "on"), p("", "on"), p("b", "on")]);
+        assert_eq!(
+            pairs("a,,b", None),
+            [p("a", "on"), p("", "on"), p("b", "on")]
+        );
         assert_eq!(pairs("=x", None), [p("", "x")]);
     }
 
