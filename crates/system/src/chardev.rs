@@ -6,7 +6,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::net::{UnixListener, UnixStream};
 
-use crate::opts::{bool_opt, Opts};
+use oxemu_opts::qemu_opts::{parse_bool as bool_opt, QemuOpts};
 
 /// An opened backend.
 pub enum Backend {
@@ -37,17 +37,72 @@ pub struct Chardev {
     pub frontend: bool,
 }
 
-/// Opens `-chardev` options.
-pub fn open(spec: &str) -> Result<Chardev, String> {
-    let mut o = Opts::parse(spec, Some("backend"))?;
+/// Opens `-chardev` options (QemuOpts, implied key `backend`).
+pub fn open(o: &QemuOpts) -> Result<Chardev, String> {
+    let mut o = o.clone();
+    let before_backend = o.pairs.len();
     let backend = o.take("backend").unwrap_or_default();
-    let Some(id) = o.take("id") else {
+    let Some(id) = o.id.take() else {
         return Err("chardev: no id specified".into());
     };
+    if o.pairs.len() == before_backend {
+        return Err(format!("chardev: \"{id}\" missing backend"));
+    }
     build(&backend, &id, o)
 }
 
-fn build(backend: &str, id: &str, mut o: Opts) -> Result<Chardev, String> {
+/// Every parameter of QEMU 7.2's `-chardev` option list (all backends together: QEMU
+/// checks names against this list, then each backend ignores what it does not use).
+const QEMU_CHARDEV_PARAMS: &[&str] = &[
+    "abstract",
+    "append",
+    "backend",
+    "chardev",
+    "clipboard",
+    "cols",
+    "debug",
+    "delay",
+    "fd",
+    "height",
+    "host",
+    "ipv4",
+    "ipv6",
+    "localaddr",
+    "localport",
+    "logappend",
+    "logfile",
+    "mouse",
+    "mux",
+    "name",
+    "nodelay",
+    "path",
+    "port",
+    "reconnect",
+    "rows",
+    "server",
+    "signal",
+    "size",
+    "telnet",
+    "tight",
+    "tls-authz",
+    "tls-creds",
+    "tn3270",
+    "to",
+    "wait",
+    "websocket",
+    "width",
+];
+
+/// `e` as QEMU prints an errno: the strerror text, without Rust's " (os error N)".
+fn os_text(e: &std::io::Error) -> String {
+    let m = e.to_string();
+    match m.rfind(" (os error ") {
+        Some(i) => m[..i].to_string(),
+        None => m,
+    }
+}
+
+fn build(backend: &str, id: &str, mut o: QemuOpts) -> Result<Chardev, String> {
     let (b, filename) = match backend {
         "null" => (Backend::Null, "null".to_string()),
         "stdio" => (Backend::Stdio, "stdio".to_string()),
@@ -63,7 +118,7 @@ fn build(backend: &str, id: &str, mut o: Opts) -> Result<Chardev, String> {
                 .append(append)
                 .truncate(!append)
                 .open(&p)
-                .map_err(|e| format!("Could not open '{p}': {e}"))?;
+                .map_err(|e| format!("Could not open '{p}': {}", os_text(&e)))?;
             (Backend::File(f), format!("file:{p}"))
         }
         "pipe" => {
@@ -81,7 +136,7 @@ fn build(backend: &str, id: &str, mut o: Opts) -> Result<Chardev, String> {
                         .read(true)
                         .write(true)
                         .open(&p)
-                        .map_err(|e| format!("Could not open '{p}': {e}"))?;
+                        .map_err(|e| format!("Could not open '{p}': {}", os_text(&e)))?;
                     (f.try_clone().map_err(|e| e.to_string())?, f)
                 }
             };
@@ -107,22 +162,30 @@ fn build(backend: &str, id: &str, mut o: Opts) -> Result<Chardev, String> {
                 }
                 let _ = std::fs::remove_file(&p);
                 let l = UnixListener::bind(&p)
-                    .map_err(|e| format!("Failed to bind socket to {p}: {e}"))?;
+                    .map_err(|e| format!("Failed to bind socket to {p}: {}", os_text(&e)))?;
                 (
                     Backend::Server(l, p.clone().into()),
                     format!("unix:{p},server=on"),
                 )
             } else {
                 let s = UnixStream::connect(&p)
-                    .map_err(|e| format!("Failed to connect to '{p}': {e}"))?;
+                    .map_err(|e| format!("Failed to connect to '{p}': {}", os_text(&e)))?;
                 (Backend::Client(s), format!("unix:{p}"))
             }
         }
-        "" => return Err("chardev: \"backend\" is missing".into()),
         other => return Err(format!("'{other}' is not a valid char driver name")),
     };
-    if let Some(k) = o.first_key() {
+    if let Some((k, _)) = o
+        .pairs
+        .iter()
+        .find(|(k, _)| !QEMU_CHARDEV_PARAMS.contains(&k.as_str()))
+    {
         return Err(format!("Invalid parameter '{k}'"));
+    }
+    if let Some(k) = o.first_key() {
+        return Err(format!(
+            "Parameter '{k}' is not supported by oxemu-system-aarch64's '{backend}' chardev"
+        ));
     }
     Ok(Chardev {
         label: id.to_string(),
@@ -155,13 +218,32 @@ pub fn legacy(spec: &str, label: &str) -> Result<Legacy, String> {
         None => (spec, ""),
     };
     let bad = || format!("'{spec}' is not a valid char driver");
-    let (backend, opts) = match kind {
-        "null" | "stdio" if rest.is_empty() => (kind, String::new()),
-        "unix" => ("socket", format!("path={rest}")),
-        "file" => ("file", format!("path={}", rest.replace(',', ",,"))),
-        "pipe" => ("pipe", format!("path={}", rest.replace(',', ",,"))),
+    let with_path = |p: &str| QemuOpts {
+        pairs: vec![("path".to_string(), p.to_string())],
+        ..Default::default()
+    };
+    let (backend, o) = match kind {
+        "null" | "stdio" if rest.is_empty() => (kind, QemuOpts::default()),
+        // QEMU reads `unix:` specs as QemuOpts with implied key `path`, and without
+        // deprecation warnings or help.
+        "unix" => {
+            let o = QemuOpts::parse(rest, Some("path")).map_err(|e| e.to_string())?;
+            if o.help {
+                return Err("Invalid parameter 'help'".into());
+            }
+            // QEMU checks the names before it tries to connect.
+            if let Some((k, _)) = o
+                .pairs
+                .iter()
+                .find(|(k, _)| !QEMU_CHARDEV_PARAMS.contains(&k.as_str()))
+            {
+                return Err(format!("Invalid parameter '{k}'"));
+            }
+            ("socket", o)
+        }
+        "file" => ("file", with_path(rest)),
+        "pipe" => ("pipe", with_path(rest)),
         _ => return Err(bad()),
     };
-    let o = Opts::parse(&opts, None)?;
     build(backend, label, o).map(Legacy::New)
 }

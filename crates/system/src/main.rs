@@ -4,7 +4,6 @@
 
 mod chardev;
 mod cli;
-mod opts;
 mod qmp_cmds;
 mod vm;
 
@@ -13,7 +12,7 @@ use std::sync::Arc;
 
 use chardev::{Backend, Chardev, Legacy};
 use cli::{CliError, Help};
-use opts::Opts;
+use serde_json::Value;
 use vm::Vm;
 
 const PROG: &str = "oxemu-system-aarch64";
@@ -25,26 +24,29 @@ fn die(e: CliError) -> ! {
 
 /// The accelerator: `qtest`, the only one oxemu has.
 fn choose_accel(c: &cli::Config) -> Result<bool, CliError> {
-    if !c.accels.is_empty() && c.machine.get("accel").is_some() {
+    let machine_accel = c.machine.get("accel");
+    if !c.accels.is_empty() && machine_accel.is_some() {
         return Err(CliError::plain(
             "The -accel and \"-machine accel=\" options are incompatible",
         ));
     }
     let mut names: Vec<String> = Vec::new();
     for a in &c.accels {
-        let mut o = Opts::parse(a, Some("accel")).map_err(|e| CliError::at("accel", Some(a), e))?;
+        let mut o = a.opts.clone();
         let n = o.take("accel").unwrap_or_default();
         if let Some(k) = o.first_key() {
             return Err(CliError::at(
                 "accel",
-                Some(a),
+                Some(&a.text),
                 format!("Property '{n}-accel.{k}' not found"),
             ));
         }
         names.push(n);
     }
-    if let Some(m) = c.machine.get("accel") {
-        names.extend(m.split(':').map(String::from));
+    match machine_accel {
+        None => {}
+        Some(Value::String(m)) => names.extend(m.split(':').map(String::from)),
+        Some(_) => return Err(CliError::plain("Parameters 'accel.*' are unexpected")),
     }
     if let Some(n) = names.first() {
         match n.as_str() {
@@ -63,6 +65,31 @@ fn choose_accel(c: &cli::Config) -> Result<bool, CliError> {
     }
     // No accelerator asked for: qtest, the only one there is.
     Ok(true)
+}
+
+/// `-display`: keyval with implied `type`; oxemu has the `none` display only.
+fn check_display(d: &str) -> Result<(), String> {
+    if d == "help" || d == "?" {
+        println!("Available display backend types:\nnone");
+        std::process::exit(0);
+    }
+    let mut o =
+        match oxemu_opts::keyval::parse_keyval(d, Some("type")).map_err(|e| e.to_string())? {
+            Value::Object(o) => o,
+            _ => unreachable!("keyval always yields an object"),
+        };
+    let ty = match o.remove("type") {
+        None => return Err("Parameter 'type' is missing".into()),
+        Some(Value::String(t)) => t,
+        Some(_) => return Err("Invalid parameter type for 'type', expected: string".into()),
+    };
+    if ty != "none" {
+        return Err(format!("Parameter 'type' does not accept value '{ty}'"));
+    }
+    match o.keys().next() {
+        Some(k) => Err(format!("Parameter '{k}' is unexpected")),
+        None => Ok(()),
+    }
 }
 
 fn add_chardev(vm: &Vm, c: Chardev) -> Result<(), String> {
@@ -227,7 +254,12 @@ fn daemonize() -> Result<std::fs::File, String> {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let c = cli::parse(&args).unwrap_or_else(|e| die(e));
+    let mut warnings = Vec::new();
+    let parsed = cli::parse(&args, &mut warnings);
+    for w in &warnings {
+        eprint!("{}", w.render(PROG));
+    }
+    let c = parsed.unwrap_or_else(|e| die(e));
     match &c.help {
         Some(Help::Usage) => {
             print!("{}", cli::usage());
@@ -249,6 +281,10 @@ fn main() {
             print!("{}", vm::devices_help());
             return;
         }
+        Some(Help::Objects) => {
+            print!("{}", vm::objects_help());
+            return;
+        }
         Some(Help::DeviceProps(d)) => {
             print!("{}", vm::device_props_help(d).unwrap_or_else(|e| die(e)));
             return;
@@ -256,17 +292,7 @@ fn main() {
         None => {}
     }
     if let Some(d) = &c.display {
-        let o = Opts::parse(d, Some("type")).unwrap_or_default();
-        if o.get("type") != Some("none") {
-            die(CliError::at(
-                "display",
-                Some(d),
-                format!(
-                    "Parameter 'type' does not accept value '{}'",
-                    o.get("type").unwrap_or("")
-                ),
-            ));
-        }
+        check_display(d).unwrap_or_else(|e| die(CliError::at("display", Some(d), e)));
     }
     for m in &c.monitors {
         if m != "none" {
@@ -275,10 +301,10 @@ fn main() {
     }
     let qtest_accel = choose_accel(&c).unwrap_or_else(|e| die(e));
     let vm = Arc::new(vm::build_machine(&c, qtest_accel).unwrap_or_else(|e| die(e)));
-    for spec in &c.chardevs {
-        chardev::open(spec)
+    for a in &c.chardevs {
+        chardev::open(&a.opts)
             .and_then(|ch| add_chardev(&vm, ch))
-            .unwrap_or_else(|e| die(CliError::at("chardev", Some(spec), e)));
+            .unwrap_or_else(|e| die(CliError::at("chardev", Some(&a.text), e)));
     }
     let mut serials = c.serials.clone();
     if c.nographic && serials.is_empty() {
@@ -295,12 +321,22 @@ fn main() {
     }
     // Monitors: check every spec before anything runs.
     let mut qmp_backends = Vec::new();
-    for m in &c.mons {
-        let mut o = Opts::parse(m, Some("chardev"))
-            .unwrap_or_else(|e| die(CliError::at("mon", Some(m), e)));
+    for a in &c.mons {
+        let m = &a.text;
+        let mut o = a.opts.clone();
         let id = o.take("chardev").unwrap_or_default();
         let mode = o.take("mode").unwrap_or_else(|| "readline".into());
-        o.take("pretty");
+        if let Some(p) = o.take("pretty") {
+            let pretty = oxemu_opts::qemu_opts::parse_bool("pretty", &p)
+                .unwrap_or_else(|e| die(CliError::at("mon", Some(m), e)));
+            if pretty {
+                die(CliError::at(
+                    "mon",
+                    Some(m),
+                    "pretty=on is not supported by oxemu-system-aarch64",
+                ));
+            }
+        }
         if let Some(k) = o.first_key() {
             die(CliError::at(
                 "mon",
@@ -417,7 +453,8 @@ fn main() {
             let _ = std::fs::remove_file(p);
         }
     }
-    for spec in c.qmps.iter().chain(c.chardevs.iter()).chain(c.qtest.iter()) {
+    let chardev_texts = c.chardevs.iter().map(|a| &a.text);
+    for spec in c.qmps.iter().chain(chardev_texts).chain(c.qtest.iter()) {
         if spec.contains("server=on") || spec.contains(",server,") || spec.ends_with(",server") {
             if let Some(p) = spec
                 .split(',')

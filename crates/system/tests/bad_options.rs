@@ -1,6 +1,6 @@
 //! Bad command lines, run side by side with qemu-system-aarch64 7.2 (Debian's
 //! qemu-system-arm): both must exit with status 1 and print the same error text
-//! (program names aside). QEMU runs with `-accel tcg -S`, as Debian's build lacks
+//! (program names aside), deprecation warnings included. QEMU runs with `-accel tcg -S`, as Debian's build lacks
 //! the qtest accelerator. The test fails when QEMU is missing.
 
 use std::process::Command;
@@ -33,11 +33,50 @@ const CASES: &[(&str, bool)] = &[
     ("-bogus-option", false),
     ("-m", false),
     ("-name", false),
-    ("-global foo", true),
+    ("-global foo", false),
     ("-serial foo:bar", false),
     ("-mon chardev=nonexist", false),
     ("-qtest foo:bar", false),
     ("-display bogus", false),
+    // Option syntax (oxemu-opts): QemuOpts for -device, -chardev, -mon, -object, -m,
+    // -global, -name; keyval for -M, -smp, -display; -cpu's own split.
+    ("-chardev null,id=c,noappend,x", false),
+    ("-chardev null,id=1x", false),
+    ("-chardev null,,x,id=c", false),
+    ("-chardev ,id=c", false),
+    ("-chardev id=c", false),
+    ("-chardev null,id=c,=x", false),
+    ("-chardev null,id=c,,x", false),
+    ("-chardev null,id=a,id=b -mon chardev=b", false),
+    (
+        "-chardev socket,id=c,path=/nonexistent/x,server,nowait",
+        false,
+    ),
+    ("-M none,foo", false),
+    ("-M ,accel=tcg", false),
+    ("-M none,,x", false),
+    ("-M none,memory-backend.x=1", false),
+    ("-M none -M virt.x=1", false),
+    ("-smp 2,foo", false),
+    ("-smp cpus.x=1", false),
+    ("-display none,foo=1", false),
+    ("-display none,,x", false),
+    ("-display foo=1", false),
+    ("-global driver=x", false),
+    ("-global x.y", false),
+    ("-name foo,bar=1", false),
+    ("-cpu max,foo", false),
+    ("-m 1,,x", false),
+    ("-device foo,,bar", false),
+    ("-device nonexistent-dev,bogus", false),
+    ("-mon chardev=x,bogus", false),
+    ("-object memory-backend-ram,id=m,size=1M,size.x=2", false),
+    ("-object memory-backend-ram,,id=m", false),
+    ("-object 1x=2", false),
+    ("-object id=m", false),
+    ("-object memory-backend-ram,id=1x,size=1M", false),
+    ("-object memory-backend-ram,id=m,size=1M,share,foo", false),
+    ("-qtest unix:/nonexistent/x,bogus", false),
 ];
 
 fn run(prog: &str, pre: &[&str], case: &str) -> (Option<i32>, String) {
