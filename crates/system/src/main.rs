@@ -3,15 +3,15 @@
 //! objects with properties, and virtual time moves only through qtest.
 
 mod chardev;
-mod cli;
+mod inet;
 mod qmp_cmds;
 mod vm;
 
 use std::io::Write;
 use std::sync::Arc;
 
-use chardev::{Backend, Chardev, Legacy};
-use cli::{CliError, Help};
+use chardev::{Backend, Chardev, Legacy, LegacyError};
+use oxemu_system::cli::{self, CliError, Help};
 use serde_json::Value;
 use vm::Vm;
 
@@ -117,14 +117,16 @@ fn claim(vm: &Vm, id: &str) -> Result<Backend, String> {
         .ok_or_else(|| format!("Chardev '{id}' is busy"))
 }
 
-fn legacy_backend(vm: &Vm, spec: &str, label: &str) -> Result<Option<Backend>, String> {
+fn legacy_backend(vm: &Vm, spec: &str, label: &str) -> Result<Option<Backend>, LegacyError> {
+    let open = LegacyError::Open;
     match chardev::legacy(spec, label)? {
         Legacy::None => Ok(None),
-        Legacy::Existing(id) => claim(vm, &id).map(Some),
+        Legacy::Existing(id) => claim(vm, &id).map(Some).map_err(open),
         Legacy::New(c) => {
-            add_chardev(vm, c)?;
-            claim(vm, label).map(Some)
+            add_chardev(vm, c).map_err(open)?;
+            claim(vm, label).map(Some).map_err(open)
         }
+        Legacy::Options(_) => unreachable!("legacy() builds every spec it reads"),
     }
 }
 
@@ -142,6 +144,25 @@ fn qmp_on(server: &Arc<oxemu_qmp::QmpServer>, b: Backend) -> Result<(), String> 
                 .spawn(move || {
                     for c in l.incoming().flatten() {
                         s.serve_unix_stream(c);
+                    }
+                })
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
+        Backend::TcpClient(s) => {
+            server.serve_tcp_stream(s);
+            Ok(())
+        }
+        Backend::TcpServer(l, nodelay) => {
+            let s = server.clone();
+            std::thread::Builder::new()
+                .name("qmp-accept".into())
+                .spawn(move || {
+                    for c in l.incoming().flatten() {
+                        if nodelay {
+                            let _ = c.set_nodelay(true);
+                        }
+                        s.serve_tcp_stream(c);
                     }
                 })
                 .map(drop)
@@ -171,6 +192,25 @@ fn qtest_on(vm: &Arc<Vm>, b: Backend, log: Option<Box<dyn Write + Send>>) -> Res
         Backend::Server(l, _) => spawn(Box::new(move || {
             let log = log.map(|l| Arc::new(std::sync::Mutex::new(l)));
             for s in l.incoming().flatten() {
+                let Ok(w) = s.try_clone() else { continue };
+                let lg: Option<Box<dyn Write + Send>> =
+                    log.clone().map(|l| Box::new(SharedLog(l)) as _);
+                oxemu_qtest::server::QtestServer::new(machine.clone(), accel, Box::new(w), lg)
+                    .serve(s);
+            }
+        })),
+        Backend::TcpClient(s) => {
+            let w = s.try_clone().map_err(|e| e.to_string())?;
+            spawn(Box::new(move || {
+                oxemu_qtest::server::QtestServer::new(machine, accel, Box::new(w), log).serve(s)
+            }))
+        }
+        Backend::TcpServer(l, nodelay) => spawn(Box::new(move || {
+            let log = log.map(|l| Arc::new(std::sync::Mutex::new(l)));
+            for s in l.incoming().flatten() {
+                if nodelay {
+                    let _ = s.set_nodelay(true);
+                }
                 let Ok(w) = s.try_clone() else { continue };
                 let lg: Option<Box<dyn Write + Send>> =
                     log.clone().map(|l| Box::new(SharedLog(l)) as _);
@@ -312,10 +352,12 @@ fn main() {
     }
     for (i, s) in serials.iter().enumerate() {
         if let Err(e) = legacy_backend(&vm, s, &format!("serial{i}")) {
-            let mut msg = e;
-            if msg.ends_with("is not a valid char driver") {
-                msg.push_str(&format!("\n{PROG}: -serial {s}: could not connect serial device to character backend '{s}'"));
-            }
+            // QEMU adds this line whenever a serial backend fails.
+            let tail = format!("could not connect serial device to character backend '{s}'");
+            let msg = match e.msg() {
+                "" => tail,
+                m => format!("{m}\n{PROG}: -serial {s}: {tail}"),
+            };
             die(CliError::at("serial", Some(s), msg));
         }
     }
@@ -358,7 +400,13 @@ fn main() {
         match legacy_backend(&vm, q, &format!("compat_monitor{i}")) {
             Ok(Some(b)) => qmp_backends.push(b),
             Ok(None) => {}
-            Err(e) => die(CliError::at("qmp", Some(q), e)),
+            Err(LegacyError::Open(m)) => die(CliError::at("qmp", Some(q), m)),
+            Err(LegacyError::Parse(m)) => {
+                if !m.is_empty() {
+                    eprint!("{}", CliError::at("qmp", Some(q), m).render(PROG));
+                }
+                die(CliError::at("qmp", Some(q), format!("parse error: {q}")))
+            }
         }
     }
     let qtest_backend = c
@@ -370,7 +418,9 @@ fn main() {
                 "Failed to initialize device for qtest: \"{q}\""
             ))),
             Err(e) => {
-                eprintln!("{PROG}: {e}");
+                if !e.msg().is_empty() {
+                    eprintln!("{PROG}: {}", e.msg());
+                }
                 die(CliError::plain(format!(
                     "Failed to initialize device for qtest: \"{q}\""
                 )))

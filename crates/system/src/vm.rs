@@ -12,8 +12,8 @@ use oxemu_devmodel::types::{cpu_models, register_standard};
 use oxemu_qmp::EventBus;
 
 use crate::chardev::Chardev;
-use crate::cli::{CliError, Config};
 use oxemu_opts::qemu_opts::QemuOpts;
+use oxemu_system::cli::{CliError, Config};
 
 /// QEMU's run states that oxemu has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -215,7 +215,7 @@ pub fn build_machine(c: &Config, qtest_accel: bool) -> Result<Vm, CliError> {
     }
     let mut globals = Vec::new();
     for g in &c.globals {
-        let (driver, property, value) = crate::cli::parse_global(g, &mut Vec::new())?;
+        let (driver, property, value) = oxemu_system::cli::parse_global(g, &mut Vec::new())?;
         globals.push(GlobalProp {
             driver,
             property,

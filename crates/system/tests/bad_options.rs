@@ -47,6 +47,8 @@ const CASES: &[(&str, bool)] = &[
     ("-chardev id=c", false),
     ("-chardev null,id=c,=x", false),
     ("-chardev null,id=c,,x", false),
+    // QEMU looks for id= without the implied key, so the escaped comma separates.
+    ("-chardev null,,id=1x", false),
     ("-chardev null,id=a,id=b -mon chardev=b", false),
     (
         "-chardev socket,id=c,path=/nonexistent/x,server,nowait",
