@@ -357,10 +357,11 @@ pub fn usage() -> String {
 Machine: -M/-machine TYPE[,memory-backend=ID][,accel=qtest]  -cpu cortex-a57|cortex-a72|max[,PROP=V]\n\
          -smp N  -m SIZE  -object TYPE,id=ID,...  -device DRIVER[,PROP=V]  -global D.P=V\n\
 Chardev: -chardev socket|file|stdio|null|pipe,id=ID,...  -serial SPEC  -mon chardev=ID,mode=control\n\
-         -qmp SPEC  -monitor none\n\
-qtest:   -accel qtest  -qtest unix:PATH|stdio|chardev:ID  -qtest-log FILE|none\n\
+         socket: path=PATH or host=HOST,port=PORT[,server=on,wait=off]\n\
+         -qmp SPEC (unix:PATH|tcp:HOST:PORT[,server=on,wait=off]|chardev:ID)  -monitor none\n\
+qtest:   -accel qtest  -qtest unix:PATH|tcp:HOST:PORT|stdio|chardev:ID  -qtest-log FILE|none\n\
 Other:   -display none  -nographic  -nodefaults  -S  -name NAME  -pidfile FILE  -daemonize\n\
-Help:    -M help  -cpu help  -device help  -device DRIVER,help  -version\n\
+Help:    -M help  -cpu help  -object help  -device help  -device DRIVER,help  -version\n\
 \n\
 oxemu-system-aarch64 has no CPU emulation: -accel tcg and -accel kvm are refused.\n"
         .to_string()
