@@ -10,7 +10,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use oxemu_opts::getopt::{opt, parse as getopt};
-use oxemu_opts::keyval::{escape, parse_keyval, parse_keyval_help, parse_keyval_into, parse_option};
+use oxemu_opts::keyval::{
+    escape, parse_keyval, parse_keyval_help, parse_keyval_into, parse_option,
+};
 use oxemu_opts::qemu_opts::QemuOpts;
 
 fuzz_target!(|data: &[u8]| {
@@ -18,7 +20,10 @@ fuzz_target!(|data: &[u8]| {
     for implied in [None, Some("driver")] {
         match QemuOpts::parse(&s, implied) {
             Ok(mut o) => {
-                assert!(o.warnings.iter().all(|w| w.starts_with("short-form boolean option")));
+                assert!(o
+                    .warnings
+                    .iter()
+                    .all(|w| w.starts_with("short-form boolean option")));
                 if let Some(id) = &o.id {
                     assert!(oxemu_opts::qemu_opts::id_wellformed(id));
                 }
