@@ -8,7 +8,7 @@
 //!   JSON values that QMP commands receive; [`keyval::split_elements`] is the splitter
 //!   for `-o` lists; [`wants_help`] finds a `help` or `?` query in them.
 //! - [`qemu_opts`]: QemuOpts, the flat syntax of the system emulator's `-device`,
-//!   `-chardev`, `-mon`, `-accel`, `-m`, `-global` and `-name` (implied first key with
+//!   `-chardev`, `-mon`, `-object`, `-accel`, `-m`, `-global` and `-name` (implied first key with
 //!   `,,` escapes, short-form booleans with QEMU's deprecation warnings, `help`/`?`,
 //!   `id=`, last value wins).
 //! - [`json`]: QEMU's JSON dialect (strings may be single-quoted), for QMP input,

@@ -1,7 +1,9 @@
-//! QemuOpts: the flat option syntax of `-device`, `-chardev`, `-mon`, `-accel`, `-m`,
-//! `-global` and `-name` in QEMU's system emulators (QEMU's `util/qemu-option.c`).
+//! QemuOpts: the flat option syntax of `-device`, `-chardev`, `-mon`, `-object`,
+//! `-accel`, `-m`, `-global` and `-name` in QEMU 7.2's system emulators (QEMU's
+//! `util/qemu-option.c`).
 //!
-//! It differs from [`keyval`](crate::keyval), which `-M`, `-smp` and `-object` use:
+//! It differs from [`keyval`](crate::keyval), which the system emulator's `-M`, `-smp`
+//! and `-display` use (and qemu-storage-daemon's `--object`):
 //!
 //! - the first element may be a bare value of an implied key (`-device DRIVER,...`,
 //!   `-chardev BACKEND,...`), and that value takes `,,` escapes (`null,,x` is `null,x`);
