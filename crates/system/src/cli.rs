@@ -75,8 +75,33 @@ pub enum Help {
 pub struct OptArg {
     /// The argument as given (for error locations).
     pub text: String,
-    /// The argument parsed.
+    /// The argument parsed (empty for a JSON argument).
     pub opts: QemuOpts,
+    /// A JSON object argument (`-device {...}`, `-object {...}`), typed as QMP
+    /// arguments are.
+    pub json: Option<Map<String, Value>>,
+}
+
+/// `-device`/`-object` argument: a JSON object when it starts with `{` (QEMU 7.2's
+/// rule), QemuOpts otherwise.
+fn json_or_opts(
+    opt: &str,
+    v: &str,
+    implied: &str,
+    warnings: &mut Vec<CliError>,
+) -> Result<OptArg, CliError> {
+    if !v.starts_with('{') {
+        return qemu_opts(opt, v, Some(implied), warnings);
+    }
+    match oxemu_opts::json::parse(v) {
+        Ok(Value::Object(m)) => Ok(OptArg {
+            text: v.to_string(),
+            opts: QemuOpts::default(),
+            json: Some(m),
+        }),
+        Ok(_) => Err(CliError::at(opt, Some(v), "JSON option must be an object")),
+        Err(e) => Err(CliError::at(opt, Some(v), format!("JSON parse error, {e}"))),
+    }
 }
 
 /// Everything the command line asked for, in order where order matters.
@@ -199,6 +224,7 @@ fn qemu_opts(
     Ok(OptArg {
         text: v.to_string(),
         opts,
+        json: None,
     })
 }
 
@@ -306,7 +332,7 @@ pub fn parse(args: &[String], warnings: &mut Vec<CliError>) -> Result<Config, Cl
             "smp" => c.smp = Some(v),
             "m" => c.mem = Some(qemu_opts(name, &v, Some("size"), warnings)?),
             "object" => {
-                let a = qemu_opts(name, &v, Some("qom-type"), warnings)?;
+                let a = json_or_opts(name, &v, "qom-type", warnings)?;
                 if a.opts.get("qom-type").is_some_and(is_help) {
                     c.help = Some(Help::Objects);
                 } else if a.opts.help {
@@ -319,7 +345,7 @@ pub fn parse(args: &[String], warnings: &mut Vec<CliError>) -> Result<Config, Cl
                 c.objects.push(a)
             }
             "device" => {
-                let a = qemu_opts(name, &v, Some("driver"), warnings)?;
+                let a = json_or_opts(name, &v, "driver", warnings)?;
                 match a.opts.get("driver") {
                     Some(d) if is_help(d) => c.help = Some(Help::Devices),
                     Some(d) if a.opts.help => c.help = Some(Help::DeviceProps(d.to_string())),

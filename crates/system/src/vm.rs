@@ -133,10 +133,13 @@ pub fn check_object_args(
         };
         if p.ty == PropType::Size {
             if let Value::String(s) = v {
-                if parse_size(s).is_none() {
+                if cmdline && parse_size(s).is_none() {
                     return Err(format!("Parameter '{k}' expects a size value"));
                 }
             }
+        }
+        if !cmdline {
+            strict_type(k, &p.ty, v)?;
         }
     }
     if types.is_a(&ty, "memory-backend") && !props.iter().any(|(k, _)| k == "size") {
@@ -146,6 +149,28 @@ pub fn check_object_args(
         return Err("Parameter 'mem-path' is missing".into());
     }
     Ok((ty, id, props))
+}
+
+/// QMP and JSON arguments are typed: QEMU's QObject input visitor refuses a string
+/// where a number or boolean belongs, with these texts.
+fn strict_type(k: &str, ty: &PropType, v: &Value) -> Result<(), String> {
+    let ok = match ty {
+        PropType::Bool => v.is_boolean(),
+        PropType::Str | PropType::String | PropType::Link(_) => v.is_string(),
+        PropType::I32 | PropType::I64 => v.is_i64(),
+        PropType::U8 | PropType::U16 | PropType::U32 | PropType::U64 | PropType::Size => v.is_u64(),
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(match ty {
+        PropType::Bool => format!("Invalid parameter type for '{k}', expected: boolean"),
+        PropType::Str | PropType::String | PropType::Link(_) => {
+            format!("Invalid parameter type for '{k}', expected: string")
+        }
+        PropType::I32 | PropType::I64 => format!("Parameter '{k}' expects int64"),
+        _ => format!("Parameter '{k}' expects uint64"),
+    })
 }
 
 fn opts_values(o: &QemuOpts) -> Vec<(String, Value)> {
@@ -307,19 +332,33 @@ pub fn build_machine(c: &Config, qtest_accel: bool) -> Result<Vm, CliError> {
     let mut m = Machine::new(registry(), &mt, &globals);
     for a in &c.objects {
         let spec = &a.text;
-        // QEMU hands -object to the object code as a dictionary with `id` in it.
-        let mut props = opts_values(&a.opts);
-        if let Some(id) = &a.opts.id {
-            props.push(("id".into(), Value::String(id.clone())));
-        }
+        // QEMU hands -object to the object code as a dictionary with `id` in it; a
+        // JSON argument is typed strictly, as QMP's object-add.
+        let (props, cmdline) = match &a.json {
+            Some(j) => (j.clone().into_iter().collect(), false),
+            None => {
+                let mut props = opts_values(&a.opts);
+                if let Some(id) = &a.opts.id {
+                    props.push(("id".into(), Value::String(id.clone())));
+                }
+                (props, true)
+            }
+        };
         let (ty, id, props) =
-            check_object_args(&m.types, props, true).map_err(located("object", spec))?;
+            check_object_args(&m.types, props, cmdline).map_err(located("object", spec))?;
         if m.tree.child(m.objects, &id).is_some() {
-            return Err(CliError::at(
-                "object",
-                Some(spec),
-                format!("Duplicate ID '{id}' for object"),
-            ));
+            // QemuOpts catches the repeated id; a JSON -object reaches the object tree.
+            return Err(if a.json.is_some() {
+                CliError::plain(format!(
+                    "attempt to add duplicate property '{id}' to object (type 'container')"
+                ))
+            } else {
+                CliError::at(
+                    "object",
+                    Some(spec),
+                    format!("Duplicate ID '{id}' for object"),
+                )
+            });
         }
         m.object_add(&ty, &id, &props)
             .map_err(|e| CliError::at("object", Some(spec), e.0))?;
@@ -333,10 +372,30 @@ pub fn build_machine(c: &Config, qtest_accel: bool) -> Result<Vm, CliError> {
     };
     m.init(&cfg).map_err(CliError::plain)?;
     for a in &c.devices {
-        let mut o = a.opts.clone();
-        let driver = o.take("driver").unwrap_or_default();
-        m.device_add(&driver, o.id.as_deref(), &opts_values(&o))
-            .map_err(|e| CliError::at("device", Some(&a.text), e.0))?;
+        let at = |e: String| CliError::at("device", Some(&a.text), e);
+        let (driver, id, props) = match &a.json {
+            Some(j) => {
+                let mut j = j.clone();
+                let mut string = |k: &str| match j.remove(k) {
+                    None => Ok(None),
+                    Some(Value::String(s)) => Ok(Some(s)),
+                    Some(_) => Err(at(format!(
+                        "Invalid parameter type for '{k}', expected: string"
+                    ))),
+                };
+                let driver =
+                    string("driver")?.ok_or_else(|| at("Parameter 'driver' is missing".into()))?;
+                let id = string("id")?;
+                (driver, id, j.into_iter().collect())
+            }
+            None => {
+                let mut o = a.opts.clone();
+                let driver = o.take("driver").unwrap_or_default();
+                (driver, o.id.clone(), opts_values(&o))
+            }
+        };
+        m.device_add(&driver, id.as_deref(), &props)
+            .map_err(|e| at(e.0))?;
     }
     m.done = true;
     Ok(Vm {

@@ -79,17 +79,62 @@ const CASES: &[(&str, bool)] = &[
     ("-object memory-backend-ram,id=1x,size=1M", false),
     ("-object memory-backend-ram,id=m,size=1M,share,foo", false),
     ("-qtest unix:/nonexistent/x,bogus", false),
+    // JSON -device and -object, typed as QMP arguments.
+    (r#"-device {"driver":"nonexistent-dev"}"#, false),
+    ("-device [1]", false),
+    (r#"-device {"id":"x"}"#, false),
+    (r#"-object {"id":"m"}"#, false),
+    (
+        r#"-object {"qom-type":"memory-backend-ram","id":"m"}"#,
+        false,
+    ),
+    (
+        r#"-object {"qom-type":"memory-backend-ram","id":"m","size":1048576,"foo":1}"#,
+        false,
+    ),
+    (
+        r#"-object {"qom-type":"memory-backend-ram","id":"m","size":"1M"}"#,
+        false,
+    ),
+    (
+        r#"-object {"qom-type":"memory-backend-ram","id":"m","size":1048576,"share":"on"}"#,
+        false,
+    ),
+    (
+        r#"-object {"qom-type":"memory-backend-ram","id":"m","size":1048576} -object {"qom-type":"memory-backend-ram","id":"m","size":1048576}"#,
+        false,
+    ),
 ];
 
+/// Runs `prog`; one that is still running after 20 s (it accepted what it should
+/// refuse) is killed and reported with status `None`.
 fn run(prog: &str, pre: &[&str], case: &str) -> (Option<i32>, String) {
-    let out = Command::new(prog)
+    use std::io::Read;
+    let mut child = Command::new(prog)
         .args(pre)
         .args(case.split(' '))
-        .output()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap_or_else(|e| panic!("cannot run {prog} (install qemu-system-arm): {e}"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let code = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st.code();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let mut err = Vec::new();
+    let _ = child.stderr.take().unwrap().read_to_end(&mut err);
     let name = prog.rsplit('/').next().unwrap_or(prog);
-    let text = String::from_utf8_lossy(&out.stderr).replace(name, "PROG");
-    (out.status.code(), text)
+    let text = String::from_utf8_lossy(&err).replace(name, "PROG");
+    (code, text)
 }
 
 #[test]

@@ -106,7 +106,19 @@ fn session(s: TcpStream) -> Vec<Value> {
     out
 }
 
-fn finish(mut c: Child, prog: &str) {
+/// Kills the child when a failed assertion unwinds past it.
+struct Guard(Child);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn finish(mut g: Guard, prog: &str) {
+    let c = &mut g.0;
     let end = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(st) = c.try_wait().unwrap() {
@@ -133,7 +145,7 @@ fn server_side_by_side(args: &str) -> Vec<(String, Vec<Value>)> {
                 .split(' ')
                 .map(String::from)
                 .collect();
-            let c = spawn(prog, &a);
+            let c = Guard(spawn(prog, &a));
             let replies = session(connect_retry(port));
             finish(c, prog);
             (prog.to_string(), replies)
@@ -166,8 +178,7 @@ fn qmp_over_tcp_client_matches_qemu() {
         .split(' ')
         .map(String::from)
         .collect();
-        let c = spawn(prog, &a);
-        l.set_nonblocking(false).unwrap();
+        let c = Guard(spawn(prog, &a));
         let (s, _) = l.accept().unwrap();
         results.push(session(s));
         finish(c, prog);
@@ -176,18 +187,27 @@ fn qmp_over_tcp_client_matches_qemu() {
     assert_eq!(results[1][4], json!({"return": {"name": "vm0"}}));
 }
 
+/// Exit status and stderr of a run expected to fail; a program still running after
+/// 20 s is killed and reported with status `None`.
 fn stderr_of(prog: &str, args: &[String]) -> (Option<i32>, String) {
-    let out = Command::new(prog)
-        .args(pre(prog))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {prog}: {e}"));
+    use std::io::Read;
+    let mut c = spawn(prog, args);
+    let end = Instant::now() + Duration::from_secs(20);
+    let code = loop {
+        if let Some(st) = c.try_wait().unwrap() {
+            break st.code();
+        }
+        if Instant::now() > end {
+            let _ = c.kill();
+            let _ = c.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut err = Vec::new();
+    let _ = c.stderr.take().unwrap().read_to_end(&mut err);
     let name = prog.rsplit('/').next().unwrap_or(prog);
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).replace(name, "PROG"),
-    )
+    (code, String::from_utf8_lossy(&err).replace(name, "PROG"))
 }
 
 #[test]
