@@ -3,7 +3,8 @@
 //! keyval rules, as in QEMU: `,,` stands for a literal comma inside a value; dotted keys
 //! build nested objects; objects whose keys are `0`, `1`, ... become lists; the first
 //! element may omit its key when the option has an implied one (`--object
-//! iothread,id=x` means `qom-type=iothread`). All values are strings; typed structures
+//! iothread,id=x` means `qom-type=iothread`); the same key twice keeps the last value;
+//! `help` or `?` as an element is a help query ([`parse_keyval_help`]). All values are strings; typed structures
 //! convert them with the helpers in `oxemu_qmp::args`.
 
 use serde_json::{Map, Value};
@@ -17,15 +18,21 @@ pub enum KeyvalError {
     /// An empty or malformed key.
     #[error("Invalid parameter '{0}'")]
     InvalidKey(String),
-    /// The same key twice.
-    #[error("Parameter '{0}' is set multiple times")]
-    Duplicate(String),
+    /// A key longer than QEMU's 127 characters.
+    #[error("Parameter '{0}' is too long")]
+    TooLong(String),
+    /// A fragment of a dotted key longer than QEMU's 127 characters.
+    #[error("Parameter fragment '{0}' is too long")]
+    FragmentTooLong(String),
+    /// A `help` or `?` element where the option has no help.
+    #[error("Help is not available for this option")]
+    HelpNotAvailable,
     /// A key used both as a value and as an object.
     #[error("Parameters '{0}.*' used inconsistently")]
     Inconsistent(String),
-    /// List indices with gaps.
-    #[error("Parameter '{0}' is a list with missing elements")]
-    SparseList(String),
+    /// A list element missing below the highest index (`a.1=x` without `a.0`).
+    #[error("Parameter '{0}' missing")]
+    Missing(String),
     /// Broken JSON.
     #[error("JSON parse error: {0}")]
     Json(String),
@@ -104,49 +111,149 @@ pub fn pairs(s: &str) -> Vec<(String, Option<String>)> {
 }
 
 /// Parses keyval syntax into a JSON object of strings, nested objects and lists.
+/// A `help` or `?` element is refused ("Help is not available for this option"), as
+/// QEMU refuses it where an option has no help; [`parse_keyval_help`] reports it.
 pub fn parse_keyval(s: &str, implied: Option<&str>) -> Result<Value, KeyvalError> {
-    let mut root = Map::new();
-    if s.is_empty() {
-        return Ok(Value::Object(root));
+    match parse_keyval_help(s, implied)? {
+        (_, true) => Err(KeyvalError::HelpNotAvailable),
+        (v, false) => Ok(v),
     }
-    for (i, elem) in split_elements(s).into_iter().enumerate() {
-        if elem.is_empty() && i > 0 {
-            continue; // trailing comma
-        }
-        let (key, value) = match elem.split_once('=') {
-            Some((k, v)) => (k.to_string(), v.to_string()),
-            None => match implied {
-                Some(k) if i == 0 => (k.to_string(), elem),
-                _ => return Err(KeyvalError::ExpectedEquals(elem)),
-            },
-        };
-        insert(&mut root, &key, value)?;
-    }
-    let mut v = Value::Object(root);
-    listify(&mut v, "")?;
-    Ok(v)
 }
 
+/// Parses keyval syntax as QEMU 7.2's `keyval_parse` does, and says whether an element
+/// asked for help (`help` or `?` on its own, anywhere).
+///
+/// - The first element may be a bare value for `implied` (`virt,accel=tcg`). That value
+///   ends at the first `,` or `=` and has no `,,` escape, so `virt,,x` is `virt` and
+///   then an empty (invalid) key; an empty first element is never implied.
+/// - Other values end at a single comma; `,,` is a literal comma. A trailing comma ends
+///   the list.
+/// - Keys are QAPI names (a letter, then letters, digits, `-`, `_`), dotted for nesting;
+///   fragments after the first may be list indices. Fragments are under 128 characters.
+/// - The same key twice: the last value wins, unless one use is an object and the other
+///   a value.
+///
+/// ```
+/// let (v, help) = oxemu_opts::keyval::parse_keyval_help("virt,gic-version=3,help", Some("type")).unwrap();
+/// assert_eq!((v["type"].as_str(), v["gic-version"].as_str(), help), (Some("virt"), Some("3"), true));
+/// let (v, _) = oxemu_opts::keyval::parse_keyval_help("a=1,a=2,", None).unwrap();
+/// assert_eq!(v["a"], "2");
+/// ```
+pub fn parse_keyval_help(s: &str, implied: Option<&str>) -> Result<(Value, bool), KeyvalError> {
+    let mut root = Map::new();
+    let help = parse_keyval_into(&mut root, s, implied)?;
+    Ok((Value::Object(root), help))
+}
+
+/// Parses keyval syntax into `root`, on top of what it holds (QEMU's
+/// `keyval_parse_into`, with which `-M` accumulates its options): a later value
+/// replaces an earlier one; a key used once as a value and once as an object is
+/// refused. Returns whether an element asked for help. On error `root` may hold part
+/// of the input.
+///
+/// ```
+/// let mut m = serde_json::Map::new();
+/// oxemu_opts::keyval::parse_keyval_into(&mut m, "none,x=1", Some("type")).unwrap();
+/// oxemu_opts::keyval::parse_keyval_into(&mut m, "virt", Some("type")).unwrap();
+/// assert_eq!((m["type"].as_str(), m["x"].as_str()), (Some("virt"), Some("1")));
+/// ```
+pub fn parse_keyval_into(
+    root: &mut Map<String, Value>,
+    s: &str,
+    implied: Option<&str>,
+) -> Result<bool, KeyvalError> {
+    let mut help = false;
+    let mut rest = s;
+    let mut implied = implied;
+    while !rest.is_empty() {
+        let head = rest.find(['=', ',']).unwrap_or(rest.len());
+        let bare = head > 0 && !rest[head..].starts_with('=');
+        if bare && matches!(&rest[..head], "help" | "?") {
+            help = true;
+            rest = rest[head..].strip_prefix(',').unwrap_or(&rest[head..]);
+            implied = None;
+            continue;
+        }
+        let (key, value, next) = match implied {
+            Some(k) if bare => {
+                let after = &rest[head..];
+                (
+                    k,
+                    rest[..head].to_string(),
+                    after.strip_prefix(',').unwrap_or(after),
+                )
+            }
+            _ => {
+                let key = &rest[..head];
+                check_key(key)?;
+                let Some(after) = rest[head..].strip_prefix('=') else {
+                    return Err(KeyvalError::ExpectedEquals(key.to_string()));
+                };
+                let (value, next) = take_value(after);
+                (key, value, next)
+            }
+        };
+        insert(root, key, value)?;
+        rest = next;
+        implied = None;
+    }
+    let mut v = Value::Object(std::mem::take(root));
+    let r = listify(&mut v, "");
+    if let Value::Object(m) = v {
+        *root = m;
+    }
+    r.map(|()| help)
+}
+
+/// Reads a value up to a single comma (`,,` is a comma); returns it and what follows.
+fn take_value(s: &str) -> (String, &str) {
+    let mut out = String::new();
+    let mut it = s.char_indices().peekable();
+    while let Some((i, c)) = it.next() {
+        if c == ',' {
+            if it.peek().map(|&(_, c)| c) == Some(',') {
+                it.next();
+            } else {
+                return (out, &s[i + 1..]);
+            }
+        }
+        out.push(c);
+    }
+    (out, "")
+}
+
+/// Checks a dotted key: the first fragment a QAPI name, later ones QAPI names or list
+/// indices, each 1 to 127 characters.
+fn check_key(key: &str) -> Result<(), KeyvalError> {
+    let parts: Vec<&str> = key.split('.').collect();
+    for (i, p) in parts.iter().enumerate() {
+        let index = i > 0 && !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+        let name = p.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+            && p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !index && !name {
+            return Err(KeyvalError::InvalidKey(key.to_string()));
+        }
+        if p.len() >= 128 {
+            return Err(if parts.len() > 1 {
+                KeyvalError::FragmentTooLong(p.to_string())
+            } else {
+                KeyvalError::TooLong(p.to_string())
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Stores `value` at dotted `key`; a later value replaces an earlier one.
 fn insert(root: &mut Map<String, Value>, key: &str, value: String) -> Result<(), KeyvalError> {
     let parts: Vec<&str> = key.split('.').collect();
-    if parts.iter().any(|p| {
-        p.is_empty()
-            || !p
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
-    }) {
-        return Err(KeyvalError::InvalidKey(key.to_string()));
-    }
     let mut cur = root;
     for (i, p) in parts.iter().enumerate() {
         let prefix = parts[..=i].join(".");
         if i == parts.len() - 1 {
-            if cur.contains_key(*p) {
-                return Err(if cur[*p].is_object() {
-                    KeyvalError::Inconsistent(prefix)
-                } else {
-                    KeyvalError::Duplicate(prefix)
-                });
+            if cur.get(*p).is_some_and(Value::is_object) {
+                return Err(KeyvalError::Inconsistent(prefix));
             }
             cur.insert(p.to_string(), Value::String(value));
             return Ok(());
@@ -162,7 +269,8 @@ fn insert(root: &mut Map<String, Value>, key: &str, value: String) -> Result<(),
     Ok(())
 }
 
-/// Turns objects keyed `0..n` into lists, recursively.
+/// Turns objects keyed `0..n` into lists, recursively. An object mixing indices and
+/// names, or indices with a gap, is refused.
 fn listify(v: &mut Value, path: &str) -> Result<(), KeyvalError> {
     let Value::Object(m) = v else { return Ok(()) };
     for (k, child) in m.iter_mut() {
@@ -173,17 +281,24 @@ fn listify(v: &mut Value, path: &str) -> Result<(), KeyvalError> {
         };
         listify(child, &p)?;
     }
-    if !m.is_empty() && m.keys().all(|k| k.parse::<usize>().is_ok()) {
-        let mut idx: Vec<(usize, Value)> = std::mem::take(m)
-            .into_iter()
-            .map(|(k, v)| (k.parse().expect("checked above"), v))
-            .collect();
-        idx.sort_by_key(|(i, _)| *i);
-        if idx.iter().enumerate().any(|(n, (i, _))| n != *i) {
-            return Err(KeyvalError::SparseList(path.to_string()));
-        }
-        *v = Value::Array(idx.into_iter().map(|(_, v)| v).collect());
+    let is_index = |k: &str| k.bytes().all(|b| b.is_ascii_digit());
+    let indices = m.keys().filter(|k| is_index(k)).count();
+    if indices == 0 {
+        return Ok(());
     }
+    if indices != m.len() {
+        return Err(KeyvalError::Inconsistent(path.to_string()));
+    }
+    // Digits beyond usize (or INT_MAX in QEMU) can never be filled: cap them.
+    let mut idx: Vec<(usize, Value)> = std::mem::take(m)
+        .into_iter()
+        .map(|(k, v)| (k.parse().unwrap_or(usize::MAX), v))
+        .collect();
+    idx.sort_by_key(|(i, _)| *i);
+    if let Some(n) = idx.iter().enumerate().position(|(n, (i, _))| n != *i) {
+        return Err(KeyvalError::Missing(format!("{path}.{n}")));
+    }
+    *v = Value::Array(idx.into_iter().map(|(_, v)| v).collect());
     Ok(())
 }
 
@@ -220,21 +335,103 @@ mod tests {
             Err(KeyvalError::ExpectedEquals("a".into()))
         );
         assert_eq!(
-            parse_keyval("a=1,a=2", None),
-            Err(KeyvalError::Duplicate("a".into()))
+            parse_keyval("a.b=1,a=2", None),
+            Err(KeyvalError::Inconsistent("a".into()))
         );
         assert_eq!(
             parse_keyval("a=1,a.b=2", None),
             Err(KeyvalError::Inconsistent("a".into()))
         );
-        assert!(matches!(
+        assert_eq!(
             parse_keyval("a.0=x,a.2=y", None),
-            Err(KeyvalError::SparseList(_))
+            Err(KeyvalError::Missing("a.1".into()))
+        );
+        assert_eq!(
+            parse_keyval("a.0=x,a.b=y", None),
+            Err(KeyvalError::Inconsistent("a".into()))
+        );
+        assert_eq!(
+            parse_keyval("a.99999999999999999999999=x", None),
+            Err(KeyvalError::Missing("a.0".into()))
+        );
+        let long = "k".repeat(128);
+        assert_eq!(
+            parse_keyval(&format!("{long}=1"), None),
+            Err(KeyvalError::TooLong(long.clone()))
+        );
+        assert_eq!(
+            parse_keyval(&format!("a.{long}=1"), None),
+            Err(KeyvalError::FragmentTooLong(long))
+        );
+        assert!(matches!(
+            parse_keyval("1a=x", None),
+            Err(KeyvalError::InvalidKey(_))
         ));
         assert!(matches!(
             parse_keyval("=x", None),
             Err(KeyvalError::InvalidKey(_))
         ));
+    }
+
+    #[test]
+    fn qemu_7_2_keyval_rules() {
+        // The same key twice: the last wins.
+        assert_eq!(parse_keyval("a=1,a=2", None), Ok(json!({"a": "2"})));
+        // A trailing comma ends the list; `,,` at the end is a comma in the value.
+        assert_eq!(parse_keyval("a=1,", None), Ok(json!({"a": "1"})));
+        assert_eq!(parse_keyval("a=1,,", None), Ok(json!({"a": "1,"})));
+        // An implied value has no escape and ends at the first comma.
+        assert_eq!(
+            parse_keyval("none,,x", Some("type")),
+            Err(KeyvalError::InvalidKey(String::new()))
+        );
+        assert_eq!(
+            parse_keyval(",a=1", Some("type")),
+            Err(KeyvalError::InvalidKey(String::new()))
+        );
+        assert_eq!(
+            parse_keyval("none,foo", Some("type")),
+            Err(KeyvalError::ExpectedEquals("foo".into()))
+        );
+        // Help anywhere, as its own element; `help=x` is a key.
+        assert_eq!(
+            parse_keyval_help("help", Some("type")),
+            Ok((json!({}), true))
+        );
+        assert_eq!(
+            parse_keyval_help("virt,?", Some("type")),
+            Ok((json!({"type": "virt"}), true))
+        );
+        assert_eq!(
+            parse_keyval_help("help=x", None),
+            Ok((json!({"help": "x"}), false))
+        );
+        assert_eq!(
+            parse_keyval("a=1,help", None),
+            Err(KeyvalError::HelpNotAvailable)
+        );
+        assert_eq!(parse_keyval("", None), Ok(json!({})));
+    }
+
+    #[test]
+    fn parse_into_accumulates() {
+        let mut m = Map::new();
+        assert_eq!(
+            parse_keyval_into(&mut m, "none,a.b=1", Some("type")),
+            Ok(false)
+        );
+        assert_eq!(
+            parse_keyval_into(&mut m, "virt,a.c=2,help", Some("type")),
+            Ok(true)
+        );
+        assert_eq!(
+            Value::Object(m.clone()),
+            json!({"type": "virt", "a": {"b": "1", "c": "2"}})
+        );
+        assert_eq!(
+            parse_keyval_into(&mut m, "a=3", None),
+            Err(KeyvalError::Inconsistent("a".into()))
+        );
     }
 
     #[test]

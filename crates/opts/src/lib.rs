@@ -7,6 +7,10 @@
 //!   `,,` for a literal comma, dotted keys and lists) or as JSON objects, parsed into the
 //!   JSON values that QMP commands receive; [`keyval::split_elements`] is the splitter
 //!   for `-o` lists; [`wants_help`] finds a `help` or `?` query in them.
+//! - [`qemu_opts`]: QemuOpts, the flat syntax of the system emulator's `-device`,
+//!   `-chardev`, `-mon`, `-object`, `-accel`, `-m`, `-global` and `-name` (implied first key with
+//!   `,,` escapes, short-form booleans with QEMU's deprecation warnings, `help`/`?`,
+//!   `id=`, last value wins).
 //! - [`json`]: QEMU's JSON dialect (strings may be single-quoted), for QMP input,
 //!   `json:` file names and JSON option arguments.
 //! - [`size`]: sizes with QEMU's suffixes and rounding (`qemu_strtosz`), and QEMU's
@@ -25,6 +29,7 @@
 pub mod getopt;
 pub mod json;
 pub mod keyval;
+pub mod qemu_opts;
 pub mod size;
 
 /// True when one of the comma-separated option lists (`-o` arguments) holds a help

@@ -195,12 +195,11 @@ pub fn flex_opt_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::E
 /// keyval integer (decimal with an optional `-`, or `0x` hex), for an optional
 /// signed QAPI `int` field.
 pub fn flex_opt_i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-    let bad = |what: String| serde::de::Error::custom(format!("invalid type: {what}, expected an integer"));
+    let bad = |what: String| {
+        serde::de::Error::custom(format!("invalid type: {what}, expected an integer"))
+    };
     match Value::deserialize(d)? {
-        Value::Number(n) => n
-            .as_i64()
-            .map(Some)
-            .ok_or_else(|| bad("number".into())),
+        Value::Number(n) => n.as_i64().map(Some).ok_or_else(|| bad("number".into())),
         Value::String(s) if keyval_typing() => {
             let v = match s.strip_prefix('-') {
                 Some(r) => parse_int(r).and_then(|u| i64::try_from(u).ok()).map(|u| -u),
@@ -323,14 +322,23 @@ mod tests {
     #[test]
     fn list_elements_are_named_as_qemus_visitors_name_them() {
         let e = from_value::<List>(json!({"rules": [{"kind": "a", "n": "x"}]})).unwrap_err();
-        assert_eq!(e.desc, "Invalid parameter type for 'rules[0].n', expected: integer");
+        assert_eq!(
+            e.desc,
+            "Invalid parameter type for 'rules[0].n', expected: integer"
+        );
         let kv = |v| keyval_wording(with_keyval(|| from_value::<List>(v)).unwrap_err()).desc;
         assert_eq!(
             kv(json!({"rules": [{"kind": "a"}, {"kind": "a", "n": "x"}]})),
             "Parameter 'rules.1.n' expects integer"
         );
-        assert_eq!(kv(json!({"rules": [{"n": "1"}]})), "Parameter 'rules.0.kind' is missing");
-        assert_eq!(kv(json!({"rules": [{"kind": "a", "b": "1"}]})), "Parameter 'rules.0.b' is unexpected");
+        assert_eq!(
+            kv(json!({"rules": [{"n": "1"}]})),
+            "Parameter 'rules.0.kind' is missing"
+        );
+        assert_eq!(
+            kv(json!({"rules": [{"kind": "a", "b": "1"}]})),
+            "Parameter 'rules.0.b' is unexpected"
+        );
         // Enum values are reported by the member's name alone.
         let e = from_value::<List>(json!({"rules": [{"kind": "z"}]})).unwrap_err();
         assert_eq!(e.desc, "Parameter 'kind' does not accept value 'z'");

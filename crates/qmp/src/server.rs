@@ -382,6 +382,18 @@ impl QmpServer {
         );
     }
 
+    /// Serves a TCP connection the program opened or accepted itself (a monitor on a
+    /// `-chardev socket,host=…,port=…` chardev, client or server).
+    pub fn serve_tcp_stream(self: &Arc<Self>, s: std::net::TcpStream) {
+        let w = s.try_clone();
+        let fd = s.as_fd().try_clone_to_owned();
+        self.spawn_client(
+            Box::new(s),
+            w.map(|w| Box::new(w) as Box<dyn Write + Send>),
+            fd,
+        );
+    }
+
     fn add_listener(&self, fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
         let fd = fd.try_clone_to_owned()?;
         self.listeners

@@ -1,12 +1,15 @@
-//! Character devices: `socket` (unix, client or `server=on`), `file`, `stdio`,
+//! Character devices: `socket` (unix or TCP, client or `server=on`), `file`, `stdio`,
 //! `null` and `pipe`, and the legacy specs of `-serial`, `-qmp` and `-qtest`
-//! (`unix:PATH[,server=on,wait=off]`, `stdio`, `null`, `file:PATH`, `pipe:PATH`,
-//! `chardev:ID`, `none`).
+//! (`unix:PATH[,server=on,wait=off]`, `tcp:HOST:PORT[,server=on,wait=off]`, `stdio`,
+//! `null`, `file:PATH`, `pipe:PATH`, `chardev:ID`, `none`).
 
 use std::fs::{File, OpenOptions};
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
 
-use crate::opts::{bool_opt, Opts};
+use crate::inet::{self, os_text};
+
+use oxemu_opts::qemu_opts::{parse_bool as bool_opt, QemuOpts};
 
 /// An opened backend.
 pub enum Backend {
@@ -23,6 +26,11 @@ pub enum Backend {
     Client(UnixStream),
     /// A listening unix socket (`server=on`).
     Server(UnixListener, std::path::PathBuf),
+    /// A connected TCP socket (`host=`, `port=`, client mode).
+    TcpClient(TcpStream),
+    /// A listening TCP socket (`host=`, `port=`, `server=on`); whether accepted
+    /// connections get TCP_NODELAY.
+    TcpServer(TcpListener, bool),
 }
 
 /// A chardev: label, QEMU's `filename` string, backend.
@@ -37,17 +45,63 @@ pub struct Chardev {
     pub frontend: bool,
 }
 
-/// Opens `-chardev` options.
-pub fn open(spec: &str) -> Result<Chardev, String> {
-    let mut o = Opts::parse(spec, Some("backend"))?;
+/// Opens `-chardev` options (QemuOpts, implied key `backend`).
+pub fn open(o: &QemuOpts) -> Result<Chardev, String> {
+    let mut o = o.clone();
+    let before_backend = o.pairs.len();
     let backend = o.take("backend").unwrap_or_default();
-    let Some(id) = o.take("id") else {
+    let Some(id) = o.id.take() else {
         return Err("chardev: no id specified".into());
     };
+    if o.pairs.len() == before_backend {
+        return Err(format!("chardev: \"{id}\" missing backend"));
+    }
     build(&backend, &id, o)
 }
 
-fn build(backend: &str, id: &str, mut o: Opts) -> Result<Chardev, String> {
+/// Every parameter of QEMU 7.2's `-chardev` option list (all backends together: QEMU
+/// checks names against this list, then each backend ignores what it does not use).
+const QEMU_CHARDEV_PARAMS: &[&str] = &[
+    "abstract",
+    "append",
+    "backend",
+    "chardev",
+    "clipboard",
+    "cols",
+    "debug",
+    "delay",
+    "fd",
+    "height",
+    "host",
+    "ipv4",
+    "ipv6",
+    "localaddr",
+    "localport",
+    "logappend",
+    "logfile",
+    "mouse",
+    "mux",
+    "name",
+    "nodelay",
+    "path",
+    "port",
+    "reconnect",
+    "rows",
+    "server",
+    "signal",
+    "size",
+    "telnet",
+    "tight",
+    "tls-authz",
+    "tls-creds",
+    "tn3270",
+    "to",
+    "wait",
+    "websocket",
+    "width",
+];
+
+fn build(backend: &str, id: &str, mut o: QemuOpts) -> Result<Chardev, String> {
     let (b, filename) = match backend {
         "null" => (Backend::Null, "null".to_string()),
         "stdio" => (Backend::Stdio, "stdio".to_string()),
@@ -63,7 +117,7 @@ fn build(backend: &str, id: &str, mut o: Opts) -> Result<Chardev, String> {
                 .append(append)
                 .truncate(!append)
                 .open(&p)
-                .map_err(|e| format!("Could not open '{p}': {e}"))?;
+                .map_err(|e| format!("Could not open '{p}': {}", os_text(&e)))?;
             (Backend::File(f), format!("file:{p}"))
         }
         "pipe" => {
@@ -81,48 +135,26 @@ fn build(backend: &str, id: &str, mut o: Opts) -> Result<Chardev, String> {
                         .read(true)
                         .write(true)
                         .open(&p)
-                        .map_err(|e| format!("Could not open '{p}': {e}"))?;
+                        .map_err(|e| format!("Could not open '{p}': {}", os_text(&e)))?;
                     (f.try_clone().map_err(|e| e.to_string())?, f)
                 }
             };
             (Backend::Pipe(i, out), format!("pipe:{p}"))
         }
-        "socket" => {
-            let p = o.take("path").ok_or_else(|| {
-                "chardev: socket: oxemu supports unix sockets only: path= is required".to_string()
-            })?;
-            let server = match o.take("server") {
-                Some(v) => bool_opt("server", &v)?,
-                None => false,
-            };
-            let wait = match o.take("wait") {
-                Some(v) => bool_opt("wait", &v)?,
-                None => true,
-            };
-            if server {
-                if wait {
-                    return Err(format!(
-                        "chardev {id}: server=on needs wait=off: oxemu does not block startup waiting for a client"
-                    ));
-                }
-                let _ = std::fs::remove_file(&p);
-                let l = UnixListener::bind(&p)
-                    .map_err(|e| format!("Failed to bind socket to {p}: {e}"))?;
-                (
-                    Backend::Server(l, p.clone().into()),
-                    format!("unix:{p},server=on"),
-                )
-            } else {
-                let s = UnixStream::connect(&p)
-                    .map_err(|e| format!("Failed to connect to '{p}': {e}"))?;
-                (Backend::Client(s), format!("unix:{p}"))
-            }
-        }
-        "" => return Err("chardev: \"backend\" is missing".into()),
+        "socket" => socket(id, &mut o)?,
         other => return Err(format!("'{other}' is not a valid char driver name")),
     };
-    if let Some(k) = o.first_key() {
+    if let Some((k, _)) = o
+        .pairs
+        .iter()
+        .find(|(k, _)| !QEMU_CHARDEV_PARAMS.contains(&k.as_str()))
+    {
         return Err(format!("Invalid parameter '{k}'"));
+    }
+    if let Some(k) = o.first_key() {
+        return Err(format!(
+            "Parameter '{k}' is not supported by oxemu-system-aarch64's '{backend}' chardev"
+        ));
     }
     Ok(Chardev {
         label: id.to_string(),
@@ -130,6 +162,73 @@ fn build(backend: &str, id: &str, mut o: Opts) -> Result<Chardev, String> {
         backend: Some(b),
         frontend: false,
     })
+}
+
+/// Reads an optional boolean parameter.
+fn opt_bool(o: &mut QemuOpts, key: &str, default: bool) -> Result<bool, String> {
+    match o.take(key) {
+        Some(v) => bool_opt(key, &v),
+        None => Ok(default),
+    }
+}
+
+/// `socket`: unix (`path=`) or TCP (`host=`, `port=`, `ipv4=`, `ipv6=`, `delay=`),
+/// client or `server=on,wait=off`.
+fn socket(id: &str, o: &mut QemuOpts) -> Result<(Backend, String), String> {
+    if o.get("fd").is_some() {
+        return Err(
+            "Parameter 'fd' is not supported by oxemu-system-aarch64's 'socket' chardev".into(),
+        );
+    }
+    let (path, host) = (o.take("path"), o.take("host"));
+    let server = opt_bool(o, "server", false)?;
+    let wait = opt_bool(o, "wait", true)?;
+    if server && wait {
+        return Err(format!(
+            "chardev {id}: server=on needs wait=off: oxemu does not block startup waiting for a client"
+        ));
+    }
+    let suffix = if server { ",server=on" } else { "" };
+    match (path, host) {
+        (Some(_), Some(_)) => Err("None or one of 'path', 'fd' or 'host' option required.".into()),
+        // QEMU 7.2 falls back to fd= here and fails to read the missing number.
+        (None, None) => Err("Unable to parse FD number ".into()),
+        (Some(p), None) => {
+            if server {
+                let _ = std::fs::remove_file(&p);
+                let l = UnixListener::bind(&p)
+                    .map_err(|e| format!("Failed to bind socket to {p}: {}", os_text(&e)))?;
+                Ok((
+                    Backend::Server(l, p.clone().into()),
+                    format!("unix:{p}{suffix}"),
+                ))
+            } else {
+                let s = UnixStream::connect(&p)
+                    .map_err(|e| format!("Failed to connect to '{p}': {}", os_text(&e)))?;
+                Ok((Backend::Client(s), format!("unix:{p}")))
+            }
+        }
+        (None, Some(h)) => {
+            let port = o.take("port").ok_or("chardev: socket: no port given")?;
+            let fam = inet::Family {
+                v4: opt_bool(o, "ipv4", false)?,
+                v6: opt_bool(o, "ipv6", false)?,
+            };
+            // QEMU: no Nagle when delay=off (the flag `nodelay`) or nodelay=on.
+            let nodelay = !opt_bool(o, "delay", true)? | opt_bool(o, "nodelay", false)?;
+            let addrs = inet::resolve(&h, &port, fam, server)?;
+            let name = format!("tcp:{h}:{port}{suffix}");
+            if server {
+                Ok((Backend::TcpServer(inet::listen(&addrs)?, nodelay), name))
+            } else {
+                let s = inet::connect(&h, &port, &addrs)?;
+                if nodelay {
+                    s.set_nodelay(true).map_err(|e| os_text(&e))?;
+                }
+                Ok((Backend::TcpClient(s), name))
+            }
+        }
+    }
 }
 
 /// What a legacy spec (`-serial`, `-qmp`, `-qtest`) names.
@@ -140,28 +239,109 @@ pub enum Legacy {
     New(Chardev),
     /// `none`.
     None,
+    /// Options read from the spec, not yet built (internal to [`legacy`]).
+    Options(QemuOpts),
 }
 
 /// Parses a legacy spec into a chardev labelled `label`.
-pub fn legacy(spec: &str, label: &str) -> Result<Legacy, String> {
+/// Why a legacy spec failed: QEMU words the two cases differently for `-qmp`.
+#[derive(Debug)]
+pub enum LegacyError {
+    /// The spec did not parse (the message may be empty: QEMU has none for a
+    /// `tcp:` spec without a port).
+    Parse(String),
+    /// The chardev could not be opened.
+    Open(String),
+}
+
+impl LegacyError {
+    /// The message, whichever the case.
+    pub fn msg(&self) -> &str {
+        match self {
+            LegacyError::Parse(m) | LegacyError::Open(m) => m,
+        }
+    }
+}
+
+/// Parses a legacy spec into a chardev labelled `label`.
+pub fn legacy(spec: &str, label: &str) -> Result<Legacy, LegacyError> {
+    let (backend, o) = legacy_opts(spec).map_err(LegacyError::Parse)?;
+    let Some(backend) = backend else {
+        return Ok(o);
+    };
+    match o {
+        Legacy::Options(o) => build(backend, label, o)
+            .map(Legacy::New)
+            .map_err(LegacyError::Open),
+        other => Ok(other),
+    }
+}
+
+/// Reads a legacy spec: the backend to build and its options, or what needs no build.
+fn legacy_opts(spec: &str) -> Result<(Option<&'static str>, Legacy), String> {
     if spec == "none" {
-        return Ok(Legacy::None);
+        return Ok((None, Legacy::None));
     }
     if let Some(id) = spec.strip_prefix("chardev:") {
-        return Ok(Legacy::Existing(id.to_string()));
+        return Ok((None, Legacy::Existing(id.to_string())));
     }
     let (kind, rest) = match spec.split_once(':') {
         Some((k, r)) => (k, r),
         None => (spec, ""),
     };
     let bad = || format!("'{spec}' is not a valid char driver");
-    let (backend, opts) = match kind {
-        "null" | "stdio" if rest.is_empty() => (kind, String::new()),
-        "unix" => ("socket", format!("path={rest}")),
-        "file" => ("file", format!("path={}", rest.replace(',', ",,"))),
-        "pipe" => ("pipe", format!("path={}", rest.replace(',', ",,"))),
+    let with_path = |p: &str| QemuOpts {
+        pairs: vec![("path".to_string(), p.to_string())],
+        ..Default::default()
+    };
+    let (backend, o) = match kind {
+        "null" if rest.is_empty() => ("null", QemuOpts::default()),
+        "stdio" if rest.is_empty() => ("stdio", QemuOpts::default()),
+        // QEMU reads `unix:` specs as QemuOpts with implied key `path`, and without
+        // deprecation warnings or help.
+        "unix" => {
+            let o = QemuOpts::parse(rest, Some("path")).map_err(|e| e.to_string())?;
+            if o.help {
+                return Err("Invalid parameter 'help'".into());
+            }
+            // QEMU checks the names before it tries to connect.
+            if let Some((k, _)) = o
+                .pairs
+                .iter()
+                .find(|(k, _)| !QEMU_CHARDEV_PARAMS.contains(&k.as_str()))
+            {
+                return Err(format!("Invalid parameter '{k}'"));
+            }
+            ("socket", o)
+        }
+        // `tcp:HOST:PORT[,OPTS]`: HOST up to 64 characters without `:` (or empty),
+        // PORT up to 32 without `,`. QEMU fails without a message when they are missing.
+        "tcp" => {
+            let (h, after) = rest.split_once(':').ok_or_else(String::new)?;
+            let end = after.find(',').unwrap_or(after.len());
+            let port = &after[..end];
+            if h.chars().count() > 64 || port.is_empty() || port.chars().count() > 32 {
+                return Err(String::new());
+            }
+            let mut o = QemuOpts::parse(after[end..].strip_prefix(',').unwrap_or(""), None)
+                .map_err(|e| e.to_string())?;
+            if o.help {
+                return Err("Invalid parameter 'help'".into());
+            }
+            if let Some((k, _)) = o
+                .pairs
+                .iter()
+                .find(|(k, _)| !QEMU_CHARDEV_PARAMS.contains(&k.as_str()))
+            {
+                return Err(format!("Invalid parameter '{k}'"));
+            }
+            o.pairs.insert(0, ("port".into(), port.into()));
+            o.pairs.insert(0, ("host".into(), h.into()));
+            ("socket", o)
+        }
+        "file" => ("file", with_path(rest)),
+        "pipe" => ("pipe", with_path(rest)),
         _ => return Err(bad()),
     };
-    let o = Opts::parse(&opts, None)?;
-    build(backend, label, o).map(Legacy::New)
+    Ok((Some(backend), Legacy::Options(o)))
 }

@@ -4,7 +4,9 @@
 //! the option the error is reported against (QEMU prefixes `-opt arg: ` to some
 //! messages and not to others, and so does oxemu, option by option).
 
-use crate::opts::Opts;
+use oxemu_opts::keyval::parse_keyval_into;
+use oxemu_opts::qemu_opts::QemuOpts;
+use serde_json::{Map, Value};
 
 /// A command-line error.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,35 +62,71 @@ pub enum Help {
     Devices,
     /// `-device DRIVER,help`
     DeviceProps(String),
+    /// `-object help`
+    Objects,
     /// `-h`, `-help`
     Usage,
     /// `-version`
     Version,
 }
 
+/// A QemuOpts-syntax option argument, as written and as parsed.
+#[derive(Debug, Clone)]
+pub struct OptArg {
+    /// The argument as given (for error locations).
+    pub text: String,
+    /// The argument parsed (empty for a JSON argument).
+    pub opts: QemuOpts,
+    /// A JSON object argument (`-device {...}`, `-object {...}`), typed as QMP
+    /// arguments are.
+    pub json: Option<Map<String, Value>>,
+}
+
+/// `-device`/`-object` argument: a JSON object when it starts with `{` (QEMU 7.2's
+/// rule), QemuOpts otherwise.
+fn json_or_opts(
+    opt: &str,
+    v: &str,
+    implied: &str,
+    warnings: &mut Vec<CliError>,
+) -> Result<OptArg, CliError> {
+    if !v.starts_with('{') {
+        return qemu_opts(opt, v, Some(implied), warnings);
+    }
+    match oxemu_opts::json::parse(v) {
+        Ok(Value::Object(m)) => Ok(OptArg {
+            text: v.to_string(),
+            opts: QemuOpts::default(),
+            json: Some(m),
+        }),
+        Ok(_) => Err(CliError::at(opt, Some(v), "JSON option must be an object")),
+        Err(e) => Err(CliError::at(opt, Some(v), format!("JSON parse error, {e}"))),
+    }
+}
+
 /// Everything the command line asked for, in order where order matters.
 #[derive(Debug, Clone, Default)]
 pub struct Config {
-    /// `-M`/`-machine` options (merged, later wins).
-    pub machine: Opts,
+    /// `-M`/`-machine` options in keyval syntax, merged (a later value wins).
+    pub machine: Map<String, Value>,
     /// `-cpu` model and its properties.
     pub cpu: Option<String>,
     /// `-smp`.
     pub smp: Option<String>,
     /// `-m`.
-    pub mem: Option<String>,
-    /// `-object`s, as written.
-    pub objects: Vec<String>,
-    /// `-device`s, as written.
-    pub devices: Vec<String>,
+    pub mem: Option<OptArg>,
+    /// `-object`s.
+    pub objects: Vec<OptArg>,
+    /// `-device`s.
+    pub devices: Vec<OptArg>,
     /// `-global`s, as written.
     pub globals: Vec<String>,
-    /// `-chardev`s, as written.
-    pub chardevs: Vec<String>,
+    /// `-chardev`s.
+    pub chardevs: Vec<OptArg>,
     /// `-serial`s.
     pub serials: Vec<String>,
     /// `-mon`s.
-    pub mons: Vec<String>,
+    pub mons: Vec<OptArg>,
     /// `-qmp`s.
     pub qmps: Vec<String>,
     /// `-monitor`s.
@@ -98,7 +136,7 @@ pub struct Config {
     /// `-qtest-log`.
     pub qtest_log: Option<String>,
     /// `-accel`s.
-    pub accels: Vec<String>,
+    pub accels: Vec<OptArg>,
     /// `-display`.
     pub display: Option<String>,
     /// `-nographic`.
@@ -108,7 +146,7 @@ pub struct Config {
     /// `-S`.
     pub stopped: bool,
     /// `-name`.
-    pub name: Option<String>,
+    pub name: Option<OptArg>,
     /// `-pidfile`.
     pub pidfile: Option<String>,
     /// `-daemonize`.
@@ -162,8 +200,78 @@ const UNSUPPORTED: &[&str] = &[
     "icount",
 ];
 
-/// Parses the arguments after the program name.
-pub fn parse(args: &[String]) -> Result<Config, CliError> {
+/// Parses a QemuOpts-syntax argument of `-opt`; its deprecation warnings go to
+/// `warnings`, as QEMU prints them while it reads the command line.
+fn qemu_opts(
+    opt: &str,
+    v: &str,
+    implied: Option<&str>,
+    warnings: &mut Vec<CliError>,
+) -> Result<OptArg, CliError> {
+    let opts =
+        QemuOpts::parse(v, implied).map_err(|e| CliError::at(opt, Some(v), e.to_string()))?;
+    for w in &opts.warnings {
+        warnings.push(CliError::at(opt, Some(v), format!("warning: {w}")));
+    }
+    // QEMU lists an option's parameters for `help`; oxemu does that for -device only.
+    if opts.help && opt != "device" && opt != "object" {
+        return Err(CliError::at(
+            opt,
+            Some(v),
+            format!("oxemu-system-aarch64 cannot list the parameters of -{opt} (help)"),
+        ));
+    }
+    Ok(OptArg {
+        text: v.to_string(),
+        opts,
+        json: None,
+    })
+}
+
+/// `-global`: `DRIVER.PROP=VALUE` (driver and property up to 63 characters each, as
+/// QEMU reads them), else QemuOpts `driver=D,property=P,value=V`.
+pub fn parse_global(
+    g: &str,
+    warnings: &mut Vec<CliError>,
+) -> Result<(String, String, String), CliError> {
+    let short = g.split_once('=').and_then(|(dp, v)| {
+        let (d, p) = dp.split_once('.')?;
+        let ok = |x: &str| (1..=63).contains(&x.len()) && !x.contains(['.', '=']);
+        (ok(d) && (1..=63).contains(&p.len()))
+            .then(|| (d.to_string(), p.to_string(), v.to_string()))
+    });
+    if let Some(t) = short {
+        return Ok(t);
+    }
+    let mut o = qemu_opts("global", g, None, warnings)?.opts;
+    let (d, p, v) = (o.take("driver"), o.take("property"), o.take("value"));
+    if o.help {
+        return Err(CliError::at(
+            "global",
+            Some(g),
+            "Help is not available for this option",
+        ));
+    }
+    if let Some(k) = o.first_key() {
+        return Err(CliError::at(
+            "global",
+            Some(g),
+            format!("Invalid parameter '{k}'"),
+        ));
+    }
+    match (d, p, v) {
+        (Some(d), Some(p), Some(v)) => Ok((d, p, v)),
+        _ => Err(CliError::at(
+            "global",
+            Some(g),
+            "options 'driver', 'property', and 'value' are required",
+        )),
+    }
+}
+
+/// Parses the arguments after the program name. QEMU's deprecation warnings for the
+/// options read go to `warnings` (print them before any error).
+pub fn parse(args: &[String], warnings: &mut Vec<CliError>) -> Result<Config, CliError> {
     let mut c = Config::default();
     let mut i = 0;
     while i < args.len() {
@@ -202,12 +310,18 @@ pub fn parse(args: &[String]) -> Result<Config, CliError> {
         let is_help = |s: &str| s == "help" || s == "?";
         match name {
             "M" | "machine" => {
-                let o =
-                    Opts::parse(&v, Some("type")).map_err(|e| CliError::at(name, Some(&v), e))?;
-                if o.get("type").is_some_and(is_help) {
+                let help = parse_keyval_into(&mut c.machine, &v, Some("type"))
+                    .map_err(|e| CliError::at(name, Some(&v), e.to_string()))?;
+                if help {
+                    if c.machine.contains_key("type") {
+                        return Err(CliError::at(
+                            name,
+                            Some(&v),
+                            "oxemu-system-aarch64 cannot list a machine's properties (help)",
+                        ));
+                    }
                     c.help = Some(Help::Machines);
                 }
-                c.machine.0.extend(o.0);
             }
             "cpu" => {
                 if is_help(&v) {
@@ -216,31 +330,45 @@ pub fn parse(args: &[String]) -> Result<Config, CliError> {
                 c.cpu = Some(v);
             }
             "smp" => c.smp = Some(v),
-            "m" => c.mem = Some(v),
-            "object" => c.objects.push(v),
+            "m" => c.mem = Some(qemu_opts(name, &v, Some("size"), warnings)?),
+            "object" => {
+                let a = json_or_opts(name, &v, "qom-type", warnings)?;
+                if a.opts.get("qom-type").is_some_and(is_help) {
+                    c.help = Some(Help::Objects);
+                } else if a.opts.help {
+                    return Err(CliError::at(
+                        name,
+                        Some(&v),
+                        "oxemu-system-aarch64 cannot list an object type's properties (help)",
+                    ));
+                }
+                c.objects.push(a)
+            }
             "device" => {
-                let o =
-                    Opts::parse(&v, Some("driver")).map_err(|e| CliError::at(name, Some(&v), e))?;
-                match o.get("driver") {
+                let a = json_or_opts(name, &v, "driver", warnings)?;
+                match a.opts.get("driver") {
                     Some(d) if is_help(d) => c.help = Some(Help::Devices),
-                    Some(d) if o.get("help").is_some() || o.get("?").is_some() => {
-                        c.help = Some(Help::DeviceProps(d.to_string()))
-                    }
+                    Some(d) if a.opts.help => c.help = Some(Help::DeviceProps(d.to_string())),
                     _ => {}
                 }
-                c.devices.push(v)
+                c.devices.push(a)
             }
-            "global" => c.globals.push(v),
-            "chardev" => c.chardevs.push(v),
+            "global" => {
+                parse_global(&v, warnings)?;
+                c.globals.push(v)
+            }
+            "chardev" => c
+                .chardevs
+                .push(qemu_opts(name, &v, Some("backend"), warnings)?),
             "serial" => c.serials.push(v),
-            "mon" => c.mons.push(v),
+            "mon" => c.mons.push(qemu_opts(name, &v, Some("chardev"), warnings)?),
             "qmp" => c.qmps.push(v),
             "monitor" => c.monitors.push(v),
             "qtest" => c.qtest = Some(v),
             "qtest-log" => c.qtest_log = Some(v),
-            "accel" => c.accels.push(v),
+            "accel" => c.accels.push(qemu_opts(name, &v, Some("accel"), warnings)?),
             "display" => c.display = Some(v),
-            "name" => c.name = Some(v),
+            "name" => c.name = Some(qemu_opts(name, &v, Some("guest"), warnings)?),
             "pidfile" => c.pidfile = Some(v),
             _ => unreachable!("every option in WITH_ARG is handled"),
         }
@@ -255,10 +383,11 @@ pub fn usage() -> String {
 Machine: -M/-machine TYPE[,memory-backend=ID][,accel=qtest]  -cpu cortex-a57|cortex-a72|max[,PROP=V]\n\
          -smp N  -m SIZE  -object TYPE,id=ID,...  -device DRIVER[,PROP=V]  -global D.P=V\n\
 Chardev: -chardev socket|file|stdio|null|pipe,id=ID,...  -serial SPEC  -mon chardev=ID,mode=control\n\
-         -qmp SPEC  -monitor none\n\
-qtest:   -accel qtest  -qtest unix:PATH|stdio|chardev:ID  -qtest-log FILE|none\n\
+         socket: path=PATH or host=HOST,port=PORT[,server=on,wait=off]\n\
+         -qmp SPEC (unix:PATH|tcp:HOST:PORT[,server=on,wait=off]|chardev:ID)  -monitor none\n\
+qtest:   -accel qtest  -qtest unix:PATH|tcp:HOST:PORT|stdio|chardev:ID  -qtest-log FILE|none\n\
 Other:   -display none  -nographic  -nodefaults  -S  -name NAME  -pidfile FILE  -daemonize\n\
-Help:    -M help  -cpu help  -device help  -device DRIVER,help  -version\n\
+Help:    -M help  -cpu help  -object help  -device help  -device DRIVER,help  -version\n\
 \n\
 oxemu-system-aarch64 has no CPU emulation: -accel tcg and -accel kvm are refused.\n"
         .to_string()
@@ -269,7 +398,10 @@ mod tests {
     use super::*;
 
     fn p(a: &[&str]) -> Result<Config, CliError> {
-        parse(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        parse(
+            &a.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            &mut Vec::new(),
+        )
     }
 
     #[test]
@@ -284,10 +416,11 @@ mod tests {
             "x,id=a",
         ])
         .unwrap();
-        assert_eq!(c.machine.get("type"), Some("none"));
-        assert_eq!(c.machine.get("memory-backend"), Some("m"));
+        assert_eq!(c.machine["type"], "none");
+        assert_eq!(c.machine["memory-backend"], "m");
         assert!(c.stopped);
-        assert_eq!(c.devices, ["x,id=a"]);
+        assert_eq!(c.devices[0].text, "x,id=a");
+        assert_eq!(c.devices[0].opts.id.as_deref(), Some("a"));
         assert_eq!(
             p(&["-m"]).unwrap_err(),
             CliError::at("m", None, "requires an argument")

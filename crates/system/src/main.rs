@@ -3,17 +3,16 @@
 //! objects with properties, and virtual time moves only through qtest.
 
 mod chardev;
-mod cli;
-mod opts;
+mod inet;
 mod qmp_cmds;
 mod vm;
 
 use std::io::Write;
 use std::sync::Arc;
 
-use chardev::{Backend, Chardev, Legacy};
-use cli::{CliError, Help};
-use opts::Opts;
+use chardev::{Backend, Chardev, Legacy, LegacyError};
+use oxemu_system::cli::{self, CliError, Help};
+use serde_json::Value;
 use vm::Vm;
 
 const PROG: &str = "oxemu-system-aarch64";
@@ -25,26 +24,29 @@ fn die(e: CliError) -> ! {
 
 /// The accelerator: `qtest`, the only one oxemu has.
 fn choose_accel(c: &cli::Config) -> Result<bool, CliError> {
-    if !c.accels.is_empty() && c.machine.get("accel").is_some() {
+    let machine_accel = c.machine.get("accel");
+    if !c.accels.is_empty() && machine_accel.is_some() {
         return Err(CliError::plain(
             "The -accel and \"-machine accel=\" options are incompatible",
         ));
     }
     let mut names: Vec<String> = Vec::new();
     for a in &c.accels {
-        let mut o = Opts::parse(a, Some("accel")).map_err(|e| CliError::at("accel", Some(a), e))?;
+        let mut o = a.opts.clone();
         let n = o.take("accel").unwrap_or_default();
         if let Some(k) = o.first_key() {
             return Err(CliError::at(
                 "accel",
-                Some(a),
+                Some(&a.text),
                 format!("Property '{n}-accel.{k}' not found"),
             ));
         }
         names.push(n);
     }
-    if let Some(m) = c.machine.get("accel") {
-        names.extend(m.split(':').map(String::from));
+    match machine_accel {
+        None => {}
+        Some(Value::String(m)) => names.extend(m.split(':').map(String::from)),
+        Some(_) => return Err(CliError::plain("Parameters 'accel.*' are unexpected")),
     }
     if let Some(n) = names.first() {
         match n.as_str() {
@@ -63,6 +65,31 @@ fn choose_accel(c: &cli::Config) -> Result<bool, CliError> {
     }
     // No accelerator asked for: qtest, the only one there is.
     Ok(true)
+}
+
+/// `-display`: keyval with implied `type`; oxemu has the `none` display only.
+fn check_display(d: &str) -> Result<(), String> {
+    if d == "help" || d == "?" {
+        println!("Available display backend types:\nnone");
+        std::process::exit(0);
+    }
+    let mut o =
+        match oxemu_opts::keyval::parse_keyval(d, Some("type")).map_err(|e| e.to_string())? {
+            Value::Object(o) => o,
+            _ => unreachable!("keyval always yields an object"),
+        };
+    let ty = match o.remove("type") {
+        None => return Err("Parameter 'type' is missing".into()),
+        Some(Value::String(t)) => t,
+        Some(_) => return Err("Invalid parameter type for 'type', expected: string".into()),
+    };
+    if ty != "none" {
+        return Err(format!("Parameter 'type' does not accept value '{ty}'"));
+    }
+    match o.keys().next() {
+        Some(k) => Err(format!("Parameter '{k}' is unexpected")),
+        None => Ok(()),
+    }
 }
 
 fn add_chardev(vm: &Vm, c: Chardev) -> Result<(), String> {
@@ -90,14 +117,16 @@ fn claim(vm: &Vm, id: &str) -> Result<Backend, String> {
         .ok_or_else(|| format!("Chardev '{id}' is busy"))
 }
 
-fn legacy_backend(vm: &Vm, spec: &str, label: &str) -> Result<Option<Backend>, String> {
+fn legacy_backend(vm: &Vm, spec: &str, label: &str) -> Result<Option<Backend>, LegacyError> {
+    let open = LegacyError::Open;
     match chardev::legacy(spec, label)? {
         Legacy::None => Ok(None),
-        Legacy::Existing(id) => claim(vm, &id).map(Some),
+        Legacy::Existing(id) => claim(vm, &id).map(Some).map_err(open),
         Legacy::New(c) => {
-            add_chardev(vm, c)?;
-            claim(vm, label).map(Some)
+            add_chardev(vm, c).map_err(open)?;
+            claim(vm, label).map(Some).map_err(open)
         }
+        Legacy::Options(_) => unreachable!("legacy() builds every spec it reads"),
     }
 }
 
@@ -115,6 +144,25 @@ fn qmp_on(server: &Arc<oxemu_qmp::QmpServer>, b: Backend) -> Result<(), String> 
                 .spawn(move || {
                     for c in l.incoming().flatten() {
                         s.serve_unix_stream(c);
+                    }
+                })
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
+        Backend::TcpClient(s) => {
+            server.serve_tcp_stream(s);
+            Ok(())
+        }
+        Backend::TcpServer(l, nodelay) => {
+            let s = server.clone();
+            std::thread::Builder::new()
+                .name("qmp-accept".into())
+                .spawn(move || {
+                    for c in l.incoming().flatten() {
+                        if nodelay {
+                            let _ = c.set_nodelay(true);
+                        }
+                        s.serve_tcp_stream(c);
                     }
                 })
                 .map(drop)
@@ -144,6 +192,25 @@ fn qtest_on(vm: &Arc<Vm>, b: Backend, log: Option<Box<dyn Write + Send>>) -> Res
         Backend::Server(l, _) => spawn(Box::new(move || {
             let log = log.map(|l| Arc::new(std::sync::Mutex::new(l)));
             for s in l.incoming().flatten() {
+                let Ok(w) = s.try_clone() else { continue };
+                let lg: Option<Box<dyn Write + Send>> =
+                    log.clone().map(|l| Box::new(SharedLog(l)) as _);
+                oxemu_qtest::server::QtestServer::new(machine.clone(), accel, Box::new(w), lg)
+                    .serve(s);
+            }
+        })),
+        Backend::TcpClient(s) => {
+            let w = s.try_clone().map_err(|e| e.to_string())?;
+            spawn(Box::new(move || {
+                oxemu_qtest::server::QtestServer::new(machine, accel, Box::new(w), log).serve(s)
+            }))
+        }
+        Backend::TcpServer(l, nodelay) => spawn(Box::new(move || {
+            let log = log.map(|l| Arc::new(std::sync::Mutex::new(l)));
+            for s in l.incoming().flatten() {
+                if nodelay {
+                    let _ = s.set_nodelay(true);
+                }
                 let Ok(w) = s.try_clone() else { continue };
                 let lg: Option<Box<dyn Write + Send>> =
                     log.clone().map(|l| Box::new(SharedLog(l)) as _);
@@ -227,7 +294,12 @@ fn daemonize() -> Result<std::fs::File, String> {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let c = cli::parse(&args).unwrap_or_else(|e| die(e));
+    let mut warnings = Vec::new();
+    let parsed = cli::parse(&args, &mut warnings);
+    for w in &warnings {
+        eprint!("{}", w.render(PROG));
+    }
+    let c = parsed.unwrap_or_else(|e| die(e));
     match &c.help {
         Some(Help::Usage) => {
             print!("{}", cli::usage());
@@ -249,6 +321,10 @@ fn main() {
             print!("{}", vm::devices_help());
             return;
         }
+        Some(Help::Objects) => {
+            print!("{}", vm::objects_help());
+            return;
+        }
         Some(Help::DeviceProps(d)) => {
             print!("{}", vm::device_props_help(d).unwrap_or_else(|e| die(e)));
             return;
@@ -256,17 +332,7 @@ fn main() {
         None => {}
     }
     if let Some(d) = &c.display {
-        let o = Opts::parse(d, Some("type")).unwrap_or_default();
-        if o.get("type") != Some("none") {
-            die(CliError::at(
-                "display",
-                Some(d),
-                format!(
-                    "Parameter 'type' does not accept value '{}'",
-                    o.get("type").unwrap_or("")
-                ),
-            ));
-        }
+        check_display(d).unwrap_or_else(|e| die(CliError::at("display", Some(d), e)));
     }
     for m in &c.monitors {
         if m != "none" {
@@ -275,10 +341,10 @@ fn main() {
     }
     let qtest_accel = choose_accel(&c).unwrap_or_else(|e| die(e));
     let vm = Arc::new(vm::build_machine(&c, qtest_accel).unwrap_or_else(|e| die(e)));
-    for spec in &c.chardevs {
-        chardev::open(spec)
+    for a in &c.chardevs {
+        chardev::open(&a.opts)
             .and_then(|ch| add_chardev(&vm, ch))
-            .unwrap_or_else(|e| die(CliError::at("chardev", Some(spec), e)));
+            .unwrap_or_else(|e| die(CliError::at("chardev", Some(&a.text), e)));
     }
     let mut serials = c.serials.clone();
     if c.nographic && serials.is_empty() {
@@ -286,21 +352,33 @@ fn main() {
     }
     for (i, s) in serials.iter().enumerate() {
         if let Err(e) = legacy_backend(&vm, s, &format!("serial{i}")) {
-            let mut msg = e;
-            if msg.ends_with("is not a valid char driver") {
-                msg.push_str(&format!("\n{PROG}: -serial {s}: could not connect serial device to character backend '{s}'"));
-            }
+            // QEMU adds this line whenever a serial backend fails.
+            let tail = format!("could not connect serial device to character backend '{s}'");
+            let msg = match e.msg() {
+                "" => tail,
+                m => format!("{m}\n{PROG}: -serial {s}: {tail}"),
+            };
             die(CliError::at("serial", Some(s), msg));
         }
     }
     // Monitors: check every spec before anything runs.
     let mut qmp_backends = Vec::new();
-    for m in &c.mons {
-        let mut o = Opts::parse(m, Some("chardev"))
-            .unwrap_or_else(|e| die(CliError::at("mon", Some(m), e)));
+    for a in &c.mons {
+        let m = &a.text;
+        let mut o = a.opts.clone();
         let id = o.take("chardev").unwrap_or_default();
         let mode = o.take("mode").unwrap_or_else(|| "readline".into());
-        o.take("pretty");
+        if let Some(p) = o.take("pretty") {
+            let pretty = oxemu_opts::qemu_opts::parse_bool("pretty", &p)
+                .unwrap_or_else(|e| die(CliError::at("mon", Some(m), e)));
+            if pretty {
+                die(CliError::at(
+                    "mon",
+                    Some(m),
+                    "pretty=on is not supported by oxemu-system-aarch64",
+                ));
+            }
+        }
         if let Some(k) = o.first_key() {
             die(CliError::at(
                 "mon",
@@ -322,7 +400,13 @@ fn main() {
         match legacy_backend(&vm, q, &format!("compat_monitor{i}")) {
             Ok(Some(b)) => qmp_backends.push(b),
             Ok(None) => {}
-            Err(e) => die(CliError::at("qmp", Some(q), e)),
+            Err(LegacyError::Open(m)) => die(CliError::at("qmp", Some(q), m)),
+            Err(LegacyError::Parse(m)) => {
+                if !m.is_empty() {
+                    eprint!("{}", CliError::at("qmp", Some(q), m).render(PROG));
+                }
+                die(CliError::at("qmp", Some(q), format!("parse error: {q}")))
+            }
         }
     }
     let qtest_backend = c
@@ -334,7 +418,9 @@ fn main() {
                 "Failed to initialize device for qtest: \"{q}\""
             ))),
             Err(e) => {
-                eprintln!("{PROG}: {e}");
+                if !e.msg().is_empty() {
+                    eprintln!("{PROG}: {}", e.msg());
+                }
                 die(CliError::plain(format!(
                     "Failed to initialize device for qtest: \"{q}\""
                 )))
@@ -417,7 +503,8 @@ fn main() {
             let _ = std::fs::remove_file(p);
         }
     }
-    for spec in c.qmps.iter().chain(c.chardevs.iter()).chain(c.qtest.iter()) {
+    let chardev_texts = c.chardevs.iter().map(|a| &a.text);
+    for spec in c.qmps.iter().chain(chardev_texts).chain(c.qtest.iter()) {
         if spec.contains("server=on") || spec.contains(",server,") || spec.ends_with(",server") {
             if let Some(p) = spec
                 .split(',')

@@ -12,8 +12,8 @@ use oxemu_devmodel::types::{cpu_models, register_standard};
 use oxemu_qmp::EventBus;
 
 use crate::chardev::Chardev;
-use crate::cli::{CliError, Config};
-use crate::opts::Opts;
+use oxemu_opts::qemu_opts::QemuOpts;
+use oxemu_system::cli::{CliError, Config};
 
 /// QEMU's run states that oxemu has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,10 +133,13 @@ pub fn check_object_args(
         };
         if p.ty == PropType::Size {
             if let Value::String(s) = v {
-                if parse_size(s).is_none() {
+                if cmdline && parse_size(s).is_none() {
                     return Err(format!("Parameter '{k}' expects a size value"));
                 }
             }
+        }
+        if !cmdline {
+            strict_type(k, &p.ty, v)?;
         }
     }
     if types.is_a(&ty, "memory-backend") && !props.iter().any(|(k, _)| k == "size") {
@@ -148,10 +151,64 @@ pub fn check_object_args(
     Ok((ty, id, props))
 }
 
-fn opts_values(o: &Opts) -> Vec<(String, Value)> {
-    o.0.iter()
+/// QMP and JSON arguments are typed: QEMU's QObject input visitor refuses a string
+/// where a number or boolean belongs, with these texts.
+fn strict_type(k: &str, ty: &PropType, v: &Value) -> Result<(), String> {
+    let ok = match ty {
+        PropType::Bool => v.is_boolean(),
+        PropType::Str | PropType::String | PropType::Link(_) => v.is_string(),
+        PropType::I32 | PropType::I64 => v.is_i64(),
+        PropType::U8 | PropType::U16 | PropType::U32 | PropType::U64 | PropType::Size => v.is_u64(),
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(match ty {
+        PropType::Bool => format!("Invalid parameter type for '{k}', expected: boolean"),
+        PropType::Str | PropType::String | PropType::Link(_) => {
+            format!("Invalid parameter type for '{k}', expected: string")
+        }
+        PropType::I32 | PropType::I64 => format!("Parameter '{k}' expects int64"),
+        _ => format!("Parameter '{k}' expects uint64"),
+    })
+}
+
+fn opts_values(o: &QemuOpts) -> Vec<(String, Value)> {
+    o.pairs
+        .iter()
         .map(|(k, v)| (k.clone(), Value::String(v.clone())))
         .collect()
+}
+
+/// A string-valued `-M` option; an object where a value belongs is refused.
+fn machine_str<'a>(c: &'a Config, key: &str) -> Result<Option<&'a str>, CliError> {
+    match c.machine.get(key) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(CliError::plain(format!(
+            "Parameters '{key}.*' are unexpected"
+        ))),
+    }
+}
+
+/// `-cpu MODEL[,PROP=VALUE...]` as QEMU splits it: the model up to the first comma,
+/// then properties separated by commas (empty ones skipped, no `,,` escape), each
+/// with `=`.
+/// `-cpu` properties, in order.
+type CpuProps = Vec<(String, String)>;
+
+fn parse_cpu(spec: &str) -> Result<(&str, CpuProps), CliError> {
+    let (model, rest) = spec.split_once(',').unwrap_or((spec, ""));
+    let mut props = Vec::new();
+    for f in rest.split(',').filter(|f| !f.is_empty()) {
+        let Some((k, v)) = f.split_once('=') else {
+            return Err(CliError::plain(format!(
+                "Expected key=value format, found {f}."
+            )));
+        };
+        props.push((k.to_string(), v.to_string()));
+    }
+    Ok((model, props))
 }
 
 /// The machine type chosen by `-M` (QEMU has no default for aarch64; oxemu's
@@ -160,7 +217,7 @@ pub fn choose_machine<'a>(
     types: &'a [MachineType],
     c: &Config,
 ) -> Result<&'a MachineType, CliError> {
-    let name = c.machine.get("type").unwrap_or("none");
+    let name = machine_str(c, "type")?.unwrap_or("none");
     find_machine(types, name).ok_or_else(|| {
         CliError::plain("unsupported machine type\nUse -machine help to list supported machines")
     })
@@ -170,11 +227,12 @@ pub fn choose_machine<'a>(
 pub fn build_machine(c: &Config, qtest_accel: bool) -> Result<Vm, CliError> {
     let mts = machine_types();
     let mt = choose_machine(&mts, c)?.clone();
-    let mut mopts = c.machine.clone();
-    mopts.take("type");
-    mopts.take("accel");
-    let memory_backend = mopts.take("memory-backend");
-    if let Some(k) = mopts.first_key() {
+    let memory_backend = machine_str(c, "memory-backend")?.map(String::from);
+    if let Some(k) = c
+        .machine
+        .keys()
+        .find(|k| !matches!(k.as_str(), "type" | "accel" | "memory-backend"))
+    {
         return Err(CliError::plain(format!(
             "Property '{}.{k}' not found",
             mt.qom_type()
@@ -182,49 +240,24 @@ pub fn build_machine(c: &Config, qtest_accel: bool) -> Result<Vm, CliError> {
     }
     let mut globals = Vec::new();
     for g in &c.globals {
-        let gp = if g.contains("driver=") {
-            let mut o = Opts::parse(g, None).map_err(located("global", g))?;
-            let d = o.take("driver");
-            let p = o.take("property");
-            let v = o.take("value");
-            match (d, p, v) {
-                (Some(driver), Some(property), Some(value)) => GlobalProp {
-                    driver,
-                    property,
-                    value,
-                },
-                _ => {
-                    return Err(CliError::at(
-                        "global",
-                        Some(g),
-                        "Invalid parameter 'driver'",
-                    ))
-                }
-            }
-        } else {
-            if !g.contains('=') {
-                return Err(CliError::at(
-                    "global",
-                    Some(g),
-                    format!("Invalid parameter '{g}'"),
-                ));
-            }
-            GlobalProp::parse(g).map_err(located("global", g))?
-        };
-        globals.push(gp);
+        let (driver, property, value) = oxemu_system::cli::parse_global(g, &mut Vec::new())?;
+        globals.push(GlobalProp {
+            driver,
+            property,
+            value,
+        });
     }
     // -cpu MODEL[,PROP=VALUE...]: the properties become globals on the CPU type.
     let cpu_type = match &c.cpu {
         None => None,
         Some(spec) => {
-            let mut o = Opts::parse(spec, Some("model")).map_err(CliError::plain)?;
-            let model = o.take("model").unwrap_or_default();
+            let (model, props) = parse_cpu(spec)?;
             let ty = cpu_models()
                 .iter()
                 .find(|(m, t)| *m == model || *t == model)
                 .map(|(_, t)| t.to_string())
                 .ok_or_else(|| CliError::plain(format!("unable to find CPU model '{model}'")))?;
-            for (k, v) in o.0 {
+            for (k, v) in props {
                 globals.push(GlobalProp {
                     driver: ty.clone(),
                     property: k,
@@ -237,10 +270,21 @@ pub fn build_machine(c: &Config, qtest_accel: bool) -> Result<Vm, CliError> {
     let cpus = match &c.smp {
         None => 1,
         Some(s) => {
-            let mut o = Opts::parse(s, Some("cpus")).map_err(located("smp", s))?;
-            let n = o.take("cpus").unwrap_or_else(|| "1".into());
-            let maxcpus = o.take("maxcpus");
-            if let Some(k) = o.first_key() {
+            let o = oxemu_opts::keyval::parse_keyval(s, Some("cpus"))
+                .map_err(|e| CliError::at("smp", Some(s), e.to_string()))?;
+            let Value::Object(mut o) = o else {
+                unreachable!("keyval always yields an object")
+            };
+            let mut take = |k: &str| match o.remove(k) {
+                None => Ok(None),
+                Some(Value::String(v)) => Ok(Some(v)),
+                Some(_) => Err(CliError::plain(format!(
+                    "Parameters 'smp.{k}.*' are unexpected"
+                ))),
+            };
+            let n = take("cpus")?.unwrap_or_else(|| "1".into());
+            let maxcpus = take("maxcpus")?;
+            if let Some(k) = o.keys().next() {
                 return Err(CliError::at(
                     "smp",
                     Some(s),
@@ -265,7 +309,7 @@ pub fn build_machine(c: &Config, qtest_accel: bool) -> Result<Vm, CliError> {
     let ram_size = match &c.mem {
         None => None,
         Some(s) => {
-            let mut o = Opts::parse(s, Some("size")).map_err(located("m", s))?;
+            let (s, mut o) = (&s.text, s.opts.clone());
             let v = o.take("size").unwrap_or_default();
             if let Some(k) = o.first_key() {
                 return Err(CliError::at(
@@ -286,16 +330,35 @@ pub fn build_machine(c: &Config, qtest_accel: bool) -> Result<Vm, CliError> {
         }
     };
     let mut m = Machine::new(registry(), &mt, &globals);
-    for spec in &c.objects {
-        let o = Opts::parse(spec, Some("qom-type")).map_err(located("object", spec))?;
+    for a in &c.objects {
+        let spec = &a.text;
+        // QEMU hands -object to the object code as a dictionary with `id` in it; a
+        // JSON argument is typed strictly, as QMP's object-add.
+        let (props, cmdline) = match &a.json {
+            Some(j) => (j.clone().into_iter().collect(), false),
+            None => {
+                let mut props = opts_values(&a.opts);
+                if let Some(id) = &a.opts.id {
+                    props.push(("id".into(), Value::String(id.clone())));
+                }
+                (props, true)
+            }
+        };
         let (ty, id, props) =
-            check_object_args(&m.types, opts_values(&o), true).map_err(located("object", spec))?;
+            check_object_args(&m.types, props, cmdline).map_err(located("object", spec))?;
         if m.tree.child(m.objects, &id).is_some() {
-            return Err(CliError::at(
-                "object",
-                Some(spec),
-                format!("Duplicate ID '{id}' for object"),
-            ));
+            // QemuOpts catches the repeated id; a JSON -object reaches the object tree.
+            return Err(if a.json.is_some() {
+                CliError::plain(format!(
+                    "attempt to add duplicate property '{id}' to object (type 'container')"
+                ))
+            } else {
+                CliError::at(
+                    "object",
+                    Some(spec),
+                    format!("Duplicate ID '{id}' for object"),
+                )
+            });
         }
         m.object_add(&ty, &id, &props)
             .map_err(|e| CliError::at("object", Some(spec), e.0))?;
@@ -308,12 +371,31 @@ pub fn build_machine(c: &Config, qtest_accel: bool) -> Result<Vm, CliError> {
         globals: globals.clone(),
     };
     m.init(&cfg).map_err(CliError::plain)?;
-    for spec in &c.devices {
-        let mut o = Opts::parse(spec, Some("driver")).map_err(located("device", spec))?;
-        let driver = o.take("driver").unwrap_or_default();
-        let id = o.take("id");
-        m.device_add(&driver, id.as_deref(), &opts_values(&o))
-            .map_err(|e| CliError::at("device", Some(spec), e.0))?;
+    for a in &c.devices {
+        let at = |e: String| CliError::at("device", Some(&a.text), e);
+        let (driver, id, props) = match &a.json {
+            Some(j) => {
+                let mut j = j.clone();
+                let mut string = |k: &str| match j.remove(k) {
+                    None => Ok(None),
+                    Some(Value::String(s)) => Ok(Some(s)),
+                    Some(_) => Err(at(format!(
+                        "Invalid parameter type for '{k}', expected: string"
+                    ))),
+                };
+                let driver =
+                    string("driver")?.ok_or_else(|| at("Parameter 'driver' is missing".into()))?;
+                let id = string("id")?;
+                (driver, id, j.into_iter().collect())
+            }
+            None => {
+                let mut o = a.opts.clone();
+                let driver = o.take("driver").unwrap_or_default();
+                (driver, o.id.clone(), opts_values(&o))
+            }
+        };
+        m.device_add(&driver, id.as_deref(), &props)
+            .map_err(|e| at(e.0))?;
     }
     m.done = true;
     Ok(Vm {
@@ -326,12 +408,25 @@ pub fn build_machine(c: &Config, qtest_accel: bool) -> Result<Vm, CliError> {
         shutdown: Mutex::new(None),
         shutdown_cv: Condvar::new(),
         chardevs: Mutex::new(Vec::new()),
-        name: c.name.as_ref().map(|n| {
-            Opts::parse(n, Some("guest"))
-                .ok()
-                .and_then(|o| o.get("guest").map(String::from))
-                .unwrap_or_else(|| n.clone())
-        }),
+        name: match &c.name {
+            None => None,
+            Some(a) => {
+                let mut o = a.opts.clone();
+                let guest = o.take("guest");
+                if let Some(k) = o.first_key() {
+                    return Err(CliError::at(
+                        "name",
+                        Some(&a.text),
+                        if matches!(k, "process" | "debug-threads") {
+                            format!("{k}= is not supported by oxemu-system-aarch64")
+                        } else {
+                            format!("Invalid parameter '{k}'")
+                        },
+                    ));
+                }
+                guest
+            }
+        },
         machine_types: mts,
         events: OnceLock::new(),
         qtest_accel,
@@ -355,6 +450,22 @@ pub fn cpus_help() -> String {
     let mut s = String::from("Available CPUs:\n");
     for (m, _) in cpu_models() {
         s.push_str(&format!("  {m}\n"));
+    }
+    s
+}
+
+/// `-object help`: the user-creatable object types, sorted.
+pub fn objects_help() -> String {
+    let r = registry();
+    let mut names: Vec<&str> = r
+        .list(Some("user-creatable"), false)
+        .into_iter()
+        .map(|t| t.name.as_str())
+        .collect();
+    names.sort_unstable();
+    let mut s = String::from("List of user creatable objects:\n");
+    for n in names {
+        s.push_str(&format!("  {n}\n"));
     }
     s
 }

@@ -566,3 +566,17 @@ fn chardevs_and_hmp() {
         "unknown command: 'info bogus'\r\n"
     );
 }
+
+#[test]
+fn json_device_and_object_arguments() {
+    // JSON -device and -object are typed as QMP's device_add and object-add.
+    let mut q = start(
+        r#"-M none -object '{"qom-type":"memory-backend-ram","id":"m0","size":1048576,"share":true}' -device '{"driver":"oxemu-test-device","id":"t0","addr":536870912}'"#,
+    );
+    let p = json!({"path": "/objects/m0", "property": "size"});
+    assert_eq!(ret(&mut q, "qom-get", p), json!(1048576));
+    let p = json!({"path": "/objects/m0", "property": "share"});
+    assert_eq!(ret(&mut q, "qom-get", p), json!(true));
+    let p = json!({"path": "/machine/peripheral/t0", "property": "addr"});
+    assert_eq!(ret(&mut q, "qom-get", p), json!(0x2000_0000u64));
+}
