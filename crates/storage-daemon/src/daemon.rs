@@ -251,7 +251,8 @@ impl Daemon {
                 return Err(e);
             }
         };
-        st.exports.insert(o.id.clone(), ExportEntry { export, writable });
+        st.exports
+            .insert(o.id.clone(), ExportEntry { export, writable });
         Ok(json!({}))
     }
 

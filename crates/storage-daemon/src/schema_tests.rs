@@ -223,7 +223,14 @@ fn enums_match_the_code() {
     assert!("all".parse::<oxemu_qcow2::overlap::OverlapCheck>().is_err());
     assert_eq!(
         values("BlockdevDriver"),
-        set(&["blkdebug", "blklogwrites", "file", "host_device", "qcow2", "raw"])
+        set(&[
+            "blkdebug",
+            "blklogwrites",
+            "file",
+            "host_device",
+            "qcow2",
+            "raw"
+        ])
     );
 }
 

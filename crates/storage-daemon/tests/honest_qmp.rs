@@ -249,7 +249,17 @@ fn qmp_schema_is_generated_from_the_real_types_and_matches_qemus_shape() {
         .iter()
         .map(|v| v["case"].as_str().unwrap())
         .collect();
-    assert_eq!(drivers, ["blkdebug", "blklogwrites", "file", "host_device", "qcow2", "raw"]);
+    assert_eq!(
+        drivers,
+        [
+            "blkdebug",
+            "blklogwrites",
+            "file",
+            "host_device",
+            "qcow2",
+            "raw"
+        ]
+    );
     // query-version: QEMU's 7.2 numbers for clients that key off them, oxemu's own
     // version in `package`.
     let v = ox.ok("query-version", json!({}));
