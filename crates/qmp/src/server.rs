@@ -321,12 +321,7 @@ impl QmpServer {
                     }
                     if let Ok(s) = s {
                         let w = s.try_clone();
-                        let fd = s.as_fd().try_clone_to_owned();
-                        me.spawn_client(
-                            Box::new(s),
-                            w.map(|w| Box::new(w) as Box<dyn Write + Send>),
-                            fd,
-                        );
+                        me.serve_socket(s, w);
                     }
                 }
             })?;
@@ -354,12 +349,7 @@ impl QmpServer {
                     }
                     if let Ok(s) = s {
                         let w = s.try_clone();
-                        let fd = s.as_fd().try_clone_to_owned();
-                        me.spawn_client(
-                            Box::new(s),
-                            w.map(|w| Box::new(w) as Box<dyn Write + Send>),
-                            fd,
-                        );
+                        me.serve_socket(s, w);
                     }
                 }
             })?;
@@ -374,18 +364,22 @@ impl QmpServer {
     /// chardev socket in client mode (`-chardev socket,path=…` without `server=on`).
     pub fn serve_unix_stream(self: &Arc<Self>, s: std::os::unix::net::UnixStream) {
         let w = s.try_clone();
-        let fd = s.as_fd().try_clone_to_owned();
-        self.spawn_client(
-            Box::new(s),
-            w.map(|w| Box::new(w) as Box<dyn Write + Send>),
-            fd,
-        );
+        self.serve_socket(s, w);
     }
 
     /// Serves a TCP connection the program opened or accepted itself (a monitor on a
     /// `-chardev socket,host=…,port=…` chardev, client or server).
     pub fn serve_tcp_stream(self: &Arc<Self>, s: std::net::TcpStream) {
         let w = s.try_clone();
+        self.serve_socket(s, w);
+    }
+
+    /// Serves a connected socket: `s` is read, its clone `w` written, and its fd is
+    /// what shutdown wakes.
+    fn serve_socket<S>(self: &Arc<Self>, s: S, w: io::Result<S>)
+    where
+        S: Read + Write + AsFd + Send + 'static,
+    {
         let fd = s.as_fd().try_clone_to_owned();
         self.spawn_client(
             Box::new(s),
