@@ -374,8 +374,7 @@ impl Graph {
                 }
                 Err(e) => {
                     if cimplicit {
-                        self.nodes.remove(&child);
-                        self.files.remove(&child);
+                        self.remove_tree(&child);
                     }
                     return Err(e);
                 }
@@ -455,8 +454,7 @@ impl Graph {
             Ok(q) => q,
             Err(e) => {
                 if cimplicit {
-                    self.nodes.remove(&child);
-                    self.files.remove(&child);
+                    self.remove_tree(&child);
                 }
                 if let Some(b) = &backing_node {
                     if self.nodes.get(b).is_some_and(|n| n.implicit) {
@@ -507,8 +505,7 @@ impl Graph {
             Ok(n) => n,
             Err(e) => {
                 if cimplicit {
-                    self.nodes.remove(&child);
-                    self.files.remove(&child);
+                    self.remove_tree(&child);
                 }
                 return Err(QmpError::from(e));
             }

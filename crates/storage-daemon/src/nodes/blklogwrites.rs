@@ -29,7 +29,7 @@ impl Graph {
             Ok(l) => l,
             Err(e) => {
                 if self.nodes[&file].implicit {
-                    self.nodes.remove(&file);
+                    self.remove_tree(&file);
                 }
                 return Err(e);
             }
@@ -52,7 +52,7 @@ impl Graph {
             Err(e) => {
                 for c in [&file, &log] {
                     if self.nodes[c].implicit {
-                        self.nodes.remove(c);
+                        self.remove_tree(c);
                     }
                 }
                 return Err(QmpError::from(e));
