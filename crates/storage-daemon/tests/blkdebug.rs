@@ -3,51 +3,23 @@
 //! same errors, and an NBD client (qemu-io) sees the same injected errnos, `once`
 //! rules and `set-state` transitions through a raw node over the filter.
 
+mod common;
+
+use common::Daemon;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
 const OXEMU: &str = env!("CARGO_BIN_EXE_oxemu-storage-daemon");
 const QEMU: &str = "qemu-storage-daemon";
 
-/// A running daemon, killed when dropped.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts `prog` with `args` and waits for `sock` to appear.
 fn start(prog: &str, args: &[String], sock: &Path) -> Daemon {
-    let child = Command::new(prog)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{prog}: {e}"));
-    let mut d = Daemon(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sock.exists() {
-        if let Some(st) = d.0.try_wait().unwrap() {
-            let mut err = String::new();
-            std::io::Read::read_to_string(d.0.stderr.as_mut().unwrap(), &mut err).ok();
-            panic!("{prog} exited early ({st}): {err}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{prog}: {} did not appear",
-            sock.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    d
+    common::start_until(prog, args, sock)
 }
 
 fn tmp() -> tempfile::TempDir {

@@ -4,11 +4,14 @@
 //! nodes' real state (dirty bit, backing chain, `flat`, cache options, encryption),
 //! `query-version`'s package, and `iothread=` on exports refused by name.
 
+mod common;
+
+use common::Daemon;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -23,15 +26,6 @@ fn bin() -> String {
 }
 const QSD: &str = "qemu-storage-daemon";
 
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn start(prog: &str, sock: &Path, extra: &[String]) -> Daemon {
     // The monitor comes last: once its socket exists, every other option is applied.
     let mut args = extra.to_vec();
@@ -41,27 +35,7 @@ fn start(prog: &str, sock: &Path, extra: &[String]) -> Daemon {
         "--monitor".into(),
         "chardev=m0".into(),
     ]);
-    let child = Command::new(prog)
-        .args(&args)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{prog}: {e} (scripts/install-deps installs QEMU 7.2)"));
-    let mut d = Daemon(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sock.exists() {
-        if let Some(st) = d.0.try_wait().unwrap() {
-            let mut err = String::new();
-            std::io::Read::read_to_string(d.0.stderr.as_mut().unwrap(), &mut err).ok();
-            panic!("{prog} exited early ({st}): {err}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} did not appear",
-            sock.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    d
+    common::start_until(prog, &args, sock)
 }
 
 struct Qmp {
