@@ -358,10 +358,9 @@ fn execute(
     let secs = start.elapsed().as_secs_f64();
     drop(lp);
     if let Some(e) = run.error.borrow_mut().take() {
-        let m = e.to_string();
         return Err(Error::Msg(format!(
             "Failed request: {}",
-            m.split(" (os error").next().unwrap_or(&m)
+            crate::strip_os_errors(&e.to_string())
         )));
     }
     Ok(secs)

@@ -217,8 +217,7 @@ fn rules(spec: &Spec) -> Result<Rules, String> {
     let mut rules = Rules::default();
     if let Some(c) = &spec.config {
         let text = std::fs::read(c).map_err(|e| {
-            let m = e.to_string();
-            let m = m.split(" (os error").next().unwrap_or(&m).to_string();
+            let m = crate::strip_os_errors(&e.to_string());
             format!("Could not read blkdebug config file: {m}")
         })?;
         parse_config(&String::from_utf8_lossy(&text), &mut rules)?;
@@ -240,8 +239,7 @@ pub fn open_spec(name: &str, spec: &Spec, o: &OpenOpts<'_>) -> Result<Image, Err
     };
     // The image's own error, inside QEMU's error for the blkdebug node.
     let image_error = |e: std::io::Error| {
-        let m = e.to_string();
-        let m = m.split(" (os error").next().unwrap_or(&m).to_string();
+        let m = crate::strip_os_errors(&e.to_string());
         if m.starts_with("Could not open") {
             fail(m)
         } else {
@@ -365,10 +363,7 @@ pub fn open_for_check(
 ) -> Result<Arc<oxemu_qcow2::Qcow2>, Error> {
     use oxemu_block::lock::perm;
     let fail = |m: String| Error::Msg(format!("Could not open '{name}': {m}"));
-    let strip = |e: std::io::Error| {
-        let m = e.to_string();
-        m.split(" (os error").next().unwrap_or(&m).to_string()
-    };
+    let strip = |e: std::io::Error| crate::strip_os_errors(&e.to_string());
     let rules = rules(spec).map_err(fail)?;
     let file = FileDriver::open(&FileOptions {
         read_only,

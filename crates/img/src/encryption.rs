@@ -176,10 +176,7 @@ fn open_luks(
         shared_perms: Some(user & !(perm::WRITE | perm::RESIZE)),
         ..FileOptions::new(path)
     })
-    .map_err(|e| {
-        let m = e.to_string();
-        fail(m.split(" (os error").next().unwrap_or(&m).to_string())
-    })?;
+    .map_err(|e| fail(crate::strip_os_errors(&e.to_string())))?;
     let file = Arc::new(file);
     let node: Arc<dyn BlockDriver> = file.clone();
     let lp = event_loop()?;

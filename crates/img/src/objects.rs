@@ -84,8 +84,7 @@ pub fn add_object(spec: &str) -> Result<(), Error> {
         }
         (Some(d), None) => d.into_bytes(),
         (None, Some(f)) => std::fs::read(&f).map_err(|e| {
-            let m = e.to_string();
-            let m = m.split(" (os error").next().unwrap_or(&m).to_string();
+            let m = crate::strip_os_errors(&e.to_string());
             Error::Msg(format!(
                 "Unable to read {f}: Failed to open file “{f}”: {m}"
             ))

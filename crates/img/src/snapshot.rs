@@ -116,8 +116,7 @@ pub fn to_json(s: &Snapshot) -> serde_json::Value {
 
 /// strerror() of an OS error, or the error's text.
 fn reason(e: &std::io::Error) -> String {
-    let m = e.to_string();
-    m.split(" (os error").next().unwrap_or(&m).to_string()
+    crate::strip_os_errors(&e.to_string())
 }
 
 /// QEMU's `-errno (strerror)` for an error; errors without an errno are shown as EIO
